@@ -1,0 +1,121 @@
+//! Small helpers over delta-rs: open-or-create with our schema, application-transaction
+//! look-ups, and the one commit shape every stage uses (data + consumed-input markers).
+
+use std::collections::HashMap;
+
+use deltalake::arrow::datatypes::Schema;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Open the table at `uri`, creating it (empty, with `schema` and `partition_by`) if absent.
+/// An existing table whose columns differ from `schema` is an error, not silently used.
+pub async fn open_or_create(
+    uri: Url,
+    name: &str,
+    schema: &Schema,
+    partition_by: &[&str],
+) -> Result<DeltaTable> {
+    let table = DeltaTable::try_from_url(uri)
+        .await
+        .map_err(|e| Error::delta(name, e))?;
+    if table.version().is_some() {
+        check_schema(&table, name, schema)?;
+        return Ok(table);
+    }
+    let kernel: StructType = schema.try_into_kernel().map_err(|e| {
+        Error::delta(
+            name,
+            DeltaTableError::Generic(format!("schema conversion: {e}")),
+        )
+    })?;
+    table
+        .create()
+        .with_table_name(name)
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(partition_by.iter().map(|s| s.to_string()))
+        // Another process may create it at the same moment: then use theirs.
+        .with_save_mode(SaveMode::Ignore)
+        .await
+        .map_err(|e| Error::delta(name, e))
+}
+
+fn check_schema(table: &DeltaTable, name: &str, expected: &Schema) -> Result<()> {
+    let actual = table
+        .snapshot()
+        .map_err(|e| Error::delta(name, e))?
+        .snapshot()
+        .arrow_schema();
+    let describe = |s: &Schema| {
+        s.fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same = actual.fields().len() == expected.fields().len()
+        && actual
+            .fields()
+            .iter()
+            .zip(expected.fields())
+            .all(|(a, e)| a.name() == e.name() && a.data_type() == e.data_type());
+    if same {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "Delta table {name} exists with columns [{}] but this version of the pipeline expects [{}]; \
+             point --data-dir elsewhere or migrate the table",
+            describe(&actual),
+            describe(expected)
+        )))
+    }
+}
+
+/// The version recorded for application id `app_id` in the table, if any.
+pub async fn txn_version(table: &DeltaTable, name: &str, app_id: &str) -> Result<Option<i64>> {
+    table
+        .snapshot()
+        .map_err(|e| Error::delta(name, e))?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(|e| Error::delta(name, e))
+}
+
+/// Commit `actions` together with `txns` (what was consumed) in one atomic Delta commit.
+/// Commit-info metadata carries the stage's own summary for `DESCRIBE HISTORY`.
+pub async fn commit(
+    table: &DeltaTable,
+    name: &str,
+    actions: Vec<Action>,
+    txns: Vec<Transaction>,
+    operation: DeltaOperation,
+    metadata: HashMap<String, serde_json::Value>,
+) -> Result<i64> {
+    let props = CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata(metadata);
+    let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
+    let done = CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await
+        .map_err(|e| Error::delta(name, e))?;
+    Ok(done.version() as i64)
+}
+
+pub fn append_operation(partition_by: &[&str]) -> DeltaOperation {
+    DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: Some(partition_by.iter().map(|s| s.to_string()).collect()),
+        predicate: None,
+    }
+}
+
+pub fn adds(adds: Vec<Add>) -> Vec<Action> {
+    adds.into_iter().map(Action::Add).collect()
+}

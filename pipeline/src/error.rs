@@ -1,0 +1,131 @@
+//! One error type for the library, and the process exit codes it maps to.
+
+use std::path::PathBuf;
+
+use deltalake::DeltaTableError;
+use deltalake::arrow::error::ArrowError;
+use deltalake::parquet::errors::ParquetError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Process exit codes, documented in the README ("Exit codes").
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Unexpected failure (I/O, storage, a bug): the message says what failed.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line (clap's own code for usage errors).
+    pub const USAGE: u8 = 2;
+    /// Bad input data: an unreadable or schema-incompatible raw file. Nothing was committed.
+    pub const BAD_INPUT: u8 = 3;
+    /// Another writer committed a conflicting change first. Nothing was committed; rerun.
+    pub const CONFLICT: u8 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A raw file that cannot be used: names the file, the problem and what to do.
+    #[error(
+        "raw file {}: {problem}. Nothing of this run was committed; fix or remove the file and rerun",
+        path.display()
+    )]
+    BadInput { path: PathBuf, problem: String },
+
+    /// A user-facing precondition that does not hold (missing folder, bad option value).
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("Delta table {table}: {source}")]
+    Delta {
+        table: String,
+        #[source]
+        source: DeltaTableError,
+    },
+
+    /// Someone else committed to the table between our read and our commit.
+    #[error(
+        "Delta table {table}: a concurrent writer committed first ({detail}). Nothing of this run was committed; rerun it"
+    )]
+    Conflict { table: String, detail: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+
+    #[error(transparent)]
+    Parquet(#[from] ParquetError),
+
+    #[error(transparent)]
+    DeltaRaw(#[from] DeltaTableError),
+
+    #[error("internal task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn bad_input(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Error::BadInput {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// Attach the table name to a delta-rs error; commit conflicts become [`Error::Conflict`].
+    pub fn delta(table: &str, source: DeltaTableError) -> Self {
+        use deltalake::kernel::transaction::TransactionError;
+        match source {
+            DeltaTableError::Transaction {
+                source:
+                    ref tx @ (TransactionError::VersionAlreadyExists(_)
+                    | TransactionError::CommitConflict(_)
+                    | TransactionError::MaxCommitAttempts(_)),
+            } => Error::Conflict {
+                table: table.to_string(),
+                detail: tx.to_string(),
+            },
+            source => Error::Delta {
+                table: table.to_string(),
+                source,
+            },
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::BadInput { .. } => exit::BAD_INPUT,
+            Error::Invalid(_) => exit::USAGE,
+            Error::Conflict { .. } => exit::CONFLICT,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_names_file_and_next_step() {
+        let e = Error::bad_input(
+            "/d/x.parquet",
+            "column `amount` is Float64, expected Decimal128(12, 2)",
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("/d/x.parquet"), "{msg}");
+        assert!(msg.contains("Float64"), "{msg}");
+        assert!(msg.contains("Nothing of this run was committed"), "{msg}");
+        assert_eq!(e.exit_code(), exit::BAD_INPUT);
+    }
+}

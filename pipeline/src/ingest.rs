@@ -1,0 +1,849 @@
+//! `ingest`: raw Parquet files -> Delta `customer_transactions` (+ quarantine), exactly once.
+//!
+//! How a run goes:
+//! 1. **Discover**: list the landing folder; a file is new unless the table holds an application
+//!    transaction `pipeline.ingest:<file>` for it (written in the same commit as its rows).
+//! 2. **Plan**: read each new file's footer (schema check, row-group statistics). A row group
+//!    whose timestamps all fall on one day is read directly later; other row groups are read
+//!    once now and split by day into scratch Arrow IPC files.
+//! 3. **Process day by day** (in parallel): duplicates share their timestamp, so a day's set of
+//!    transaction ids is all dedup needs. It starts from the ids already in the table for that
+//!    day (only the `transaction_id` column of that day's files is read), so memory follows the
+//!    size of a day, never of the table or of the run.
+//! 4. **Commit**: the quarantine table first, then the main table with one txn per consumed
+//!    file. A crash between the two leaves the files unconsumed; the rerun recomputes them the
+//!    same way and skips quarantine rows of files the quarantine table already has.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use delta_kernel::expressions::Scalar;
+use deltalake::DeltaTable;
+use deltalake::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array,
+};
+use deltalake::arrow::compute::{cast, filter_record_batch, take_record_batch};
+use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use deltalake::arrow::ipc::reader::FileReader as IpcReader;
+use deltalake::arrow::ipc::writer::FileWriter as IpcWriter;
+use deltalake::kernel::{Add, Transaction};
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use deltalake::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ParquetRecordBatchReaderBuilder,
+};
+#[allow(deprecated)]
+// deprecated upstream in favour of hand-written readers; delta-rs still uses it
+use deltalake::parquet::arrow::async_reader::{
+    ParquetObjectReader, ParquetRecordBatchStreamBuilder,
+};
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
+use futures::{StreamExt, TryStreamExt};
+use indexmap::IndexMap;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+
+use crate::delta;
+use crate::error::{Error, Result};
+use crate::layout::{self, Layout};
+use crate::progress::Progress;
+use crate::rules::{self, Reason};
+use crate::schema::{self, PARTITION_COLUMN, QUARANTINE, RAW, RAW_LENIENT, TRANSACTIONS, col};
+
+pub const TABLE: &str = "customer_transactions";
+pub const QUARANTINE_TABLE: &str = "customer_transactions_quarantine";
+const DAY_US: i64 = 86_400_000_000;
+const BATCH_ROWS: usize = 64 * 1024;
+
+/// Application-transaction id marking a raw file (path relative to the landing folder) as consumed.
+pub fn file_app_id(rel: &str) -> String {
+    format!("pipeline.ingest:{rel}")
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Rows dated more than a day after this instant are quarantined. Defaults to now.
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// Days processed at once.
+    pub workers: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self {
+            now: chrono::Utc::now(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestReport {
+    /// Parquet files in the landing folder.
+    pub files_seen: u64,
+    /// Files read and committed by this run.
+    pub files_ingested: u64,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub rows_quarantined: u64,
+    pub duplicates: u64,
+    /// Quarantined rows by rule (duplicates are counted separately above).
+    pub quarantine_reasons: BTreeMap<&'static str, u64>,
+    pub days: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub data_files_written: u64,
+    /// Version of `customer_transactions` this run committed (none when there was nothing new).
+    pub table_version: Option<i64>,
+    pub quarantine_version: Option<i64>,
+    pub seconds: f64,
+    pub rows_per_sec: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// A raw file this run will consume.
+#[derive(Debug)]
+struct RawFile {
+    path: PathBuf,
+    rel: String,
+    size: u64,
+    /// The quarantine table already holds this file's rejected rows (a crash between commits).
+    quarantine_done: bool,
+}
+
+/// Where one day's rows of one source row group are.
+#[derive(Debug)]
+enum Input {
+    RowGroup { file: usize, row_group: usize },
+    Spilled { file: usize, path: PathBuf },
+}
+
+/// One day's (or the null day's) slice of the work.
+type DayKey = Option<i32>;
+
+struct Ctx {
+    files: Vec<RawFile>,
+    main: DeltaTable,
+    quarantine: DeltaTable,
+    now_us: i64,
+    progress: Progress,
+}
+
+#[derive(Default)]
+struct DayResult {
+    main_adds: Vec<Add>,
+    quarantine_adds: Vec<Add>,
+    rows_out: u64,
+    duplicates: u64,
+    reasons: BTreeMap<&'static str, u64>,
+}
+
+pub async fn run(
+    layout: &Layout,
+    opts: &IngestOptions,
+    progress: &Progress,
+) -> Result<IngestReport> {
+    let started = Instant::now();
+    let raw_dir = layout.raw_dir();
+    if !raw_dir.is_dir() {
+        return Err(Error::Invalid(format!(
+            "landing folder {} does not exist: run `pipeline generate` first, or set --data-dir",
+            raw_dir.display()
+        )));
+    }
+    let listed = list_raw(&raw_dir)?;
+    let mut report = IngestReport {
+        files_seen: listed.len() as u64,
+        ..Default::default()
+    };
+
+    let main = delta::open_or_create(
+        layout.transactions_uri()?,
+        TABLE,
+        &TRANSACTIONS,
+        &[PARTITION_COLUMN],
+    )
+    .await?;
+    let quarantine = delta::open_or_create(
+        layout.quarantine_uri()?,
+        QUARANTINE_TABLE,
+        &QUARANTINE,
+        &[PARTITION_COLUMN],
+    )
+    .await?;
+
+    // 1. Discover what is new. Look-ups run concurrently; each replays only the `txn` column.
+    let files: Vec<RawFile> = futures::stream::iter(listed)
+        .map(|(path, rel, size)| {
+            let (main, quarantine) = (&main, &quarantine);
+            async move {
+                let id = file_app_id(&rel);
+                if let Some(v) = delta::txn_version(main, TABLE, &id).await? {
+                    if v != size as i64 {
+                        tracing::warn!(file = %rel, "raw file changed size since it was ingested; ignoring it (landing files are immutable)");
+                    }
+                    return Ok(None);
+                }
+                let quarantine_done = delta::txn_version(quarantine, QUARANTINE_TABLE, &id).await?.is_some();
+                Ok(Some(RawFile { path, rel, size, quarantine_done }))
+            }
+        })
+        .buffered(16)
+        .try_filter_map(|f| async move { Ok::<_, Error>(f) })
+        .try_collect()
+        .await?;
+    if files.is_empty() {
+        tracing::info!("no new raw files");
+        return Ok(finish(report, started));
+    }
+    report.files_ingested = files.len() as u64;
+    report.bytes_read = files.iter().map(|f| f.size).sum();
+
+    // 2. Plan (blocking file reads).
+    let scratch = Scratch::new(layout.scratch_dir())?;
+    let (plan, rows_in) = {
+        let (files, dir) = (
+            files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
+            scratch.dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || plan(&files, &dir)).await??
+    };
+    report.rows_in = rows_in;
+    report.days = plan.keys().filter(|d| d.is_some()).count() as u64;
+    progress.set_length(rows_in);
+
+    // Files already in the table for the days we touch: their ids seed the dedup sets.
+    let mut existing = existing_files_by_day(&main, &plan)?;
+
+    // 3. Process days in parallel.
+    let ctx = Arc::new(Ctx {
+        files,
+        main,
+        quarantine,
+        now_us: opts.now.timestamp_micros(),
+        progress: progress.clone(),
+    });
+    let results: Vec<Result<DayResult>> = futures::stream::iter(plan)
+        .map(|(day, inputs)| {
+            let ctx = ctx.clone();
+            let existing = day.and_then(|d| existing.remove(&d)).unwrap_or_default();
+            tokio::spawn(async move { process_day(&ctx, day, inputs, existing).await })
+        })
+        .buffer_unordered(opts.workers.max(1))
+        .map(|joined| joined.map_err(Error::from).and_then(|r| r))
+        .collect()
+        .await;
+    let mut total = DayResult::default();
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(d) => {
+                total.main_adds.extend(d.main_adds);
+                total.quarantine_adds.extend(d.quarantine_adds);
+                total.rows_out += d.rows_out;
+                total.duplicates += d.duplicates;
+                for (k, v) in d.reasons {
+                    *total.reasons.entry(k).or_default() += v;
+                }
+            }
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    if let Some(e) = first_err {
+        discard(&ctx, &total).await;
+        return Err(e);
+    }
+    report.rows_out = total.rows_out;
+    report.duplicates = total.duplicates;
+    report.rows_quarantined = total.reasons.values().sum();
+    report.quarantine_reasons = total.reasons.clone();
+    if report.rows_in != report.rows_out + report.rows_quarantined + report.duplicates {
+        discard(&ctx, &total).await;
+        return Err(Error::Invalid(format!(
+            "internal accounting error: rows_in {} != out {} + quarantined {} + duplicates {}; nothing was committed",
+            report.rows_in, report.rows_out, report.rows_quarantined, report.duplicates
+        )));
+    }
+    report.data_files_written = (total.main_adds.len() + total.quarantine_adds.len()) as u64;
+    report.bytes_written = total
+        .main_adds
+        .iter()
+        .chain(&total.quarantine_adds)
+        .map(|a| a.size as u64)
+        .sum();
+
+    // 4. Commit: quarantine first, then the table that defines "consumed".
+    crate::failpoint("ingest.before_commit");
+    let meta = |stage_rows: u64| {
+        HashMap::from([
+            ("pipeline.stage".to_string(), serde_json::json!("ingest")),
+            ("pipeline.rows".to_string(), serde_json::json!(stage_rows)),
+            (
+                "pipeline.files".to_string(),
+                serde_json::json!(ctx.files.iter().map(|f| &f.rel).collect::<Vec<_>>()),
+            ),
+        ])
+    };
+    let txns = |only_new_to_quarantine: bool| -> Vec<Transaction> {
+        ctx.files
+            .iter()
+            .filter(|f| !(only_new_to_quarantine && f.quarantine_done))
+            .map(|f| Transaction::new(file_app_id(&f.rel), f.size as i64))
+            .collect()
+    };
+    if !total.quarantine_adds.is_empty() {
+        let v = delta::commit(
+            &ctx.quarantine,
+            QUARANTINE_TABLE,
+            delta::adds(total.quarantine_adds),
+            txns(true),
+            delta::append_operation(&[PARTITION_COLUMN]),
+            meta(report.rows_quarantined + report.duplicates),
+        )
+        .await?;
+        report.quarantine_version = Some(v);
+    }
+    crate::failpoint("ingest.between_commits");
+    let v = delta::commit(
+        &ctx.main,
+        TABLE,
+        delta::adds(total.main_adds),
+        txns(false),
+        delta::append_operation(&[PARTITION_COLUMN]),
+        meta(report.rows_out),
+    )
+    .await?;
+    report.table_version = Some(v);
+    drop(scratch);
+    Ok(finish(report, started))
+}
+
+fn finish(mut report: IngestReport, started: Instant) -> IngestReport {
+    report.seconds = started.elapsed().as_secs_f64();
+    report.rows_per_sec = report.rows_in as f64 / report.seconds.max(1e-9);
+    report.peak_rss_bytes = crate::progress::peak_rss_bytes();
+    report
+}
+
+/// Best effort: remove data files written by a run that will not commit. Anything left is
+/// unreferenced by the log and invisible to readers; `VACUUM` removes it too.
+async fn discard(ctx: &Ctx, written: &DayResult) {
+    for (table, adds) in [
+        (&ctx.main, &written.main_adds),
+        (&ctx.quarantine, &written.quarantine_adds),
+    ] {
+        let store = table.object_store();
+        for add in adds {
+            let path = deltalake::Path::from(add.path.as_str());
+            if let Err(e) = store.delete(&path).await {
+                tracing::debug!(path = %add.path, error = %e, "could not remove uncommitted file");
+            }
+        }
+    }
+}
+
+/// Landing files, recursively, sorted by relative path: (absolute path, relative path, size).
+fn list_raw(dir: &Path) -> Result<Vec<(PathBuf, String, u64)>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String, u64)>) -> Result<()> {
+        let rd = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+        for entry in rd {
+            let entry =
+                entry.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+            let path = entry.path();
+            let ft = entry
+                .file_type()
+                .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+            if ft.is_dir() {
+                walk(root, &path, out)?;
+            } else if layout::is_landing_candidate(&path) {
+                let size = entry
+                    .metadata()
+                    .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
+                    .len();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                out.push((path, rel, size));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// A scratch folder for one run, removed when dropped (also on error).
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(base: PathBuf) -> Result<Self> {
+        let dir = base.join(format!("ingest-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        Ok(Self { dir })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Check a raw file's schema and say how to read it: the Parquet root columns to project.
+/// A missing column or an incompatible type is a [`Error::BadInput`] naming file and column.
+fn raw_projection(path: &Path, meta: &ArrowReaderMetadata) -> Result<ProjectionMask> {
+    let file_schema = meta.schema();
+    let mut roots = Vec::with_capacity(RAW.fields().len());
+    for want in RAW.fields() {
+        let Some((idx, got)) = file_schema.column_with_name(want.name()) else {
+            let have: Vec<_> = file_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            return Err(Error::bad_input(
+                path,
+                format!(
+                    "missing column `{}` ({}); the file has [{}]",
+                    want.name(),
+                    want.data_type(),
+                    have.join(", ")
+                ),
+            ));
+        };
+        if !compatible(got.data_type(), want.data_type()) {
+            return Err(Error::bad_input(
+                path,
+                format!(
+                    "column `{}` has type {}, expected {}",
+                    want.name(),
+                    got.data_type(),
+                    want.data_type()
+                ),
+            ));
+        }
+        roots.push(idx);
+    }
+    Ok(ProjectionMask::roots(meta.parquet_schema(), roots))
+}
+
+/// Types we accept for a raw column and convert losslessly to the contract's type.
+fn compatible(got: &DataType, want: &DataType) -> bool {
+    use DataType::*;
+    match (got, want) {
+        (g, w) if g == w => true,
+        (Utf8 | LargeUtf8 | Utf8View, Utf8) => true,
+        (Dictionary(_, v), Utf8) => matches!(v.as_ref(), Utf8 | LargeUtf8 | Utf8View),
+        (Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32, Int64) => true,
+        // Any unit, as long as it is an instant (has a time zone); a naive timestamp is ambiguous.
+        (Timestamp(_, Some(_)), Timestamp(_, Some(_))) => true,
+        (Decimal128(p, s) | Decimal256(p, s), Decimal128(wp, ws)) => {
+            *s >= 0 && *s <= *ws && (*p as i16 - *s as i16) <= (*wp as i16 - *ws as i16)
+        }
+        _ => false,
+    }
+}
+
+/// Reorder and cast a raw batch to `RAW_LENIENT` (compatibility was checked at planning).
+fn normalize(batch: &RecordBatch) -> Result<RecordBatch> {
+    let cols = RAW_LENIENT
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = batch.column_by_name(f.name()).expect("projected column");
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                cast(c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(RAW_LENIENT.clone(), cols)?)
+}
+
+fn day_of(us: i64) -> i32 {
+    us.div_euclid(DAY_US) as i32
+}
+
+/// Read every new file's footer, check it, and sort its row groups into days.
+/// Returns the plan (inputs per day, in file then row-group order) and the total row count.
+fn plan(files: &[PathBuf], scratch: &Path) -> Result<(BTreeMap<DayKey, Vec<Input>>, u64)> {
+    let mut plan: BTreeMap<DayKey, Vec<Input>> = BTreeMap::new();
+    let mut rows = 0u64;
+    for (fi, path) in files.iter().enumerate() {
+        let file =
+            File::open(path).map_err(|e| Error::bad_input(path, format!("cannot open: {e}")))?;
+        let meta = ArrowReaderMetadata::load(&file, Default::default())
+            .map_err(|e| Error::bad_input(path, format!("not a readable Parquet file ({e})")))?;
+        let projection = raw_projection(path, &meta)?;
+        let md = meta.metadata();
+        rows += md.file_metadata().num_rows().max(0) as u64;
+        let converter = StatisticsConverter::try_new(
+            col::TRANSACTION_TS,
+            meta.schema(),
+            meta.parquet_schema(),
+        )?;
+        let mins = converter.row_group_mins(md.row_groups().iter())?;
+        let maxs = converter.row_group_maxes(md.row_groups().iter())?;
+        let nulls = converter.row_group_null_counts(md.row_groups().iter())?;
+        let to_us = |a: &ArrayRef| -> Result<ArrayRef> {
+            Ok(cast(a, &DataType::Timestamp(TimeUnit::Microsecond, None))?)
+        };
+        let (mins, maxs) = (to_us(&mins)?, to_us(&maxs)?);
+        let (mins, maxs) = (
+            mins.as_primitive::<TimestampMicrosecondType>(),
+            maxs.as_primitive::<TimestampMicrosecondType>(),
+        );
+        for rg in 0..md.num_row_groups() {
+            if md.row_group(rg).num_rows() == 0 {
+                continue;
+            }
+            let single_day = mins.is_valid(rg)
+                && maxs.is_valid(rg)
+                && nulls.is_valid(rg)
+                && nulls.value(rg) == 0
+                && day_of(mins.value(rg)) == day_of(maxs.value(rg));
+            if single_day {
+                plan.entry(Some(day_of(mins.value(rg))))
+                    .or_default()
+                    .push(Input::RowGroup {
+                        file: fi,
+                        row_group: rg,
+                    });
+            } else {
+                for (day, spilled) in
+                    spill_row_group(path, fi, rg, &file, &meta, projection.clone(), scratch)?
+                {
+                    plan.entry(day).or_default().push(Input::Spilled {
+                        file: fi,
+                        path: spilled,
+                    });
+                }
+            }
+        }
+    }
+    Ok((plan, rows))
+}
+
+/// Read one row group that spans several days and write its rows, split by day, to scratch.
+fn spill_row_group(
+    path: &Path,
+    fi: usize,
+    rg: usize,
+    file: &File,
+    meta: &ArrowReaderMetadata,
+    projection: ProjectionMask,
+    scratch: &Path,
+) -> Result<Vec<(DayKey, PathBuf)>> {
+    let f = file
+        .try_clone()
+        .map_err(|e| Error::io(format!("cannot reopen {}", path.display()), e))?;
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta.clone())
+        .with_row_groups(vec![rg])
+        .with_projection(projection)
+        .with_batch_size(BATCH_ROWS)
+        .build()?;
+    let mut writers: BTreeMap<DayKey, (PathBuf, IpcWriter<File>)> = BTreeMap::new();
+    for batch in reader {
+        let batch =
+            normalize(&batch.map_err(|e| {
+                Error::bad_input(path, format!("row group {rg} is unreadable ({e})"))
+            })?)?;
+        let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+        let mut by_day: BTreeMap<DayKey, Vec<u32>> = BTreeMap::new();
+        for i in 0..batch.num_rows() {
+            let day = ts.is_valid(i).then(|| day_of(ts.value(i)));
+            by_day.entry(day).or_default().push(i as u32);
+        }
+        for (day, idx) in by_day {
+            let part = take_record_batch(&batch, &UInt32Array::from(idx))?;
+            if !writers.contains_key(&day) {
+                let name = format!(
+                    "f{fi:06}-rg{rg:05}-{}.arrow",
+                    day.map_or("null".to_string(), |d| d.to_string())
+                );
+                let p = scratch.join(name);
+                let f = File::create(&p)
+                    .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
+                writers.insert(day, (p, IpcWriter::try_new(f, &RAW_LENIENT)?));
+            }
+            writers.get_mut(&day).expect("inserted").1.write(&part)?;
+        }
+    }
+    let mut out = Vec::with_capacity(writers.len());
+    for (day, (p, mut w)) in writers {
+        w.finish()?;
+        out.push((day, p));
+    }
+    Ok(out)
+}
+
+/// Data files of `customer_transactions` per day, for the days in the plan.
+fn existing_files_by_day(
+    table: &DeltaTable,
+    plan: &BTreeMap<DayKey, Vec<Input>>,
+) -> Result<HashMap<i32, Vec<deltalake::Path>>> {
+    let wanted: HashSet<i32> = plan.keys().flatten().copied().collect();
+    let mut out: HashMap<i32, Vec<deltalake::Path>> = HashMap::new();
+    let snapshot = table.snapshot().map_err(|e| Error::delta(TABLE, e))?;
+    for file in snapshot.log_data().iter() {
+        let Some(Some(value)) = file.partition_values_map().remove(PARTITION_COLUMN) else {
+            continue;
+        };
+        let Ok(date) = chrono::NaiveDate::parse_from_str(&value, "%Y-%m-%d") else {
+            continue;
+        };
+        let day = (date - chrono::NaiveDate::default()).num_days() as i32;
+        if wanted.contains(&day) {
+            out.entry(day).or_default().push(file.object_store_path());
+        }
+    }
+    Ok(out)
+}
+
+/// Writer settings for the Delta data files: ids are random, so no dictionary for them.
+fn data_writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(ColumnPath::from(col::TRANSACTION_ID), false)
+        .build()
+}
+
+async fn process_day(
+    ctx: &Ctx,
+    day: DayKey,
+    inputs: Vec<Input>,
+    existing: Vec<deltalake::Path>,
+) -> Result<DayResult> {
+    let mut seen: HashSet<u128> = HashSet::new();
+    for path in &existing {
+        load_ids(&ctx.main, path, &mut seen).await?;
+    }
+    let mut main_writer = RecordBatchWriter::for_table(&ctx.main)
+        .map_err(|e| Error::delta(TABLE, e))?
+        .with_writer_properties(data_writer_properties());
+    let mut q_writer = RecordBatchWriter::for_table(&ctx.quarantine)
+        .map_err(|e| Error::delta(QUARANTINE_TABLE, e))?;
+    let main_schema = schema::without_column(&main_writer.arrow_schema(), PARTITION_COLUMN);
+    let q_schema = schema::without_column(&q_writer.arrow_schema(), PARTITION_COLUMN);
+    let partition = |d: DayKey| {
+        IndexMap::from([(
+            PARTITION_COLUMN.to_string(),
+            d.map_or(
+                Scalar::Null(delta_kernel::schema::DataType::DATE),
+                Scalar::Date,
+            ),
+        )])
+    };
+
+    let mut out = DayResult::default();
+    for input in inputs {
+        let (fi, batches) = read_input(ctx, &input)?;
+        let src = &ctx.files[fi];
+        for batch in batches {
+            let batch = batch?;
+            let n = batch.num_rows();
+            let checked = rules::check(&batch, ctx.now_us);
+            let mut keep = Vec::with_capacity(n);
+            let mut rejected: Vec<u32> = Vec::new();
+            let mut reasons: Vec<&'static str> = Vec::new();
+            for i in 0..n {
+                let reason = match checked.reasons[i] {
+                    None if seen.insert(checked.ids[i]) => None,
+                    None => Some(Reason::DuplicateTransactionId),
+                    r => r,
+                };
+                keep.push(reason.is_none());
+                if let Some(r) = reason {
+                    if r == Reason::DuplicateTransactionId {
+                        out.duplicates += 1;
+                    } else {
+                        *out.reasons.entry(r.as_str()).or_default() += 1;
+                    }
+                    rejected.push(i as u32);
+                    reasons.push(r.as_str());
+                }
+            }
+            let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+            out.rows_out += kept.num_rows() as u64;
+            if kept.num_rows() > 0 {
+                let d = day.expect("valid rows have a timestamp");
+                let b = with_extra_columns(
+                    &kept,
+                    &main_schema,
+                    vec![repeat_str(&src.rel, kept.num_rows())],
+                )?;
+                main_writer
+                    .write_partition(b, &partition(Some(d)), WriteMode::Default)
+                    .await
+                    .map_err(|e| Error::delta(TABLE, e))?;
+            }
+            if !rejected.is_empty() && !src.quarantine_done {
+                let bad = take_record_batch(&batch, &UInt32Array::from(rejected))?;
+                let m = bad.num_rows();
+                let extra: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from(reasons)),
+                    repeat_str(&src.rel, m),
+                ];
+                let b = with_extra_columns(&bad, &q_schema, extra)?;
+                q_writer
+                    .write_partition(b, &partition(day), WriteMode::Default)
+                    .await
+                    .map_err(|e| Error::delta(QUARANTINE_TABLE, e))?;
+            }
+            ctx.progress.inc(n as u64);
+        }
+    }
+    out.main_adds = main_writer
+        .flush()
+        .await
+        .map_err(|e| Error::delta(TABLE, e))?;
+    out.quarantine_adds = q_writer
+        .flush()
+        .await
+        .map_err(|e| Error::delta(QUARANTINE_TABLE, e))?;
+    Ok(out)
+}
+
+type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+/// The batches of one input, normalised to `RAW_LENIENT`, and the index of its source file.
+fn read_input(ctx: &Ctx, input: &Input) -> Result<(usize, BatchIter)> {
+    match input {
+        Input::RowGroup { file, row_group } => {
+            let path = ctx.files[*file].path.clone();
+            let f = File::open(&path)
+                .map_err(|e| Error::bad_input(&path, format!("cannot open: {e}")))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| {
+                Error::bad_input(&path, format!("not a readable Parquet file ({e})"))
+            })?;
+            let meta =
+                ArrowReaderMetadata::try_new(builder.metadata().clone(), Default::default())?;
+            let projection = raw_projection(&path, &meta)?;
+            let reader = builder
+                .with_row_groups(vec![*row_group])
+                .with_projection(projection)
+                .with_batch_size(BATCH_ROWS)
+                .build()?;
+            let rg = *row_group;
+            Ok((
+                *file,
+                Box::new(reader.map(move |b| {
+                    let b = b.map_err(|e| {
+                        Error::bad_input(&path, format!("row group {rg} is unreadable ({e})"))
+                    })?;
+                    normalize(&b)
+                })),
+            ))
+        }
+        Input::Spilled { file, path } => {
+            let f = File::open(path).map_err(|e| {
+                Error::io(format!("cannot open scratch file {}", path.display()), e)
+            })?;
+            let reader = IpcReader::try_new(f, None)?;
+            Ok((*file, Box::new(reader.map(|b| b.map_err(Error::from)))))
+        }
+    }
+}
+
+/// Read the `transaction_id` column of one data file into `seen`.
+async fn load_ids(
+    table: &DeltaTable,
+    path: &deltalake::Path,
+    seen: &mut HashSet<u128>,
+) -> Result<()> {
+    #[allow(deprecated)]
+    let reader = ParquetObjectReader::new(table.object_store(), path.clone());
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), [col::TRANSACTION_ID]);
+    let mut stream = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let ids = batch.column(0).as_string::<i32>();
+        seen.reserve(ids.len());
+        for id in ids.iter().flatten() {
+            if let Some(v) = rules::parse_uuid(id) {
+                seen.insert(v);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn repeat_str(value: &str, n: usize) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, n)))
+}
+
+/// `batch` (RAW_LENIENT columns) plus `extra` columns, conformed to `target` (the writer's
+/// file schema): casts only where the types differ, and asserts nullability via `try_new`.
+fn with_extra_columns(
+    batch: &RecordBatch,
+    target: &SchemaRef,
+    extra: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    let cols: Vec<ArrayRef> = batch.columns().iter().cloned().chain(extra).collect();
+    let cols = cols
+        .into_iter()
+        .zip(target.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                cast(&c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(target.clone(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_lossless_variants_and_rejects_the_rest() {
+        use DataType::*;
+        let ts = schema::timestamp_type();
+        assert!(compatible(
+            &Dictionary(Box::new(Int8), Box::new(Utf8)),
+            &Utf8
+        ));
+        assert!(compatible(&LargeUtf8, &Utf8));
+        assert!(compatible(&Int32, &Int64));
+        assert!(compatible(
+            &Timestamp(TimeUnit::Nanosecond, Some("+00:00".into())),
+            &ts
+        ));
+        assert!(compatible(&Decimal128(10, 2), &Decimal128(12, 2)));
+        assert!(!compatible(&Timestamp(TimeUnit::Microsecond, None), &ts));
+        assert!(!compatible(&Float64, &Decimal128(12, 2)));
+        assert!(!compatible(&Decimal128(14, 2), &Decimal128(12, 2)));
+        assert!(!compatible(&Decimal128(12, 3), &Decimal128(12, 2)));
+        assert!(!compatible(&Utf8, &Int64));
+        assert!(!compatible(&UInt64, &Int64));
+    }
+
+    #[test]
+    fn days_floor_towards_the_past() {
+        assert_eq!(day_of(0), 0);
+        assert_eq!(day_of(DAY_US - 1), 0);
+        assert_eq!(day_of(-1), -1);
+    }
+}

@@ -1,0 +1,240 @@
+//! `pipeline`: the command line. Parses flags, sets up logging, runs one stage, prints its
+//! report, and maps errors to the exit codes documented in the README.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+use pipeline::error::exit;
+use pipeline::generate::{GenerateConfig, GenerateReport};
+use pipeline::ingest::{IngestOptions, IngestReport};
+use pipeline::progress::{Progress, bytes, thousands};
+use pipeline::{Error, Layout};
+use serde::Serialize;
+
+/// Lakehouse ETL: synthetic transactions -> Delta Lake -> daily aggregates -> ScyllaDB.
+///
+/// Every stage is idempotent and incremental: rerun it at any time, after any crash.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Where the tables live (raw landing files, Delta tables, quarantine).
+    #[arg(long, global = true, env = "PIPELINE_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+
+    /// Print the stage report as JSON on stdout instead of the text summary.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Do not draw progress bars (they are drawn only on a terminal anyway).
+    #[arg(long, global = true)]
+    no_progress: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a batch of deterministic synthetic transactions to the raw landing folder.
+    Generate(GenerateArgs),
+    /// Load new raw files into the `customer_transactions` Delta table (bad rows to quarantine).
+    Ingest(IngestArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Rows to generate in this batch.
+    #[arg(long, default_value_t = 100_000)]
+    rows: u64,
+    /// Distinct customers (activity is Zipf-distributed over them).
+    #[arg(long, default_value_t = 10_000)]
+    customers: u64,
+    /// Distinct merchants.
+    #[arg(long, default_value_t = 2_000)]
+    merchants: u64,
+    /// Days covered, starting at --start-date.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// First day (YYYY-MM-DD, UTC).
+    #[arg(long, default_value = "2024-01-01")]
+    start_date: NaiveDate,
+    /// Random seed: same seed and options, same rows.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Maximum rows per Parquet file (a day with more rows is split into several files).
+    #[arg(long, default_value_t = 500_000)]
+    rows_per_file: u64,
+    /// Batch number; each batch writes its own folder. Use a new one to add files later
+    /// (a new date range, or late rows for old days with an earlier --start-date).
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Fraction of rows made bad on purpose (every kind the ingest rules catch, and duplicates,
+    /// including re-deliveries of rows from earlier batches).
+    #[arg(long, default_value_t = 0.0)]
+    dirty_rate: f64,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Days processed concurrently (default: number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            // `{:#}`-style: the whole cause chain on one line.
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(": ");
+                    msg.push_str(&text);
+                }
+                source = s.source();
+            }
+            eprintln!("error: {msg}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    let layout = Layout::new(&cli.data_dir);
+    let show = !cli.no_progress;
+    match cli.command {
+        Command::Generate(a) => {
+            let cfg = GenerateConfig {
+                rows: a.rows,
+                customers: a.customers,
+                merchants: a.merchants,
+                days: a.days,
+                start_date: a.start_date,
+                seed: a.seed,
+                rows_per_file: a.rows_per_file,
+                batch: a.batch,
+                dirty_rate: a.dirty_rate,
+            };
+            let progress = Progress::new("generate", show);
+            let report = pipeline::generate::run(&layout, &cfg, &progress)?;
+            progress.finish();
+            emit(cli.json, &report, summary_generate)
+        }
+        Command::Ingest(a) => {
+            let mut opts = IngestOptions::default();
+            if let Some(w) = a.workers {
+                opts.workers = w;
+            }
+            let progress = Progress::new("ingest", show);
+            let report = runtime()?.block_on(pipeline::ingest::run(&layout, &opts, &progress))?;
+            progress.finish();
+            emit(cli.json, &report, summary_ingest)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))
+}
+
+fn emit<R: Serialize>(json: bool, report: &R, text: fn(&R) -> String) -> Result<(), Error> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("reports serialise")
+        );
+    } else {
+        println!("{}", text(report));
+    }
+    Ok(())
+}
+
+fn summary_generate(r: &GenerateReport) -> String {
+    if r.skipped {
+        return format!(
+            "generate: batch {} already complete ({} rows in {} files); nothing written",
+            r.batch,
+            thousands(r.rows),
+            r.files
+        );
+    }
+    let mut s = format!(
+        "generate: batch {}: {} rows in {} files, {} in {:.2} s ({} rows/s, peak RSS {})",
+        r.batch,
+        thousands(r.rows),
+        r.files,
+        bytes(r.bytes),
+        r.seconds,
+        thousands(r.rows_per_sec as u64),
+        bytes(r.peak_rss_bytes)
+    );
+    if !r.dirty.is_empty() {
+        s.push_str(&format!(
+            "\n  injected: {} rule violations, {} duplicates",
+            thousands(r.expected_quarantined),
+            thousands(r.expected_duplicates)
+        ));
+    }
+    s
+}
+
+fn summary_ingest(r: &IngestReport) -> String {
+    if r.files_ingested == 0 {
+        return format!(
+            "ingest: no new files ({} already ingested); nothing committed",
+            r.files_seen
+        );
+    }
+    let mut s = format!(
+        "ingest: {} new files ({} read) -> {} version {}\n  rows: {} in = {} out + {} quarantined + {} duplicates\n  {} days, {} written in {} files, {:.2} s ({} rows/s, peak RSS {})",
+        r.files_ingested,
+        bytes(r.bytes_read),
+        pipeline::ingest::TABLE,
+        r.table_version.map_or("-".into(), |v| v.to_string()),
+        thousands(r.rows_in),
+        thousands(r.rows_out),
+        thousands(r.rows_quarantined),
+        thousands(r.duplicates),
+        r.days,
+        bytes(r.bytes_written),
+        r.data_files_written,
+        r.seconds,
+        thousands(r.rows_per_sec as u64),
+        bytes(r.peak_rss_bytes)
+    );
+    if !r.quarantine_reasons.is_empty() {
+        let reasons: Vec<String> = r
+            .quarantine_reasons
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        s.push_str(&format!("\n  quarantined by rule: {}", reasons.join(", ")));
+    }
+    s
+}

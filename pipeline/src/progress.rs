@@ -1,0 +1,110 @@
+//! Progress display (a bar on a terminal, nothing otherwise) and process measurements.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A row counter that draws a bar on stderr when it is a terminal.
+#[derive(Clone)]
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    /// A bar for `stage`, drawn only when stderr is a terminal and `enabled`.
+    pub fn new(stage: &str, enabled: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if !(enabled && std::io::stderr().is_terminal()) {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>9} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows ({per_sec})",
+            )
+            .expect("valid template"),
+        );
+        bar.set_prefix(stage.to_string());
+        Self { bar }
+    }
+
+    pub fn hidden() -> Self {
+        Self {
+            bar: ProgressBar::hidden(),
+        }
+    }
+
+    pub fn set_length(&self, n: u64) {
+        self.bar.set_length(n);
+    }
+
+    pub fn inc_length(&self, n: u64) {
+        self.bar.inc_length(n);
+    }
+
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Peak resident set size of this process so far, in bytes (Linux `ru_maxrss` is in KiB).
+pub fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0 {
+            (usage.ru_maxrss as u64) * 1024
+        } else {
+            0
+        }
+    }
+}
+
+/// `12,345,678`
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `512 B`
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(12_345_678), "12,345,678");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert!(peak_rss_bytes() > 0);
+    }
+}

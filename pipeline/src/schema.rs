@@ -1,0 +1,156 @@
+//! Arrow schemas of every table: the single source of truth (see `shared/docs/CONTRACT.md`).
+
+use std::sync::{Arc, LazyLock};
+
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// Precision and scale of a raw transaction amount: `Decimal128(12, 2)`.
+pub const AMOUNT_PRECISION: u8 = 12;
+pub const AMOUNT_SCALE: i8 = 2;
+
+/// Categories the generator produces; any other value is quarantined.
+pub const CATEGORIES: [&str; 10] = [
+    "grocery",
+    "restaurants",
+    "fuel",
+    "retail",
+    "travel",
+    "entertainment",
+    "health",
+    "utilities",
+    "electronics",
+    "services",
+];
+pub const CHANNELS: [&str; 3] = ["online", "in_store", "mobile"];
+pub const STATUSES: [&str; 2] = ["approved", "declined"];
+
+/// Column names, so a typo is a compile error rather than a runtime one.
+pub mod col {
+    pub const TRANSACTION_ID: &str = "transaction_id";
+    pub const CUSTOMER_ID: &str = "customer_id";
+    pub const MERCHANT_ID: &str = "merchant_id";
+    pub const TRANSACTION_TS: &str = "transaction_ts";
+    pub const AMOUNT: &str = "amount";
+    pub const CATEGORY: &str = "category";
+    pub const CHANNEL: &str = "channel";
+    pub const STATUS: &str = "status";
+    pub const TRANSACTION_DATE: &str = "transaction_date";
+    pub const SOURCE_FILE: &str = "source_file";
+    pub const REJECTION_REASON: &str = "rejection_reason";
+}
+
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+pub fn amount_type() -> DataType {
+    DataType::Decimal128(AMOUNT_PRECISION, AMOUNT_SCALE)
+}
+
+/// The raw landing schema, in column order. `not_null` is the contract's nullability;
+/// quarantine relaxes it so rejected rows keep whatever they had.
+fn raw_fields(not_null: bool) -> Vec<Field> {
+    let req = !not_null;
+    vec![
+        Field::new(col::TRANSACTION_ID, DataType::Utf8, req),
+        Field::new(col::CUSTOMER_ID, DataType::Int64, req),
+        Field::new(col::MERCHANT_ID, DataType::Int64, req),
+        Field::new(col::TRANSACTION_TS, timestamp_type(), req),
+        Field::new(col::AMOUNT, amount_type(), req),
+        Field::new(col::CATEGORY, DataType::Utf8, true),
+        Field::new(col::CHANNEL, DataType::Utf8, true),
+        Field::new(col::STATUS, DataType::Utf8, true),
+    ]
+}
+
+/// Raw transactions as the generator writes them and ingest expects them.
+pub static RAW: LazyLock<SchemaRef> = LazyLock::new(|| Arc::new(Schema::new(raw_fields(true))));
+
+/// What ingest reads from a raw file: the raw columns, all nullable, because a producer other
+/// than our generator may write nulls, and a null in a required column is a rule violation
+/// (quarantined), not a broken file.
+pub static RAW_LENIENT: LazyLock<SchemaRef> =
+    LazyLock::new(|| Arc::new(Schema::new(raw_fields(false))));
+
+/// `customer_transactions`: the raw columns, the partition date and the source file.
+pub static TRANSACTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = raw_fields(true);
+    // category/channel/status are validated against fixed sets, so never null here.
+    for f in fields.iter_mut().skip(5) {
+        *f = f.clone().with_nullable(false);
+    }
+    fields.push(Field::new(col::TRANSACTION_DATE, DataType::Date32, false));
+    fields.push(Field::new(col::SOURCE_FILE, DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+});
+
+/// `customer_transactions_quarantine`: every raw column (nullable), the reason, the source
+/// file and the date (null when the timestamp is).
+pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = raw_fields(false);
+    fields.push(Field::new(col::REJECTION_REASON, DataType::Utf8, false));
+    fields.push(Field::new(col::SOURCE_FILE, DataType::Utf8, false));
+    fields.push(Field::new(col::TRANSACTION_DATE, DataType::Date32, true));
+    Arc::new(Schema::new(fields))
+});
+
+/// Both Delta tables of ingest are partitioned by day.
+pub const PARTITION_COLUMN: &str = col::TRANSACTION_DATE;
+
+/// The schema without the given partition column: what a data file of the table holds.
+pub fn without_column(schema: &Schema, name: &str) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != name)
+            .cloned()
+            .collect::<Vec<_>>(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_extend_the_raw_schema_in_order() {
+        let raw: Vec<_> = RAW.fields().iter().map(|f| f.name().clone()).collect();
+        let tx: Vec<_> = TRANSACTIONS
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let q: Vec<_> = QUARANTINE
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(&tx[..raw.len()], &raw[..]);
+        assert_eq!(&q[..raw.len()], &raw[..]);
+        assert_eq!(tx[raw.len()..], ["transaction_date", "source_file"]);
+        assert!(
+            QUARANTINE
+                .fields()
+                .iter()
+                .take(raw.len())
+                .all(|f| f.is_nullable())
+        );
+        assert!(TRANSACTIONS.fields().iter().all(|f| !f.is_nullable()));
+    }
+
+    #[test]
+    fn contract_types() {
+        assert_eq!(
+            RAW.field_with_name("amount").unwrap().data_type(),
+            &DataType::Decimal128(12, 2)
+        );
+        assert_eq!(
+            RAW.field_with_name("transaction_ts").unwrap().data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        );
+        let file = without_column(&TRANSACTIONS, PARTITION_COLUMN);
+        assert!(file.field_with_name(PARTITION_COLUMN).is_err());
+        assert_eq!(file.fields().len(), TRANSACTIONS.fields().len() - 1);
+    }
+}

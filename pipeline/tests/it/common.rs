@@ -1,0 +1,125 @@
+//! Helpers: run the binary, read Delta tables back without going through our own code paths.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use deltalake::arrow::array::{Array, AsArray};
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+pub struct Data {
+    pub dir: tempfile::TempDir,
+}
+
+impl Data {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Run `pipeline --data-dir <dir> --json <args>` with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+        cmd.arg("--data-dir")
+            .arg(self.path())
+            .arg("--json")
+            .args(args);
+        cmd.env_remove("PIPELINE_FAILPOINTS");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run pipeline")
+    }
+
+    /// Run and expect success; returns the JSON report.
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let out = self.run_env(args, &[]);
+        assert!(
+            out.status.success(),
+            "pipeline {args:?} failed ({:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bad JSON from {args:?}: {e}\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    pub fn table(&self, rel: &str) -> PathBuf {
+        self.path().join(rel)
+    }
+}
+
+pub fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("report has no integer `{key}`: {v}"))
+}
+
+/// Current version of a Delta table, read from the log folder (highest commit file).
+pub fn version(table: &Path) -> Option<u64> {
+    let log = table.join("_delta_log");
+    std::fs::read_dir(log)
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".json")?.parse::<u64>().ok()
+        })
+        .max()
+}
+
+/// Every row of a Delta table as (transaction_id, partition date) pairs, read with the plain
+/// Parquet reader from the files the log lists as live (replayed here independently).
+pub fn rows(table: &Path) -> Vec<(String, String)> {
+    let mut live: BTreeMap<String, String> = BTreeMap::new();
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    versions.retain(|p| p.extension().is_some_and(|x| x == "json"));
+    versions.sort();
+    for v in versions {
+        for line in std::fs::read_to_string(&v).unwrap().lines() {
+            let action: Value = serde_json::from_str(line).unwrap();
+            if let Some(add) = action.get("add") {
+                let date = add["partitionValues"]["transaction_date"]
+                    .as_str()
+                    .unwrap_or("null")
+                    .to_string();
+                live.insert(add["path"].as_str().unwrap().to_string(), date);
+            } else if let Some(rm) = action.get("remove") {
+                live.remove(rm["path"].as_str().unwrap());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (path, date) in live {
+        let decoded = path.replace("%3A", ":").replace("%2F", "/");
+        let file = File::open(table.join(&decoded)).unwrap_or_else(|e| panic!("{decoded}: {e}"));
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let batch = batch.unwrap();
+            let ids = batch
+                .column_by_name("transaction_id")
+                .unwrap()
+                .as_string::<i32>();
+            for i in 0..ids.len() {
+                out.push((ids.value(i).to_string(), date.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
