@@ -37,8 +37,9 @@ pub enum Error {
     #[error("Delta table {table}: {source}")]
     Delta {
         table: String,
+        // Boxed: delta-rs errors are large, and every `Result` would pay for them.
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
 
     /// Someone else committed to the table between our read and our commit.
@@ -61,10 +62,16 @@ pub enum Error {
     Parquet(#[from] ParquetError),
 
     #[error(transparent)]
-    DeltaRaw(#[from] DeltaTableError),
+    DeltaRaw(Box<DeltaTableError>),
 
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl From<DeltaTableError> for Error {
+    fn from(e: DeltaTableError) -> Self {
+        Error::DeltaRaw(Box::new(e))
+    }
 }
 
 impl Error {
@@ -97,7 +104,7 @@ impl Error {
             },
             source => Error::Delta {
                 table: table.to_string(),
-                source,
+                source: Box::new(source),
             },
         }
     }

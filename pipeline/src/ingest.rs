@@ -571,17 +571,17 @@ fn spill_row_group(
         }
         for (day, idx) in by_day {
             let part = take_record_batch(&batch, &UInt32Array::from(idx))?;
-            if !writers.contains_key(&day) {
-                let name = format!(
-                    "f{fi:06}-rg{rg:05}-{}.arrow",
-                    day.map_or("null".to_string(), |d| d.to_string())
-                );
-                let p = scratch.join(name);
-                let f = File::create(&p)
-                    .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
-                writers.insert(day, (p, IpcWriter::try_new(f, &RAW_LENIENT)?));
-            }
-            writers.get_mut(&day).expect("inserted").1.write(&part)?;
+            let (_, writer) = match writers.entry(day) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let day_name = day.map_or("null".to_string(), |d| d.to_string());
+                    let p = scratch.join(format!("f{fi:06}-rg{rg:05}-{day_name}.arrow"));
+                    let f = File::create(&p)
+                        .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
+                    e.insert((p, IpcWriter::try_new(f, &RAW_LENIENT)?))
+                }
+            };
+            writer.write(&part)?;
         }
     }
     let mut out = Vec::with_capacity(writers.len());

@@ -24,10 +24,10 @@ pub const FAILPOINTS_ENV: &str = "PIPELINE_FAILPOINTS";
 /// Abort the process here if `name` is listed in [`FAILPOINTS_ENV`]. `abort` runs no
 /// destructors and flushes nothing, like SIGKILL.
 pub fn failpoint(name: &str) {
-    if let Ok(list) = std::env::var(FAILPOINTS_ENV) {
-        if list.split(',').any(|p| p.trim() == name) {
-            eprintln!("failpoint {name}: aborting");
-            std::process::abort();
-        }
+    if let Ok(list) = std::env::var(FAILPOINTS_ENV)
+        && list.split(',').any(|p| p.trim() == name)
+    {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
     }
 }

@@ -1,0 +1,47 @@
+# Lakehouse ETL pipeline. `make` (or `make help`) lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+DATA_DIR ?= data
+ROWS     ?= 200000
+N        ?= 10000000
+BIN      := target/release/pipeline
+PIPELINE := $(BIN) --data-dir $(DATA_DIR)
+
+.PHONY: help setup build run generate ingest test lint bench clean-data docker
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+setup: ## Check the toolchain (Rust via rustup) is present; nothing else is needed
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs) and rerun"; exit 1; }
+	@cargo --version
+
+build: setup ## Build the release binary (target/release/pipeline)
+	cargo build --release --locked -p pipeline
+
+run: build ## The main job on a small data set: generate, then ingest (ROWS=200000)
+	$(PIPELINE) generate --rows $(ROWS)
+	$(PIPELINE) ingest
+
+generate: build ## Run the generate stage alone (ARGS="--rows 1000000 --batch 2")
+	$(PIPELINE) generate $(ARGS)
+
+ingest: build ## Run the ingest stage alone
+	$(PIPELINE) ingest $(ARGS)
+
+test: setup ## Run every test (unit and integration)
+	cargo test --workspace --locked
+
+lint: setup ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+bench: build ## Benchmark the stages at N rows (N=10000000) in a fresh temp dir
+	bench/run.sh $(N)
+
+clean-data: ## Delete everything under DATA_DIR except its README
+	find $(DATA_DIR) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+
+docker: ## Build the container image (needs a Docker engine)
+	docker build -t pipeline .
