@@ -64,6 +64,9 @@ pub enum Error {
     #[error(transparent)]
     DeltaRaw(Box<DeltaTableError>),
 
+    #[error("query engine: {0}")]
+    DataFusion(Box<deltalake::datafusion::error::DataFusionError>),
+
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -71,6 +74,12 @@ pub enum Error {
 impl From<DeltaTableError> for Error {
     fn from(e: DeltaTableError) -> Self {
         Error::DeltaRaw(Box::new(e))
+    }
+}
+
+impl From<deltalake::datafusion::error::DataFusionError> for Error {
+    fn from(e: deltalake::datafusion::error::DataFusionError) -> Self {
+        Error::DataFusion(Box::new(e))
     }
 }
 

@@ -4,6 +4,7 @@
 //! Every stage is idempotent: what it consumed is committed atomically with its output in the
 //! Delta log (application transactions), never in a side store.
 
+pub mod aggregate;
 pub mod delta;
 pub mod error;
 pub mod generate;

@@ -94,7 +94,20 @@ pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(fields))
 });
 
-/// Both Delta tables of ingest are partitioned by day.
+/// `customer_daily_aggregates`: one row per (customer, day) seen.
+pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new(col::CUSTOMER_ID, DataType::Int64, false),
+        Field::new(col::TRANSACTION_DATE, DataType::Date32, false),
+        Field::new("total_amount", DataType::Decimal128(18, 2), false),
+        Field::new("transaction_count", DataType::Int64, false),
+        Field::new("declined_count", DataType::Int64, false),
+        Field::new("min_amount", amount_type(), true),
+        Field::new("max_amount", amount_type(), true),
+    ]))
+});
+
+/// Every Delta table of the pipeline is partitioned by day.
 pub const PARTITION_COLUMN: &str = col::TRANSACTION_DATE;
 
 /// The schema without the given partition column: what a data file of the table holds.
