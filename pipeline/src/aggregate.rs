@@ -8,17 +8,15 @@
 //! overwrite. Killed at any point, the table is either the old version or the new one.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use deltalake::datafusion::logical_expr::{Expr, col, lit};
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::datafusion::scalar::ScalarValue;
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::protocol::SaveMode;
+use deltalake::kernel::{Action, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::StreamExt;
 use serde::Serialize;
 
 use crate::delta;
@@ -160,7 +158,7 @@ pub async fn run(
                     TABLE,
                     vec![],
                     vec![Transaction::new(APP_ID, version)],
-                    deltalake::protocol::DeltaOperation::Write {
+                    DeltaOperation::Write {
                         mode: SaveMode::Append,
                         partition_by: None,
                         predicate: None,
@@ -206,35 +204,69 @@ pub async fn run(
     });
     let sql = QUERY.replace("{where}", filter.as_deref().unwrap_or(""));
     let df = ctx.sql(&sql).await?;
-    let plan = df.into_unoptimized_plan();
+    let mut stream = df.execute_stream().await?;
 
-    let props = CommitProperties::default()
-        .with_application_transaction(Transaction::new(APP_ID, version))
-        .with_metadata([
+    // Stream the result into new files, then commit them together with the removal of the
+    // replaced days' files and the consumed source version: one atomic commit.
+    let mut writer = RecordBatchWriter::for_table(&target).map_err(|e| Error::delta(TABLE, e))?;
+    let schema = writer.arrow_schema();
+    let mut rows_written = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = delta::conform(batch?.columns().to_vec(), &schema)?;
+        rows_written += batch.num_rows() as u64;
+        writer
+            .write(batch)
+            .await
+            .map_err(|e| Error::delta(TABLE, e))?;
+    }
+    let adds = writer.flush().await.map_err(|e| Error::delta(TABLE, e))?;
+    let snapshot = target.snapshot().map_err(|e| Error::delta(TABLE, e))?;
+    let files = snapshot.log_data();
+    let removes = files
+        .iter()
+        .filter(|f| {
+            days.as_ref()
+                .is_none_or(|d| day_of_file(f).is_some_and(|day| d.contains(&day)))
+        })
+        .map(|f| Action::Remove(f.remove_action(true)));
+    let mut actions: Vec<Action> = removes.collect();
+    actions.extend(delta::adds(adds));
+    let predicate = days.as_ref().map(|d| {
+        let list: Vec<String> = d.iter().map(|d| format!("'{}'", date_str(*d))).collect();
+        format!("{PARTITION_COLUMN} IN ({})", list.join(", "))
+    });
+    crate::failpoint("aggregate.before_commit");
+    let v = delta::commit(
+        &target,
+        TABLE,
+        actions,
+        vec![Transaction::new(APP_ID, version)],
+        DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: Some(vec![PARTITION_COLUMN.to_string()]),
+            predicate,
+        },
+        HashMap::from([
             ("pipeline.stage".to_string(), serde_json::json!("aggregate")),
             (
                 "pipeline.source_version".to_string(),
                 serde_json::json!(version),
             ),
-        ]);
-    let mut write = target
-        .clone()
-        .write(vec![])
-        .with_input_plan(plan)
-        .with_session_state(Arc::new(ctx.state()))
-        .with_save_mode(SaveMode::Overwrite)
-        .with_partition_columns([PARTITION_COLUMN])
-        .with_commit_properties(props);
-    if let Some(d) = &days {
-        write = write.with_replace_where(days_predicate(d));
-    }
-    crate::failpoint("aggregate.before_commit");
-    let written = write.await.map_err(|e| Error::delta(TABLE, e))?;
+        ]),
+    )
+    .await?;
     progress.inc(report.rows_read);
-    report.table_version = written.version().map(|v| v as i64);
-    report.rows_written = target_rows(&written, days.as_ref())?;
+    report.table_version = Some(v);
+    report.rows_written = rows_written;
     report.source_version = Some(version);
     Ok(finish(report, started))
+}
+
+fn day_of_file(f: &deltalake::kernel::LogicalFileView) -> Option<i32> {
+    f.partition_values_map()
+        .remove(PARTITION_COLUMN)
+        .flatten()
+        .and_then(|s| parse_day(&s))
 }
 
 fn finish(mut report: AggregateReport, started: Instant) -> AggregateReport {
@@ -242,15 +274,6 @@ fn finish(mut report: AggregateReport, started: Instant) -> AggregateReport {
     report.rows_per_sec = report.rows_read as f64 / report.seconds.max(1e-9);
     report.peak_rss_bytes = crate::progress::peak_rss_bytes();
     report
-}
-
-fn days_predicate(days: &BTreeSet<i32>) -> Expr {
-    col(PARTITION_COLUMN).in_list(
-        days.iter()
-            .map(|d| lit(ScalarValue::Date32(Some(*d))))
-            .collect(),
-        false,
-    )
 }
 
 fn date_str(day: i32) -> String {
@@ -313,23 +336,12 @@ async fn touched_days(source: &DeltaTable, after: i64, upto: i64) -> Result<Opti
 
 /// Rows in the source files of `days` (all days when `None`), from the log's file statistics.
 fn source_rows(table: &DeltaTable, days: Option<&BTreeSet<i32>>) -> Result<u64> {
-    rows_in_days(table, ingest::TABLE, days)
-}
-
-fn target_rows(table: &DeltaTable, days: Option<&BTreeSet<i32>>) -> Result<u64> {
-    rows_in_days(table, TABLE, days)
-}
-
-fn rows_in_days(table: &DeltaTable, name: &str, days: Option<&BTreeSet<i32>>) -> Result<u64> {
-    let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| Error::delta(ingest::TABLE, e))?;
     let mut n = 0u64;
     for f in snapshot.log_data().iter() {
-        let day = f
-            .partition_values_map()
-            .remove(PARTITION_COLUMN)
-            .flatten()
-            .and_then(|s| parse_day(&s));
-        if days.is_none_or(|d| day.is_some_and(|day| d.contains(&day))) {
+        if days.is_none_or(|d| day_of_file(&f).is_some_and(|day| d.contains(&day))) {
             n += f.num_records().unwrap_or(0) as u64;
         }
     }

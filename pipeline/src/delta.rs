@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use deltalake::arrow::datatypes::Schema;
+use deltalake::arrow::array::{ArrayRef, RecordBatch};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
@@ -118,4 +120,21 @@ pub fn append_operation(partition_by: &[&str]) -> DeltaOperation {
 
 pub fn adds(adds: Vec<Add>) -> Vec<Action> {
     adds.into_iter().map(Action::Add).collect()
+}
+
+/// Build a batch of `target`'s schema from `columns` (same order), casting where the types
+/// differ and checking `target`'s nullability: the exact shape a delta-rs writer expects.
+pub fn conform(columns: Vec<ArrayRef>, target: &SchemaRef) -> Result<RecordBatch> {
+    let cols = columns
+        .into_iter()
+        .zip(target.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                cast(&c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(target.clone(), cols)?)
 }

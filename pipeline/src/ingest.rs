@@ -792,25 +792,16 @@ fn repeat_str(value: &str, n: usize) -> ArrayRef {
 }
 
 /// `batch` (RAW_LENIENT columns) plus `extra` columns, conformed to `target` (the writer's
-/// file schema): casts only where the types differ, and asserts nullability via `try_new`.
+/// file schema).
 fn with_extra_columns(
     batch: &RecordBatch,
     target: &SchemaRef,
     extra: Vec<ArrayRef>,
 ) -> Result<RecordBatch> {
-    let cols: Vec<ArrayRef> = batch.columns().iter().cloned().chain(extra).collect();
-    let cols = cols
-        .into_iter()
-        .zip(target.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c)
-            } else {
-                cast(&c, f.data_type())
-            }
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(target.clone(), cols)?)
+    delta::conform(
+        batch.columns().iter().cloned().chain(extra).collect(),
+        target,
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use deltalake::arrow::array::{Array, AsArray};
+use deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
@@ -78,9 +78,9 @@ pub fn version(table: &Path) -> Option<u64> {
         .max()
 }
 
-/// Every row of a Delta table as (transaction_id, partition date) pairs, read with the plain
-/// Parquet reader from the files the log lists as live (replayed here independently).
-pub fn rows(table: &Path) -> Vec<(String, String)> {
+/// Live data files of a Delta table with their `transaction_date` partition value, from
+/// replaying the JSON log here (add, then remove), independently of the pipeline's code.
+pub fn live_files(table: &Path) -> Vec<(PathBuf, String)> {
     let mut live: BTreeMap<String, String> = BTreeMap::new();
     let mut versions: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -101,16 +101,32 @@ pub fn rows(table: &Path) -> Vec<(String, String)> {
             }
         }
     }
+    live.into_iter()
+        .map(|(path, date)| {
+            (
+                table.join(path.replace("%3A", ":").replace("%2F", "/")),
+                date,
+            )
+        })
+        .collect()
+}
+
+/// All record batches of one Parquet file.
+pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// Every row of a Delta table as (transaction_id, partition date) pairs.
+pub fn rows(table: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for (path, date) in live {
-        let decoded = path.replace("%3A", ":").replace("%2F", "/");
-        let file = File::open(table.join(&decoded)).unwrap_or_else(|e| panic!("{decoded}: {e}"));
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let batch = batch.unwrap();
+    for (path, date) in live_files(table) {
+        for batch in read_parquet(&path) {
             let ids = batch
                 .column_by_name("transaction_id")
                 .unwrap()

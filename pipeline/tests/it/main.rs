@@ -1,5 +1,6 @@
 //! One integration-test binary (linking DataFusion + delta-rs once is slow on 2 cores);
 //! each stage has a module. Tests run the real `pipeline` binary in a temp data dir.
 
+mod aggregate;
 mod common;
 mod ingest;
