@@ -8,7 +8,7 @@ N        ?= 10000000
 BIN      := target/release/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 
-.PHONY: help setup build run generate ingest test lint bench clean-data docker
+.PHONY: help setup build run generate ingest aggregate test lint bench clean-data docker
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -20,15 +20,19 @@ setup: ## Check the toolchain (Rust via rustup) is present; nothing else is need
 build: setup ## Build the release binary (target/release/pipeline)
 	cargo build --release --locked -p pipeline
 
-run: build ## The main job on a small data set: generate, then ingest (ROWS=200000)
+run: build ## The main job on a small data set: generate -> ingest -> aggregate (ROWS=200000)
 	$(PIPELINE) generate --rows $(ROWS)
 	$(PIPELINE) ingest
+	$(PIPELINE) aggregate
 
 generate: build ## Run the generate stage alone (ARGS="--rows 1000000 --batch 2")
 	$(PIPELINE) generate $(ARGS)
 
 ingest: build ## Run the ingest stage alone
 	$(PIPELINE) ingest $(ARGS)
+
+aggregate: build ## Run the aggregate stage alone (ARGS="--full")
+	$(PIPELINE) aggregate $(ARGS)
 
 test: setup ## Run every test (unit and integration)
 	cargo test --workspace --locked

@@ -32,6 +32,11 @@ stage() { # name, args...
 echo "bench: N=$N rows, data in $tmp, $(nproc) cores"
 stage generate generate --rows "$N" --days 30 --customers 100000 --rows-per-file 1000000
 stage ingest ingest
+stage aggregate aggregate
+# A late batch for one day of thirty, then the incremental aggregate that recomputes it.
+stage generate_late generate --batch 2 --rows $(( N / 30 )) --days 1 --start-date 2024-01-15 --customers 100000
+stage ingest_late ingest
+stage aggregate_1day aggregate
 
 mkdir -p bench/results
 result="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-N${N}.json"
@@ -39,11 +44,11 @@ python3 - "$out" "$N" "$result" <<'PY'
 import json, os, sys
 out, n, result = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 stages = []
-for name in ["generate", "ingest"]:
+for name in ["generate", "ingest", "aggregate", "generate_late", "ingest_late", "aggregate_1day"]:
     rep = json.load(open(f"{out}/{name}.json"))
     t0, t1 = map(float, open(f"{out}/{name}.wall").read().split())
     wall = t1 - t0
-    rows = rep.get("rows_in", rep.get("rows", 0))
+    rows = rep.get("rows_in", rep.get("rows_read", rep.get("rows", 0)))
     written = rep.get("bytes_written", rep.get("bytes", 0))
     stages.append({"stage": name, "rows": rows, "wall_seconds": round(wall, 3),
                    "rows_per_sec": round(rows / wall) if wall else None,
@@ -54,5 +59,8 @@ print(f"{'stage':<10}{'rows':>14}{'wall s':>9}{'rows/s':>13}{'output MiB':>12}{'
 for s in stages:
     print(f"{s['stage']:<10}{s['rows']:>14,}{s['wall_seconds']:>9.2f}{s['rows_per_sec']:>13,}"
           f"{s['output_bytes']/2**20:>12.1f}{s['peak_rss_bytes']/2**20:>14.1f}")
+full = next(s for s in stages if s["stage"] == "aggregate")["wall_seconds"]
+incr = next(s for s in stages if s["stage"] == "aggregate_1day")["wall_seconds"]
+print(f"incremental aggregate (1 of 30 days) / full: {incr / full:.3f}")
 print(f"written {result}")
 PY

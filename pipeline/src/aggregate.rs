@@ -69,6 +69,7 @@ pub struct AggregateReport {
     pub days_recomputed: u64,
     pub rows_read: u64,
     pub rows_written: u64,
+    pub bytes_written: u64,
     /// Version of `customer_daily_aggregates` this run committed (none: nothing to do).
     pub table_version: Option<i64>,
     pub seconds: f64,
@@ -220,6 +221,7 @@ pub async fn run(
             .map_err(|e| Error::delta(TABLE, e))?;
     }
     let adds = writer.flush().await.map_err(|e| Error::delta(TABLE, e))?;
+    report.bytes_written = adds.iter().map(|a| a.size as u64).sum();
     let snapshot = target.snapshot().map_err(|e| Error::delta(TABLE, e))?;
     let files = snapshot.log_data();
     let removes = files

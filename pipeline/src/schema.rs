@@ -3,6 +3,9 @@
 use std::sync::{Arc, LazyLock};
 
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 
 /// Precision and scale of a raw transaction amount: `Decimal128(12, 2)`.
 pub const AMOUNT_PRECISION: u8 = 12;
@@ -106,6 +109,33 @@ pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("max_amount", amount_type(), true),
     ]))
 });
+
+/// Parquet settings for transaction data (raw files and the Delta tables). Measured, not
+/// guessed: dictionary encoding only pays on the small-domain string columns (elsewhere the
+/// writer hashes every value and then falls back), and the random UUID text of
+/// `transaction_id` does not compress, so Snappy there only costs time.
+pub fn writer_properties(max_row_group_rows: Option<usize>) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_dictionary_enabled(false)
+        .set_column_compression(
+            ColumnPath::from(col::TRANSACTION_ID),
+            Compression::UNCOMPRESSED,
+        );
+    for c in [
+        col::CATEGORY,
+        col::CHANNEL,
+        col::STATUS,
+        col::SOURCE_FILE,
+        col::REJECTION_REASON,
+    ] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c), true);
+    }
+    if max_row_group_rows.is_some() {
+        b = b.set_max_row_group_row_count(max_row_group_rows);
+    }
+    b.build()
+}
 
 /// Every Delta table of the pipeline is partitioned by day.
 pub const PARTITION_COLUMN: &str = col::TRANSACTION_DATE;
