@@ -19,7 +19,7 @@ impl Progress {
         }
         bar.set_style(
             ProgressStyle::with_template(
-                "{prefix:>9} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows ({per_sec})",
+                "{prefix:>9} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows (eta {eta})",
             )
             .expect("valid template"),
         );
