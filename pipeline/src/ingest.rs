@@ -135,6 +135,9 @@ type DayKey = Option<i32>;
 
 struct Ctx {
     files: Vec<RawFile>,
+    /// Per file (same index as `files`): its footer and the projection of the raw columns,
+    /// read and checked once during planning.
+    footers: Vec<Footer>,
     main: DeltaTable,
     quarantine: DeltaTable,
     now_us: i64,
@@ -213,7 +216,7 @@ pub async fn run(
 
     // 2. Plan (blocking file reads).
     let scratch = Scratch::new(layout.scratch_dir())?;
-    let (plan, rows_in) = {
+    let (plan, rows_in, footers) = {
         let (files, dir) = (
             files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
             scratch.dir.clone(),
@@ -230,6 +233,7 @@ pub async fn run(
     // 3. Process days in parallel.
     let ctx = Arc::new(Ctx {
         files,
+        footers,
         main,
         quarantine,
         now_us: opts.now.timestamp_micros(),
@@ -487,8 +491,15 @@ fn day_of(us: i64) -> i32 {
 
 /// Read every new file's footer, check it, and sort its row groups into days.
 /// Returns the plan (inputs per day, in file then row-group order) and the total row count.
-fn plan(files: &[PathBuf], scratch: &Path) -> Result<(BTreeMap<DayKey, Vec<Input>>, u64)> {
+/// A raw file's parsed footer and the projection of its raw columns.
+type Footer = (ArrowReaderMetadata, ProjectionMask);
+
+/// The plan: inputs per day (file then row-group order), total rows, and each file's footer.
+type Plan = (BTreeMap<DayKey, Vec<Input>>, u64, Vec<Footer>);
+
+fn plan(files: &[PathBuf], scratch: &Path) -> Result<Plan> {
     let mut plan: BTreeMap<DayKey, Vec<Input>> = BTreeMap::new();
+    let mut footers = Vec::with_capacity(files.len());
     let mut rows = 0u64;
     for (fi, path) in files.iter().enumerate() {
         let file =
@@ -541,8 +552,9 @@ fn plan(files: &[PathBuf], scratch: &Path) -> Result<(BTreeMap<DayKey, Vec<Input
                 }
             }
         }
+        footers.push((meta, projection));
     }
-    Ok((plan, rows))
+    Ok((plan, rows, footers))
 }
 
 /// Read one row group that spans several days and write its rows, split by day, to scratch.
@@ -730,12 +742,8 @@ fn read_input(ctx: &Ctx, input: &Input) -> Result<(usize, BatchIter)> {
             let path = ctx.files[*file].path.clone();
             let f = File::open(&path)
                 .map_err(|e| Error::bad_input(&path, format!("cannot open: {e}")))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| {
-                Error::bad_input(&path, format!("not a readable Parquet file ({e})"))
-            })?;
-            let meta =
-                ArrowReaderMetadata::try_new(builder.metadata().clone(), Default::default())?;
-            let projection = raw_projection(&path, &meta)?;
+            let (meta, projection) = ctx.footers[*file].clone();
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta);
             let reader = builder
                 .with_row_groups(vec![*row_group])
                 .with_projection(projection)
