@@ -23,6 +23,8 @@ mkdir -p "$out"
 stage() { # name, args...
   local name=$1; shift
   local t0 t1
+  # Flush the previous stage's writes first, so their writeback is not billed to this stage.
+  sync
   t0=$(date +%s.%N)
   "$BIN" --data-dir "$tmp/data" --json --no-progress "$@" > "$out/$name.json"
   t1=$(date +%s.%N)
