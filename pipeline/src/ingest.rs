@@ -8,8 +8,9 @@
 //!    once now and split by day into scratch Arrow IPC files.
 //! 3. **Process day by day** (in parallel): duplicates share their timestamp, so a day's set of
 //!    transaction ids is all dedup needs. It starts from the ids already in the table for that
-//!    day (only the `transaction_id` column of that day's files is read), so memory follows the
-//!    size of a day, never of the table or of the run.
+//!    day (only the `transaction_id` column of that day's files is read). A day with more ids
+//!    than a bucket holds is split by id hash into buckets spilled to scratch and deduplicated
+//!    one bucket at a time, so memory is bounded whatever the size of a day, table or run.
 //! 4. **Commit**: the quarantine table first, then the main table with one txn per consumed
 //!    file. A crash between the two leaves the files unconsumed; the rerun recomputes them the
 //!    same way and skips quarantine rows of files the quarantine table already has.
@@ -59,7 +60,7 @@ const DAY_US: i64 = 86_400_000_000;
 const BATCH_ROWS: usize = 64 * 1024;
 /// Row-group cap for the Delta data files: the writer holds one open row group per day being
 /// written, so this (not the size of a day) bounds its memory.
-const DATA_ROW_GROUP_ROWS: usize = 256 * 1024;
+const DATA_ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Files roll over at this size: the writer buffers the file it is writing, so this bounds
 /// that buffer independently of how many rows a day has.
 const DATA_FILE_BYTES: u64 = 24 * 1024 * 1024;
@@ -75,6 +76,8 @@ pub struct IngestOptions {
     pub now: chrono::DateTime<chrono::Utc>,
     /// Days processed at once.
     pub workers: usize,
+    /// Ids per dedup bucket (see [`DEFAULT_DEDUP_BUCKET_IDS`]).
+    pub dedup_bucket_ids: u64,
 }
 
 impl Default for IngestOptions {
@@ -82,6 +85,7 @@ impl Default for IngestOptions {
         Self {
             now: chrono::Utc::now(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            dedup_bucket_ids: DEFAULT_DEDUP_BUCKET_IDS,
         }
     }
 }
@@ -123,8 +127,29 @@ struct RawFile {
 /// Where one day's rows of one source row group are.
 #[derive(Debug)]
 enum Input {
-    RowGroup { file: usize, row_group: usize },
-    Spilled { file: usize, path: PathBuf },
+    RowGroup {
+        file: usize,
+        row_group: usize,
+    },
+    Spilled {
+        file: usize,
+        path: PathBuf,
+        rows: u64,
+    },
+}
+
+impl Input {
+    fn rows(&self, footers: &[Footer]) -> u64 {
+        match self {
+            Input::RowGroup { file, row_group } => footers[*file]
+                .0
+                .metadata()
+                .row_group(*row_group)
+                .num_rows()
+                .max(0) as u64,
+            Input::Spilled { rows, .. } => *rows,
+        }
+    }
 }
 
 /// The transaction ids of one day seen so far.
@@ -142,6 +167,9 @@ struct Ctx {
     quarantine: DeltaTable,
     now_us: i64,
     progress: Progress,
+    /// This run's scratch folder.
+    scratch: PathBuf,
+    bucket_ids: u64,
 }
 
 #[derive(Default)]
@@ -238,6 +266,8 @@ pub async fn run(
         quarantine,
         now_us: opts.now.timestamp_micros(),
         progress: progress.clone(),
+        scratch: scratch.dir.clone(),
+        bucket_ids: opts.dedup_bucket_ids.max(1),
     });
     let results: Vec<Result<DayResult>> = futures::stream::iter(plan)
         .map(|(day, inputs)| {
@@ -542,12 +572,13 @@ fn plan(files: &[PathBuf], scratch: &Path) -> Result<Plan> {
                         row_group: rg,
                     });
             } else {
-                for (day, spilled) in
+                for (day, spilled, rows) in
                     spill_row_group(path, fi, rg, &file, &meta, projection.clone(), scratch)?
                 {
                     plan.entry(day).or_default().push(Input::Spilled {
                         file: fi,
                         path: spilled,
+                        rows,
                     });
                 }
             }
@@ -566,7 +597,7 @@ fn spill_row_group(
     meta: &ArrowReaderMetadata,
     projection: ProjectionMask,
     scratch: &Path,
-) -> Result<Vec<(DayKey, PathBuf)>> {
+) -> Result<Vec<(DayKey, PathBuf, u64)>> {
     let f = file
         .try_clone()
         .map_err(|e| Error::io(format!("cannot reopen {}", path.display()), e))?;
@@ -575,7 +606,7 @@ fn spill_row_group(
         .with_projection(projection)
         .with_batch_size(BATCH_ROWS)
         .build()?;
-    let mut writers: BTreeMap<DayKey, (PathBuf, IpcWriter<File>)> = BTreeMap::new();
+    let mut writers: BTreeMap<DayKey, (PathBuf, IpcWriter<File>, u64)> = BTreeMap::new();
     for batch in reader {
         let batch =
             normalize(&batch.map_err(|e| {
@@ -589,34 +620,41 @@ fn spill_row_group(
         }
         for (day, idx) in by_day {
             let part = take_record_batch(&batch, &UInt32Array::from(idx))?;
-            let (_, writer) = match writers.entry(day) {
+            let (_, writer, rows) = match writers.entry(day) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
                     let day_name = day.map_or("null".to_string(), |d| d.to_string());
                     let p = scratch.join(format!("f{fi:06}-rg{rg:05}-{day_name}.arrow"));
                     let f = File::create(&p)
                         .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
-                    e.insert((p, IpcWriter::try_new(f, &RAW_LENIENT)?))
+                    e.insert((p, IpcWriter::try_new(f, &RAW_LENIENT)?, 0))
                 }
             };
+            *rows += part.num_rows() as u64;
             writer.write(&part)?;
         }
     }
     let mut out = Vec::with_capacity(writers.len());
-    for (day, (p, mut w)) in writers {
+    for (day, (p, mut w, rows)) in writers {
         w.finish()?;
-        out.push((day, p));
+        out.push((day, p, rows));
     }
     Ok(out)
+}
+
+/// A data file already in `customer_transactions` and its row count (from its `add` stats).
+struct Existing {
+    path: deltalake::Path,
+    rows: u64,
 }
 
 /// Data files of `customer_transactions` per day, for the days in the plan.
 fn existing_files_by_day(
     table: &DeltaTable,
     plan: &BTreeMap<DayKey, Vec<Input>>,
-) -> Result<HashMap<i32, Vec<deltalake::Path>>> {
+) -> Result<HashMap<i32, Vec<Existing>>> {
     let wanted: HashSet<i32> = plan.keys().flatten().copied().collect();
-    let mut out: HashMap<i32, Vec<deltalake::Path>> = HashMap::new();
+    let mut out: HashMap<i32, Vec<Existing>> = HashMap::new();
     let snapshot = table.snapshot().map_err(|e| Error::delta(TABLE, e))?;
     for file in snapshot.log_data().iter() {
         let Some(Some(value)) = file.partition_values_map().remove(PARTITION_COLUMN) else {
@@ -627,34 +665,199 @@ fn existing_files_by_day(
         };
         let day = (date - chrono::NaiveDate::default()).num_days() as i32;
         if wanted.contains(&day) {
-            out.entry(day).or_default().push(file.object_store_path());
+            out.entry(day).or_default().push(Existing {
+                path: file.object_store_path(),
+                rows: file.num_records().unwrap_or(0) as u64,
+            });
         }
     }
     Ok(out)
 }
 
 async fn process_day(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     day: DayKey,
     inputs: Vec<Input>,
-    existing: Vec<deltalake::Path>,
+    existing: Vec<Existing>,
 ) -> Result<DayResult> {
-    // Ids are attacker-free random UUIDs, but a seeded fast hash keeps crafted input from
-    // degrading it; SipHash was a visible share of ingest time.
-    let mut seen: IdSet = IdSet::default();
-    for path in &existing {
-        load_ids(&ctx.main, path, &mut seen).await?;
+    let mut w = DayWriters::new(ctx, day)?;
+    let mut out = DayResult::default();
+    // The dedup set holds every id of a day (new and already in the table). Above
+    // `BUCKET_IDS` the day is split into buckets by id, spilled to scratch, and deduplicated
+    // one bucket at a time, so the set never outgrows one bucket however large a day gets.
+    let ids: u64 = inputs.iter().map(|i| i.rows(&ctx.footers)).sum::<u64>()
+        + existing.iter().map(|e| e.rows).sum::<u64>();
+    let buckets = ids.div_ceil(ctx.bucket_ids).max(1);
+    if buckets == 1 {
+        let mut seen = IdSet::with_capacity_and_hasher(ids as usize, Default::default());
+        for e in &existing {
+            load_ids(&ctx.main, &e.path, &mut seen, Bucket::ALL).await?;
+        }
+        for input in &inputs {
+            let (fi, batches) = read_input(ctx, input)?;
+            for batch in batches {
+                w.write(ctx, fi, &batch?, &mut seen, &mut out).await?;
+            }
+        }
+    } else {
+        let spilled = {
+            let ctx2 = ctx.clone();
+            let dir = ctx.scratch.join(format!("bucket-{}", uuid::Uuid::new_v4()));
+            tokio::task::spawn_blocking(move || spill_by_bucket(&ctx2, &dir, &inputs, buckets))
+                .await??
+        };
+        let per_bucket = (ids / buckets) as usize;
+        for b in 0..buckets {
+            let bucket = Bucket {
+                index: b,
+                of: buckets,
+            };
+            let mut seen =
+                IdSet::with_capacity_and_hasher(per_bucket + per_bucket / 8, Default::default());
+            for e in &existing {
+                load_ids(&ctx.main, &e.path, &mut seen, bucket).await?;
+            }
+            for (fi, path) in spilled
+                .iter()
+                .filter(|s| s.bucket == b)
+                .map(|s| (s.file, &s.path))
+            {
+                let f = File::open(path).map_err(|e| {
+                    Error::io(format!("cannot open scratch file {}", path.display()), e)
+                })?;
+                for batch in IpcReader::try_new(f, None)? {
+                    w.write(ctx, fi, &batch?, &mut seen, &mut out).await?;
+                }
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
-    let mut main_writer = RecordBatchWriter::for_table(&ctx.main)
-        .map_err(|e| Error::delta(TABLE, e))?
-        .with_writer_properties(schema::writer_properties(Some(DATA_ROW_GROUP_ROWS)))
-        .with_target_file_size(DATA_FILE_BYTES);
-    let mut q_writer = RecordBatchWriter::for_table(&ctx.quarantine)
-        .map_err(|e| Error::delta(QUARANTINE_TABLE, e))?
-        .with_writer_properties(schema::writer_properties(Some(DATA_ROW_GROUP_ROWS)));
-    let main_schema = schema::without_column(&main_writer.arrow_schema(), PARTITION_COLUMN);
-    let q_schema = schema::without_column(&q_writer.arrow_schema(), PARTITION_COLUMN);
-    let partition = |d: DayKey| {
+    w.finish(&mut out).await?;
+    Ok(out)
+}
+
+/// Ids per dedup bucket: the set for one bucket stays under ~36 MiB (16 bytes per id plus
+/// the hash table's slack), whatever the size of a day. Days up to this size (30M rows over
+/// 30 days) take the direct path; larger ones pay one extra pass through scratch.
+pub const DEFAULT_DEDUP_BUCKET_IDS: u64 = 1024 * 1024;
+
+/// One bucket of a day's id space, or all of it.
+#[derive(Clone, Copy)]
+struct Bucket {
+    index: u64,
+    of: u64,
+}
+
+impl Bucket {
+    const ALL: Bucket = Bucket { index: 0, of: 1 };
+
+    fn of_id(id: u128, of: u64) -> u64 {
+        // Ids are usually random UUIDs, but mix anyway so sequential ids spread evenly.
+        let x = (id as u64) ^ ((id >> 64) as u64);
+        x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32) % of
+    }
+
+    fn holds(self, id: u128) -> bool {
+        self.of == 1 || Bucket::of_id(id, self.of) == self.index
+    }
+}
+
+/// One input's rows of one bucket, in a scratch IPC file.
+struct SpilledBucket {
+    file: usize,
+    bucket: u64,
+    path: PathBuf,
+}
+
+/// Read a day's inputs once and split their rows by id bucket into scratch files, keeping
+/// input order within each bucket. Rows whose id does not parse go to bucket 0 (the rules
+/// reject them there).
+fn spill_by_bucket(
+    ctx: &Ctx,
+    dir: &Path,
+    inputs: &[Input],
+    buckets: u64,
+) -> Result<Vec<SpilledBucket>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let mut out = Vec::new();
+    for (n, input) in inputs.iter().enumerate() {
+        let (fi, batches) = read_input(ctx, input)?;
+        let mut writers: BTreeMap<u64, IpcWriter<std::io::BufWriter<File>>> = BTreeMap::new();
+        for batch in batches {
+            let batch = batch?;
+            let ids = batch.column(0).as_string::<i32>();
+            let mut by_bucket: Vec<Vec<u32>> = vec![Vec::new(); buckets as usize];
+            for i in 0..batch.num_rows() {
+                let b = ids
+                    .is_valid(i)
+                    .then(|| rules::parse_uuid(ids.value(i)))
+                    .flatten()
+                    .map_or(0, |id| Bucket::of_id(id, buckets));
+                by_bucket[b as usize].push(i as u32);
+            }
+            for (b, idx) in by_bucket.into_iter().enumerate() {
+                if idx.is_empty() {
+                    continue;
+                }
+                let part = take_record_batch(&batch, &UInt32Array::from(idx))?;
+                let writer = match writers.entry(b as u64) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let p = dir.join(format!("in{n:05}-b{b:04}.arrow"));
+                        let f = File::create(&p).map_err(|err| {
+                            Error::io(format!("cannot create {}", p.display()), err)
+                        })?;
+                        out.push(SpilledBucket {
+                            file: fi,
+                            bucket: b as u64,
+                            path: p,
+                        });
+                        e.insert(IpcWriter::try_new(
+                            std::io::BufWriter::new(f),
+                            &RAW_LENIENT,
+                        )?)
+                    }
+                };
+                writer.write(&part)?;
+            }
+        }
+        for (_, mut w) in writers {
+            w.finish()?;
+        }
+    }
+    Ok(out)
+}
+
+/// The main and quarantine writers of one day.
+struct DayWriters {
+    day: DayKey,
+    main: RecordBatchWriter,
+    quarantine: RecordBatchWriter,
+    main_schema: SchemaRef,
+    q_schema: SchemaRef,
+}
+
+impl DayWriters {
+    fn new(ctx: &Ctx, day: DayKey) -> Result<Self> {
+        let main = RecordBatchWriter::for_table(&ctx.main)
+            .map_err(|e| Error::delta(TABLE, e))?
+            .with_writer_properties(schema::writer_properties(Some(DATA_ROW_GROUP_ROWS)));
+        let quarantine = RecordBatchWriter::for_table(&ctx.quarantine)
+            .map_err(|e| Error::delta(QUARANTINE_TABLE, e))?
+            .with_writer_properties(schema::writer_properties(Some(DATA_ROW_GROUP_ROWS)));
+        let main_schema = schema::without_column(&main.arrow_schema(), PARTITION_COLUMN);
+        let q_schema = schema::without_column(&quarantine.arrow_schema(), PARTITION_COLUMN);
+        Ok(Self {
+            day,
+            main,
+            quarantine,
+            main_schema,
+            q_schema,
+        })
+    }
+
+    fn partition(d: DayKey) -> IndexMap<String, Scalar> {
         IndexMap::from([(
             PARTITION_COLUMN.to_string(),
             d.map_or(
@@ -662,75 +865,97 @@ async fn process_day(
                 Scalar::Date,
             ),
         )])
-    };
+    }
 
-    let mut out = DayResult::default();
-    for input in inputs {
-        let (fi, batches) = read_input(ctx, &input)?;
+    /// Check one batch of raw rows from file `fi`, dedup it against `seen`, and write the
+    /// good rows to the table and the rest to quarantine.
+    async fn write(
+        &mut self,
+        ctx: &Ctx,
+        fi: usize,
+        batch: &RecordBatch,
+        seen: &mut IdSet,
+        out: &mut DayResult,
+    ) -> Result<()> {
         let src = &ctx.files[fi];
-        for batch in batches {
-            let batch = batch?;
-            let n = batch.num_rows();
-            let checked = rules::check(&batch, ctx.now_us);
-            let mut keep = Vec::with_capacity(n);
-            let mut rejected: Vec<u32> = Vec::new();
-            let mut reasons: Vec<&'static str> = Vec::new();
-            for i in 0..n {
-                let reason = match checked.reasons[i] {
-                    None if seen.insert(checked.ids[i]) => None,
-                    None => Some(Reason::DuplicateTransactionId),
-                    r => r,
-                };
-                keep.push(reason.is_none());
-                if let Some(r) = reason {
-                    if r == Reason::DuplicateTransactionId {
-                        out.duplicates += 1;
-                    } else {
-                        *out.reasons.entry(r.as_str()).or_default() += 1;
-                    }
-                    rejected.push(i as u32);
-                    reasons.push(r.as_str());
+        let n = batch.num_rows();
+        let checked = rules::check(batch, ctx.now_us);
+        let mut keep = Vec::with_capacity(n);
+        let mut rejected: Vec<u32> = Vec::new();
+        let mut reasons: Vec<&'static str> = Vec::new();
+        for i in 0..n {
+            let reason = match checked.reasons[i] {
+                None if seen.insert(checked.ids[i]) => None,
+                None => Some(Reason::DuplicateTransactionId),
+                r => r,
+            };
+            keep.push(reason.is_none());
+            if let Some(r) = reason {
+                if r == Reason::DuplicateTransactionId {
+                    out.duplicates += 1;
+                } else {
+                    *out.reasons.entry(r.as_str()).or_default() += 1;
                 }
+                rejected.push(i as u32);
+                reasons.push(r.as_str());
             }
-            let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
-            out.rows_out += kept.num_rows() as u64;
-            if kept.num_rows() > 0 {
-                let d = day.expect("valid rows have a timestamp");
-                let b = with_extra_columns(
-                    &kept,
-                    &main_schema,
-                    vec![repeat_str(&src.rel, kept.num_rows())],
-                )?;
-                main_writer
-                    .write_partition(b, &partition(Some(d)), WriteMode::Default)
+        }
+        let kept = filter_record_batch(batch, &BooleanArray::from(keep))?;
+        out.rows_out += kept.num_rows() as u64;
+        if kept.num_rows() > 0 {
+            let d = self.day.expect("valid rows have a timestamp");
+            let b = with_extra_columns(
+                &kept,
+                &self.main_schema,
+                vec![repeat_str(&src.rel, kept.num_rows())],
+            )?;
+            self.main
+                .write_partition(b, &Self::partition(Some(d)), WriteMode::Default)
+                .await
+                .map_err(|e| Error::delta(TABLE, e))?;
+            // Close the file ourselves once it is big enough, waiting for its upload: left
+            // to roll over on its own, delta-rs keeps every closed file of the window in
+            // memory until its upload finishes, which grew with the size of a day.
+            if self.main.buffer_len() >= DATA_FILE_BYTES as usize {
+                let adds = self
+                    .main
+                    .flush()
                     .await
                     .map_err(|e| Error::delta(TABLE, e))?;
+                out.main_adds.extend(adds);
             }
-            if !rejected.is_empty() && !src.quarantine_done {
-                let bad = take_record_batch(&batch, &UInt32Array::from(rejected))?;
-                let m = bad.num_rows();
-                let extra: Vec<ArrayRef> = vec![
-                    Arc::new(StringArray::from(reasons)),
-                    repeat_str(&src.rel, m),
-                ];
-                let b = with_extra_columns(&bad, &q_schema, extra)?;
-                q_writer
-                    .write_partition(b, &partition(day), WriteMode::Default)
-                    .await
-                    .map_err(|e| Error::delta(QUARANTINE_TABLE, e))?;
-            }
-            ctx.progress.inc(n as u64);
         }
+        if !rejected.is_empty() && !src.quarantine_done {
+            let bad = take_record_batch(batch, &UInt32Array::from(rejected))?;
+            let m = bad.num_rows();
+            let extra: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(reasons)),
+                repeat_str(&src.rel, m),
+            ];
+            let b = with_extra_columns(&bad, &self.q_schema, extra)?;
+            self.quarantine
+                .write_partition(b, &Self::partition(self.day), WriteMode::Default)
+                .await
+                .map_err(|e| Error::delta(QUARANTINE_TABLE, e))?;
+        }
+        ctx.progress.inc(n as u64);
+        Ok(())
     }
-    out.main_adds = main_writer
-        .flush()
-        .await
-        .map_err(|e| Error::delta(TABLE, e))?;
-    out.quarantine_adds = q_writer
-        .flush()
-        .await
-        .map_err(|e| Error::delta(QUARANTINE_TABLE, e))?;
-    Ok(out)
+
+    async fn finish(mut self, out: &mut DayResult) -> Result<()> {
+        let adds = self
+            .main
+            .flush()
+            .await
+            .map_err(|e| Error::delta(TABLE, e))?;
+        out.main_adds.extend(adds);
+        out.quarantine_adds = self
+            .quarantine
+            .flush()
+            .await
+            .map_err(|e| Error::delta(QUARANTINE_TABLE, e))?;
+        Ok(())
+    }
 }
 
 type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
@@ -760,7 +985,7 @@ fn read_input(ctx: &Ctx, input: &Input) -> Result<(usize, BatchIter)> {
                 })),
             ))
         }
-        Input::Spilled { file, path } => {
+        Input::Spilled { file, path, .. } => {
             let f = File::open(path).map_err(|e| {
                 Error::io(format!("cannot open scratch file {}", path.display()), e)
             })?;
@@ -770,8 +995,13 @@ fn read_input(ctx: &Ctx, input: &Input) -> Result<(usize, BatchIter)> {
     }
 }
 
-/// Read the `transaction_id` column of one data file into `seen`.
-async fn load_ids(table: &DeltaTable, path: &deltalake::Path, seen: &mut IdSet) -> Result<()> {
+/// Read the `transaction_id` column of one data file into `seen`, keeping the ids of `bucket`.
+async fn load_ids(
+    table: &DeltaTable,
+    path: &deltalake::Path,
+    seen: &mut IdSet,
+    bucket: Bucket,
+) -> Result<()> {
     #[allow(deprecated)]
     let reader = ParquetObjectReader::new(table.object_store(), path.clone());
     let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
@@ -783,9 +1013,8 @@ async fn load_ids(table: &DeltaTable, path: &deltalake::Path, seen: &mut IdSet) 
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let ids = batch.column(0).as_string::<i32>();
-        seen.reserve(ids.len());
         for id in ids.iter().flatten() {
-            if let Some(v) = rules::parse_uuid(id) {
+            if let Some(v) = rules::parse_uuid(id).filter(|v| bucket.holds(*v)) {
                 seen.insert(v);
             }
         }
