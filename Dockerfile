@@ -3,6 +3,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY pipeline ./pipeline
+# A workspace member (test-only CQL server); not built into the image.
+COPY cql-test-server ./cql-test-server
 RUN cargo build --release --locked -p pipeline
 
 FROM debian:bookworm-slim

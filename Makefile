@@ -5,10 +5,11 @@ SHELL := /bin/bash
 DATA_DIR ?= data
 ROWS     ?= 200000
 N        ?= 10000000
+PORT     ?= 9042
 BIN      := target/release/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 
-.PHONY: help setup build run generate ingest aggregate test lint bench clean-data docker
+.PHONY: help setup build run generate ingest aggregate test lint bench clean-data docker cql-test-server
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +44,9 @@ lint: setup ## cargo fmt --check and clippy with warnings as errors
 
 bench: build ## Benchmark the stages at N rows (N=10000000) in a fresh temp dir
 	bench/run.sh $(N)
+
+cql-test-server: setup ## Run the in-memory CQL test server on PORT (9042) to try load/lookup by hand; not a database
+	cargo run --release --locked -p cql-test-server -- --port $(PORT)
 
 clean-data: ## Delete everything under DATA_DIR except its README
 	find $(DATA_DIR) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,1268 @@
+//! Keyspaces, tables and rows in memory, and the execution of parsed statements. System tables
+//! (`system.local`, `system.peers`, `system_schema.*`) are ordinary tables here, kept in step
+//! with DDL, so the driver's metadata queries run through the same SELECT path as ours.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::cql::{self, Op, Parsed, Projection, Rhs, Stmt, TableRef, Term};
+use crate::frame::Value;
+use crate::types::{self, CqlType, Literal};
+
+/// A CQL error response: code, message, and the code-specific trailing fields.
+#[derive(Debug, Clone)]
+pub struct CqlError {
+    pub code: i32,
+    pub message: String,
+    pub extra: Vec<u8>,
+}
+
+pub mod code {
+    pub const SERVER_ERROR: i32 = 0x0000;
+    pub const PROTOCOL_ERROR: i32 = 0x000A;
+    pub const BAD_CREDENTIALS: i32 = 0x0100;
+    pub const UNAVAILABLE: i32 = 0x1000;
+    pub const OVERLOADED: i32 = 0x1001;
+    pub const WRITE_TIMEOUT: i32 = 0x1100;
+    pub const READ_TIMEOUT: i32 = 0x1200;
+    pub const SYNTAX_ERROR: i32 = 0x2000;
+    pub const INVALID: i32 = 0x2200;
+    pub const ALREADY_EXISTS: i32 = 0x2400;
+    pub const UNPREPARED: i32 = 0x2500;
+}
+
+impl CqlError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(code::INVALID, message)
+    }
+
+    fn already_exists(ks: &str, table: &str, message: String) -> Self {
+        let mut w = crate::frame::Writer::default();
+        w.string(ks).string(table);
+        Self {
+            code: code::ALREADY_EXISTS,
+            message,
+            extra: w.buf,
+        }
+    }
+}
+
+type Res<T> = Result<T, CqlError>;
+
+/// A stored row: one cell per table column (pk and clustering columns included).
+pub type Row = Vec<Option<Vec<u8>>>;
+
+/// One partition's rows in clustering order.
+type Partition = BTreeMap<CkKey, Row>;
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub ty: CqlType,
+}
+
+/// A clustering key, ordered by its column types (reversed for DESC columns).
+#[derive(Debug, Clone)]
+struct CkKey {
+    vals: Vec<Vec<u8>>,
+    spec: Arc<Vec<(CqlType, bool)>>,
+}
+
+impl PartialEq for CkKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for CkKey {}
+impl PartialOrd for CkKey {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for CkKey {
+    fn cmp(&self, o: &Self) -> Ordering {
+        for ((a, b), (t, desc)) in self.vals.iter().zip(&o.vals).zip(self.spec.iter()) {
+            let c = types::compare(t, a, b);
+            let c = if *desc { c.reverse() } else { c };
+            if c != Ordering::Equal {
+                return c;
+            }
+        }
+        Ordering::Equal
+    }
+}
+
+#[derive(Debug)]
+pub struct Table {
+    pub keyspace: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+    pub partition_key: Vec<usize>,
+    pub clustering: Vec<usize>,
+    spec: Arc<Vec<(CqlType, bool)>>,
+    partitions: BTreeMap<Vec<u8>, Partition>,
+    rows: usize,
+}
+
+impl Table {
+    fn column(&self, name: &str) -> Res<usize> {
+        self.columns
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| CqlError::invalid(format!("Undefined column name {name}")))
+    }
+
+    pub fn row_count(&self) -> usize {
+        self.rows
+    }
+}
+
+fn pk_bytes(vals: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in vals {
+        out.extend((v.len() as u32).to_be_bytes());
+        out.extend(*v);
+    }
+    out
+}
+
+/// A keyspace; its replication options live in `system_schema.keyspaces`.
+#[derive(Debug)]
+struct Keyspace;
+
+/// What a statement returned.
+#[derive(Debug)]
+pub enum Outcome {
+    Void,
+    SetKeyspace(String),
+    SchemaChange {
+        change: &'static str,
+        target: &'static str,
+        keyspace: String,
+        table: Option<String>,
+    },
+    Rows(RowsResult),
+}
+
+#[derive(Debug)]
+pub struct RowsResult {
+    pub keyspace: String,
+    pub table: String,
+    pub columns: Vec<Column>,
+    pub rows: Vec<Row>,
+    pub paging_state: Option<Vec<u8>>,
+}
+
+/// A prepared statement's bind variables and result columns.
+#[derive(Debug, Clone)]
+pub struct PreparedMeta {
+    pub table: Option<(String, String)>,
+    pub variables: Vec<Column>,
+    /// For each partition-key column, the index of the variable that binds it (empty if the
+    /// statement does not bind the whole partition key).
+    pub pk_indexes: Vec<u16>,
+    pub result: Option<Vec<Column>>,
+}
+
+/// One row change, validated before any change of a request is applied.
+struct Mutation {
+    table: (String, String),
+    pk: Vec<u8>,
+    ck: Option<Vec<Vec<u8>>>,
+    kind: MutationKind,
+}
+
+enum MutationKind {
+    Upsert(Vec<(usize, Option<Vec<u8>>)>),
+    Delete,
+}
+
+pub struct Store {
+    keyspaces: BTreeMap<String, Keyspace>,
+    tables: BTreeMap<(String, String), Table>,
+    schema_changes: u64,
+    pub datacenter: String,
+}
+
+/// Execution context: the connection's keyspace and the request's bound values.
+pub struct Exec<'a> {
+    pub keyspace: Option<&'a str>,
+    pub values: &'a [Value],
+    pub page_size: Option<i32>,
+    pub paging_state: Option<&'a [u8]>,
+}
+
+const SYSTEM_TABLES: &[&str] = &[
+    "CREATE TABLE system.local (key text PRIMARY KEY, bootstrapped text, broadcast_address inet, \
+     cluster_name text, cql_version text, data_center text, host_id uuid, listen_address inet, \
+     native_protocol_version text, partitioner text, rack text, release_version text, \
+     rpc_address inet, schema_version uuid, tokens set<text>)",
+    "CREATE TABLE system.peers (peer inet PRIMARY KEY, data_center text, host_id uuid, \
+     preferred_ip inet, rack text, release_version text, rpc_address inet, schema_version uuid, \
+     tokens set<text>)",
+    "CREATE TABLE system_schema.keyspaces (keyspace_name text PRIMARY KEY, durable_writes boolean, \
+     replication frozen<map<text, text>>)",
+    "CREATE TABLE system_schema.tables (keyspace_name text, table_name text, comment text, \
+     PRIMARY KEY ((keyspace_name), table_name))",
+    "CREATE TABLE system_schema.columns (keyspace_name text, table_name text, column_name text, \
+     clustering_order text, column_name_bytes blob, kind text, position int, type text, \
+     PRIMARY KEY ((keyspace_name), table_name, column_name))",
+    "CREATE TABLE system_schema.types (keyspace_name text, type_name text, \
+     field_names frozen<list<text>>, field_types frozen<list<text>>, \
+     PRIMARY KEY ((keyspace_name), type_name))",
+    "CREATE TABLE system_schema.views (keyspace_name text, view_name text, base_table_name text, \
+     PRIMARY KEY ((keyspace_name), view_name))",
+];
+
+fn text(s: &str) -> Option<Vec<u8>> {
+    Some(s.as_bytes().to_vec())
+}
+
+fn inet(ip: IpAddr) -> Option<Vec<u8>> {
+    Some(match ip {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    })
+}
+
+impl Store {
+    /// A store with the system tables, describing one node listening on `listen`.
+    pub fn new(listen: IpAddr, host_id: [u8; 16]) -> Self {
+        let mut s = Store {
+            keyspaces: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            schema_changes: 0,
+            datacenter: "datacenter1".into(),
+        };
+        for ks in ["system", "system_schema"] {
+            s.keyspaces.insert(ks.into(), Keyspace);
+        }
+        for ddl in SYSTEM_TABLES {
+            let parsed = cql::parse(ddl).expect("system DDL parses");
+            s.create_table(&parsed.stmt, None, false)
+                .expect("system DDL applies");
+        }
+        let tokens = {
+            let mut b = 1i32.to_be_bytes().to_vec();
+            b.extend(1i32.to_be_bytes());
+            b.extend(b"0");
+            b
+        };
+        let local = [
+            ("key", text("local")),
+            ("bootstrapped", text("COMPLETED")),
+            ("broadcast_address", inet(listen)),
+            ("cluster_name", text("cql-test-server")),
+            ("cql_version", text("3.4.5")),
+            ("data_center", text("datacenter1")),
+            ("host_id", Some(host_id.to_vec())),
+            ("listen_address", inet(listen)),
+            ("native_protocol_version", text("4")),
+            (
+                "partitioner",
+                text("org.apache.cassandra.dht.Murmur3Partitioner"),
+            ),
+            ("rack", text("rack1")),
+            ("release_version", text("4.0.0-cql-test-server")),
+            ("rpc_address", inet(listen)),
+            ("tokens", Some(tokens)),
+        ];
+        s.put_system("system", "local", &local);
+        s.bump_schema_version();
+        s
+    }
+
+    pub fn table(&self, keyspace: &str, name: &str) -> Option<&Table> {
+        self.tables.get(&(keyspace.to_string(), name.to_string()))
+    }
+
+    fn bump_schema_version(&mut self) {
+        self.schema_changes += 1;
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&0x5eed_cafe_0000_4000u64.to_be_bytes());
+        v[8..].copy_from_slice(&(0x8000_0000_0000_0000 | self.schema_changes).to_be_bytes());
+        self.put_system(
+            "system",
+            "local",
+            &[("key", text("local")), ("schema_version", Some(v.to_vec()))],
+        );
+    }
+
+    /// Upsert a row into a system table by column name.
+    fn put_system(&mut self, ks: &str, table: &str, cells: &[(&str, Option<Vec<u8>>)]) {
+        let t = self
+            .tables
+            .get(&(ks.to_string(), table.to_string()))
+            .expect("system table");
+        let cells: Vec<(usize, Option<Vec<u8>>)> = cells
+            .iter()
+            .map(|(c, v)| (t.column(c).expect("system column"), v.clone()))
+            .collect();
+        let pk: Vec<&[u8]> = t
+            .partition_key
+            .iter()
+            .map(|i| {
+                cells
+                    .iter()
+                    .find(|(c, _)| c == i)
+                    .and_then(|(_, v)| v.as_deref())
+                    .expect("system pk")
+            })
+            .collect();
+        let ck: Vec<Vec<u8>> = t
+            .clustering
+            .iter()
+            .map(|i| {
+                cells
+                    .iter()
+                    .find(|(c, _)| c == i)
+                    .and_then(|(_, v)| v.clone())
+                    .expect("system ck")
+            })
+            .collect();
+        let m = Mutation {
+            table: (ks.to_string(), table.to_string()),
+            pk: pk_bytes(&pk),
+            ck: Some(ck),
+            kind: MutationKind::Upsert(cells),
+        };
+        self.apply(m);
+    }
+
+    fn delete_system_partition(&mut self, ks: &str, table: &str, key: &str, ck0: Option<&str>) {
+        let t = self
+            .tables
+            .get_mut(&(ks.to_string(), table.to_string()))
+            .expect("system table");
+        let pk = pk_bytes(&[key.as_bytes()]);
+        if let Some(p) = t.partitions.get_mut(&pk) {
+            let before = p.len();
+            match ck0 {
+                None => p.clear(),
+                Some(c) => p.retain(|k, _| k.vals[0] != c.as_bytes()),
+            }
+            t.rows -= before - p.len();
+            if p.is_empty() {
+                t.partitions.remove(&pk);
+            }
+        }
+    }
+
+    fn resolve<'a>(&self, t: &'a TableRef, current: Option<&'a str>) -> Res<(String, String)> {
+        let ks = t.keyspace.as_deref().or(current).ok_or_else(|| {
+            CqlError::invalid("No keyspace has been specified. USE a keyspace, or explicitly specify keyspace.tablename")
+        })?;
+        if !self.keyspaces.contains_key(ks) {
+            return Err(CqlError::invalid(format!("Keyspace {ks} does not exist")));
+        }
+        let key = (ks.to_string(), t.name.clone());
+        if !self.tables.contains_key(&key) {
+            return Err(CqlError::invalid(format!("unconfigured table {}", t.name)));
+        }
+        Ok(key)
+    }
+
+    /// Bind variables and result columns of a statement, as PREPARE answers them.
+    pub fn prepare(&self, p: &Parsed, current: Option<&str>) -> Res<PreparedMeta> {
+        let mut vars: Vec<Option<Column>> = vec![None; p.markers];
+        let mut set = |term: &Term, name: &str, ty: CqlType| {
+            if let Term::Marker(i) = term {
+                vars[*i] = Some(Column {
+                    name: name.to_string(),
+                    ty,
+                });
+            }
+        };
+        let (table_ref, conds, result) = match &p.stmt {
+            Stmt::Insert {
+                table,
+                columns,
+                values,
+            } => {
+                let key = self.resolve(table, current)?;
+                let t = &self.tables[&key];
+                for (c, v) in columns.iter().zip(values) {
+                    let i = t.column(c)?;
+                    set(v, c, t.columns[i].ty.clone());
+                }
+                (Some(key), Vec::new(), None)
+            }
+            Stmt::Select {
+                table,
+                conds,
+                limit,
+                projection,
+            } => {
+                let key = self.resolve(table, current)?;
+                let t = &self.tables[&key];
+                if let Some(l) = limit {
+                    set(l, "[limit]", CqlType::Int);
+                }
+                let cols = projected(t, projection)?;
+                (Some(key), conds.clone(), Some(cols))
+            }
+            Stmt::Delete { table, conds } => {
+                (Some(self.resolve(table, current)?), conds.clone(), None)
+            }
+            _ => (None, Vec::new(), None),
+        };
+        if let Some(key) = &table_ref {
+            let t = &self.tables[key];
+            for c in &conds {
+                let i = t.column(&c.column)?;
+                let ty = t.columns[i].ty.clone();
+                match (&c.rhs, c.op) {
+                    (Rhs::One(term), Op::In) => set(term, &c.column, CqlType::List(Box::new(ty))),
+                    (Rhs::One(term), _) => set(term, &c.column, ty),
+                    (Rhs::List(terms), _) => {
+                        for term in terms {
+                            set(term, &c.column, ty.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let variables: Vec<Column> = vars
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.ok_or_else(|| CqlError::invalid(format!("bind marker {i} is not supported here")))
+            })
+            .collect::<Res<_>>()?;
+        let pk_indexes = match (&table_ref, &p.stmt) {
+            (
+                Some(key),
+                Stmt::Insert {
+                    columns, values, ..
+                },
+            ) => {
+                let t = &self.tables[key];
+                pk_markers(t, |name| {
+                    columns
+                        .iter()
+                        .position(|c| c == name)
+                        .map(|i| &values[i])
+                        .cloned()
+                })
+            }
+            (Some(key), Stmt::Select { conds, .. } | Stmt::Delete { conds, .. }) => {
+                let t = &self.tables[key];
+                pk_markers(t, |name| {
+                    conds
+                        .iter()
+                        .find(|c| c.column == name && c.op == Op::Eq)
+                        .and_then(|c| match &c.rhs {
+                            Rhs::One(term) => Some(term.clone()),
+                            Rhs::List(_) => None,
+                        })
+                })
+            }
+            _ => Vec::new(),
+        };
+        Ok(PreparedMeta {
+            table: table_ref,
+            variables,
+            pk_indexes,
+            result,
+        })
+    }
+
+    /// Run one statement.
+    pub fn execute(&mut self, p: &Parsed, ex: &Exec) -> Res<Outcome> {
+        match &p.stmt {
+            Stmt::Insert { .. } | Stmt::Delete { .. } => {
+                let m = self.plan_mutation(p, ex)?;
+                self.apply(m);
+                Ok(Outcome::Void)
+            }
+            Stmt::Select { .. } => self.select(p, ex),
+            Stmt::Use(ks) => {
+                if !self.keyspaces.contains_key(ks) {
+                    return Err(CqlError::invalid(format!("Keyspace '{ks}' does not exist")));
+                }
+                Ok(Outcome::SetKeyspace(ks.clone()))
+            }
+            Stmt::CreateKeyspace {
+                name,
+                if_not_exists,
+                replication,
+                durable_writes,
+            } => {
+                if self.keyspaces.contains_key(name) {
+                    if *if_not_exists {
+                        return Ok(Outcome::Void);
+                    }
+                    return Err(CqlError::already_exists(
+                        name,
+                        "",
+                        format!("Keyspace {name} already exists"),
+                    ));
+                }
+                let mut repl: Vec<(String, String)> = Vec::new();
+                for (k, v) in replication {
+                    match (k.as_str(), v.as_str()) {
+                        ("class", c) if !c.contains('.') => {
+                            repl.push(("class".into(), format!("org.apache.cassandra.locator.{c}")))
+                        }
+                        // NetworkTopologyStrategy expands a plain factor to every DC.
+                        ("replication_factor", rf)
+                            if replication.iter().any(|(k, v)| {
+                                k == "class" && v.ends_with("NetworkTopologyStrategy")
+                            }) =>
+                        {
+                            repl.push((self.datacenter.clone(), rf.to_string()))
+                        }
+                        _ => repl.push((k.clone(), v.clone())),
+                    }
+                }
+                let map = Literal::Map(
+                    repl.iter()
+                        .map(|(k, v)| (Literal::Str(k.clone()), Literal::Str(v.clone())))
+                        .collect(),
+                );
+                let map_t = CqlType::Map(Box::new(CqlType::Text), Box::new(CqlType::Text));
+                let map_bytes = types::literal_to_bytes(&map, &map_t).map_err(CqlError::invalid)?;
+                self.keyspaces.insert(name.clone(), Keyspace);
+                self.put_system(
+                    "system_schema",
+                    "keyspaces",
+                    &[
+                        ("keyspace_name", text(name)),
+                        ("durable_writes", Some(vec![*durable_writes as u8])),
+                        ("replication", map_bytes),
+                    ],
+                );
+                self.bump_schema_version();
+                Ok(Outcome::SchemaChange {
+                    change: "CREATED",
+                    target: "KEYSPACE",
+                    keyspace: name.clone(),
+                    table: None,
+                })
+            }
+            Stmt::CreateTable { .. } => self.create_table(&p.stmt, ex.keyspace, true),
+            Stmt::DropKeyspace { name, if_exists } => {
+                if name.starts_with("system") {
+                    return Err(CqlError::new(0x2100, format!("Cannot drop {name}")));
+                }
+                if self.keyspaces.remove(name).is_none() {
+                    if *if_exists {
+                        return Ok(Outcome::Void);
+                    }
+                    return Err(CqlError::invalid(format!("Keyspace {name} does not exist")));
+                }
+                self.tables.retain(|(ks, _), _| ks != name);
+                for t in ["keyspaces", "tables", "columns"] {
+                    self.delete_system_partition("system_schema", t, name, None);
+                }
+                self.bump_schema_version();
+                Ok(Outcome::SchemaChange {
+                    change: "DROPPED",
+                    target: "KEYSPACE",
+                    keyspace: name.clone(),
+                    table: None,
+                })
+            }
+            Stmt::DropTable { table, if_exists } => {
+                let key = match self.resolve(table, ex.keyspace) {
+                    Ok(k) => k,
+                    Err(_) if *if_exists => return Ok(Outcome::Void),
+                    Err(e) => return Err(e),
+                };
+                self.tables.remove(&key);
+                for t in ["tables", "columns"] {
+                    self.delete_system_partition("system_schema", t, &key.0, Some(&key.1));
+                }
+                self.bump_schema_version();
+                Ok(Outcome::SchemaChange {
+                    change: "DROPPED",
+                    target: "TABLE",
+                    keyspace: key.0,
+                    table: Some(key.1),
+                })
+            }
+            Stmt::Truncate(table) => {
+                let key = self.resolve(table, ex.keyspace)?;
+                let t = self.tables.get_mut(&key).expect("resolved");
+                t.partitions.clear();
+                t.rows = 0;
+                Ok(Outcome::Void)
+            }
+        }
+    }
+
+    fn create_table(&mut self, stmt: &Stmt, current: Option<&str>, register: bool) -> Res<Outcome> {
+        let Stmt::CreateTable {
+            table,
+            if_not_exists,
+            columns,
+            partition_key,
+            clustering,
+            descending,
+        } = stmt
+        else {
+            unreachable!("create_table called with {stmt:?}")
+        };
+        let ks = table
+            .keyspace
+            .as_deref()
+            .or(current)
+            .ok_or_else(|| CqlError::invalid("No keyspace has been specified"))?
+            .to_string();
+        if !self.keyspaces.contains_key(&ks) {
+            return Err(CqlError::invalid(format!("Keyspace {ks} doesn't exist")));
+        }
+        let key = (ks.clone(), table.name.clone());
+        if self.tables.contains_key(&key) {
+            if *if_not_exists {
+                return Ok(Outcome::Void);
+            }
+            return Err(CqlError::already_exists(
+                &ks,
+                &table.name,
+                format!("Table {ks}.{} already exists", table.name),
+            ));
+        }
+        let cols: Vec<Column> = columns
+            .iter()
+            .map(|(n, t)| Column {
+                name: n.clone(),
+                ty: t.clone(),
+            })
+            .collect();
+        let find = |n: &String| {
+            cols.iter().position(|c| &c.name == n).ok_or_else(|| {
+                CqlError::invalid(format!("Unknown definition {n} referenced in PRIMARY KEY"))
+            })
+        };
+        let pk: Vec<usize> = partition_key.iter().map(find).collect::<Res<_>>()?;
+        let ck: Vec<usize> = clustering.iter().map(find).collect::<Res<_>>()?;
+        let spec = Arc::new(
+            ck.iter()
+                .map(|i| (cols[*i].ty.clone(), descending.contains(&cols[*i].name)))
+                .collect(),
+        );
+        if register {
+            self.put_system(
+                "system_schema",
+                "tables",
+                &[
+                    ("keyspace_name", text(&ks)),
+                    ("table_name", text(&table.name)),
+                ],
+            );
+            for (i, c) in cols.iter().enumerate() {
+                let (kind, pos, order) = if let Some(p) = pk.iter().position(|x| *x == i) {
+                    ("partition_key", p as i32, "none")
+                } else if let Some(p) = ck.iter().position(|x| *x == i) {
+                    let desc = descending.contains(&c.name);
+                    ("clustering", p as i32, if desc { "desc" } else { "asc" })
+                } else {
+                    ("regular", -1, "none")
+                };
+                self.put_system(
+                    "system_schema",
+                    "columns",
+                    &[
+                        ("keyspace_name", text(&ks)),
+                        ("table_name", text(&table.name)),
+                        ("column_name", text(&c.name)),
+                        ("clustering_order", text(order)),
+                        ("column_name_bytes", text(&c.name)),
+                        ("kind", text(kind)),
+                        ("position", Some(pos.to_be_bytes().to_vec())),
+                        ("type", text(&c.ty.cql_name())),
+                    ],
+                );
+            }
+            self.bump_schema_version();
+        }
+        self.tables.insert(
+            key,
+            Table {
+                keyspace: ks.clone(),
+                name: table.name.clone(),
+                columns: cols,
+                partition_key: pk,
+                clustering: ck,
+                spec,
+                partitions: BTreeMap::new(),
+                rows: 0,
+            },
+        );
+        Ok(Outcome::SchemaChange {
+            change: "CREATED",
+            target: "TABLE",
+            keyspace: ks,
+            table: Some(table.name.clone()),
+        })
+    }
+
+    /// Validate a batch's INSERT/DELETE statements, then apply all of them (or none).
+    pub fn execute_batch(
+        &mut self,
+        items: &[(Arc<Parsed>, Vec<Value>)],
+        ks: Option<&str>,
+    ) -> Res<()> {
+        let mut muts = Vec::with_capacity(items.len());
+        for (p, values) in items {
+            if !matches!(p.stmt, Stmt::Insert { .. } | Stmt::Delete { .. }) {
+                return Err(CqlError::invalid(
+                    "Only INSERT, UPDATE and DELETE statements are allowed in a BATCH",
+                ));
+            }
+            let ex = Exec {
+                keyspace: ks,
+                values,
+                page_size: None,
+                paging_state: None,
+            };
+            muts.push(self.plan_mutation(p, &ex)?);
+        }
+        for m in muts {
+            self.apply(m);
+        }
+        Ok(())
+    }
+
+    fn plan_mutation(&self, p: &Parsed, ex: &Exec) -> Res<Mutation> {
+        match &p.stmt {
+            Stmt::Insert {
+                table,
+                columns,
+                values,
+            } => {
+                let key = self.resolve(table, ex.keyspace)?;
+                let t = &self.tables[&key];
+                let mut cells = Vec::with_capacity(columns.len());
+                for (c, term) in columns.iter().zip(values) {
+                    let i = t.column(c)?;
+                    match bind(term, &t.columns[i].ty, ex.values)? {
+                        Bound::Unset => {}
+                        Bound::Val(v) => cells.push((i, v)),
+                    }
+                }
+                let get = |i: &usize| -> Res<Vec<u8>> {
+                    cells
+                        .iter()
+                        .find(|(c, _)| c == i)
+                        .and_then(|(_, v)| v.clone())
+                        .ok_or_else(|| {
+                            CqlError::invalid(format!(
+                                "Invalid null or missing value for primary key column {}",
+                                t.columns[*i].name
+                            ))
+                        })
+                };
+                let pk: Vec<Vec<u8>> = t.partition_key.iter().map(get).collect::<Res<_>>()?;
+                let ck: Vec<Vec<u8>> = t.clustering.iter().map(get).collect::<Res<_>>()?;
+                let pk_refs: Vec<&[u8]> = pk.iter().map(|v| v.as_slice()).collect();
+                Ok(Mutation {
+                    table: key,
+                    pk: pk_bytes(&pk_refs),
+                    ck: Some(ck),
+                    kind: MutationKind::Upsert(cells),
+                })
+            }
+            Stmt::Delete { table, conds } => {
+                let key = self.resolve(table, ex.keyspace)?;
+                let t = &self.tables[&key];
+                let eq = |i: &usize| -> Res<Option<Vec<u8>>> {
+                    let name = &t.columns[*i].name;
+                    let Some(c) = conds.iter().find(|c| &c.column == name) else {
+                        return Ok(None);
+                    };
+                    match (&c.rhs, c.op) {
+                        (Rhs::One(term), Op::Eq) => match bind(term, &t.columns[*i].ty, ex.values)?
+                        {
+                            Bound::Val(Some(v)) => Ok(Some(v)),
+                            _ => Err(CqlError::invalid(format!("Invalid null value for {name}"))),
+                        },
+                        _ => Err(CqlError::invalid(
+                            "cql-test-server deletes only by equality on key columns",
+                        )),
+                    }
+                };
+                let pk: Vec<Vec<u8>> = t
+                    .partition_key
+                    .iter()
+                    .map(|i| {
+                        eq(i)?.ok_or_else(|| {
+                            CqlError::invalid(format!(
+                                "Some partition key parts are missing: {}",
+                                t.columns[*i].name
+                            ))
+                        })
+                    })
+                    .collect::<Res<_>>()?;
+                let ck: Vec<Option<Vec<u8>>> = t.clustering.iter().map(eq).collect::<Res<_>>()?;
+                let ck = if ck.iter().all(|c| c.is_some()) && !ck.is_empty() {
+                    Some(ck.into_iter().map(|c| c.expect("checked")).collect())
+                } else if ck.iter().all(|c| c.is_none()) {
+                    None
+                } else {
+                    return Err(CqlError::invalid(
+                        "cql-test-server deletes a whole partition or one row",
+                    ));
+                };
+                let pk_refs: Vec<&[u8]> = pk.iter().map(|v| v.as_slice()).collect();
+                Ok(Mutation {
+                    table: key,
+                    pk: pk_bytes(&pk_refs),
+                    ck: if t.clustering.is_empty() {
+                        Some(Vec::new())
+                    } else {
+                        ck
+                    },
+                    kind: MutationKind::Delete,
+                })
+            }
+            other => Err(CqlError::invalid(format!("not a mutation: {other:?}"))),
+        }
+    }
+
+    fn apply(&mut self, m: Mutation) {
+        let t = self
+            .tables
+            .get_mut(&m.table)
+            .expect("planned against this table");
+        match m.kind {
+            MutationKind::Upsert(cells) => {
+                let ck = CkKey {
+                    vals: m.ck.expect("inserts carry the clustering key"),
+                    spec: t.spec.clone(),
+                };
+                let width = t.columns.len();
+                let part = t.partitions.entry(m.pk).or_default();
+                let row = part.entry(ck).or_insert_with(|| {
+                    t.rows += 1;
+                    vec![None; width]
+                });
+                for (i, v) in cells {
+                    row[i] = v;
+                }
+            }
+            MutationKind::Delete => {
+                let Some(part) = t.partitions.get_mut(&m.pk) else {
+                    return;
+                };
+                match m.ck {
+                    None => {
+                        t.rows -= part.len();
+                        t.partitions.remove(&m.pk);
+                    }
+                    Some(vals) => {
+                        let ck = CkKey {
+                            vals,
+                            spec: t.spec.clone(),
+                        };
+                        if part.remove(&ck).is_some() {
+                            t.rows -= 1;
+                        }
+                        if part.is_empty() {
+                            t.partitions.remove(&m.pk);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn select(&self, p: &Parsed, ex: &Exec) -> Res<Outcome> {
+        let Stmt::Select {
+            table,
+            projection,
+            conds,
+            limit,
+        } = &p.stmt
+        else {
+            unreachable!()
+        };
+        let key = self.resolve(table, ex.keyspace)?;
+        let t = &self.tables[&key];
+        let out_cols = projected(t, projection)?;
+        let out_idx: Vec<usize> = out_cols
+            .iter()
+            .map(|c| t.column(&c.name))
+            .collect::<Res<_>>()?;
+        let limit = match limit {
+            None => None,
+            Some(term) => match bind(term, &CqlType::Int, ex.values)? {
+                Bound::Val(Some(b)) if b.len() == 4 => {
+                    Some(i32::from_be_bytes(b.try_into().expect("4 bytes")).max(0) as usize)
+                }
+                _ => return Err(CqlError::invalid("LIMIT must be a positive int")),
+            },
+        };
+
+        // Partitions: the listed keys when every partition-key column is restricted by = or
+        // IN, otherwise all of them (conditions then filter rows).
+        let mut filters: Vec<(usize, Op, Vec<Vec<u8>>)> = Vec::new();
+        let mut pk_choices: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut pk_restricted = true;
+        for c in conds {
+            let i = t.column(&c.column)?;
+            let ty = &t.columns[i].ty;
+            let vals: Vec<Vec<u8>> = match (&c.rhs, c.op) {
+                (Rhs::One(term), Op::In) => {
+                    match bind(term, &CqlType::List(Box::new(ty.clone())), ex.values)? {
+                        Bound::Val(Some(b)) => split_collection(&b)?,
+                        _ => {
+                            return Err(CqlError::invalid(format!(
+                                "Invalid null value for {}",
+                                c.column
+                            )));
+                        }
+                    }
+                }
+                (Rhs::One(term), _) => match bind(term, ty, ex.values)? {
+                    Bound::Val(Some(b)) => vec![b],
+                    _ => {
+                        return Err(CqlError::invalid(format!(
+                            "Invalid null value in condition for column {}",
+                            c.column
+                        )));
+                    }
+                },
+                (Rhs::List(terms), _) => terms
+                    .iter()
+                    .map(|term| match bind(term, ty, ex.values)? {
+                        Bound::Val(Some(b)) => Ok(b),
+                        _ => Err(CqlError::invalid(format!(
+                            "Invalid null value for {}",
+                            c.column
+                        ))),
+                    })
+                    .collect::<Res<_>>()?,
+            };
+            filters.push((i, c.op, vals));
+        }
+        for i in &t.partition_key {
+            match filters
+                .iter()
+                .find(|(c, op, _)| c == i && matches!(op, Op::Eq | Op::In))
+            {
+                Some((_, _, vals)) => pk_choices.push(vals.clone()),
+                None => pk_restricted = false,
+            }
+        }
+        let mut keys: Vec<Vec<u8>> = if pk_restricted {
+            let mut combos: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
+            for choice in &pk_choices {
+                combos = combos
+                    .into_iter()
+                    .flat_map(|prefix| {
+                        choice.iter().map(move |v| {
+                            let mut p = prefix.clone();
+                            p.push(v.clone());
+                            p
+                        })
+                    })
+                    .collect();
+            }
+            combos
+                .iter()
+                .map(|c| pk_bytes(&c.iter().map(|v| v.as_slice()).collect::<Vec<_>>()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        keys.sort();
+        keys.dedup();
+
+        // Resume after the last row of the previous page.
+        let (resume, mut returned) = match ex.paging_state {
+            Some(s) => decode_paging_state(s)?,
+            None => (None, 0),
+        };
+        let matches = |row: &Row| {
+            filters.iter().all(|(i, op, vals)| {
+                let Some(v) = &row[*i] else { return false };
+                let ty = &t.columns[*i].ty;
+                vals.iter().any(|want| {
+                    let c = types::compare(ty, v, want);
+                    match op {
+                        Op::Eq | Op::In => c == Ordering::Equal,
+                        Op::Lt => c == Ordering::Less,
+                        Op::Le => c != Ordering::Greater,
+                        Op::Gt => c == Ordering::Greater,
+                        Op::Ge => c != Ordering::Less,
+                    }
+                })
+            })
+        };
+        let page = match ex.page_size {
+            Some(n) if n > 0 => n as usize,
+            _ => usize::MAX,
+        };
+        let count_only = matches!(projection, Projection::Count);
+        let mut rows = Vec::new();
+        let mut count = 0i64;
+        let mut last: Option<(Vec<u8>, Vec<Vec<u8>>)> = None;
+        let mut more = false;
+        let parts: Box<dyn Iterator<Item = (&Vec<u8>, &Partition)>> = if pk_restricted {
+            Box::new(keys.iter().filter_map(|k| t.partitions.get_key_value(k)))
+        } else {
+            Box::new(t.partitions.iter())
+        };
+        'outer: for (pk, part) in parts {
+            if let Some((rpk, _)) = &resume
+                && pk < rpk
+            {
+                continue;
+            }
+            for (ck, row) in part {
+                if let Some((rpk, rck)) = &resume
+                    && pk == rpk
+                {
+                    let r = CkKey {
+                        vals: rck.clone(),
+                        spec: t.spec.clone(),
+                    };
+                    if ck <= &r {
+                        continue;
+                    }
+                }
+                if !matches(row) {
+                    continue;
+                }
+                if count_only {
+                    count += 1;
+                    continue;
+                }
+                if limit.is_some_and(|l| returned >= l) {
+                    break 'outer;
+                }
+                if rows.len() == page {
+                    more = true;
+                    break 'outer;
+                }
+                rows.push(out_idx.iter().map(|i| row[*i].clone()).collect());
+                returned += 1;
+                last = Some((pk.clone(), ck.vals.clone()));
+            }
+        }
+        if count_only {
+            rows.push(vec![Some(count.to_be_bytes().to_vec())]);
+        }
+        let paging_state = if more {
+            let (pk, ck) = last.expect("a full page has a last row");
+            Some(encode_paging_state(&pk, &ck, returned))
+        } else {
+            None
+        };
+        Ok(Outcome::Rows(RowsResult {
+            keyspace: t.keyspace.clone(),
+            table: t.name.clone(),
+            columns: out_cols,
+            rows,
+            paging_state,
+        }))
+    }
+}
+
+fn pk_markers(t: &Table, term_of: impl Fn(&str) -> Option<Term>) -> Vec<u16> {
+    let mut out = Vec::new();
+    for i in &t.partition_key {
+        match term_of(&t.columns[*i].name) {
+            Some(Term::Marker(m)) => out.push(m as u16),
+            _ => return Vec::new(),
+        }
+    }
+    out
+}
+
+fn projected(t: &Table, projection: &Projection) -> Res<Vec<Column>> {
+    Ok(match projection {
+        Projection::Star => {
+            // Cassandra's order: partition key, clustering, then the rest by name.
+            let mut idx: Vec<usize> = t.partition_key.clone();
+            idx.extend(&t.clustering);
+            let mut rest: Vec<usize> = (0..t.columns.len()).filter(|i| !idx.contains(i)).collect();
+            rest.sort_by(|a, b| t.columns[*a].name.cmp(&t.columns[*b].name));
+            idx.extend(rest);
+            idx.into_iter().map(|i| t.columns[i].clone()).collect()
+        }
+        Projection::Count => vec![Column {
+            name: "count".into(),
+            ty: CqlType::BigInt,
+        }],
+        Projection::Columns(names) => names
+            .iter()
+            .map(|n| t.column(n).map(|i| t.columns[i].clone()))
+            .collect::<Res<_>>()?,
+    })
+}
+
+enum Bound {
+    Unset,
+    Val(Option<Vec<u8>>),
+}
+
+fn bind(term: &Term, ty: &CqlType, values: &[Value]) -> Res<Bound> {
+    match term {
+        Term::Lit(l) => Ok(Bound::Val(
+            types::literal_to_bytes(l, ty).map_err(CqlError::invalid)?,
+        )),
+        Term::Marker(i) => match values.get(*i) {
+            None => Err(CqlError::invalid(format!(
+                "There were {} markers(?) in CQL but {} bound variables",
+                i + 1,
+                values.len()
+            ))),
+            Some(Value::Unset) => Ok(Bound::Unset),
+            Some(Value::Null) => Ok(Bound::Val(None)),
+            Some(Value::Bytes(b)) => {
+                ty.validate(b).map_err(|e| {
+                    CqlError::invalid(format!("Invalid value for bind marker {i}: {e}"))
+                })?;
+                Ok(Bound::Val(Some(b.clone())))
+            }
+        },
+    }
+}
+
+fn split_collection(b: &[u8]) -> Res<Vec<Vec<u8>>> {
+    let mut r = crate::frame::Reader::new(b);
+    let n = r
+        .i32()
+        .map_err(|e| CqlError::invalid(format!("bad collection: {}", e.0)))?;
+    (0..n)
+        .map(|_| match r.bytes() {
+            Ok(Some(v)) => Ok(v),
+            _ => Err(CqlError::invalid("bad collection element")),
+        })
+        .collect()
+}
+
+fn encode_paging_state(pk: &[u8], ck: &[Vec<u8>], returned: usize) -> Vec<u8> {
+    let mut w = crate::frame::Writer::default();
+    w.bytes(Some(pk));
+    w.i32(ck.len() as i32);
+    for v in ck {
+        w.bytes(Some(v));
+    }
+    w.i32(returned as i32);
+    w.buf
+}
+
+type Resume = Option<(Vec<u8>, Vec<Vec<u8>>)>;
+
+fn decode_paging_state(s: &[u8]) -> Res<(Resume, usize)> {
+    let bad = |_| CqlError::new(code::PROTOCOL_ERROR, "invalid paging state");
+    let mut r = crate::frame::Reader::new(s);
+    let pk = r.bytes().map_err(bad)?.unwrap_or_default();
+    let n = r.i32().map_err(bad)?;
+    let mut ck = Vec::new();
+    for _ in 0..n {
+        ck.push(r.bytes().map_err(bad)?.unwrap_or_default());
+    }
+    let returned = r.i32().map_err(bad)?.max(0) as usize;
+    Ok((Some((pk, ck)), returned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        s: &mut Store,
+        q: &str,
+        values: &[Value],
+        page: Option<i32>,
+        state: Option<&[u8]>,
+    ) -> Res<Outcome> {
+        let p = cql::parse(q).map_err(CqlError::invalid)?;
+        s.execute(
+            &p,
+            &Exec {
+                keyspace: Some("ks"),
+                values,
+                page_size: page,
+                paging_state: state,
+            },
+        )
+    }
+
+    fn rows(o: Outcome) -> RowsResult {
+        match o {
+            Outcome::Rows(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn clustering_desc_range_paging_and_upsert() {
+        let mut s = Store::new("127.0.0.1".parse().unwrap(), [1; 16]);
+        run(&mut s, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[], None, None).unwrap();
+        run(&mut s, "CREATE TABLE t (k bigint, d date, v int, PRIMARY KEY ((k), d)) WITH CLUSTERING ORDER BY (d DESC)", &[], None, None).unwrap();
+        for day in 1..=9 {
+            run(
+                &mut s,
+                &format!("INSERT INTO t (k, d, v) VALUES (7, '2024-01-0{day}', {day})"),
+                &[],
+                None,
+                None,
+            )
+            .unwrap();
+        }
+        run(
+            &mut s,
+            "INSERT INTO t (k, d, v) VALUES (7, '2024-01-05', 50)",
+            &[],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.table("ks", "t").unwrap().row_count(),
+            9,
+            "upsert, not a new row"
+        );
+        let q = "SELECT v FROM t WHERE k = 7 AND d >= '2024-01-03' AND d <= '2024-01-07'";
+        let first = rows(run(&mut s, q, &[], Some(2), None).unwrap());
+        let v = |r: &RowsResult| -> Vec<i32> {
+            r.rows
+                .iter()
+                .map(|c| i32::from_be_bytes(c[0].clone().unwrap().try_into().unwrap()))
+                .collect()
+        };
+        assert_eq!(v(&first), [7, 6]);
+        let state = first.paging_state.clone().unwrap();
+        let second = rows(run(&mut s, q, &[], Some(2), Some(&state)).unwrap());
+        assert_eq!(v(&second), [50, 4]);
+        let third = rows(run(&mut s, q, &[], Some(2), second.paging_state.as_deref()).unwrap());
+        assert_eq!(v(&third), [3]);
+        assert!(third.paging_state.is_none());
+    }
+
+    #[test]
+    fn unknown_tables_and_columns_are_invalid() {
+        let mut s = Store::new("127.0.0.1".parse().unwrap(), [1; 16]);
+        let e = run(
+            &mut s,
+            "SELECT x FROM system_schema.scylla_tables",
+            &[],
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, code::INVALID);
+        let e = run(&mut s, "SELECT nope FROM system.local", &[], None, None).unwrap_err();
+        assert!(
+            e.message.contains("Undefined column name nope"),
+            "{}",
+            e.message
+        );
+    }
+}
