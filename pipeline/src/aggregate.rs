@@ -139,7 +139,7 @@ pub async fn run(
         None => Plan::Full,
         Some(p) if p == version => Plan::Nothing,
         Some(p) if p > version => Plan::Full,
-        Some(p) => match touched_days(&source, p, version).await? {
+        Some(p) => match touched_days(&source, ingest::TABLE, p, version).await? {
             Some(days) if days.is_empty() => Plan::Nothing,
             Some(days) => Plan::Days(days),
             None => {
@@ -266,7 +266,7 @@ pub async fn run(
     Ok(finish(report, started))
 }
 
-fn day_of_file(f: &deltalake::kernel::LogicalFileView) -> Option<i32> {
+pub(crate) fn day_of_file(f: &deltalake::kernel::LogicalFileView) -> Option<i32> {
     f.partition_values_map()
         .remove(PARTITION_COLUMN)
         .flatten()
@@ -280,36 +280,38 @@ fn finish(mut report: AggregateReport, started: Instant) -> AggregateReport {
     report
 }
 
-fn date_str(day: i32) -> String {
+pub(crate) fn date_str(day: i32) -> String {
     (NaiveDate::default() + chrono::Days::new(day as u64))
         .format("%Y-%m-%d")
         .to_string()
 }
 
-fn parse_day(s: &str) -> Option<i32> {
+pub(crate) fn parse_day(s: &str) -> Option<i32> {
     let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
     Some((d - NaiveDate::default()).num_days() as i32)
 }
 
 /// Days whose data changed in source commits `(after, upto]`, read from the commit files'
 /// add/remove actions. `None` when a commit file is gone (then only a full rebuild is safe).
-async fn touched_days(source: &DeltaTable, after: i64, upto: i64) -> Result<Option<BTreeSet<i32>>> {
+pub(crate) async fn touched_days(
+    source: &DeltaTable,
+    name: &str,
+    after: i64,
+    upto: i64,
+) -> Result<Option<BTreeSet<i32>>> {
     let store = source.log_store();
     let mut days = BTreeSet::new();
     for v in (after + 1)..=upto {
         let Some(bytes) = store
             .read_commit_entry(v as _)
             .await
-            .map_err(|e| Error::delta(ingest::TABLE, e))?
+            .map_err(|e| Error::delta(name, e))?
         else {
             return Ok(None);
         };
         for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let action: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
-                Error::Invalid(format!(
-                    "{} commit {v} is not valid JSON: {e}",
-                    ingest::TABLE
-                ))
+                Error::Invalid(format!("{} commit {v} is not valid JSON: {e}", name))
             })?;
             for kind in ["add", "remove"] {
                 let Some(file) = action.get(kind) else {
@@ -324,10 +326,7 @@ async fn touched_days(source: &DeltaTable, after: i64, upto: i64) -> Result<Opti
                     .and_then(|d| d.as_str())
                 {
                     Some(s) => days.insert(parse_day(s).ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "{} commit {v}: bad partition value {s:?}",
-                            ingest::TABLE
-                        ))
+                        Error::Invalid(format!("{} commit {v}: bad partition value {s:?}", name))
                     })?),
                     // A file without a day (should not happen): recompute everything.
                     None => return Ok(None),

@@ -19,6 +19,12 @@ pub mod exit {
     pub const BAD_INPUT: u8 = 3;
     /// Another writer committed a conflicting change first. Nothing was committed; rerun.
     pub const CONFLICT: u8 = 4;
+    /// ScyllaDB unreachable, refused the login, or rejected a statement.
+    pub const SCYLLA: u8 = 5;
+    /// `load` wrote some rows but not all; the version was not recorded as loaded.
+    pub const LOAD_INCOMPLETE: u8 = 6;
+    /// `verify` found days where ScyllaDB differs from the Delta aggregates.
+    pub const VERIFY_MISMATCH: u8 = 7;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,28 @@ pub enum Error {
 
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+
+    #[error(
+        "{what}: {detail}. Is ScyllaDB running and reachable? Start one with `docker compose up -d scylla`, \
+         or point --scylla-uri / SCYLLA_URI at yours (credentials: SCYLLA_USERNAME, SCYLLA_PASSWORD)"
+    )]
+    Scylla { what: String, detail: String },
+
+    #[error(
+        "load incomplete: {failed} row(s) still failed after retries{}; they are listed with their errors in {}. \
+         Aggregates version {version} was NOT recorded as loaded: fix the cause and rerun `pipeline load` \
+         (rows already written are upserted again, harmlessly)",
+        if *over_budget { " (over the --max-errors budget, so the load stopped early)" } else { "" },
+        bad_rows_file.display()
+    )]
+    LoadIncomplete {
+        failed: u64,
+        over_budget: bool,
+        bad_rows_file: PathBuf,
+        version: i64,
+        /// The load report so far, for `--json`.
+        report: Box<serde_json::Value>,
+    },
 }
 
 impl From<DeltaTableError> for Error {
@@ -123,6 +151,8 @@ impl Error {
             Error::BadInput { .. } => exit::BAD_INPUT,
             Error::Invalid(_) => exit::USAGE,
             Error::Conflict { .. } => exit::CONFLICT,
+            Error::Scylla { .. } => exit::SCYLLA,
+            Error::LoadIncomplete { .. } => exit::LOAD_INCOMPLETE,
             _ => exit::FAILURE,
         }
     }

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod progress;
 pub mod rules;
 pub mod schema;
+pub mod serve;
 
 pub use error::{Error, Result};
 pub use layout::Layout;

@@ -55,6 +55,110 @@ enum Command {
     Ingest(IngestArgs),
     /// Recompute daily per-customer totals for the days changed since the last run.
     Aggregate(AggregateArgs),
+    /// Create the ScyllaDB keyspace and tables if missing (load does this too).
+    InitScylla(ScyllaArgs),
+    /// Write the aggregates changed since the last load into ScyllaDB.
+    Load(LoadArgs),
+    /// Print a customer's daily totals from ScyllaDB.
+    Lookup(LookupArgs),
+    /// Compare ScyllaDB with the Delta aggregates at the last loaded version.
+    Verify(ScyllaArgs),
+}
+
+/// Where ScyllaDB is. Credentials come only from the environment: SCYLLA_USERNAME and
+/// SCYLLA_PASSWORD (or SCYLLA_PASSWORD_FILE).
+#[derive(Args, Clone)]
+struct ScyllaArgs {
+    /// Contact point(s), host:port[,host:port...].
+    #[arg(long, env = "SCYLLA_URI", default_value = "127.0.0.1:9042")]
+    scylla_uri: String,
+    /// Keyspace of the serving tables.
+    #[arg(long, env = "SCYLLA_KEYSPACE", default_value = "analytics")]
+    keyspace: String,
+    /// Replication of the keyspace when it is created (a CQL map).
+    #[arg(long, default_value = pipeline::serve::DEFAULT_REPLICATION)]
+    replication: String,
+    /// Consistency level of reads and writes.
+    #[arg(long, default_value = "local_quorum", value_parser = parse_consistency)]
+    consistency: scylla::frame::types::Consistency,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    request_timeout_ms: u64,
+    /// Connect with TLS (system roots, plus --tls-ca-file).
+    #[arg(long)]
+    tls: bool,
+    /// Extra CA certificate(s) to trust, PEM.
+    #[arg(long, env = "SCYLLA_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+}
+
+fn parse_consistency(s: &str) -> Result<scylla::frame::types::Consistency, String> {
+    use scylla::frame::types::Consistency::*;
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "any" => Any,
+        "one" => One,
+        "two" => Two,
+        "three" => Three,
+        "quorum" => Quorum,
+        "all" => All,
+        "local_quorum" => LocalQuorum,
+        "each_quorum" => EachQuorum,
+        "local_one" => LocalOne,
+        _ => {
+            return Err(format!(
+                "unknown consistency `{s}` (one, two, three, quorum, all, local_quorum, each_quorum, local_one, any)"
+            ));
+        }
+    })
+}
+
+impl ScyllaArgs {
+    fn config(&self) -> pipeline::serve::ScyllaConfig {
+        pipeline::serve::ScyllaConfig {
+            uri: self.scylla_uri.clone(),
+            keyspace: self.keyspace.clone(),
+            replication: self.replication.clone(),
+            consistency: self.consistency,
+            request_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+            tls: self.tls,
+            tls_ca_file: self.tls_ca_file.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+    /// Requests in flight at once (across all days being streamed).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Attempts per row for retryable errors (overload, timeouts, broken connections).
+    #[arg(long, default_value_t = 8)]
+    max_attempts: u32,
+    /// Rows that may fail (after retries) before the load stops early: a count (100) or a
+    /// percentage (0.5%). Any failure still exits non-zero and records nothing.
+    #[arg(long, default_value = "0")]
+    max_errors: pipeline::serve::ErrorBudget,
+    /// Show what would be loaded (versions, days, files, rows) and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct LookupArgs {
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+    /// Customer id.
+    #[arg(long)]
+    customer: i64,
+    /// First day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    from: Option<NaiveDate>,
+    /// Last day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    to: Option<NaiveDate>,
 }
 
 #[derive(Args)]
@@ -128,13 +232,17 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(
                 |_| // The Delta kernel logs a missing table (our first run) at ERROR level.
-                    tracing_subscriber::EnvFilter::new("warn,buoyant_kernel::snapshot=off"),
+                    tracing_subscriber::EnvFilter::new(
+                        // The driver logs a failed first connection at WARN and ERROR; our
+                        // own error says the same with what to do.
+                        "warn,buoyant_kernel::snapshot=off,scylla::cluster::metadata::cc_establisher=off",
+                    ),
             ),
         )
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // `{:#}`-style: the whole cause chain on one line.
             let mut msg = e.to_string();
@@ -153,7 +261,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<u8, Error> {
     let layout = Layout::new(&cli.data_dir);
     let show = !cli.no_progress;
     match cli.command {
@@ -198,7 +306,173 @@ fn run(cli: Cli) -> Result<(), Error> {
             progress.finish();
             emit(cli.json, &report, summary_aggregate)
         }
+        Command::InitScylla(a) => {
+            let cfg = a.config();
+            runtime()?.block_on(async {
+                let session = pipeline::serve::connect(&cfg).await?;
+                pipeline::serve::init_schema(&session, &cfg).await
+            })?;
+            println!(
+                "init-scylla: keyspace {} and its tables are in place at {}",
+                cfg.keyspace, cfg.uri
+            );
+            Ok(exit::OK)
+        }
+        Command::Load(a) => {
+            let cfg = a.scylla.config();
+            let opts = pipeline::serve::LoadOptions {
+                concurrency: a.concurrency,
+                max_attempts: a.max_attempts,
+                max_errors: a.max_errors,
+                dry_run: a.dry_run,
+                ..Default::default()
+            };
+            let progress = Progress::new("load", show);
+            let result =
+                runtime()?.block_on(pipeline::serve::load(&layout, &cfg, &opts, &progress));
+            progress.finish();
+            match result {
+                Ok(report) => emit(cli.json, &report, summary_load),
+                Err(e @ Error::LoadIncomplete { .. }) if cli.json => {
+                    // The report still goes to stdout; the error (from `main`) to stderr.
+                    if let Error::LoadIncomplete { report, .. } = &e {
+                        println!("{}", serde_json::to_string_pretty(report).expect("json"));
+                    }
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Lookup(a) => {
+            let cfg = a.scylla.config();
+            let day = |d: NaiveDate| (d - NaiveDate::default()).num_days() as i32;
+            let from = a.from.map_or(i32::MIN / 2, day);
+            let to = a.to.map_or(i32::MAX / 2, day);
+            let rows = runtime()?.block_on(pipeline::serve::lookup(&cfg, a.customer, from, to))?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
+            } else if rows.is_empty() {
+                println!(
+                    "customer {} has no daily totals{} in {}.{}",
+                    a.customer,
+                    match (a.from, a.to) {
+                        (None, None) => String::new(),
+                        (f, t) => format!(
+                            " between {} and {}",
+                            f.map_or("the beginning".into(), |d| d.to_string()),
+                            t.map_or("now".into(), |d| d.to_string())
+                        ),
+                    },
+                    cfg.keyspace,
+                    pipeline::serve::TABLE
+                );
+            } else {
+                println!(
+                    "{:<12} {:>16} {:>8} {:>8} {:>12} {:>12}",
+                    "date", "total", "count", "declined", "min", "max"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<12} {:>16} {:>8} {:>8} {:>12} {:>12}",
+                        r.transaction_date,
+                        r.total_amount,
+                        r.transaction_count,
+                        r.declined_count,
+                        r.min_amount.as_deref().unwrap_or("-"),
+                        r.max_amount.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Verify(a) => {
+            let cfg = a.config();
+            let report = runtime()?.block_on(pipeline::serve::verify(&layout, &cfg))?;
+            emit(cli.json, &report, summary_verify)?;
+            Ok(if report.differing_days.is_empty() {
+                exit::OK
+            } else {
+                exit::VERIFY_MISMATCH
+            })
+        }
     }
+}
+
+fn summary_load(r: &pipeline::serve::LoadReport) -> String {
+    let version = r.aggregates_version.map_or("-".into(), |v| v.to_string());
+    if r.previous_version == r.aggregates_version {
+        return format!(
+            "load: aggregates version {version} is already loaded into {}; nothing written",
+            r.keyspace
+        );
+    }
+    if r.dry_run {
+        return format!(
+            "load (dry run): would load aggregates version {version} ({}; last loaded: {}) into {}: {} day(s), {} file(s), {} rows",
+            if r.full_load {
+                "everything"
+            } else {
+                "changed days only"
+            },
+            r.previous_version.map_or("none".into(), |v| v.to_string()),
+            r.keyspace,
+            r.days,
+            r.files,
+            thousands(r.rows_to_load)
+        );
+    }
+    format!(
+        "load: aggregates version {version} -> {} ({} day(s), {})\n  {} rows written, {} retries, {} failures, {:.2} s ({} rows/s, peak RSS {})\n  latency ms: p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}",
+        r.keyspace,
+        r.days,
+        if r.full_load {
+            "full load"
+        } else {
+            "changed days"
+        },
+        thousands(r.rows_written),
+        r.retries,
+        r.failures,
+        r.seconds,
+        thousands(r.rows_per_sec as u64),
+        bytes(r.peak_rss_bytes),
+        r.latency_ms.p50,
+        r.latency_ms.p90,
+        r.latency_ms.p99,
+        r.latency_ms.max
+    )
+}
+
+fn summary_verify(r: &pipeline::serve::VerifyReport) -> String {
+    let mut s = format!(
+        "verify: {} at aggregates version {}: {} day(s), {} rows in Delta, {} in ScyllaDB",
+        r.keyspace,
+        r.aggregates_version,
+        r.days_compared,
+        thousands(r.rows_delta),
+        thousands(r.rows_scylla)
+    );
+    if r.differing_days.is_empty() {
+        s.push_str("; every day matches (row count, total, row checksum)");
+    } else {
+        s.push_str(&format!("\n  {} day(s) differ:", r.differing_days.len()));
+        for d in &r.differing_days {
+            s.push_str(&format!(
+                "\n  {}: Delta {} rows, total {}; ScyllaDB {} rows, total {}{}",
+                d.transaction_date,
+                d.delta.rows,
+                pipeline::serve::format_cents(d.delta.total_cents),
+                d.scylla.rows,
+                pipeline::serve::format_cents(d.scylla.total_cents),
+                if d.delta.rows == d.scylla.rows && d.delta.total_cents == d.scylla.total_cents {
+                    " (same count and total, different row values)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    s
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
@@ -208,7 +482,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| Error::io("cannot start the async runtime", e))
 }
 
-fn emit<R: Serialize>(json: bool, report: &R, text: fn(&R) -> String) -> Result<(), Error> {
+fn emit<R: Serialize>(json: bool, report: &R, text: fn(&R) -> String) -> Result<u8, Error> {
     if json {
         println!(
             "{}",
@@ -217,7 +491,7 @@ fn emit<R: Serialize>(json: bool, report: &R, text: fn(&R) -> String) -> Result<
     } else {
         println!("{}", text(report));
     }
-    Ok(())
+    Ok(exit::OK)
 }
 
 fn summary_generate(r: &GenerateReport) -> String {

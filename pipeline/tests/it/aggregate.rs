@@ -17,10 +17,10 @@ use crate::common::{Data, live_files, read_parquet, u, version};
 const AGG: &str = "customer_daily_aggregates";
 
 /// One aggregate row: (customer, day) -> (total cents, approved, declined, min, max).
-type Agg = BTreeMap<(i64, String), (i128, i64, i64, Option<i128>, Option<i128>)>;
+pub(crate) type Agg = BTreeMap<(i64, String), (i128, i64, i64, Option<i128>, Option<i128>)>;
 
 /// The aggregates table as read back from its live files.
-fn table(d: &Data) -> Agg {
+pub(crate) fn table(d: &Data) -> Agg {
     let mut out = Agg::new();
     for (path, date) in live_files(&d.table(AGG)) {
         for b in read_parquet(&path) {

@@ -4,3 +4,4 @@
 mod aggregate;
 mod common;
 mod ingest;
+mod scylla;

@@ -1,0 +1,512 @@
+//! load, lookup and verify through the real `scylla` driver: against the in-repo CQL test
+//! server by default, or against a real ScyllaDB when `SCYLLA_URI` is set (each test then uses
+//! its own keyspace). Tests that need fault injection or a password-protected server run only
+//! against the test server and say so when skipped.
+
+use std::time::Duration;
+
+use cql_test_server::{Fault, FaultKind, Opcode, ServerConfig, TestServer};
+use scylla::client::session_builder::SessionBuilder;
+use scylla::value::{CqlDate, CqlDecimal};
+use serde_json::Value;
+
+use crate::aggregate::{Agg, table};
+use crate::common::{Data, u};
+
+/// Where the tests' ScyllaDB is.
+struct Cql {
+    rt: tokio::runtime::Runtime,
+    server: Option<TestServer>,
+    uri: String,
+    keyspace: String,
+}
+
+impl Cql {
+    fn new() -> Self {
+        Self::with_config(ServerConfig::default())
+    }
+
+    fn with_config(config: ServerConfig) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let keyspace = format!("it_{}", uuid::Uuid::new_v4().simple());
+        match std::env::var("SCYLLA_URI") {
+            Ok(uri) if !uri.is_empty() => Cql {
+                rt,
+                server: None,
+                uri,
+                keyspace,
+            },
+            _ => {
+                let server = rt.block_on(TestServer::start(config)).unwrap();
+                let uri = server.addr().to_string();
+                Cql {
+                    rt,
+                    server: Some(server),
+                    uri,
+                    keyspace,
+                }
+            }
+        }
+    }
+
+    /// The test server, or None (and a note) when running against a real ScyllaDB.
+    fn test_server(&self, why: &str) -> Option<&TestServer> {
+        if self.server.is_none() {
+            eprintln!("skipped against a real ScyllaDB: {why} needs the in-repo test server");
+        }
+        self.server.as_ref()
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SCYLLA_URI", self.uri.clone()),
+            ("SCYLLA_KEYSPACE", self.keyspace.clone()),
+        ]
+    }
+
+    fn run(&self, d: &Data, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+        let env = self.env();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(extra);
+        d.run_env(args, &all)
+    }
+
+    fn ok(&self, d: &Data, args: &[&str]) -> Value {
+        let out = self.run(d, args, &[]);
+        assert!(
+            out.status.success(),
+            "pipeline {args:?} failed ({:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Every row of the serving table, read back through the driver.
+    fn contents(&self) -> Agg {
+        self.rt.block_on(async {
+            let session = SessionBuilder::new().known_node(&self.uri).build().await.unwrap();
+            let q = format!(
+                "SELECT customer_id, transaction_date, total_amount, transaction_count, declined_count, min_amount, max_amount FROM {}.customer_daily_aggregates",
+                self.keyspace
+            );
+            type R = (i64, CqlDate, CqlDecimal, i64, i64, Option<CqlDecimal>, Option<CqlDecimal>);
+            let mut out = Agg::new();
+            let mut pager = session
+                .query_iter(q, ())
+                .await
+                .unwrap()
+                .rows_stream::<R>()
+                .unwrap();
+            use futures::StreamExt;
+            while let Some(r) = pager.next().await {
+                let (c, d, total, n, declined, min, max) = r.unwrap();
+                let day = chrono::NaiveDate::default()
+                    + chrono::Days::new((d.0 as i64 - (1i64 << 31)) as u64);
+                let prev = out.insert(
+                    (c, day.format("%Y-%m-%d").to_string()),
+                    (cents(&total), n, declined, min.as_ref().map(cents), max.as_ref().map(cents)),
+                );
+                assert!(prev.is_none());
+            }
+            out
+        })
+    }
+}
+
+fn cents(d: &CqlDecimal) -> i128 {
+    let (bytes, scale) = d.as_signed_be_bytes_slice_and_exponent();
+    assert_eq!(scale, 2, "amounts are stored with scale 2");
+    let mut buf = if bytes[0] & 0x80 != 0 {
+        [0xFF; 16]
+    } else {
+        [0; 16]
+    };
+    buf[16 - bytes.len()..].copy_from_slice(bytes);
+    i128::from_be_bytes(buf)
+}
+
+fn prepare(d: &Data, rows: &str, days: &str, batch: &str, start: &str) {
+    d.ok(&[
+        "generate",
+        "--rows",
+        rows,
+        "--days",
+        days,
+        "--batch",
+        batch,
+        "--start-date",
+        start,
+        "--customers",
+        "500",
+        "--dirty-rate",
+        "0.01",
+    ]);
+    d.ok(&["ingest"]);
+    d.ok(&["aggregate"]);
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn load_lookup_and_verify_end_to_end_then_only_changed_days() {
+    let cql = Cql::new();
+    let d = Data::new();
+    prepare(&d, "20000", "5", "1", "2024-01-01");
+    let dry = cql.ok(&d, &["load", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    let expected = table(&d);
+    assert_eq!(u(&dry, "rows_to_load"), expected.len() as u64);
+    let first = cql.ok(&d, &["load"]);
+    assert_eq!(u(&first, "rows_written"), expected.len() as u64);
+    assert_eq!(u(&first, "failures"), 0);
+    assert_eq!(first["full_load"], true);
+    assert_eq!(
+        cql.contents(),
+        expected,
+        "ScyllaDB holds exactly the Delta aggregates"
+    );
+
+    // lookup: one customer's days, newest first, as in Delta.
+    let (&(customer, _), _) = expected.iter().next().unwrap();
+    let out = cql.ok(&d, &["lookup", "--customer", &customer.to_string()]);
+    let want: Vec<_> = expected
+        .iter()
+        .filter(|((c, _), _)| *c == customer)
+        .map(|((_, day), v)| (day, v))
+        .rev()
+        .collect();
+    let got = out.as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, (day, v)) in got.iter().zip(&want) {
+        assert_eq!(g["transaction_date"].as_str().unwrap(), day.as_str());
+        assert_eq!(
+            g["total_amount"].as_str().unwrap(),
+            format!("{}.{:02}", v.0 / 100, v.0 % 100)
+        );
+        assert_eq!(g["transaction_count"].as_i64().unwrap(), v.1);
+    }
+    let ranged = cql.ok(
+        &d,
+        &[
+            "lookup",
+            "--customer",
+            &customer.to_string(),
+            "--from",
+            "2024-01-02",
+            "--to",
+            "2024-01-03",
+        ],
+    );
+    assert!(ranged.as_array().unwrap().iter().all(|r| {
+        let day = r["transaction_date"].as_str().unwrap();
+        ("2024-01-02"..="2024-01-03").contains(&day)
+    }));
+    let none = cql.ok(&d, &["lookup", "--customer", "987654321"]);
+    assert_eq!(none.as_array().unwrap().len(), 0);
+    let verify = cql.ok(&d, &["verify"]);
+    assert_eq!(
+        verify["differing_days"].as_array().unwrap().len(),
+        0,
+        "{verify}"
+    );
+
+    // Nothing new: nothing written.
+    let again = cql.ok(&d, &["load"]);
+    assert_eq!(u(&again, "rows_written"), 0);
+
+    // Late rows for one old day: only that day is reloaded.
+    prepare(&d, "600", "1", "2", "2024-01-03");
+    if let Some(server) = &cql.server {
+        server.clear_requests();
+    }
+    let second = cql.ok(&d, &["load"]);
+    assert_eq!(second["full_load"], false);
+    assert_eq!(u(&second, "days"), 1);
+    let expected = table(&d);
+    let day3 = expected
+        .keys()
+        .filter(|(_, day)| day == "2024-01-03")
+        .count() as u64;
+    assert_eq!(u(&second, "rows_written"), day3);
+    if let Some(server) = &cql.server {
+        let inserts = server
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.opcode == Opcode::Execute
+                    && r.statement.as_deref().is_some_and(|s| {
+                        s.contains("INSERT INTO") && s.contains("customer_daily_aggregates")
+                    })
+            })
+            .count() as u64;
+        assert_eq!(
+            inserts, day3,
+            "one INSERT per row of the changed day, nothing else"
+        );
+    }
+    assert_eq!(cql.contents(), expected);
+    let verify = cql.ok(&d, &["verify"]);
+    assert_eq!(
+        verify["differing_days"].as_array().unwrap().len(),
+        0,
+        "{verify}"
+    );
+}
+
+#[test]
+fn a_load_under_injected_faults_completes_with_every_row() {
+    let cql = Cql::new();
+    let Some(server) = cql.test_server("fault injection") else {
+        return;
+    };
+    let d = Data::new();
+    prepare(&d, "20000", "4", "1", "2024-01-01");
+    server.inject(
+        Fault::on_statement("INSERT INTO it_", FaultKind::Overloaded)
+            .skip(100)
+            .times(40),
+    );
+    server.inject(
+        Fault::on_statement("INSERT INTO it_", FaultKind::WriteTimeout)
+            .skip(500)
+            .times(20),
+    );
+    server.inject(
+        Fault::on_statement("INSERT INTO it_", FaultKind::DropConnection)
+            .skip(1500)
+            .times(2),
+    );
+    server.inject(
+        Fault::on_statement(
+            "INSERT INTO it_",
+            FaultKind::Delay(Duration::from_millis(50)),
+        )
+        .skip(2000)
+        .times(50),
+    );
+    let r = cql.ok(&d, &["load", "--max-attempts", "20"]);
+    assert!(
+        server.faults_hit() >= 62,
+        "faults hit: {}",
+        server.faults_hit()
+    );
+    assert!(u(&r, "retries") >= 60, "{r}");
+    assert_eq!(u(&r, "failures"), 0);
+    let expected = table(&d);
+    assert_eq!(u(&r, "rows_written"), expected.len() as u64);
+    assert_eq!(cql.contents(), expected);
+    let verify = cql.ok(&d, &["verify"]);
+    assert_eq!(verify["differing_days"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn errors_over_the_budget_stop_the_load_write_bad_rows_and_record_nothing() {
+    let cql = Cql::new();
+    let Some(server) = cql.test_server("fault injection") else {
+        return;
+    };
+    let d = Data::new();
+    prepare(&d, "5000", "2", "1", "2024-01-01");
+    server.inject(
+        Fault::on_statement("INSERT INTO it_", FaultKind::WriteTimeout)
+            .skip(50)
+            .times(u64::MAX),
+    );
+    let out = cql.run(
+        &d,
+        &["load", "--max-attempts", "2", "--max-errors", "5"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("load incomplete"), "{err}");
+    assert!(err.contains("over the --max-errors budget"), "{err}");
+    assert!(err.contains("NOT recorded as loaded"), "{err}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        u(&report, "failures"),
+        6,
+        "stops at the first failure over the budget"
+    );
+    let bad = std::path::PathBuf::from(report["bad_rows_file"].as_str().unwrap());
+    let lines = std::fs::read_to_string(&bad).unwrap();
+    assert_eq!(lines.lines().count(), 6);
+    assert!(
+        lines
+            .lines()
+            .all(|l| l.contains("\"error\"") && l.contains("customer_id"))
+    );
+    // Nothing recorded: verify has no loaded version to compare with.
+    let v = cql.run(&d, &["verify"], &[]);
+    assert_eq!(v.status.code(), Some(2), "{}", stderr(&v));
+    assert!(stderr(&v).contains("nothing has been loaded"));
+
+    // Within the budget: the load goes to the end but still exits non-zero.
+    server.clear_faults();
+    server.inject(
+        Fault::on_statement("INSERT INTO it_", FaultKind::Overloaded)
+            .skip(10)
+            .times(3),
+    );
+    let out = cql.run(
+        &d,
+        &["load", "--max-attempts", "1", "--max-errors", "1%"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u(&report, "failures"), 3);
+    assert_eq!(u(&report, "rows_written") + 3, table(&d).len() as u64);
+
+    // The cause gone, a rerun completes and verifies.
+    server.clear_faults();
+    cql.ok(&d, &["load"]);
+    assert_eq!(cql.contents(), table(&d));
+    cql.ok(&d, &["verify"]);
+}
+
+#[test]
+fn a_killed_load_reruns_to_a_complete_state() {
+    let cql = Cql::new();
+    let d = Data::new();
+    prepare(&d, "10000", "3", "1", "2024-01-01");
+    for point in ["load.midway", "load.before_state"] {
+        let out = cql.run(&d, &["load"], &[("PIPELINE_FAILPOINTS", point)]);
+        assert!(!out.status.success(), "{point} did not stop the load");
+        let v = cql.run(&d, &["verify"], &[]);
+        assert_eq!(
+            v.status.code(),
+            Some(2),
+            "{point}: nothing may be recorded: {}",
+            stderr(&v)
+        );
+    }
+    let r = cql.ok(&d, &["load"]);
+    assert_eq!(r["full_load"], true);
+    assert_eq!(cql.contents(), table(&d));
+    cql.ok(&d, &["verify"]);
+}
+
+#[test]
+fn verify_reports_the_day_that_differs() {
+    let cql = Cql::new();
+    let d = Data::new();
+    prepare(&d, "3000", "3", "1", "2024-01-01");
+    cql.ok(&d, &["load"]);
+    let expected = table(&d);
+    let (&(customer, ref day), _) = expected
+        .iter()
+        .find(|((_, day), _)| day == "2024-01-02")
+        .unwrap();
+    let day = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+    cql.rt.block_on(async {
+        let session = SessionBuilder::new().known_node(&cql.uri).build().await.unwrap();
+        let q = format!(
+            "INSERT INTO {}.customer_daily_aggregates (customer_id, transaction_date, total_amount) VALUES (?, ?, ?)",
+            cql.keyspace
+        );
+        let date = CqlDate(((day - chrono::NaiveDate::default()).num_days() + (1i64 << 31)) as u32);
+        session
+            .query_unpaged(q, (customer, date, CqlDecimal::from_signed_be_bytes_slice_and_exponent(&[1], 2)))
+            .await
+            .unwrap();
+    });
+    let out = cql.run(&d, &["verify"], &[]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let days = report["differing_days"].as_array().unwrap();
+    assert_eq!(days.len(), 1, "{report}");
+    assert_eq!(days[0]["transaction_date"], "2024-01-02");
+    assert_eq!(
+        days[0]["delta"]["rows"], days[0]["scylla"]["rows"],
+        "same count, other values"
+    );
+}
+
+#[test]
+fn unreachable_scylla_is_a_clear_error() {
+    let d = Data::new();
+    prepare(&d, "1000", "1", "1", "2024-01-01");
+    let out = d.run_env(&["load"], &[("SCYLLA_URI", "127.0.0.1:1")]);
+    assert_eq!(out.status.code(), Some(5));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot connect to ScyllaDB at 127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(err.contains("docker compose up -d scylla"), "{err}");
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_error_without_the_password() {
+    let cql = Cql::with_config(ServerConfig {
+        credentials: Some(("loader".into(), "right-horse-battery".into())),
+        ..Default::default()
+    });
+    let Some(_) = cql.test_server("a password-protected server") else {
+        return;
+    };
+    let d = Data::new();
+    prepare(&d, "1000", "1", "1", "2024-01-01");
+    let out = cql.run(
+        &d,
+        &["load"],
+        &[
+            ("SCYLLA_USERNAME", "loader"),
+            ("SCYLLA_PASSWORD", "wrong-staple-9"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("incorrect"), "{err}");
+    assert!(
+        !err.contains("wrong-staple-9"),
+        "the password leaked: {err}"
+    );
+    let ok = cql.run(
+        &d,
+        &["load"],
+        &[
+            ("SCYLLA_USERNAME", "loader"),
+            ("SCYLLA_PASSWORD", "right-horse-battery"),
+        ],
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}
+
+#[test]
+fn an_existing_table_with_another_schema_is_refused() {
+    let cql = Cql::new();
+    let d = Data::new();
+    prepare(&d, "1000", "1", "1", "2024-01-01");
+    cql.rt.block_on(async {
+        let session = SessionBuilder::new().known_node(&cql.uri).build().await.unwrap();
+        session
+            .query_unpaged(
+                format!("CREATE KEYSPACE {} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}", cql.keyspace),
+                (),
+            )
+            .await
+            .unwrap();
+        session
+            .query_unpaged(
+                format!("CREATE TABLE {}.customer_daily_aggregates (customer_id bigint PRIMARY KEY, total_amount double)", cql.keyspace),
+                (),
+            )
+            .await
+            .unwrap();
+    });
+    let out = cql.run(&d, &["load"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("exists with a different schema"), "{err}");
+    assert!(err.contains("total_amount double"), "{err}");
+}
