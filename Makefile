@@ -9,22 +9,29 @@ PORT     ?= 9042
 BIN      := target/release/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 
-.PHONY: help setup build run generate ingest aggregate test lint bench clean-data docker cql-test-server
+.PHONY: help setup build run generate ingest aggregate load lookup verify test test-crash test-scylla lint bench clean-data docker cql-test-server
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 setup: ## Check the toolchain (Rust via rustup) is present; nothing else is needed
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs) and rerun"; exit 1; }
 	@cargo --version
 
-build: setup ## Build the release binary (target/release/pipeline)
-	cargo build --release --locked -p pipeline
+build: setup ## Build the release binaries (target/release/pipeline, cql-test-server)
+	cargo build --release --locked -p pipeline -p cql-test-server
 
-run: build ## The main job on a small data set: generate -> ingest -> aggregate (ROWS=200000)
+run: build ## The main job on a small data set: generate -> ingest -> aggregate [-> load] (ROWS=200000)
 	$(PIPELINE) generate --rows $(ROWS)
 	$(PIPELINE) ingest
 	$(PIPELINE) aggregate
+	@uri=$${SCYLLA_URI:-127.0.0.1:9042}; host=$${uri%%:*}; port=$${uri##*:}; \
+	if [ -n "$$SCYLLA_URI" ] || (exec 3<>/dev/tcp/$$host/$$port) 2>/dev/null; then \
+	  SCYLLA_URI=$$uri $(PIPELINE) load; \
+	else \
+	  echo "load skipped: no ScyllaDB answers at $$uri. Start one (docker compose up -d scylla)"; \
+	  echo "or the in-memory test server (make cql-test-server), or set SCYLLA_URI, and rerun."; \
+	fi
 
 generate: build ## Run the generate stage alone (ARGS="--rows 1000000 --batch 2")
 	$(PIPELINE) generate $(ARGS)
@@ -35,8 +42,24 @@ ingest: build ## Run the ingest stage alone
 aggregate: build ## Run the aggregate stage alone (ARGS="--full")
 	$(PIPELINE) aggregate $(ARGS)
 
-test: setup ## Run every test (unit and integration)
+test: setup ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server)
 	cargo test --workspace --locked
+
+test-crash: setup ## Kill every stage at its failpoints and at 12 random times each; rerun; compare with a clean run
+	CRASH_KILLS=12 cargo test --locked -p pipeline --test it crash:: -- --nocapture
+
+test-scylla: setup ## The ScyllaDB tests against a real ScyllaDB: SCYLLA_URI=127.0.0.1:9042 make test-scylla
+	@[ -n "$$SCYLLA_URI" ] || { echo "set SCYLLA_URI (e.g. docker compose up -d scylla; SCYLLA_URI=127.0.0.1:9042 make test-scylla)"; exit 2; }
+	cargo test --locked -p pipeline --test it scylla::
+
+load: build ## Load changed aggregates into ScyllaDB (SCYLLA_URI, ARGS="--dry-run")
+	$(PIPELINE) load $(ARGS)
+
+lookup: build ## A customer's daily totals from ScyllaDB (ARGS="--customer 42")
+	$(PIPELINE) lookup $(ARGS)
+
+verify: build ## Compare ScyllaDB with the Delta aggregates
+	$(PIPELINE) verify $(ARGS)
 
 lint: setup ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all -- --check

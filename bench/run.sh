@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000000}
 BIN=${BIN:-target/release/pipeline}
-[ -x "$BIN" ] || { echo "build first: make build" >&2; exit 1; }
+CQL=${CQL:-target/release/cql-test-server}
+[ -x "$BIN" ] && [ -x "$CQL" ] || { echo "build first: make build" >&2; exit 1; }
 
 tmp=$(mktemp -d "${BENCH_TMP:-/tmp}/pipeline-bench.XXXXXX")
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$tmp"' EXIT
@@ -26,19 +27,32 @@ stage() { # name, args...
   # Flush the previous stage's writes first, so their writeback is not billed to this stage.
   sync
   t0=$(date +%s.%N)
-  "$BIN" --data-dir "$tmp/data" --json --no-progress "$@" > "$out/$name.json"
+  /usr/bin/time -f "%U %S" -o "$out/$name.cpu" \
+    "$BIN" --data-dir "$tmp/data" --json --no-progress "$@" > "$out/$name.json"
   t1=$(date +%s.%N)
   echo "$t0 $t1" > "$out/$name.wall"
 }
+# CPU seconds (user+system) the CQL test server has used so far.
+server_cpu() { awk '{printf "%.2f", ($14 + $15) / '"$(getconf CLK_TCK)"'}' "/proc/$cql_pid/stat"; }
 
 echo "bench: N=$N rows, data in $tmp, $(nproc) cores"
 stage generate generate --rows "$N" --days 30 --customers 100000 --rows-per-file 1000000
 stage ingest ingest
 stage aggregate aggregate
+# Load into the in-memory CQL test server: this measures our client side (driver, retries,
+# Delta reads) with the server sharing the same two cores, not a ScyllaDB cluster.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$CQL" --port "$port" > "$tmp/cql.log" 2>&1 &
+cql_pid=$!
+trap 'kill $cql_pid 2>/dev/null; [ "${KEEP:-0}" = 1 ] || rm -rf "$tmp"' EXIT
+for _ in $(seq 50); do grep -q listening "$tmp/cql.log" && break; sleep 0.1; done
+export SCYLLA_URI=127.0.0.1:$port
+s0=$(server_cpu); stage load load; s1=$(server_cpu); echo "$s0 $s1" > "$out/load.server_cpu"
 # A late batch for one day of thirty, then the incremental aggregate that recomputes it.
 stage generate_late generate --batch 2 --rows $(( N / 30 )) --days 1 --start-date 2024-01-15 --customers 100000
 stage ingest_late ingest
 stage aggregate_1day aggregate
+s0=$(server_cpu); stage load_1day load; s1=$(server_cpu); echo "$s0 $s1" > "$out/load_1day.server_cpu"
 
 mkdir -p bench/results
 result="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-N${N}.json"
@@ -46,21 +60,33 @@ python3 - "$out" "$N" "$result" <<'PY'
 import json, os, sys
 out, n, result = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 stages = []
-for name in ["generate", "ingest", "aggregate", "generate_late", "ingest_late", "aggregate_1day"]:
+for name in ["generate", "ingest", "aggregate", "load", "generate_late", "ingest_late", "aggregate_1day", "load_1day"]:
     rep = json.load(open(f"{out}/{name}.json"))
     t0, t1 = map(float, open(f"{out}/{name}.wall").read().split())
     wall = t1 - t0
-    rows = rep.get("rows_in", rep.get("rows_read", rep.get("rows", 0)))
+    rows = rep.get("rows_in", rep.get("rows_read", rep.get("rows_written", rep.get("rows", 0))))
     written = rep.get("bytes_written", rep.get("bytes", 0))
-    stages.append({"stage": name, "rows": rows, "wall_seconds": round(wall, 3),
-                   "rows_per_sec": round(rows / wall) if wall else None,
-                   "output_bytes": written, "peak_rss_bytes": rep["peak_rss_bytes"], "report": rep})
+    user, sys_ = map(float, open(f"{out}/{name}.cpu").read().split()[-2:])
+    st = {"stage": name, "rows": rows, "wall_seconds": round(wall, 3),
+          "rows_per_sec": round(rows / wall) if wall else None,
+          "output_bytes": written, "peak_rss_bytes": rep["peak_rss_bytes"],
+          "cpu_seconds": round(user + sys_, 2), "report": rep}
+    if os.path.exists(f"{out}/{name}.server_cpu"):
+        a, b = map(float, open(f"{out}/{name}.server_cpu").read().split())
+        st["server_cpu_seconds"] = round(b - a, 2)
+    stages.append(st)
 doc = {"n": n, "cores": os.cpu_count(), "stages": stages}
 json.dump(doc, open(result, "w"), indent=2)
-print(f"{'stage':<10}{'rows':>14}{'wall s':>9}{'rows/s':>13}{'output MiB':>12}{'peak RSS MiB':>14}")
+print(f"{'stage':<15}{'rows':>12}{'wall s':>9}{'rows/s':>13}{'output MiB':>12}{'peak RSS MiB':>14}{'CPU s':>8}")
 for s in stages:
-    print(f"{s['stage']:<10}{s['rows']:>14,}{s['wall_seconds']:>9.2f}{s['rows_per_sec']:>13,}"
-          f"{s['output_bytes']/2**20:>12.1f}{s['peak_rss_bytes']/2**20:>14.1f}")
+    print(f"{s['stage']:<15}{s['rows']:>12,}{s['wall_seconds']:>9.2f}{s['rows_per_sec']:>13,}"
+          f"{s['output_bytes']/2**20:>12.1f}{s['peak_rss_bytes']/2**20:>14.1f}{s['cpu_seconds']:>8.2f}")
+for s in stages:
+    if "server_cpu_seconds" in s:
+        lat = s["report"]["latency_ms"]
+        print(f"{s['stage']}: client CPU {s['cpu_seconds']:.2f} s, test-server CPU {s['server_cpu_seconds']:.2f} s "
+              f"(of {2 * s['wall_seconds']:.2f} core-s); latency ms p50 {lat['p50']:.2f} p99 {lat['p99']:.2f}; "
+              f"retries {s['report']['retries']} (load measured against the in-memory CQL test server)")
 full = next(s for s in stages if s["stage"] == "aggregate")["wall_seconds"]
 incr = next(s for s in stages if s["stage"] == "aggregate_1day")["wall_seconds"]
 print(f"incremental aggregate (1 of 30 days) / full: {incr / full:.3f}")

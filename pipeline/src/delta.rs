@@ -98,9 +98,36 @@ pub async fn commit(
     operation: DeltaOperation,
     metadata: HashMap<String, serde_json::Value>,
 ) -> Result<i64> {
+    // No automatic rebase onto a concurrent commit: our stages decide what to write from the
+    // snapshot they read (dedup against the table, days to replace), so a commit that lost a
+    // race fails as a conflict (exit 4) and is rerun, instead of landing on a table it never
+    // looked at. The run history, a plain append, retries (`commit_append`).
+    commit_with_retries(table, name, actions, txns, operation, metadata, 0).await
+}
+
+/// An append that may be rebased onto concurrent commits (nothing in it depends on them).
+pub async fn commit_append(
+    table: &DeltaTable,
+    name: &str,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+) -> Result<i64> {
+    commit_with_retries(table, name, actions, vec![], operation, HashMap::new(), 15).await
+}
+
+async fn commit_with_retries(
+    table: &DeltaTable,
+    name: &str,
+    actions: Vec<Action>,
+    txns: Vec<Transaction>,
+    operation: DeltaOperation,
+    metadata: HashMap<String, serde_json::Value>,
+    retries: usize,
+) -> Result<i64> {
     let props = CommitProperties::default()
         .with_application_transactions(txns)
-        .with_metadata(metadata);
+        .with_metadata(metadata)
+        .with_max_retries(retries);
     let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
     let done = CommitBuilder::from(props)
         .with_actions(actions)

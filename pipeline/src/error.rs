@@ -97,6 +97,13 @@ pub enum Error {
         /// The load report so far, for `--json`.
         report: Box<serde_json::Value>,
     },
+
+    #[error("stage {stage} failed (after {attempts} attempt(s)): {source}")]
+    StageFailed {
+        stage: &'static str,
+        attempts: u32,
+        source: Box<Error>,
+    },
 }
 
 impl From<DeltaTableError> for Error {
@@ -153,6 +160,7 @@ impl Error {
             Error::Conflict { .. } => exit::CONFLICT,
             Error::Scylla { .. } => exit::SCYLLA,
             Error::LoadIncomplete { .. } => exit::LOAD_INCOMPLETE,
+            Error::StageFailed { source, .. } => source.exit_code(),
             _ => exit::FAILURE,
         }
     }

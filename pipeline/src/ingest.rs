@@ -338,27 +338,46 @@ pub async fn run(
             .collect()
     };
     if !total.quarantine_adds.is_empty() {
-        let v = delta::commit(
+        let committed = delta::commit(
             &ctx.quarantine,
             QUARANTINE_TABLE,
-            delta::adds(total.quarantine_adds),
+            delta::adds(total.quarantine_adds.clone()),
             txns(true),
             delta::append_operation(&[PARTITION_COLUMN]),
             meta(report.rows_quarantined + report.duplicates),
         )
-        .await?;
-        report.quarantine_version = Some(v);
+        .await;
+        match committed {
+            Ok(v) => report.quarantine_version = Some(v),
+            Err(e) => {
+                discard(&ctx, &total).await;
+                return Err(e);
+            }
+        }
     }
     crate::failpoint("ingest.between_commits");
-    let v = delta::commit(
+    let committed = delta::commit(
         &ctx.main,
         TABLE,
-        delta::adds(total.main_adds),
+        delta::adds(total.main_adds.clone()),
         txns(false),
         delta::append_operation(&[PARTITION_COLUMN]),
         meta(report.rows_out),
     )
-    .await?;
+    .await;
+    let v = match committed {
+        Ok(v) => v,
+        Err(e) => {
+            // The quarantine commit (if any) stands: the rerun skips those files' quarantine
+            // rows, exactly as after a crash between the two commits.
+            let main_only = DayResult {
+                main_adds: total.main_adds,
+                ..Default::default()
+            };
+            discard(&ctx, &main_only).await;
+            return Err(e);
+        }
+    };
     report.table_version = Some(v);
     drop(scratch);
     Ok(finish(report, started))
@@ -423,14 +442,21 @@ fn list_raw(dir: &Path) -> Result<Vec<(PathBuf, String, u64)>> {
     Ok(out)
 }
 
-/// A scratch folder for one run, removed when dropped (also on error).
+/// A scratch folder for one run, removed when dropped (also on error). Its name carries the
+/// process id, so a later run can remove the folders of runs that were killed (no destructor
+/// ran) without touching those of a run still going.
 struct Scratch {
     dir: PathBuf,
 }
 
 impl Scratch {
     fn new(base: PathBuf) -> Result<Self> {
-        let dir = base.join(format!("ingest-{}", uuid::Uuid::new_v4()));
+        remove_orphaned_scratch(&base);
+        let dir = base.join(format!(
+            "ingest-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         Ok(Self { dir })
@@ -440,6 +466,30 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Remove `ingest-<pid>-*` folders whose process is gone.
+fn remove_orphaned_scratch(base: &Path) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("ingest-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) == 0 }
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            tracing::info!(dir = %e.path().display(), "removing the scratch folder of a killed ingest");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

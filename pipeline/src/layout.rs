@@ -55,6 +55,15 @@ impl Layout {
         dir_uri(&self.aggregates_dir())
     }
 
+    /// The run history Delta table written by `pipeline run`.
+    pub fn history_dir(&self) -> PathBuf {
+        self.root.join("_pipeline").join("run_history")
+    }
+
+    pub fn history_uri(&self) -> Result<Url, DeltaTableError> {
+        dir_uri(&self.history_dir())
+    }
+
     /// The folder of one generator batch: `batch-000007`.
     pub fn raw_batch_dir(&self, batch: u32) -> PathBuf {
         self.raw_dir().join(format!("batch-{batch:06}"))

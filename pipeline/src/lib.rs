@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod layout;
 pub mod progress;
 pub mod rules;
+pub mod run;
 pub mod schema;
 pub mod serve;
 

@@ -63,6 +63,40 @@ enum Command {
     Lookup(LookupArgs),
     /// Compare ScyllaDB with the Delta aggregates at the last loaded version.
     Verify(ScyllaArgs),
+    /// Run the stages in order (ingest -> aggregate -> load; generate with --generate).
+    Run(RunArgs),
+    /// Show recorded runs, newest first.
+    History(HistoryArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Generate a batch first (with the generate options below).
+    #[arg(long)]
+    generate: bool,
+    /// Run exactly these stages (comma-separated: generate,ingest,aggregate,load).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["from", "to"])]
+    stages: Vec<pipeline::run::Stage>,
+    /// First stage to run.
+    #[arg(long)]
+    from: Option<pipeline::run::Stage>,
+    /// Last stage to run.
+    #[arg(long)]
+    to: Option<pipeline::run::Stage>,
+    /// Attempts per stage for transient failures (a concurrent commit, ScyllaDB trouble).
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+    #[command(flatten)]
+    gen_args: GenerateArgs,
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+}
+
+#[derive(Args)]
+struct HistoryArgs {
+    /// Runs to show.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
 }
 
 /// Where ScyllaDB is. Credentials come only from the environment: SCYLLA_USERNAME and
@@ -204,6 +238,22 @@ struct GenerateArgs {
     dirty_rate: f64,
 }
 
+impl GenerateArgs {
+    fn config(&self) -> GenerateConfig {
+        GenerateConfig {
+            rows: self.rows,
+            customers: self.customers,
+            merchants: self.merchants,
+            days: self.days,
+            start_date: self.start_date,
+            seed: self.seed,
+            rows_per_file: self.rows_per_file,
+            batch: self.batch,
+            dirty_rate: self.dirty_rate,
+        }
+    }
+}
+
 #[derive(Args)]
 struct IngestArgs {
     /// Days processed concurrently (default: number of CPUs).
@@ -266,17 +316,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
     let show = !cli.no_progress;
     match cli.command {
         Command::Generate(a) => {
-            let cfg = GenerateConfig {
-                rows: a.rows,
-                customers: a.customers,
-                merchants: a.merchants,
-                days: a.days,
-                start_date: a.start_date,
-                seed: a.seed,
-                rows_per_file: a.rows_per_file,
-                batch: a.batch,
-                dirty_rate: a.dirty_rate,
-            };
+            let cfg = a.config();
             let progress = Progress::new("generate", show);
             let report = pipeline::generate::run(&layout, &cfg, &progress)?;
             progress.finish();
@@ -385,6 +425,66 @@ fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
+        Command::Run(a) => {
+            use pipeline::run::Stage;
+            let explicit = !a.stages.is_empty();
+            let stages: Vec<Stage> = if explicit {
+                let mut v = a.stages.clone();
+                v.sort();
+                v.dedup();
+                v
+            } else {
+                let from = a.from.unwrap_or(if a.generate {
+                    Stage::Generate
+                } else {
+                    Stage::Ingest
+                });
+                let to = a.to.unwrap_or(Stage::Load);
+                Stage::ALL
+                    .into_iter()
+                    .filter(|s| *s >= from && *s <= to)
+                    .filter(|s| {
+                        *s != Stage::Generate || a.generate || a.from == Some(Stage::Generate)
+                    })
+                    .collect()
+            };
+            let opts = pipeline::run::RunOptions {
+                load_requested: (explicit && stages.contains(&Stage::Load))
+                    || a.to == Some(Stage::Load)
+                    || std::env::var_os("SCYLLA_URI").is_some(),
+                stages,
+                generate: a.gen_args.config(),
+                ingest: IngestOptions::default(),
+                aggregate: AggregateOptions::default(),
+                scylla: a.scylla.config(),
+                load: pipeline::serve::LoadOptions::default(),
+                attempts: a.attempts.max(1),
+                show_progress: show,
+            };
+            let (report, result) = runtime()?.block_on(pipeline::run::run(&layout, &opts));
+            emit(cli.json, &report, summary_run)?;
+            result.map(|()| exit::OK)
+        }
+        Command::History(a) => {
+            let rows = runtime()?.block_on(pipeline::run::history(&layout, a.limit))?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
+            } else if rows.is_empty() {
+                println!("no runs recorded yet in {}", layout.history_dir().display());
+            } else {
+                println!(
+                    "{:<20} {:<20} {:<38} outcome / stages",
+                    "started", "ended", "run id"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<20} {:<20} {:<38} {}\n{:>80}{}",
+                        r.started_at, r.ended_at, r.run_id, r.outcome, "", r.stages
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
         Command::Verify(a) => {
             let cfg = a.config();
             let report = runtime()?.block_on(pipeline::serve::verify(&layout, &cfg))?;
@@ -441,6 +541,36 @@ fn summary_load(r: &pipeline::serve::LoadReport) -> String {
         r.latency_ms.p99,
         r.latency_ms.max
     )
+}
+
+fn summary_run(r: &pipeline::run::RunReport) -> String {
+    let mut s = format!(
+        "run {}: {} in {:.2} s\n  {:<10} {:>12} {:>6} {:>10} {:>8} {:>12}  {}",
+        r.run_id,
+        r.outcome,
+        r.seconds,
+        "stage",
+        "rows",
+        "files",
+        "bytes",
+        "seconds",
+        "rows/s",
+        "note"
+    );
+    for st in &r.stages {
+        s.push_str(&format!(
+            "\n  {:<10} {:>12} {:>6} {:>10} {:>8.2} {:>12}  {}{}",
+            st.stage,
+            thousands(st.rows),
+            st.files,
+            bytes(st.bytes),
+            st.seconds,
+            thousands(st.rows_per_sec as u64),
+            if st.skipped { "skipped: " } else { "" },
+            st.note
+        ));
+    }
+    s
 }
 
 fn summary_verify(r: &pipeline::serve::VerifyReport) -> String {

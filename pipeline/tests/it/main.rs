@@ -3,5 +3,6 @@
 
 mod aggregate;
 mod common;
+mod crash;
 mod ingest;
 mod scylla;

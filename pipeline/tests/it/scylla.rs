@@ -14,15 +14,15 @@ use crate::aggregate::{Agg, table};
 use crate::common::{Data, u};
 
 /// Where the tests' ScyllaDB is.
-struct Cql {
-    rt: tokio::runtime::Runtime,
-    server: Option<TestServer>,
-    uri: String,
-    keyspace: String,
+pub(crate) struct Cql {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) server: Option<TestServer>,
+    pub(crate) uri: String,
+    pub(crate) keyspace: String,
 }
 
 impl Cql {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_config(ServerConfig::default())
     }
 
@@ -61,21 +61,26 @@ impl Cql {
         self.server.as_ref()
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("SCYLLA_URI", self.uri.clone()),
             ("SCYLLA_KEYSPACE", self.keyspace.clone()),
         ]
     }
 
-    fn run(&self, d: &Data, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+    pub(crate) fn run(
+        &self,
+        d: &Data,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> std::process::Output {
         let env = self.env();
         let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         all.extend_from_slice(extra);
         d.run_env(args, &all)
     }
 
-    fn ok(&self, d: &Data, args: &[&str]) -> Value {
+    pub(crate) fn ok(&self, d: &Data, args: &[&str]) -> Value {
         let out = self.run(d, args, &[]);
         assert!(
             out.status.success(),
@@ -88,7 +93,7 @@ impl Cql {
     }
 
     /// Every row of the serving table, read back through the driver.
-    fn contents(&self) -> Agg {
+    pub(crate) fn contents(&self) -> Agg {
         self.rt.block_on(async {
             let session = SessionBuilder::new().known_node(&self.uri).build().await.unwrap();
             let q = format!(
