@@ -172,6 +172,8 @@ struct Shared {
     log: Mutex<Vec<LoggedRequest>>,
     counts: Mutex<HashMap<Opcode, u64>>,
     connections: AtomicU64,
+    /// Fault rules added (a fast check on the hot path).
+    fault_rules: AtomicU64,
     config: ServerConfig,
     /// Bumped to drop every open connection.
     kick: watch::Sender<u64>,
@@ -202,6 +204,7 @@ impl TestServer {
             log: Mutex::new(Vec::new()),
             counts: Mutex::new(HashMap::new()),
             connections: AtomicU64::new(0),
+            fault_rules: AtomicU64::new(0),
             config,
             kick: watch::channel(0).0,
         });
@@ -234,6 +237,7 @@ impl TestServer {
 
     /// Add a fault rule; rules are checked in the order added, the first match applies.
     pub fn inject(&self, fault: Fault) {
+        self.shared.fault_rules.fetch_add(1, Ordering::Relaxed);
         self.shared.faults.lock().expect("lock").push(ActiveFault {
             fault,
             seen: 0,
@@ -243,6 +247,7 @@ impl TestServer {
 
     pub fn clear_faults(&self) {
         self.shared.faults.lock().expect("lock").clear();
+        self.shared.fault_rules.store(0, Ordering::Relaxed);
     }
 
     /// How many requests the faults added so far have hit.
@@ -294,13 +299,25 @@ impl TestServer {
 }
 
 async fn serve(sh: Arc<Shared>, sock: TcpStream, conn: u64, mut stop: watch::Receiver<bool>) {
-    let (mut rd, mut wr) = sock.into_split();
+    let (rd, mut wr) = sock.into_split();
+    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
+        // Coalesce the responses that are ready into one write: a syscall per response
+        // was most of the server's cost under load.
+        let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
+            buf.extend_from_slice(&frame);
+            while buf.len() < 256 * 1024 {
+                match rx.try_recv() {
+                    Ok(f) => buf.extend_from_slice(&f),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
                 return;
             }
+            buf.clear();
         }
     });
     let mut kick = sh.kick.subscribe();
@@ -352,9 +369,19 @@ async fn serve(sh: Arc<Shared>, sock: TcpStream, conn: u64, mut stop: watch::Rec
             let _ = tx.send(frame::response(h.stream, Opcode::Error, &error_body(&e)));
             continue;
         }
-        let (statement, values, consistency) = describe(&sh, op, &body);
         *sh.counts.lock().expect("lock").entry(op).or_default() += 1;
-        let fault = pick_fault(&sh, op, statement.as_deref());
+        // Describing a request costs a second parse: only when a log or a fault needs it.
+        let watched = sh.config.log_requests || sh.fault_rules.load(Ordering::Relaxed) > 0;
+        let (statement, values, consistency) = if watched {
+            describe(&sh, op, &body)
+        } else {
+            (None, 0, None)
+        };
+        let fault = if watched {
+            pick_fault(&sh, op, statement.as_deref())
+        } else {
+            None
+        };
         if sh.config.log_requests {
             sh.log.lock().expect("lock").push(LoggedRequest {
                 connection: conn,

@@ -36,15 +36,30 @@ pub async fn open_or_create(
             DeltaTableError::Generic(format!("schema conversion: {e}")),
         )
     })?;
-    table
+    let created = table
+        .clone()
         .create()
         .with_table_name(name)
         .with_columns(kernel.fields().cloned())
         .with_partition_columns(partition_by.iter().map(|s| s.to_string()))
-        // Another process may create it at the same moment: then use theirs.
         .with_save_mode(SaveMode::Ignore)
-        .await
-        .map_err(|e| Error::delta(name, e))
+        // Losing a creation race must fail (and use the winner's table below), not be retried
+        // as a second metadata commit that would move the version under the winner's feet.
+        .with_commit_properties(CommitProperties::default().with_max_retries(0))
+        .await;
+    match created {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            // Another process created it at the same moment (its version 0 won): use theirs.
+            let mut again = table;
+            if again.load().await.is_ok() && again.version().is_some() {
+                check_schema(&again, name, schema)?;
+                Ok(again)
+            } else {
+                Err(Error::delta(name, e))
+            }
+        }
+    }
 }
 
 fn check_schema(table: &DeltaTable, name: &str, expected: &Schema) -> Result<()> {

@@ -34,7 +34,7 @@ use deltalake::kernel::{Add, Transaction};
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use deltalake::parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 #[allow(deprecated)]
 // deprecated upstream in favour of hand-written readers; delta-rs still uses it
@@ -1054,7 +1054,10 @@ async fn load_ids(
 ) -> Result<()> {
     #[allow(deprecated)]
     let reader = ParquetObjectReader::new(table.object_store(), path.clone());
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    // Decode by the Parquet schema, not an embedded Arrow one: files rewritten by OPTIMIZE
+    // (or another engine) may carry view or large string types.
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options).await?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), [col::TRANSACTION_ID]);
     let mut stream = builder
         .with_projection(mask)

@@ -100,7 +100,7 @@ pub fn is_landing_candidate(path: &Path) -> bool {
     !name.starts_with('.') && !name.starts_with('_') && name.ends_with(".parquet")
 }
 
-fn dir_uri(dir: &Path) -> Result<Url, DeltaTableError> {
+pub(crate) fn dir_uri(dir: &Path) -> Result<Url, DeltaTableError> {
     // `ensure_table_uri` creates a missing local directory and makes the path absolute.
     ensure_table_uri(dir.to_string_lossy())
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod generate;
 pub mod ingest;
 pub mod layout;
+pub mod maintain;
 pub mod progress;
 pub mod rules;
 pub mod run;

@@ -67,6 +67,21 @@ enum Command {
     Run(RunArgs),
     /// Show recorded runs, newest first.
     History(HistoryArgs),
+    /// Compact small files, write checkpoints and vacuum old files, for every table.
+    Maintain(MaintainArgs),
+}
+
+#[derive(Args)]
+struct MaintainArgs {
+    /// Really delete files older than the retention (default: only list them).
+    #[arg(long)]
+    vacuum: bool,
+    /// Keep files removed less than this many hours ago (time travel, concurrent writers).
+    #[arg(long, default_value_t = 168)]
+    retention_hours: u64,
+    /// Skip compaction.
+    #[arg(long)]
+    no_optimize: bool,
 }
 
 #[derive(Args)]
@@ -465,6 +480,16 @@ fn run(cli: Cli) -> Result<u8, Error> {
             emit(cli.json, &report, summary_run)?;
             result.map(|()| exit::OK)
         }
+        Command::Maintain(a) => {
+            let opts = pipeline::maintain::MaintainOptions {
+                optimize: !a.no_optimize,
+                checkpoint: true,
+                vacuum: a.vacuum,
+                retention_hours: a.retention_hours,
+            };
+            let report = runtime()?.block_on(pipeline::maintain::run(&layout, &opts))?;
+            emit(cli.json, &report, summary_maintain)
+        }
         Command::History(a) => {
             let rows = runtime()?.block_on(pipeline::run::history(&layout, a.limit))?;
             if cli.json {
@@ -568,6 +593,31 @@ fn summary_run(r: &pipeline::run::RunReport) -> String {
             thousands(st.rows_per_sec as u64),
             if st.skipped { "skipped: " } else { "" },
             st.note
+        ));
+    }
+    s
+}
+
+fn summary_maintain(r: &pipeline::maintain::MaintainReport) -> String {
+    let mut s = format!(
+        "maintain: {} table(s) in {:.2} s (vacuum retention {} h)",
+        r.tables.len(),
+        r.seconds,
+        r.retention_hours
+    );
+    for t in &r.tables {
+        s.push_str(&format!(
+            "\n  {}: version {} -> {}, files {} -> {} ({} compacted into {}), checkpoint at {}, vacuum {} {} file(s)",
+            t.table,
+            t.version_before,
+            t.version_after,
+            t.files_before,
+            t.files_after,
+            t.files_compacted,
+            t.files_written,
+            t.checkpoint_version.map_or("-".into(), |v| v.to_string()),
+            if t.vacuum_dry_run { "would delete" } else { "deleted" },
+            t.vacuum_files
         ));
     }
     s

@@ -156,7 +156,9 @@ async fn run_stage(layout: &Layout, opts: &RunOptions, stage: Stage) -> Result<S
         }
         Stage::Aggregate => {
             let r = crate::aggregate::run(layout, &opts.aggregate, &progress).await?;
-            s.skipped = r.table_version.is_none();
+            // A commit that only records new source versions without data changes (e.g. a
+            // compaction upstream) recomputes nothing.
+            s.skipped = r.table_version.is_none() || r.days_recomputed == 0;
             s.note = if s.skipped {
                 "up to date".into()
             } else {
@@ -346,9 +348,13 @@ pub async fn history(layout: &Layout, limit: usize) -> Result<Vec<HistoryRow>> {
         );
         #[allow(deprecated)]
         let mut stream =
-            deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder::new(reader)
-                .await?
-                .build()?;
+            deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder::new_with_options(
+                reader,
+                deltalake::parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+                    .with_skip_arrow_metadata(true),
+            )
+            .await?
+            .build()?;
         use futures::StreamExt;
         while let Some(b) = stream.next().await {
             let b = b?;

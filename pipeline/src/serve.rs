@@ -557,7 +557,9 @@ fn file_rows(
     futures::stream::once(async move {
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(store, path);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+        let options = deltalake::parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+            .with_skip_arrow_metadata(true);
+        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options).await?;
         let mask = ProjectionMask::all();
         let stream = builder
             .with_projection(mask)

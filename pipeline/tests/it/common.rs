@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use serde_json::Value;
 
 pub struct Data {
@@ -114,7 +116,9 @@ pub fn live_files(table: &Path) -> Vec<(PathBuf, String)> {
 /// All record batches of one Parquet file.
 pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
     let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    ParquetRecordBatchReaderBuilder::try_new(file)
+    // By the Parquet schema, as a non-Arrow reader would (OPTIMIZE may embed view types).
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
         .unwrap()
         .build()
         .unwrap()

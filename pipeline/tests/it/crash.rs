@@ -49,14 +49,14 @@ const BATCHES: [&[&str]; 2] = [
 ];
 
 #[derive(Debug, PartialEq)]
-struct World {
+pub(crate) struct World {
     transactions: Vec<(String, String)>,
     quarantine: Vec<(String, String)>,
     aggregates: Agg,
     serving: Agg,
 }
 
-fn world(d: &Data, cql: &Cql) -> World {
+pub(crate) fn world(d: &Data, cql: &Cql) -> World {
     World {
         transactions: rows(&d.table(TX)),
         quarantine: rows(&d.table(Q)),
@@ -284,7 +284,14 @@ fn two_ingests_or_runs_at_once_end_equal_to_one() {
                 ),
             }
         }
-        assert!(committed >= 1, "round {round}: neither ingest committed");
+        assert!(
+            committed >= 1,
+            "round {round}: neither ingest committed: {}",
+            outs.iter()
+                .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         // Two whole runs at once (conflicts are retried inside `run`), then the result.
         let outs = both_at_once(&d, &cql, &["run", "--stages", "ingest,aggregate,load"]);
         for o in &outs {

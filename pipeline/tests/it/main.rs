@@ -5,4 +5,5 @@ mod aggregate;
 mod common;
 mod crash;
 mod ingest;
+mod maintain;
 mod scylla;
