@@ -98,6 +98,13 @@ pub enum Error {
         report: Box<serde_json::Value>,
     },
 
+    #[error(
+        "Delta table {table}: its transaction log (_delta_log) is damaged: {what}. Nothing was written. \
+         Restore the damaged or missing commit file from a backup, or rebuild the table from its sources; \
+         do not edit the log by hand"
+    )]
+    DamagedLog { table: String, what: String },
+
     #[error("stage {stage} failed (after {attempts} attempt(s)): {source}")]
     StageFailed {
         stage: &'static str,
@@ -146,10 +153,30 @@ impl Error {
                 table: table.to_string(),
                 detail: tx.to_string(),
             },
-            source => Error::Delta {
-                table: table.to_string(),
-                source: Box::new(source),
-            },
+            source => {
+                let text = source.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let what = if first.contains("contiguous commit files") {
+                    Some("the commit files are not contiguous (one is missing)".to_string())
+                } else if first.contains("Json error") || first.contains("Invalid JSON in log") {
+                    Some(format!(
+                        "a commit file is not valid JSON ({})",
+                        first.rsplit(": ").next().unwrap_or(first)
+                    ))
+                } else {
+                    None
+                };
+                match what {
+                    Some(what) => Error::DamagedLog {
+                        table: table.to_string(),
+                        what,
+                    },
+                    None => Error::Delta {
+                        table: table.to_string(),
+                        source: Box::new(source),
+                    },
+                }
+            }
         }
     }
 

@@ -298,9 +298,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(
                 |_| // The Delta kernel logs a missing table (our first run) at ERROR level.
                     tracing_subscriber::EnvFilter::new(
-                        // The driver logs a failed first connection at WARN and ERROR; our
-                        // own error says the same with what to do.
-                        "warn,buoyant_kernel::snapshot=off,scylla::cluster::metadata::cc_establisher=off",
+                        // The Delta kernel logs a missing table (our first run) and a
+                        // damaged log at ERROR, and the driver a failed first connection:
+                        // our own error says the same, with what to do.
+                        "warn,buoyant_kernel=off,scylla::cluster::metadata::cc_establisher=off",
                     ),
             ),
         )

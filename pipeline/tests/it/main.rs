@@ -2,6 +2,7 @@
 //! each stage has a module. Tests run the real `pipeline` binary in a temp data dir.
 
 mod aggregate;
+mod bad_input;
 mod common;
 mod crash;
 mod ingest;

@@ -1,0 +1,258 @@
+//! The bad-input matrix: each case asserts the exit code, the error text (what, where, what
+//! to do) and that nothing was lost or half-written. Truncated files, wrong column types,
+//! ScyllaDB unreachable, wrong credentials and a foreign table schema are covered in
+//! `ingest` and `scylla`.
+
+use std::path::Path;
+use std::process::Output;
+
+use crate::common::{Data, rows, u, version};
+
+const TX: &str = "customer_transactions";
+
+fn small(d: &Data) {
+    d.ok(&["generate", "--rows", "3000", "--days", "2"]);
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn landing(d: &Data) -> std::path::PathBuf {
+    d.path().join("_raw/customer_transactions")
+}
+
+/// Ingest must fail with exit 3 naming `file` and `problem`, and commit nothing.
+fn refused(d: &Data, file: &str, problem: &str) {
+    let before = (version(&d.table(TX)), rows(&d.table(TX)));
+    let out = d.run_env(&["ingest"], &[]);
+    let e = err(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(e.contains(file), "names the file: {e}");
+    assert!(e.contains(problem), "says what is wrong: {e}");
+    assert!(
+        e.contains("Nothing of this run was committed; fix or remove the file and rerun"),
+        "{e}"
+    );
+    // No data commit; at most the empty table, created by the run before it read the files.
+    let after = version(&d.table(TX));
+    assert!(
+        after == before.0 || (before.0.is_none() && after == Some(0)),
+        "{after:?}"
+    );
+    assert_eq!(rows(&d.table(TX)), before.1, "nothing committed");
+}
+
+#[test]
+fn a_text_file_named_parquet_is_refused_by_name() {
+    let d = Data::new();
+    small(&d);
+    std::fs::write(
+        landing(&d).join("batch-000001/export.parquet"),
+        "id,amount\n1,2.50\n",
+    )
+    .unwrap();
+    refused(&d, "export.parquet", "not a readable Parquet file");
+    // Files that do not claim to be Parquet are not landing files at all.
+    std::fs::remove_file(landing(&d).join("batch-000001/export.parquet")).unwrap();
+    std::fs::write(landing(&d).join("batch-000001/README.txt"), "notes").unwrap();
+    let r = d.ok(&["ingest"]);
+    assert_eq!(u(&r, "rows_in"), 3000);
+}
+
+#[test]
+fn an_empty_file_is_refused_by_name() {
+    let d = Data::new();
+    small(&d);
+    std::fs::write(landing(&d).join("batch-000001/empty.parquet"), "").unwrap();
+    refused(&d, "empty.parquet", "not a readable Parquet file");
+}
+
+#[test]
+fn a_file_missing_a_column_is_refused_naming_the_column() {
+    use deltalake::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    use deltalake::parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+    let d = Data::new();
+    small(&d);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("transaction_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![
+                "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            ])),
+            Arc::new(Int64Array::from(vec![1])),
+        ],
+    )
+    .unwrap();
+    let path = landing(&d).join("batch-000001/two-columns.parquet");
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    refused(&d, "two-columns.parquet", "missing column `merchant_id`");
+}
+
+#[test]
+fn an_empty_landing_folder_is_nothing_to_do() {
+    let d = Data::new();
+    std::fs::create_dir_all(landing(&d)).unwrap();
+    let r = d.ok(&["ingest"]);
+    assert_eq!(u(&r, "files_seen"), 0);
+    assert_eq!(u(&r, "rows_in"), 0);
+}
+
+#[test]
+fn a_missing_data_dir_says_to_generate_first() {
+    let d = Data::new();
+    let missing = d.path().join("nope");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("--data-dir")
+        .arg(&missing)
+        .arg("ingest")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", err(&out));
+    let e = err(&out);
+    assert!(
+        e.contains("does not exist: run `pipeline generate` first, or set --data-dir"),
+        "{e}"
+    );
+    assert!(!missing.exists(), "nothing created");
+}
+
+#[test]
+fn bad_option_values_are_usage_errors() {
+    let d = Data::new();
+    for (args, text) in [
+        (
+            &["generate", "--start-date", "2024-13-40"][..],
+            "invalid value '2024-13-40' for '--start-date",
+        ),
+        (
+            &["generate", "--rows", "-5"][..],
+            "unexpected argument '-5'",
+        ),
+        (
+            &["generate", "--rows", "many"][..],
+            "invalid value 'many' for '--rows",
+        ),
+        (
+            &["load", "--max-errors", "lots"][..],
+            "neither a row count like 100 nor a percentage",
+        ),
+        (
+            &["run", "--stages", "ingest,transform"][..],
+            "unknown stage `transform`",
+        ),
+    ] {
+        let out = d.run_env(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", err(&out));
+        assert!(err(&out).contains(text), "{args:?}: {}", err(&out));
+    }
+}
+
+/// Corrupt the newest commit file of a table, or remove an older one.
+fn damage_log(table: &Path, how: &str) -> std::path::PathBuf {
+    let mut commits: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    match how {
+        "corrupt" => {
+            let last = commits.last().unwrap().clone();
+            std::fs::write(&last, "{\"add\": {\"path\": ").unwrap();
+            last
+        }
+        _ => {
+            let first_data_commit = commits[1].clone();
+            std::fs::remove_file(&first_data_commit).unwrap();
+            first_data_commit
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_or_missing_commit_file_is_a_clear_error_and_nothing_more_is_written() {
+    for how in ["corrupt", "missing"] {
+        let d = Data::new();
+        small(&d);
+        d.ok(&["ingest"]);
+        d.ok(&[
+            "generate",
+            "--rows",
+            "1000",
+            "--days",
+            "1",
+            "--batch",
+            "2",
+            "--start-date",
+            "2024-02-01",
+        ]);
+        d.ok(&["ingest"]);
+        let damaged = damage_log(&d.table(TX), how);
+        let files_before = std::fs::read_dir(d.table(TX)).unwrap().count();
+        d.ok(&[
+            "generate",
+            "--rows",
+            "1000",
+            "--days",
+            "1",
+            "--batch",
+            "3",
+            "--start-date",
+            "2024-03-01",
+        ]);
+        let out = d.run_env(&["ingest"], &[]);
+        let e = err(&out);
+        assert_eq!(out.status.code(), Some(1), "{how}: {e}");
+        assert!(
+            e.contains(
+                "Delta table customer_transactions: its transaction log (_delta_log) is damaged"
+            ),
+            "{how}: names the table and the problem: {e}"
+        );
+        let what = if how == "corrupt" {
+            "a commit file is not valid JSON"
+        } else {
+            "the commit files are not contiguous (one is missing)"
+        };
+        assert!(e.contains(what), "{how}: {e}");
+        assert!(
+            e.contains("Restore the damaged or missing commit file"),
+            "{how}: {e}"
+        );
+        assert_eq!(
+            std::fs::read_dir(d.table(TX)).unwrap().count(),
+            files_before,
+            "{how}: nothing written next to a damaged log ({})",
+            damaged.display()
+        );
+    }
+}
+
+#[test]
+fn a_data_dir_without_write_permission_is_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Data::new();
+    small(&d);
+    let probe = d.path().join(".probe");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let writable_anyway = std::fs::write(&probe, "x").is_ok();
+    if writable_anyway {
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        eprintln!("skipped: running as root, permissions do not stop writes here");
+        return;
+    }
+    let out = d.run_env(&["ingest"], &[]);
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = err(&out);
+    assert_ne!(out.status.code(), Some(0), "{e}");
+    assert!(e.to_lowercase().contains("permission denied"), "{e}");
+}
