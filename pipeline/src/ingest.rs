@@ -194,6 +194,8 @@ pub async fn run(
             raw_dir.display()
         )));
     }
+    // Scratch folders of killed runs go first, also when this run finds nothing new.
+    remove_orphaned_scratch(&layout.scratch_dir());
     let listed = list_raw(&raw_dir)?;
     let mut report = IngestReport {
         files_seen: listed.len() as u64,
@@ -451,7 +453,6 @@ struct Scratch {
 
 impl Scratch {
     fn new(base: PathBuf) -> Result<Self> {
-        remove_orphaned_scratch(&base);
         let dir = base.join(format!(
             "ingest-{}-{}",
             std::process::id(),

@@ -189,7 +189,7 @@ fn every_kill_point_reruns_to_the_clean_result() {
         };
         let mut kills: Vec<Kill> = failpoints.iter().map(|p| Kill::Failpoint(p)).collect();
         for _ in 0..random_kills {
-            let max = (dur.as_millis() as u64 * 12 / 10).max(20);
+            let max = (dur.as_millis() as u64 * 9 / 10).max(20);
             kills.push(Kill::After(Duration::from_millis(
                 rng.random_range(5..=max),
             )));
