@@ -61,9 +61,11 @@ const BATCH_ROWS: usize = 64 * 1024;
 /// Row-group cap for the Delta data files: the writer holds one open row group per day being
 /// written, so this (not the size of a day) bounds its memory.
 const DATA_ROW_GROUP_ROWS: usize = 128 * 1024;
-/// Files roll over at this size: the writer buffers the file it is writing, so this bounds
-/// that buffer independently of how many rows a day has.
-const DATA_FILE_BYTES: u64 = 24 * 1024 * 1024;
+/// Files are closed at this size: the writer buffers the file it is writing, so this bounds
+/// that buffer independently of how many rows a day has. At 24 MiB a 10M-row day (19 MiB) fit
+/// in one file but larger days filled the whole buffer (+50 MiB peak RSS at 30M rows);
+/// `maintain` compacts the smaller files when wanted.
+const DATA_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Application-transaction id marking a raw file (path relative to the landing folder) as consumed.
 pub fn file_app_id(rel: &str) -> String {
@@ -787,10 +789,12 @@ async fn process_day(
     Ok(out)
 }
 
-/// Ids per dedup bucket: the set for one bucket stays under ~36 MiB (16 bytes per id plus
-/// the hash table's slack), whatever the size of a day. Days up to this size (30M rows over
-/// 30 days) take the direct path; larger ones pay one extra pass through scratch.
-pub const DEFAULT_DEDUP_BUCKET_IDS: u64 = 1024 * 1024;
+/// Ids per dedup bucket. A day with more ids (new plus already in the table) is split into
+/// buckets, so one bucket's set, pre-sized with 1/8 slack, stays within 2^19 hash slots
+/// (~9 MiB): memory is then the same for every day size. Measured at 30 days: up to 10M rows
+/// (333K a day) days take the direct path; at 30M rows, sets sized for a whole 1M-id day
+/// (2^21 slots, two workers) were most of the difference in peak RSS.
+pub const DEFAULT_DEDUP_BUCKET_IDS: u64 = 400_000;
 
 /// One bucket of a day's id space, or all of it.
 #[derive(Clone, Copy)]
