@@ -255,6 +255,7 @@ pub async fn run(
         );
         tokio::task::spawn_blocking(move || plan(&files, &dir)).await??
     };
+    crate::pausepoint("ingest.after_plan");
     report.rows_in = rows_in;
     report.days = plan.keys().filter(|d| d.is_some()).count() as u64;
     progress.set_length(rows_in);
@@ -1020,8 +1021,15 @@ fn read_input(ctx: &Ctx, input: &Input) -> Result<(usize, BatchIter)> {
     match input {
         Input::RowGroup { file, row_group } => {
             let path = ctx.files[*file].path.clone();
-            let f = File::open(&path)
-                .map_err(|e| Error::bad_input(&path, format!("cannot open: {e}")))?;
+            let f = File::open(&path).map_err(|e| {
+                Error::bad_input(
+                    &path,
+                    format!(
+                        "cannot open ({e}), though it was there when this run started: \
+                             landing files must not be moved or deleted while ingest runs"
+                    ),
+                )
+            })?;
             let (meta, projection) = ctx.footers[*file].clone();
             let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta);
             let reader = builder

@@ -35,3 +35,27 @@ pub fn failpoint(name: &str) {
         std::process::abort();
     }
 }
+
+/// Environment variable naming one pause point and a gate file (`name:path`): at that point
+/// the process writes `<path>.reached` and waits (up to a minute) until `path` is removed.
+/// Used by tests to change the world at an exact moment (e.g. delete a raw file mid-run).
+pub const PAUSE_ENV: &str = "PIPELINE_PAUSE";
+
+/// Wait here while the gate of [`PAUSE_ENV`] exists, if `name` is the configured point.
+pub fn pausepoint(name: &str) {
+    let Ok(spec) = std::env::var(PAUSE_ENV) else {
+        return;
+    };
+    let Some((point, gate)) = spec.split_once(':') else {
+        return;
+    };
+    if point != name {
+        return;
+    }
+    let gate = std::path::Path::new(gate);
+    let _ = std::fs::write(format!("{}.reached", gate.display()), name);
+    let start = std::time::Instant::now();
+    while gate.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -256,3 +256,99 @@ fn a_data_dir_without_write_permission_is_a_clear_error() {
     assert_ne!(out.status.code(), Some(0), "{e}");
     assert!(e.to_lowercase().contains("permission denied"), "{e}");
 }
+
+#[test]
+fn a_raw_file_that_vanishes_mid_run_is_named_and_nothing_is_committed() {
+    let d = Data::new();
+    small(&d);
+    let gate = d.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("--data-dir")
+        .arg(d.path())
+        .arg("ingest")
+        .env(
+            "PIPELINE_PAUSE",
+            format!("ingest.after_plan:{}", gate.display()),
+        )
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let reached = d.path().join("gate.reached");
+    let start = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "ingest never reached the pause point"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let victim = landing(&d).join("batch-000001/2024-01-02-0000.parquet");
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::remove_file(&gate).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let e = err(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(e.contains("2024-01-02-0000.parquet"), "{e}");
+    assert!(
+        e.contains("must not be moved or deleted while ingest runs"),
+        "{e}"
+    );
+    assert!(rows(&d.table(TX)).is_empty(), "nothing committed");
+    // The remaining files are ingested by the next run; nothing of the failed one is left.
+    let r = d.ok(&["ingest"]);
+    assert_eq!(u(&r, "rows_in"), 1500);
+    assert_eq!(rows(&d.table(TX)).len() as u64, u(&r, "rows_out"));
+}
+
+#[test]
+fn a_full_disk_during_ingest_commits_nothing_and_a_rerun_completes() {
+    let d = Data::new();
+    let mnt = d.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a small tmpfs needs root (CAP_SYS_ADMIN)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .arg("--data-dir")
+            .arg(&mnt)
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let g = run(&["generate", "--rows", "60000", "--days", "2"]);
+    assert!(g.status.success(), "{}", err(&g));
+    let out = run(&["ingest"]);
+    let e = err(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("No space left on device"), "{e}");
+    assert!(rows(&mnt.join(TX)).is_empty(), "nothing committed");
+    // More room, rerun: everything arrives once.
+    let remount = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(remount.success());
+    let out = run(&["ingest"]);
+    assert!(out.status.success(), "{}", err(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u(&r, "rows_in"), 60000);
+    assert_eq!(rows(&mnt.join(TX)).len() as u64, u(&r, "rows_out"));
+}
