@@ -27,6 +27,35 @@ impl Progress {
         Self { bar }
     }
 
+    /// A bar for `stage` inside a multi-stage display (`pipeline run`): one line per stage,
+    /// kept on screen when the stage ends.
+    pub fn in_display(display: &indicatif::MultiProgress, stage: &str) -> Self {
+        let bar = display.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>9} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows (eta {eta})",
+            )
+            .expect("valid template"),
+        );
+        bar.set_prefix(stage.to_string());
+        Self { bar }
+    }
+
+    /// End the bar but leave its last state on screen.
+    pub fn finish_visible(&self) {
+        self.bar.finish();
+    }
+
+    /// One display for several stages, drawn on stderr when it is a terminal and `enabled`.
+    pub fn display(enabled: bool) -> indicatif::MultiProgress {
+        let target = if enabled && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        indicatif::MultiProgress::with_draw_target(target)
+    }
+
     pub fn hidden() -> Self {
         Self {
             bar: ProgressBar::hidden(),

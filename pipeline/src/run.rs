@@ -122,8 +122,13 @@ async fn answers(uri: &str) -> bool {
     )
 }
 
-async fn run_stage(layout: &Layout, opts: &RunOptions, stage: Stage) -> Result<StageSummary> {
-    let progress = Progress::new(stage.name(), opts.show_progress);
+async fn run_stage(
+    layout: &Layout,
+    opts: &RunOptions,
+    stage: Stage,
+    display: &indicatif::MultiProgress,
+) -> Result<StageSummary> {
+    let progress = Progress::in_display(display, stage.name());
     let started = Instant::now();
     let mut s = StageSummary {
         stage: stage.name(),
@@ -190,7 +195,7 @@ async fn run_stage(layout: &Layout, opts: &RunOptions, stage: Stage) -> Result<S
             }
         }
     }
-    progress.finish();
+    progress.finish_visible();
     s.seconds = started.elapsed().as_secs_f64();
     s.rows_per_sec = if s.skipped {
         0.0
@@ -210,11 +215,13 @@ pub async fn run(layout: &Layout, opts: &RunOptions) -> (RunReport, Result<()>) 
         ..Default::default()
     };
     let mut result = Ok(());
+    // One display for the whole run: a line per stage, each kept when its stage ends.
+    let display = Progress::display(opts.show_progress);
     'stages: for &stage in &opts.stages {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match run_stage(layout, opts, stage).await {
+            match run_stage(layout, opts, stage, &display).await {
                 Ok(mut s) => {
                     s.attempts = attempt;
                     report.stages.push(s);
