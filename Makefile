@@ -21,17 +21,8 @@ setup: ## Check the toolchain (Rust via rustup) is present; nothing else is need
 build: setup ## Build the release binaries (target/release/pipeline, cql-test-server)
 	cargo build --release --locked -p pipeline -p cql-test-server
 
-run: build ## The main job on a small data set: generate -> ingest -> aggregate [-> load] (ROWS=200000)
-	$(PIPELINE) generate --rows $(ROWS)
-	$(PIPELINE) ingest
-	$(PIPELINE) aggregate
-	@uri=$${SCYLLA_URI:-127.0.0.1:9042}; host=$${uri%%:*}; port=$${uri##*:}; \
-	if [ -n "$$SCYLLA_URI" ] || (exec 3<>/dev/tcp/$$host/$$port) 2>/dev/null; then \
-	  SCYLLA_URI=$$uri $(PIPELINE) load; \
-	else \
-	  echo "load skipped: no ScyllaDB answers at $$uri. Start one (docker compose up -d scylla)"; \
-	  echo "or the in-memory test server (make cql-test-server), or set SCYLLA_URI, and rerun."; \
-	fi
+run: build ## The main job on a small data set: pipeline run --generate (ROWS=200000); load when ScyllaDB answers
+	$(PIPELINE) run --generate --rows $(ROWS)
 
 generate: build ## Run the generate stage alone (ARGS="--rows 1000000 --batch 2")
 	$(PIPELINE) generate $(ARGS)
