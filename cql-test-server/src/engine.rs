@@ -3,7 +3,7 @@
 //! with DDL, so the driver's metadata queries run through the same SELECT path as ours.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -136,10 +136,6 @@ fn pk_bytes(vals: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// A keyspace; its replication options live in `system_schema.keyspaces`.
-#[derive(Debug)]
-struct Keyspace;
-
 /// What a statement returned.
 #[derive(Debug)]
 pub enum Outcome {
@@ -188,7 +184,8 @@ enum MutationKind {
 }
 
 pub struct Store {
-    keyspaces: BTreeMap<String, Keyspace>,
+    /// Keyspace names; their replication options live in `system_schema.keyspaces`.
+    keyspaces: BTreeSet<String>,
     tables: BTreeMap<(String, String), Table>,
     schema_changes: u64,
     pub datacenter: String,
@@ -239,13 +236,13 @@ impl Store {
     /// A store with the system tables, describing one node listening on `listen`.
     pub fn new(listen: IpAddr, host_id: [u8; 16]) -> Self {
         let mut s = Store {
-            keyspaces: BTreeMap::new(),
+            keyspaces: BTreeSet::new(),
             tables: BTreeMap::new(),
             schema_changes: 0,
             datacenter: "datacenter1".into(),
         };
         for ks in ["system", "system_schema"] {
-            s.keyspaces.insert(ks.into(), Keyspace);
+            s.keyspaces.insert(ks.into());
         }
         for ddl in SYSTEM_TABLES {
             let parsed = cql::parse(ddl).expect("system DDL parses");
@@ -362,7 +359,7 @@ impl Store {
         let ks = t.keyspace.as_deref().or(current).ok_or_else(|| {
             CqlError::invalid("No keyspace has been specified. USE a keyspace, or explicitly specify keyspace.tablename")
         })?;
-        if !self.keyspaces.contains_key(ks) {
+        if !self.keyspaces.contains(ks) {
             return Err(CqlError::invalid(format!("Keyspace {ks} does not exist")));
         }
         let key = (ks.to_string(), t.name.clone());
@@ -487,7 +484,7 @@ impl Store {
             }
             Stmt::Select { .. } => self.select(p, ex),
             Stmt::Use(ks) => {
-                if !self.keyspaces.contains_key(ks) {
+                if !self.keyspaces.contains(ks) {
                     return Err(CqlError::invalid(format!("Keyspace '{ks}' does not exist")));
                 }
                 Ok(Outcome::SetKeyspace(ks.clone()))
@@ -498,7 +495,7 @@ impl Store {
                 replication,
                 durable_writes,
             } => {
-                if self.keyspaces.contains_key(name) {
+                if self.keyspaces.contains(name) {
                     if *if_not_exists {
                         return Ok(Outcome::Void);
                     }
@@ -532,7 +529,7 @@ impl Store {
                 );
                 let map_t = CqlType::Map(Box::new(CqlType::Text), Box::new(CqlType::Text));
                 let map_bytes = types::literal_to_bytes(&map, &map_t).map_err(CqlError::invalid)?;
-                self.keyspaces.insert(name.clone(), Keyspace);
+                self.keyspaces.insert(name.clone());
                 self.put_system(
                     "system_schema",
                     "keyspaces",
@@ -555,7 +552,7 @@ impl Store {
                 if name.starts_with("system") {
                     return Err(CqlError::new(0x2100, format!("Cannot drop {name}")));
                 }
-                if self.keyspaces.remove(name).is_none() {
+                if !self.keyspaces.remove(name) {
                     if *if_exists {
                         return Ok(Outcome::Void);
                     }
@@ -619,7 +616,7 @@ impl Store {
             .or(current)
             .ok_or_else(|| CqlError::invalid("No keyspace has been specified"))?
             .to_string();
-        if !self.keyspaces.contains_key(&ks) {
+        if !self.keyspaces.contains(&ks) {
             return Err(CqlError::invalid(format!("Keyspace {ks} doesn't exist")));
         }
         let key = (ks.clone(), table.name.clone());

@@ -156,7 +156,6 @@ pub struct LoggedRequest {
 struct Prepared {
     text: String,
     parsed: Arc<cql::Parsed>,
-    meta: PreparedMeta,
 }
 
 struct ActiveFault {
@@ -567,7 +566,7 @@ fn handle_inner(
             let text = r.long_string().map_err(malformed)?;
             let params = frame::query_params(&mut r).map_err(malformed)?;
             let parsed = cql::parse(&text).map_err(|e| CqlError::new(code::SYNTAX_ERROR, e))?;
-            run(sh, conn, &parsed, &params, None, false)
+            run(sh, conn, &parsed, &params, false)
         }
         Opcode::Prepare => {
             let text = r.long_string().map_err(malformed)?;
@@ -591,30 +590,14 @@ fn handle_inner(
             sh.prepared
                 .lock()
                 .expect("lock")
-                .insert(id, Arc::new(Prepared { text, parsed, meta }));
+                .insert(id, Arc::new(Prepared { text, parsed }));
             Ok((Opcode::Result, w.buf))
         }
         Opcode::Execute => {
             let id = r.short_bytes().map_err(malformed)?;
-            let prepared = sh.prepared.lock().expect("lock").get(&id).cloned();
-            let Some(p) = prepared else {
-                let mut e = Writer::default();
-                e.short_bytes(&id);
-                return Err(CqlError {
-                    code: code::UNPREPARED,
-                    message: "Prepared query with ID not found".into(),
-                    extra: e.buf,
-                });
-            };
+            let p = prepared(sh, &id)?;
             let params = frame::query_params(&mut r).map_err(malformed)?;
-            run(
-                sh,
-                conn,
-                &p.parsed,
-                &params,
-                Some(&p.meta),
-                params.skip_metadata,
-            )
+            run(sh, conn, &p.parsed, &params, params.skip_metadata)
         }
         Opcode::Batch => {
             let b = parse_batch(sh, body)?;
@@ -638,7 +621,6 @@ fn run(
     conn: &ConnState,
     parsed: &cql::Parsed,
     params: &frame::QueryParams,
-    meta: Option<&PreparedMeta>,
     skip_metadata: bool,
 ) -> Result<(Opcode, Vec<u8>), CqlError> {
     let ks = conn.keyspace.lock().expect("lock").clone();
@@ -677,7 +659,6 @@ fn run(
         Outcome::Rows(rows) => {
             w.i32(0x0002);
             let table = (rows.keyspace.clone(), rows.table.clone());
-            let _ = meta;
             write_rows_metadata(
                 &mut w,
                 Some(&table),
@@ -753,6 +734,20 @@ fn error_body(e: &CqlError) -> Vec<u8> {
     w.buf
 }
 
+/// The prepared statement `id`, or the Unprepared error that makes the driver re-prepare.
+fn prepared(sh: &Shared, id: &[u8]) -> Result<Arc<Prepared>, CqlError> {
+    if let Some(p) = sh.prepared.lock().expect("lock").get(id) {
+        return Ok(p.clone());
+    }
+    let mut e = Writer::default();
+    e.short_bytes(id);
+    Err(CqlError {
+        code: code::UNPREPARED,
+        message: "Prepared query with ID not found".into(),
+        extra: e.buf,
+    })
+}
+
 /// A stable 16-byte id for a statement in a keyspace.
 fn statement_id(ks: Option<&str>, text: &str) -> Vec<u8> {
     use std::hash::{Hash, Hasher};
@@ -789,16 +784,7 @@ fn parse_batch(sh: &Shared, body: &[u8]) -> Result<Batch, CqlError> {
             }
             1 => {
                 let id = r.short_bytes().map_err(malformed)?;
-                let p = sh.prepared.lock().expect("lock").get(&id).cloned();
-                let Some(p) = p else {
-                    let mut e = Writer::default();
-                    e.short_bytes(&id);
-                    return Err(CqlError {
-                        code: code::UNPREPARED,
-                        message: "Prepared query with ID not found".into(),
-                        extra: e.buf,
-                    });
-                };
+                let p = prepared(sh, &id)?;
                 (p.parsed.clone(), p.text.clone())
             }
             k => {
