@@ -17,20 +17,17 @@ impl Progress {
         if !(enabled && std::io::stderr().is_terminal()) {
             bar.set_draw_target(ProgressDrawTarget::hidden());
         }
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>9} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows (eta {eta})",
-            )
-            .expect("valid template"),
-        );
-        bar.set_prefix(stage.to_string());
-        Self { bar }
+        Self::styled(bar, stage)
     }
 
     /// A bar for `stage` inside a multi-stage display (`pipeline run`): one line per stage,
     /// kept on screen when the stage ends.
     pub fn in_display(display: &indicatif::MultiProgress, stage: &str) -> Self {
         let bar = display.add(ProgressBar::new(0));
+        Self::styled(bar, stage)
+    }
+
+    fn styled(bar: ProgressBar, stage: &str) -> Self {
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix:>9} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows (eta {eta})",

@@ -207,6 +207,10 @@ pub async fn init_schema(session: &Session, cfg: &ScyllaConfig) -> Result<()> {
             what: "waiting for schema agreement".into(),
             detail: e.to_string(),
         })?;
+    let err = |e: String| Error::Scylla {
+        what: "reading the serving table's schema".into(),
+        detail: e,
+    };
     let rows = session
         .query_unpaged(
             "SELECT column_name, type, kind FROM system_schema.columns \
@@ -214,26 +218,14 @@ pub async fn init_schema(session: &Session, cfg: &ScyllaConfig) -> Result<()> {
             (&cfg.keyspace, TABLE),
         )
         .await
-        .map_err(|e| Error::Scylla {
-            what: "reading the serving table's schema".into(),
-            detail: e.to_string(),
-        })?
+        .map_err(|e| err(e.to_string()))?
         .into_rows_result()
-        .map_err(|e| Error::Scylla {
-            what: "reading the serving table's schema".into(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| err(e.to_string()))?;
     let found: BTreeSet<(String, String, String)> = rows
         .rows::<(String, String, String)>()
-        .map_err(|e| Error::Scylla {
-            what: "reading the serving table's schema".into(),
-            detail: e.to_string(),
-        })?
+        .map_err(|e| err(e.to_string()))?
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::Scylla {
-            what: "reading the serving table's schema".into(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| err(e.to_string()))?;
     let want: BTreeSet<(String, String, String)> = EXPECTED_COLUMNS
         .iter()
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
@@ -510,21 +502,8 @@ struct DayFile {
     rows: u64,
 }
 
-/// Files of the aggregates table at `version`, restricted to `days` when given.
-async fn day_files(
-    layout: &Layout,
-    version: Option<i64>,
-    days: Option<&BTreeSet<i32>>,
-) -> Result<(deltalake::DeltaTable, Vec<DayFile>)> {
-    let uri = layout.aggregates_uri()?;
-    let mut b = DeltaTableBuilder::from_url(uri).map_err(|e| Error::delta(aggregate::TABLE, e))?;
-    if let Some(v) = version {
-        b = b.with_version(v as _);
-    }
-    let table = b
-        .load()
-        .await
-        .map_err(|e| Error::delta(aggregate::TABLE, e))?;
+/// Data files of a loaded aggregates table, restricted to `days` when given.
+fn day_files(table: &deltalake::DeltaTable, days: Option<&BTreeSet<i32>>) -> Result<Vec<DayFile>> {
     let snapshot = table
         .snapshot()
         .map_err(|e| Error::delta(aggregate::TABLE, e))?;
@@ -544,7 +523,7 @@ async fn day_files(
             });
         }
     }
-    Ok((table, files))
+    Ok(files)
 }
 
 /// Stream one file's rows in batches.
@@ -685,7 +664,10 @@ pub async fn load(
         None => None,
     };
     report.full_load = days.is_none();
-    let (table, files) = day_files(layout, None, days.as_ref()).await?;
+    // The same snapshot whose version is recorded as loaded: a newer commit waits for the
+    // next load.
+    let files = day_files(&current, days.as_ref())?;
+    let table = current;
     report.days = files.iter().map(|f| f.day).collect::<BTreeSet<_>>().len() as u64;
     report.files = files.len() as u64;
     report.rows_to_load = files.iter().map(|f| f.rows).sum();
@@ -934,7 +916,13 @@ pub async fn verify(layout: &Layout, cfg: &ScyllaConfig) -> Result<VerifyReport>
         )));
     };
     let mut delta: BTreeMap<i32, DayCheck> = BTreeMap::new();
-    let (table, files) = day_files(layout, Some(version), None).await?;
+    let table = DeltaTableBuilder::from_url(layout.aggregates_uri()?)
+        .map_err(|e| Error::delta(aggregate::TABLE, e))?
+        .with_version(version as _)
+        .load()
+        .await
+        .map_err(|e| Error::delta(aggregate::TABLE, e))?;
+    let files = day_files(&table, None)?;
     for f in &files {
         let mut s = std::pin::pin!(file_rows(&table, f));
         while let Some(rows) = s.next().await {
