@@ -175,17 +175,42 @@ pub enum Stmt {
         table: TableRef,
         columns: Vec<String>,
         values: Vec<Term>,
+        /// `IF NOT EXISTS`: a lightweight transaction.
+        if_not_exists: bool,
+        /// `USING TIMESTAMP`: the write timestamp (µs).
+        timestamp: Option<Term>,
+    },
+    Update {
+        table: TableRef,
+        sets: Vec<(String, Term)>,
+        conds: Vec<Cond>,
+        timestamp: Option<Term>,
+        /// `IF EXISTS` / `IF cond AND ...`: a lightweight transaction.
+        condition: Option<Condition>,
     },
     Select {
         table: TableRef,
         projection: Projection,
         conds: Vec<Cond>,
         limit: Option<Term>,
+        /// `SELECT DISTINCT` of the partition key columns.
+        distinct: bool,
     },
     Delete {
         table: TableRef,
         conds: Vec<Cond>,
+        timestamp: Option<Term>,
+        condition: Option<Condition>,
     },
+}
+
+/// The condition of a lightweight UPDATE or DELETE.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// `IF EXISTS`
+    Exists,
+    /// `IF a = ? AND b < ?`
+    Conds(Vec<Cond>),
 }
 
 /// A parsed statement and how many bind markers it has.
@@ -367,12 +392,40 @@ impl P {
         if self.eat_kw("delete") {
             self.kw("from")?;
             let table = self.table_ref()?;
+            let timestamp = self.using()?;
             self.kw("where")?;
             let conds = self.conds()?;
-            if self.is_kw("if") || self.is_kw("using") {
-                return Err(unsupported());
+            let condition = self.condition()?;
+            return Ok(Stmt::Delete {
+                table,
+                conds,
+                timestamp,
+                condition,
+            });
+        }
+        if self.eat_kw("update") {
+            let table = self.table_ref()?;
+            let timestamp = self.using()?;
+            self.kw("set")?;
+            let mut sets = Vec::new();
+            loop {
+                let c = self.ident()?;
+                self.sym("=")?;
+                sets.push((c, self.term()?));
+                if !self.eat_sym(",") {
+                    break;
+                }
             }
-            return Ok(Stmt::Delete { table, conds });
+            self.kw("where")?;
+            let conds = self.conds()?;
+            let condition = self.condition()?;
+            return Ok(Stmt::Update {
+                table,
+                sets,
+                conds,
+                timestamp,
+                condition,
+            });
         }
         Err(unsupported())
     }
@@ -542,15 +595,8 @@ impl P {
             values.push(self.term()?);
         }
         self.sym(")")?;
-        if self.is_kw("if") {
-            return Err(
-                "lightweight transactions (IF NOT EXISTS) are not supported by cql-test-server"
-                    .into(),
-            );
-        }
-        if self.is_kw("using") {
-            return Err("USING TTL / TIMESTAMP is not supported by cql-test-server".into());
-        }
+        let if_not_exists = self.if_not_exists()?;
+        let timestamp = self.using()?;
         if columns.len() != values.len() {
             return Err(format!(
                 "{} columns but {} values",
@@ -562,13 +608,43 @@ impl P {
             table,
             columns,
             values,
+            if_not_exists,
+            timestamp,
         })
     }
 
+    /// `USING TIMESTAMP t` (TTL is not supported).
+    fn using(&mut self) -> Result<Option<Term>, String> {
+        if !self.eat_kw("using") {
+            return Ok(None);
+        }
+        if self.is_kw("ttl") {
+            return Err("USING TTL is not supported by cql-test-server".into());
+        }
+        self.kw("timestamp")?;
+        let t = self.term()?;
+        if self.is_kw("and") {
+            return Err("USING TTL is not supported by cql-test-server".into());
+        }
+        Ok(Some(t))
+    }
+
+    /// `IF EXISTS` or `IF cond AND ...` after an UPDATE or DELETE.
+    fn condition(&mut self) -> Result<Option<Condition>, String> {
+        if !self.eat_kw("if") {
+            return Ok(None);
+        }
+        if self.eat_kw("exists") {
+            return Ok(Some(Condition::Exists));
+        }
+        Ok(Some(Condition::Conds(self.conds()?)))
+    }
+
     fn select(&mut self, unsupported: &dyn Fn() -> String) -> Result<Stmt, String> {
-        if self.is_kw("json") || self.is_kw("distinct") {
+        if self.is_kw("json") {
             return Err(unsupported());
         }
+        let distinct = self.eat_kw("distinct");
         let projection = if self.eat_sym("*") {
             Projection::Star
         } else if self.is_kw("count") {
@@ -609,6 +685,7 @@ impl P {
             projection,
             conds,
             limit,
+            distinct,
         })
     }
 
@@ -751,10 +828,57 @@ mod tests {
 
     #[test]
     fn unsupported_statements_name_themselves() {
-        let e = parse("UPDATE ks.t SET a = 1 WHERE k = 2").unwrap_err();
-        assert!(e.contains("UPDATE ks.t SET"), "{e}");
-        let e = parse("INSERT INTO t (a) VALUES (1) IF NOT EXISTS").unwrap_err();
-        assert!(e.contains("lightweight transactions"), "{e}");
+        let e = parse("ALTER TABLE ks.t ADD c int").unwrap_err();
+        assert!(e.contains("ALTER TABLE ks.t"), "{e}");
+        let e = parse("INSERT INTO t (a) VALUES (1) USING TTL 5").unwrap_err();
+        assert!(e.contains("TTL"), "{e}");
+    }
+
+    #[test]
+    fn timestamps_and_lightweight_conditions_keep_marker_order() {
+        let p =
+            parse("UPDATE ks.t USING TIMESTAMP ? SET a = ?, b = 3 WHERE k = ? IF a = ? AND b < ?")
+                .unwrap();
+        assert_eq!(p.markers, 5);
+        let Stmt::Update {
+            timestamp,
+            sets,
+            condition,
+            ..
+        } = p.stmt
+        else {
+            panic!()
+        };
+        assert_eq!(timestamp, Some(Term::Marker(0)));
+        assert_eq!(sets[0], ("a".into(), Term::Marker(1)));
+        let Some(Condition::Conds(c)) = condition else {
+            panic!()
+        };
+        assert_eq!((c[1].column.as_str(), c[1].op), ("b", Op::Lt));
+        let p =
+            parse("INSERT INTO t (a, b) VALUES (?, ?) IF NOT EXISTS USING TIMESTAMP ?").unwrap();
+        let Stmt::Insert {
+            if_not_exists,
+            timestamp,
+            ..
+        } = p.stmt
+        else {
+            panic!()
+        };
+        assert!(if_not_exists);
+        assert_eq!(timestamp, Some(Term::Marker(2)));
+        let p = parse("DELETE FROM t USING TIMESTAMP 5 WHERE k = 1").unwrap();
+        assert!(matches!(
+            p.stmt,
+            Stmt::Delete {
+                timestamp: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("SELECT DISTINCT k FROM t").unwrap().stmt,
+            Stmt::Select { distinct: true, .. }
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::cql::{self, Op, Parsed, Projection, Rhs, Stmt, TableRef, Term};
+use crate::cql::{self, Cond, Condition, Op, Parsed, Projection, Rhs, Stmt, TableRef, Term};
 use crate::frame::Value;
 use crate::types::{self, CqlType, Literal};
 
@@ -59,11 +59,60 @@ impl CqlError {
 
 type Res<T> = Result<T, CqlError>;
 
-/// A stored row: one cell per table column (pk and clustering columns included).
+/// A row as a query returns it: one value per column.
 pub type Row = Vec<Option<Vec<u8>>>;
 
-/// One partition's rows in clustering order.
-type Partition = BTreeMap<CkKey, Row>;
+/// A written cell: its value (None: a deletion) and its write timestamp (µs).
+#[derive(Debug, Clone)]
+struct Cell {
+    ts: i64,
+    value: Option<Vec<u8>>,
+}
+
+/// A stored row: a cell per column (None: never written; key columns hold the key), the row
+/// marker an INSERT leaves (so a row of keys only still exists), and the row's tombstone.
+/// Deletions are kept, so a write that arrives later with an older timestamp stays shadowed:
+/// last write wins by timestamp, whatever the arrival order, as in Cassandra and ScyllaDB.
+#[derive(Debug, Clone)]
+struct StoredRow {
+    cells: Vec<Option<Cell>>,
+    marker: Option<i64>,
+    tomb: Option<i64>,
+}
+
+impl StoredRow {
+    fn new(width: usize) -> Self {
+        StoredRow {
+            cells: vec![None; width],
+            marker: None,
+            tomb: None,
+        }
+    }
+}
+
+/// One partition's rows in clustering order, and its tombstone.
+#[derive(Debug, Default)]
+struct Partition {
+    tomb: Option<i64>,
+    rows: BTreeMap<CkKey, StoredRow>,
+}
+
+/// Merge a write into a cell: the later timestamp wins; on a tie a deletion wins, then the
+/// greater value (Cassandra's rules).
+fn merge_cell(slot: &mut Option<Cell>, new: Cell) {
+    let replace = match slot {
+        None => true,
+        Some(old) if new.ts != old.ts => new.ts > old.ts,
+        Some(old) => match (&old.value, &new.value) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(a), Some(b)) => b > a,
+        },
+    };
+    if replace {
+        *slot = Some(new);
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Column {
@@ -111,7 +160,6 @@ pub struct Table {
     pub clustering: Vec<usize>,
     spec: Arc<Vec<(CqlType, bool)>>,
     partitions: BTreeMap<Vec<u8>, Partition>,
-    rows: usize,
 }
 
 impl Table {
@@ -122,8 +170,41 @@ impl Table {
             .ok_or_else(|| CqlError::invalid(format!("Undefined column name {name}")))
     }
 
+    /// Rows a query would return (deleted ones excluded).
     pub fn row_count(&self) -> usize {
-        self.rows
+        self.partitions
+            .values()
+            .map(|p| {
+                p.rows
+                    .values()
+                    .filter(|r| self.visible(p, r).is_some())
+                    .count()
+            })
+            .sum()
+    }
+
+    fn is_key(&self, i: usize) -> bool {
+        self.partition_key.contains(&i) || self.clustering.contains(&i)
+    }
+
+    /// The row as a query sees it, or None when nothing of it is live.
+    fn visible(&self, part: &Partition, r: &StoredRow) -> Option<Row> {
+        let shadow = part.tomb.max(r.tomb);
+        let live = |ts: i64| shadow.is_none_or(|s| ts > s);
+        let mut any = r.marker.is_some_and(live);
+        let mut out: Row = vec![None; self.columns.len()];
+        for (i, c) in r.cells.iter().enumerate() {
+            let Some(c) = c else { continue };
+            if self.is_key(i) {
+                out[i] = c.value.clone();
+            } else if live(c.ts)
+                && let Some(v) = &c.value
+            {
+                out[i] = Some(v.clone());
+                any = true;
+            }
+        }
+        any.then_some(out)
     }
 }
 
@@ -176,10 +257,16 @@ struct Mutation {
     pk: Vec<u8>,
     ck: Option<Vec<Vec<u8>>>,
     kind: MutationKind,
+    /// The write timestamp: `USING TIMESTAMP`, the request's, or the server clock.
+    ts: i64,
 }
 
 enum MutationKind {
-    Upsert(Vec<(usize, Option<Vec<u8>>)>),
+    /// Cells to write; `marker`: an INSERT (the row exists even with only its key).
+    Upsert {
+        cells: Vec<(usize, Option<Vec<u8>>)>,
+        marker: bool,
+    },
     Delete,
 }
 
@@ -189,6 +276,8 @@ pub struct Store {
     tables: BTreeMap<(String, String), Table>,
     schema_changes: u64,
     pub datacenter: String,
+    /// The last timestamp the server gave a write (µs), so its writes are strictly ordered.
+    clock: i64,
 }
 
 /// Execution context: the connection's keyspace and the request's bound values.
@@ -197,6 +286,8 @@ pub struct Exec<'a> {
     pub values: &'a [Value],
     pub page_size: Option<i32>,
     pub paging_state: Option<&'a [u8]>,
+    /// The request's default timestamp (protocol flag 0x20), if the client sent one.
+    pub timestamp: Option<i64>,
 }
 
 const SYSTEM_TABLES: &[&str] = &[
@@ -240,6 +331,7 @@ impl Store {
             tables: BTreeMap::new(),
             schema_changes: 0,
             datacenter: "datacenter1".into(),
+            clock: 0,
         };
         for ks in ["system", "system_schema"] {
             s.keyspaces.insert(ks.into());
@@ -331,9 +423,22 @@ impl Store {
             table: (ks.to_string(), table.to_string()),
             pk: pk_bytes(&pk),
             ck: Some(ck),
-            kind: MutationKind::Upsert(cells),
+            kind: MutationKind::Upsert {
+                cells,
+                marker: true,
+            },
+            ts: self.tick(),
         };
         self.apply(m);
+    }
+
+    /// A server write timestamp: the clock in µs, strictly after the last one given.
+    fn tick(&mut self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        self.clock = now.max(self.clock + 1);
+        self.clock
     }
 
     fn delete_system_partition(&mut self, ks: &str, table: &str, key: &str, ck0: Option<&str>) {
@@ -343,13 +448,11 @@ impl Store {
             .expect("system table");
         let pk = pk_bytes(&[key.as_bytes()]);
         if let Some(p) = t.partitions.get_mut(&pk) {
-            let before = p.len();
             match ck0 {
-                None => p.clear(),
-                Some(c) => p.retain(|k, _| k.vals[0] != c.as_bytes()),
+                None => p.rows.clear(),
+                Some(c) => p.rows.retain(|k, _| k.vals[0] != c.as_bytes()),
             }
-            t.rows -= before - p.len();
-            if p.is_empty() {
+            if p.rows.is_empty() {
                 t.partitions.remove(&pk);
             }
         }
@@ -380,11 +483,29 @@ impl Store {
                 });
             }
         };
+        let timestamp = match &p.stmt {
+            Stmt::Insert { timestamp, .. }
+            | Stmt::Update { timestamp, .. }
+            | Stmt::Delete { timestamp, .. } => timestamp.clone(),
+            _ => None,
+        };
+        if let Some(t) = &timestamp {
+            set(t, "[timestamp]", CqlType::BigInt);
+        }
+        let lwt = match &p.stmt {
+            Stmt::Insert {
+                if_not_exists: true,
+                ..
+            } => true,
+            Stmt::Update { condition, .. } | Stmt::Delete { condition, .. } => condition.is_some(),
+            _ => false,
+        };
         let (table_ref, conds, result) = match &p.stmt {
             Stmt::Insert {
                 table,
                 columns,
                 values,
+                ..
             } => {
                 let key = self.resolve(table, current)?;
                 let t = &self.tables[&key];
@@ -394,11 +515,31 @@ impl Store {
                 }
                 (Some(key), Vec::new(), None)
             }
+            Stmt::Update {
+                table,
+                sets,
+                conds,
+                condition,
+                ..
+            } => {
+                let key = self.resolve(table, current)?;
+                let t = &self.tables[&key];
+                for (c, v) in sets {
+                    let i = t.column(c)?;
+                    set(v, c, t.columns[i].ty.clone());
+                }
+                let mut all = conds.clone();
+                if let Some(Condition::Conds(c)) = condition {
+                    all.extend(c.iter().cloned());
+                }
+                (Some(key), all, None)
+            }
             Stmt::Select {
                 table,
                 conds,
                 limit,
                 projection,
+                ..
             } => {
                 let key = self.resolve(table, current)?;
                 let t = &self.tables[&key];
@@ -408,10 +549,24 @@ impl Store {
                 let cols = projected(t, projection)?;
                 (Some(key), conds.clone(), Some(cols))
             }
-            Stmt::Delete { table, conds } => {
-                (Some(self.resolve(table, current)?), conds.clone(), None)
+            Stmt::Delete {
+                table,
+                conds,
+                condition,
+                ..
+            } => {
+                let mut all = conds.clone();
+                if let Some(Condition::Conds(c)) = condition {
+                    all.extend(c.iter().cloned());
+                }
+                (Some(self.resolve(table, current)?), all, None)
             }
             _ => (None, Vec::new(), None),
+        };
+        let result = if lwt {
+            Some(vec![applied_column()])
+        } else {
+            result
         };
         if let Some(key) = &table_ref {
             let t = &self.tables[key];
@@ -452,7 +607,12 @@ impl Store {
                         .cloned()
                 })
             }
-            (Some(key), Stmt::Select { conds, .. } | Stmt::Delete { conds, .. }) => {
+            (
+                Some(key),
+                Stmt::Select { conds, .. }
+                | Stmt::Delete { conds, .. }
+                | Stmt::Update { conds, .. },
+            ) => {
                 let t = &self.tables[key];
                 pk_markers(t, |name| {
                     conds
@@ -477,7 +637,24 @@ impl Store {
     /// Run one statement.
     pub fn execute(&mut self, p: &Parsed, ex: &Exec) -> Res<Outcome> {
         match &p.stmt {
-            Stmt::Insert { .. } | Stmt::Delete { .. } => {
+            Stmt::Insert {
+                if_not_exists: true,
+                ..
+            } => self.lightweight(p, ex, |row, _, _| Ok(row.is_none())),
+            Stmt::Update {
+                condition: Some(c), ..
+            }
+            | Stmt::Delete {
+                condition: Some(c), ..
+            } => {
+                let c = c.clone();
+                self.lightweight(p, ex, move |row, t, values| match (&c, row) {
+                    (_, None) => Ok(false),
+                    (Condition::Exists, Some(_)) => Ok(true),
+                    (Condition::Conds(conds), Some(r)) => conds_hold(t, conds, r, values),
+                })
+            }
+            Stmt::Insert { .. } | Stmt::Update { .. } | Stmt::Delete { .. } => {
                 let m = self.plan_mutation(p, ex)?;
                 self.apply(m);
                 Ok(Outcome::Void)
@@ -592,7 +769,6 @@ impl Store {
                 let key = self.resolve(table, ex.keyspace)?;
                 let t = self.tables.get_mut(&key).expect("resolved");
                 t.partitions.clear();
-                t.rows = 0;
                 Ok(Outcome::Void)
             }
         }
@@ -694,7 +870,6 @@ impl Store {
                 clustering: ck,
                 spec,
                 partitions: BTreeMap::new(),
-                rows: 0,
             },
         );
         Ok(Outcome::SchemaChange {
@@ -710,19 +885,40 @@ impl Store {
         &mut self,
         items: &[(Arc<Parsed>, Vec<Value>)],
         ks: Option<&str>,
+        timestamp: Option<i64>,
     ) -> Res<()> {
+        // One timestamp for the whole batch, as a coordinator gives it.
+        let timestamp = Some(timestamp.unwrap_or_else(|| self.tick()));
         let mut muts = Vec::with_capacity(items.len());
         for (p, values) in items {
-            if !matches!(p.stmt, Stmt::Insert { .. } | Stmt::Delete { .. }) {
-                return Err(CqlError::invalid(
-                    "Only INSERT, UPDATE and DELETE statements are allowed in a BATCH",
-                ));
+            match &p.stmt {
+                Stmt::Insert {
+                    if_not_exists: true,
+                    ..
+                }
+                | Stmt::Update {
+                    condition: Some(_), ..
+                }
+                | Stmt::Delete {
+                    condition: Some(_), ..
+                } => {
+                    return Err(CqlError::invalid(
+                        "cql-test-server does not support lightweight transactions in a BATCH",
+                    ));
+                }
+                Stmt::Insert { .. } | Stmt::Update { .. } | Stmt::Delete { .. } => {}
+                _ => {
+                    return Err(CqlError::invalid(
+                        "Only INSERT, UPDATE and DELETE statements are allowed in a BATCH",
+                    ));
+                }
             }
             let ex = Exec {
                 keyspace: ks,
                 values,
                 page_size: None,
                 paging_state: None,
+                timestamp,
             };
             muts.push(self.plan_mutation(p, &ex)?);
         }
@@ -732,13 +928,29 @@ impl Store {
         Ok(())
     }
 
-    fn plan_mutation(&self, p: &Parsed, ex: &Exec) -> Res<Mutation> {
+    /// The write timestamp of a statement: its `USING TIMESTAMP`, the request's, or the clock.
+    fn write_ts(&mut self, term: Option<&Term>, ex: &Exec) -> Res<i64> {
+        match term {
+            Some(term) => match bind(term, &CqlType::BigInt, ex.values)? {
+                Bound::Val(Some(b)) if b.len() == 8 => {
+                    Ok(i64::from_be_bytes(b.try_into().expect("8 bytes")))
+                }
+                _ => Err(CqlError::invalid("USING TIMESTAMP needs a bigint")),
+            },
+            None => Ok(ex.timestamp.unwrap_or_else(|| self.tick())),
+        }
+    }
+
+    fn plan_mutation(&mut self, p: &Parsed, ex: &Exec) -> Res<Mutation> {
         match &p.stmt {
             Stmt::Insert {
                 table,
                 columns,
                 values,
+                timestamp,
+                ..
             } => {
+                let ts = self.write_ts(timestamp.as_ref(), ex)?;
                 let key = self.resolve(table, ex.keyspace)?;
                 let t = &self.tables[&key];
                 let mut cells = Vec::with_capacity(columns.len());
@@ -768,60 +980,84 @@ impl Store {
                     table: key,
                     pk: pk_bytes(&pk_refs),
                     ck: Some(ck),
-                    kind: MutationKind::Upsert(cells),
+                    kind: MutationKind::Upsert {
+                        cells,
+                        marker: true,
+                    },
+                    ts,
                 })
             }
-            Stmt::Delete { table, conds } => {
+            Stmt::Update {
+                table,
+                sets,
+                conds,
+                timestamp,
+                ..
+            } => {
+                let ts = self.write_ts(timestamp.as_ref(), ex)?;
                 let key = self.resolve(table, ex.keyspace)?;
                 let t = &self.tables[&key];
-                let eq = |i: &usize| -> Res<Option<Vec<u8>>> {
-                    let name = &t.columns[*i].name;
-                    let Some(c) = conds.iter().find(|c| &c.column == name) else {
-                        return Ok(None);
-                    };
-                    match (&c.rhs, c.op) {
-                        (Rhs::One(term), Op::Eq) => match bind(term, &t.columns[*i].ty, ex.values)?
-                        {
-                            Bound::Val(Some(v)) => Ok(Some(v)),
-                            _ => Err(CqlError::invalid(format!("Invalid null value for {name}"))),
-                        },
-                        _ => Err(CqlError::invalid(
-                            "cql-test-server deletes only by equality on key columns",
-                        )),
-                    }
-                };
-                let pk: Vec<Vec<u8>> = t
-                    .partition_key
-                    .iter()
-                    .map(|i| {
-                        eq(i)?.ok_or_else(|| {
-                            CqlError::invalid(format!(
-                                "Some partition key parts are missing: {}",
-                                t.columns[*i].name
-                            ))
-                        })
-                    })
-                    .collect::<Res<_>>()?;
-                let ck: Vec<Option<Vec<u8>>> = t.clustering.iter().map(eq).collect::<Res<_>>()?;
-                let ck = if ck.iter().all(|c| c.is_some()) && !ck.is_empty() {
-                    Some(ck.into_iter().map(|c| c.expect("checked")).collect())
-                } else if ck.iter().all(|c| c.is_none()) {
-                    None
-                } else {
+                let (pk, pk_vals, ck) = key_of(t, conds, ex)?;
+                let Some(ck) = ck.filter(|c| c.len() == t.clustering.len()) else {
                     return Err(CqlError::invalid(
-                        "cql-test-server deletes a whole partition or one row",
+                        "cql-test-server updates one row: give every key column with =",
                     ));
                 };
-                let pk_refs: Vec<&[u8]> = pk.iter().map(|v| v.as_slice()).collect();
+                let mut cells: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
+                for (c, term) in sets {
+                    let i = t.column(c)?;
+                    if t.is_key(i) {
+                        return Err(CqlError::invalid(format!(
+                            "PRIMARY KEY part {c} found in SET part"
+                        )));
+                    }
+                    if let Bound::Val(v) = bind(term, &t.columns[i].ty, ex.values)? {
+                        cells.push((i, v));
+                    }
+                }
+                for (i, v) in t.partition_key.iter().zip(pk_vals) {
+                    cells.push((*i, Some(v)));
+                }
+                for (i, v) in t.clustering.iter().zip(&ck) {
+                    cells.push((*i, Some(v.clone())));
+                }
                 Ok(Mutation {
                     table: key,
-                    pk: pk_bytes(&pk_refs),
-                    ck: if t.clustering.is_empty() {
-                        Some(Vec::new())
-                    } else {
-                        ck
+                    pk,
+                    ck: Some(ck),
+                    kind: MutationKind::Upsert {
+                        cells,
+                        marker: false,
                     },
+                    ts,
+                })
+            }
+            Stmt::Delete {
+                table,
+                conds,
+                timestamp,
+                ..
+            } => {
+                let ts = self.write_ts(timestamp.as_ref(), ex)?;
+                let key = self.resolve(table, ex.keyspace)?;
+                let t = &self.tables[&key];
+                let (pk, _, ck) = key_of(t, conds, ex)?;
+                let ck = match ck {
+                    Some(c) if c.len() == t.clustering.len() => Some(c),
+                    Some(_) => {
+                        return Err(CqlError::invalid(
+                            "cql-test-server deletes a whole partition or one row",
+                        ));
+                    }
+                    None if t.clustering.is_empty() => Some(Vec::new()),
+                    None => None,
+                };
+                Ok(Mutation {
+                    table: key,
+                    pk,
+                    ck,
                     kind: MutationKind::Delete,
+                    ts,
                 })
             }
             other => Err(CqlError::invalid(format!("not a mutation: {other:?}"))),
@@ -833,46 +1069,70 @@ impl Store {
             .tables
             .get_mut(&m.table)
             .expect("planned against this table");
-        match m.kind {
-            MutationKind::Upsert(cells) => {
+        let width = t.columns.len();
+        let part = t.partitions.entry(m.pk).or_default();
+        match (m.kind, m.ck) {
+            (MutationKind::Upsert { cells, marker }, Some(vals)) => {
                 let ck = CkKey {
-                    vals: m.ck.expect("inserts carry the clustering key"),
+                    vals,
                     spec: t.spec.clone(),
                 };
-                let width = t.columns.len();
-                let part = t.partitions.entry(m.pk).or_default();
-                let row = part.entry(ck).or_insert_with(|| {
-                    t.rows += 1;
-                    vec![None; width]
-                });
+                let row = part.rows.entry(ck).or_insert_with(|| StoredRow::new(width));
+                if marker {
+                    row.marker = row.marker.max(Some(m.ts));
+                }
                 for (i, v) in cells {
-                    row[i] = v;
+                    merge_cell(&mut row.cells[i], Cell { ts: m.ts, value: v });
                 }
             }
-            MutationKind::Delete => {
-                let Some(part) = t.partitions.get_mut(&m.pk) else {
-                    return;
+            (MutationKind::Upsert { .. }, None) => unreachable!("writes carry the clustering key"),
+            (MutationKind::Delete, None) => part.tomb = part.tomb.max(Some(m.ts)),
+            (MutationKind::Delete, Some(vals)) => {
+                let ck = CkKey {
+                    vals,
+                    spec: t.spec.clone(),
                 };
-                match m.ck {
-                    None => {
-                        t.rows -= part.len();
-                        t.partitions.remove(&m.pk);
-                    }
-                    Some(vals) => {
-                        let ck = CkKey {
-                            vals,
-                            spec: t.spec.clone(),
-                        };
-                        if part.remove(&ck).is_some() {
-                            t.rows -= 1;
-                        }
-                        if part.is_empty() {
-                            t.partitions.remove(&m.pk);
-                        }
-                    }
-                }
+                let row = part.rows.entry(ck).or_insert_with(|| StoredRow::new(width));
+                row.tomb = row.tomb.max(Some(m.ts));
             }
         }
+    }
+
+    /// A lightweight transaction: plan the write, read the row it targets, and apply the
+    /// write (at the server's timestamp) only if `check` holds. Atomic: the store is locked.
+    fn lightweight(
+        &mut self,
+        p: &Parsed,
+        ex: &Exec,
+        check: impl Fn(Option<&Row>, &Table, &[Value]) -> Res<bool>,
+    ) -> Res<Outcome> {
+        let serial = Exec {
+            timestamp: None,
+            ..*ex
+        };
+        let mut m = self.plan_mutation(p, &serial)?;
+        m.ts = self.tick();
+        let t = &self.tables[&m.table];
+        let ck = CkKey {
+            vals: m.ck.clone().unwrap_or_default(),
+            spec: t.spec.clone(),
+        };
+        let current = t
+            .partitions
+            .get(&m.pk)
+            .and_then(|part| part.rows.get(&ck).and_then(|r| t.visible(part, r)));
+        let applied = check(current.as_ref(), t, ex.values)?;
+        let (keyspace, table) = (t.keyspace.clone(), t.name.clone());
+        if applied {
+            self.apply(m);
+        }
+        Ok(Outcome::Rows(RowsResult {
+            keyspace,
+            table,
+            columns: vec![applied_column()],
+            rows: vec![vec![Some(vec![applied as u8])]],
+            paging_state: None,
+        }))
     }
 
     fn select(&self, p: &Parsed, ex: &Exec) -> Res<Outcome> {
@@ -881,6 +1141,7 @@ impl Store {
             projection,
             conds,
             limit,
+            distinct,
         } = &p.stmt
         else {
             unreachable!()
@@ -892,6 +1153,11 @@ impl Store {
             .iter()
             .map(|c| t.column(&c.name))
             .collect::<Res<_>>()?;
+        if *distinct && !out_idx.iter().all(|i| t.partition_key.contains(i)) {
+            return Err(CqlError::invalid(
+                "SELECT DISTINCT queries must only request partition key columns",
+            ));
+        }
         let limit = match limit {
             None => None,
             Some(term) => match bind(term, &CqlType::Int, ex.values)? {
@@ -1014,11 +1280,15 @@ impl Store {
         };
         'outer: for (pk, part) in parts {
             if let Some((rpk, _)) = &resume
-                && pk < rpk
+                && (pk < rpk || (*distinct && pk == rpk))
             {
                 continue;
             }
-            for (ck, row) in part {
+            for (ck, stored) in &part.rows {
+                let Some(row) = t.visible(part, stored) else {
+                    continue;
+                };
+                let row = &row;
                 if let Some((rpk, rck)) = &resume
                     && pk == rpk
                 {
@@ -1047,6 +1317,10 @@ impl Store {
                 rows.push(out_idx.iter().map(|i| row[*i].clone()).collect());
                 returned += 1;
                 last = Some((pk.clone(), ck.vals.clone()));
+                if *distinct {
+                    // One row per partition: its key columns.
+                    break;
+                }
             }
         }
         if count_only {
@@ -1066,6 +1340,97 @@ impl Store {
             paging_state,
         }))
     }
+}
+
+/// The `[applied]` column of a lightweight transaction's result.
+fn applied_column() -> Column {
+    Column {
+        name: "[applied]".into(),
+        ty: CqlType::Boolean,
+    }
+}
+
+/// The key a WHERE clause names by equality: the partition key (bytes and column values)
+/// and the clustering values given (None: none).
+type KeyOf = (Vec<u8>, Vec<Vec<u8>>, Option<Vec<Vec<u8>>>);
+
+fn key_of(t: &Table, conds: &[Cond], ex: &Exec) -> Res<KeyOf> {
+    let eq = |i: &usize| -> Res<Option<Vec<u8>>> {
+        let name = &t.columns[*i].name;
+        let Some(c) = conds.iter().find(|c| &c.column == name) else {
+            return Ok(None);
+        };
+        match (&c.rhs, c.op) {
+            (Rhs::One(term), Op::Eq) => match bind(term, &t.columns[*i].ty, ex.values)? {
+                Bound::Val(Some(v)) => Ok(Some(v)),
+                _ => Err(CqlError::invalid(format!("Invalid null value for {name}"))),
+            },
+            _ => Err(CqlError::invalid(
+                "cql-test-server writes and deletes only by equality on key columns",
+            )),
+        }
+    };
+    let pk: Vec<Vec<u8>> = t
+        .partition_key
+        .iter()
+        .map(|i| {
+            eq(i)?.ok_or_else(|| {
+                CqlError::invalid(format!(
+                    "Some partition key parts are missing: {}",
+                    t.columns[*i].name
+                ))
+            })
+        })
+        .collect::<Res<_>>()?;
+    let mut ck = Vec::new();
+    for i in &t.clustering {
+        match eq(i)? {
+            Some(v) => ck.push(v),
+            None => break,
+        }
+    }
+    let pk_refs: Vec<&[u8]> = pk.iter().map(|v| v.as_slice()).collect();
+    let bytes = pk_bytes(&pk_refs);
+    // No clustering columns: the partition is the row.
+    let given = !ck.is_empty() || t.clustering.is_empty();
+    Ok((bytes, pk, given.then_some(ck)))
+}
+
+/// Whether a row meets the conditions of an `IF` clause (a null never does).
+fn conds_hold(t: &Table, conds: &[Cond], row: &Row, values: &[Value]) -> Res<bool> {
+    for c in conds {
+        let i = t.column(&c.column)?;
+        let ty = &t.columns[i].ty;
+        let want: Vec<Vec<u8>> = match &c.rhs {
+            Rhs::One(term) => match bind(term, ty, values)? {
+                Bound::Val(Some(b)) => vec![b],
+                _ => return Ok(false),
+            },
+            Rhs::List(terms) => terms
+                .iter()
+                .filter_map(|term| match bind(term, ty, values) {
+                    Ok(Bound::Val(Some(b))) => Some(Ok(b)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Res<_>>()?,
+        };
+        let Some(v) = &row[i] else { return Ok(false) };
+        let ok = want.iter().any(|w| {
+            let o = types::compare(ty, v, w);
+            match c.op {
+                Op::Eq | Op::In => o == Ordering::Equal,
+                Op::Lt => o == Ordering::Less,
+                Op::Le => o != Ordering::Greater,
+                Op::Gt => o == Ordering::Greater,
+                Op::Ge => o != Ordering::Less,
+            }
+        });
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn pk_markers(t: &Table, term_of: impl Fn(&str) -> Option<Term>) -> Vec<u16> {
@@ -1187,6 +1552,7 @@ mod tests {
                 values,
                 page_size: page,
                 paging_state: state,
+                timestamp: None,
             },
         )
     }
@@ -1261,5 +1627,158 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    fn int_of(o: Outcome) -> Vec<Option<i32>> {
+        rows(o)
+            .rows
+            .iter()
+            .map(|c| {
+                c[0].clone()
+                    .map(|b| i32::from_be_bytes(b.try_into().unwrap()))
+            })
+            .collect()
+    }
+
+    fn setup() -> Store {
+        let mut s = Store::new("127.0.0.1".parse().unwrap(), [1; 16]);
+        run(&mut s, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[], None, None).unwrap();
+        run(
+            &mut s,
+            "CREATE TABLE t (k bigint, d date, v int, PRIMARY KEY ((k), d))",
+            &[],
+            None,
+            None,
+        )
+        .unwrap();
+        run(
+            &mut s,
+            "CREATE TABLE p (name text PRIMARY KEY, id text, v bigint)",
+            &[],
+            None,
+            None,
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn the_later_timestamp_wins_whatever_the_arrival_order() {
+        let mut s = setup();
+        let q = |s: &mut Store, q: &str| run(s, q, &[], None, None).unwrap();
+        let v =
+            |s: &mut Store| int_of(run(s, "SELECT v FROM t WHERE k = 7", &[], None, None).unwrap());
+        q(
+            &mut s,
+            "INSERT INTO t (k, d, v) VALUES (7, '2024-01-01', 2) USING TIMESTAMP 20",
+        );
+        q(
+            &mut s,
+            "INSERT INTO t (k, d, v) VALUES (7, '2024-01-01', 1) USING TIMESTAMP 10",
+        );
+        assert_eq!(v(&mut s), [Some(2)], "an older write arriving later loses");
+        q(
+            &mut s,
+            "DELETE FROM t USING TIMESTAMP 15 WHERE k = 7 AND d = '2024-01-01'",
+        );
+        assert_eq!(v(&mut s), [Some(2)], "an older delete loses");
+        q(
+            &mut s,
+            "DELETE FROM t USING TIMESTAMP 25 WHERE k = 7 AND d = '2024-01-01'",
+        );
+        q(
+            &mut s,
+            "INSERT INTO t (k, d, v) VALUES (7, '2024-01-01', 3) USING TIMESTAMP 22",
+        );
+        assert_eq!(
+            v(&mut s),
+            Vec::<Option<i32>>::new(),
+            "the delete shadows older writes"
+        );
+        assert_eq!(s.table("ks", "t").unwrap().row_count(), 0);
+        q(
+            &mut s,
+            "INSERT INTO t (k, d, v) VALUES (7, '2024-01-01', 4) USING TIMESTAMP 30",
+        );
+        q(
+            &mut s,
+            "INSERT INTO t (k, d, v) VALUES (7, '2024-01-02', 5) USING TIMESTAMP 31",
+        );
+        assert_eq!(v(&mut s), [Some(4), Some(5)]);
+        // A partition delete shadows every older row, also one written after it.
+        q(&mut s, "DELETE FROM t USING TIMESTAMP 40 WHERE k = 7");
+        q(
+            &mut s,
+            "INSERT INTO t (k, d, v) VALUES (7, '2024-01-03', 6) USING TIMESTAMP 35",
+        );
+        assert!(v(&mut s).is_empty());
+        q(
+            &mut s,
+            "INSERT INTO t (k, d, v) VALUES (7, '2024-01-03', 7) USING TIMESTAMP 41",
+        );
+        assert_eq!(v(&mut s), [Some(7)]);
+        q(
+            &mut s,
+            "INSERT INTO t (k, d, v) VALUES (9, '2024-01-03', 8)",
+        );
+        let ks = rows(run(&mut s, "SELECT DISTINCT k FROM t", &[], Some(1), None).unwrap());
+        assert_eq!(ks.rows.len(), 1);
+        let rest = rows(
+            run(
+                &mut s,
+                "SELECT DISTINCT k FROM t",
+                &[],
+                Some(5),
+                ks.paging_state.as_deref(),
+            )
+            .unwrap(),
+        );
+        assert_eq!(rest.rows.len(), 1, "each partition once, across pages");
+        assert_ne!(ks.rows[0], rest.rows[0]);
+        assert!(run(&mut s, "SELECT DISTINCT v FROM t", &[], None, None).is_err());
+    }
+
+    #[test]
+    fn lightweight_transactions_apply_only_when_their_condition_holds() {
+        let mut s = setup();
+        let applied = |o: Outcome| rows(o).rows[0][0] == Some(vec![1]);
+        let q = |s: &mut Store, q: &str| run(s, q, &[], None, None).unwrap();
+        assert!(applied(q(
+            &mut s,
+            "INSERT INTO p (name, id, v) VALUES ('a', 'x', -1) IF NOT EXISTS"
+        )));
+        assert!(!applied(q(
+            &mut s,
+            "INSERT INTO p (name, id, v) VALUES ('a', 'y', -1) IF NOT EXISTS"
+        )));
+        assert!(applied(q(
+            &mut s,
+            "UPDATE p SET v = 5 WHERE name = 'a' IF id = 'x' AND v < 5"
+        )));
+        assert!(
+            !applied(q(
+                &mut s,
+                "UPDATE p SET v = 3 WHERE name = 'a' IF id = 'x' AND v < 3"
+            )),
+            "never backwards"
+        );
+        assert!(
+            !applied(q(&mut s, "UPDATE p SET v = 9 WHERE name = 'a' IF id = 'y'")),
+            "another identity"
+        );
+        assert!(
+            !applied(q(&mut s, "UPDATE p SET v = 9 WHERE name = 'b' IF id = 'x'")),
+            "no row"
+        );
+        let v = rows(q(&mut s, "SELECT v FROM p WHERE name = 'a'"));
+        assert_eq!(v.rows[0][0], Some(5i64.to_be_bytes().to_vec()));
+        assert!(applied(q(
+            &mut s,
+            "DELETE FROM p WHERE name = 'a' IF EXISTS"
+        )));
+        assert!(!applied(q(
+            &mut s,
+            "DELETE FROM p WHERE name = 'a' IF EXISTS"
+        )));
     }
 }

@@ -222,6 +222,8 @@ pub struct QueryParams {
     pub skip_metadata: bool,
     pub page_size: Option<i32>,
     pub paging_state: Option<Vec<u8>>,
+    /// The client's write timestamp for the request (flag 0x20), µs.
+    pub default_timestamp: Option<i64>,
 }
 
 pub fn query_params(r: &mut Reader) -> Parse<QueryParams> {
@@ -248,15 +250,18 @@ pub fn query_params(r: &mut Reader) -> Parse<QueryParams> {
     if flags & 0x10 != 0 {
         r.u16()?;
     }
-    if flags & 0x20 != 0 {
-        r.i64()?;
-    }
+    let default_timestamp = if flags & 0x20 != 0 {
+        Some(r.i64()?)
+    } else {
+        None
+    };
     Ok(QueryParams {
         consistency,
         values,
         skip_metadata: flags & 0x02 != 0,
         page_size,
         paging_state,
+        default_timestamp,
     })
 }
 

@@ -1,12 +1,16 @@
 //! An in-memory CQL native-protocol (v4) server for tests, with fault injection.
 //!
 //! **It is not a database.** One node, rows in memory, no replication, no shard awareness, no
-//! TTL, no lightweight transactions, no compression. It answers what the real `scylla` driver
-//! sends on connect (OPTIONS, STARTUP, REGISTER, its `system.*` / `system_schema.*` queries)
-//! and what the pipeline runs (CREATE KEYSPACE/TABLE, USE, PREPARE/EXECUTE, BATCH, SELECT by
-//! partition key with a clustering range and paging), so the load stage can be tested through
-//! the real driver over a real socket. Unsupported statements and unknown system tables are
-//! errors that name them.
+//! TTL, no compression. It answers what the real `scylla` driver sends on connect (OPTIONS,
+//! STARTUP, REGISTER, its `system.*` / `system_schema.*` queries) and what the pipeline runs
+//! (CREATE KEYSPACE/TABLE, USE, PREPARE/EXECUTE, BATCH, INSERT/UPDATE/DELETE with `USING
+//! TIMESTAMP`, lightweight transactions (`IF NOT EXISTS`, `IF EXISTS`, `IF col op value`),
+//! SELECT by partition key with a clustering range and paging, SELECT DISTINCT of the
+//! partition key), so the load stage can be tested through the real driver over a real
+//! socket. Writes reconcile as Cassandra's do: per cell, the later timestamp wins whatever the
+//! arrival order, and row and partition deletions are kept so an older write that arrives
+//! later stays deleted. Lightweight transactions are atomic because the store is one lock (no
+//! Paxos). Unsupported statements and unknown system tables are errors that name them.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -605,7 +609,7 @@ fn handle_inner(
             sh.store
                 .lock()
                 .expect("lock")
-                .execute_batch(&b.items, ks.as_deref())?;
+                .execute_batch(&b.items, ks.as_deref(), b.timestamp)?;
             w.i32(0x0001);
             Ok((Opcode::Result, w.buf))
         }
@@ -631,6 +635,7 @@ fn run(
             values: &params.values,
             page_size: params.page_size,
             paging_state: params.paging_state.as_deref(),
+            timestamp: params.default_timestamp,
         },
     )?;
     let mut w = Writer::default();
@@ -766,6 +771,7 @@ struct Batch {
     items: Vec<(Arc<cql::Parsed>, Vec<Value>)>,
     texts: Vec<String>,
     consistency: u16,
+    timestamp: Option<i64>,
 }
 
 fn parse_batch(sh: &Shared, body: &[u8]) -> Result<Batch, CqlError> {
@@ -810,9 +816,18 @@ fn parse_batch(sh: &Shared, body: &[u8]) -> Result<Batch, CqlError> {
             "named values in BATCH are not supported",
         ));
     }
+    if flags & 0x10 != 0 {
+        r.u16().map_err(malformed)?;
+    }
+    let timestamp = if flags & 0x20 != 0 {
+        Some(r.i64().map_err(malformed)?)
+    } else {
+        None
+    };
     Ok(Batch {
         items,
         texts,
         consistency,
+        timestamp,
     })
 }

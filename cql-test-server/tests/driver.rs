@@ -422,13 +422,24 @@ async fn unknown_tables_and_unsupported_statements_fail_loudly() {
         .unwrap_err();
     assert!(matches!(db_error(&err), Some(DbError::Invalid)), "{err:?}");
     let err = session
-        .query_unpaged("UPDATE analytics.customer_daily_aggregates SET transaction_count = 1 WHERE customer_id = 1", &())
+        .query_unpaged(
+            "ALTER TABLE analytics.customer_daily_aggregates ADD note text",
+            &(),
+        )
         .await
         .unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("does not support `UPDATE analytics.customer_daily_aggregates SET`"),
+        msg.contains("does not support `ALTER TABLE analytics.customer_daily_aggregates`"),
         "{msg}"
+    );
+    let err = session
+        .query_unpaged("UPDATE analytics.customer_daily_aggregates USING TTL 60 SET transaction_count = 1 WHERE customer_id = 1", &())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("USING TTL is not supported"),
+        "{err}"
     );
     let err = session
         .query_unpaged("SELECT * FROM analytics.nope", &())
