@@ -6,14 +6,20 @@ use deltalake::DeltaTableError;
 use deltalake::arrow::error::ArrowError;
 use deltalake::parquet::errors::ParquetError;
 
+/// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A boxed error from a library we call (the ScyllaDB driver, object stores), kept as the
+/// source of ours so the whole chain is printed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Process exit codes, documented in the README ("Exit codes").
 pub mod exit {
+    /// Success, including "nothing new to do".
     pub const OK: u8 = 0;
     /// Unexpected failure (I/O, storage, a bug): the message says what failed.
     pub const FAILURE: u8 = 1;
-    /// Bad command line (clap's own code for usage errors).
+    /// Bad command line (clap's own code for usage errors) or a precondition that does not hold.
     pub const USAGE: u8 = 2;
     /// Bad input data: an unreadable or schema-incompatible raw file. Nothing was committed.
     pub const BAD_INPUT: u8 = 3;
@@ -25,8 +31,12 @@ pub mod exit {
     pub const LOAD_INCOMPLETE: u8 = 6;
     /// `verify` found days where ScyllaDB differs from the Delta aggregates.
     pub const VERIFY_MISMATCH: u8 = 7;
+    /// The run completed, but landing files changed after they were ingested: their new
+    /// content was not ingested (the report and the message say which and what to do).
+    pub const CHANGED_INPUT: u8 = 8;
 }
 
+/// Everything that can go wrong, each with the message a user needs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A raw file that cannot be used: names the file, the problem and what to do.
@@ -34,16 +44,24 @@ pub enum Error {
         "raw file {}: {problem}. Nothing of this run was committed; fix or remove the file and rerun",
         path.display()
     )]
-    BadInput { path: PathBuf, problem: String },
+    BadInput {
+        /// The raw file.
+        path: PathBuf,
+        /// What is wrong with it (row, column, type).
+        problem: String,
+    },
 
     /// A user-facing precondition that does not hold (missing folder, bad option value).
     #[error("{0}")]
     Invalid(String),
 
+    /// A delta-rs error on a named table.
     #[error("Delta table {table}: {source}")]
     Delta {
+        /// The table.
         table: String,
-        // Boxed: delta-rs errors are large, and every `Result` would pay for them.
+        /// What delta-rs said. Boxed: delta-rs errors are large, and every `Result` would
+        /// pay for them.
         #[source]
         source: Box<DeltaTableError>,
     },
@@ -52,36 +70,70 @@ pub enum Error {
     #[error(
         "Delta table {table}: a concurrent writer committed first ({detail}). Nothing of this run was committed; rerun it"
     )]
-    Conflict { table: String, detail: String },
+    Conflict {
+        /// The table.
+        table: String,
+        /// delta-rs's description of the conflict.
+        detail: String,
+    },
 
+    /// A commit call failed and reading the log back could not tell whether it landed.
+    #[error(
+        "Delta table {table}: the commit failed and whether it landed could not be checked ({source}). \
+         No file was deleted. Rerun: the next run reads the log and either finds this commit or redoes it"
+    )]
+    CommitUnknown {
+        /// The table.
+        table: String,
+        /// Why the check failed.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// An I/O error, with what we were doing.
     #[error("{context}: {source}")]
     Io {
+        /// What failed (which file, which operation).
         context: String,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
 
+    /// An Arrow error.
     #[error(transparent)]
     Arrow(#[from] ArrowError),
 
+    /// A Parquet error.
     #[error(transparent)]
     Parquet(#[from] ParquetError),
 
+    /// A delta-rs error without a table name.
     #[error(transparent)]
     DeltaRaw(Box<DeltaTableError>),
 
+    /// A DataFusion error (a query, a plan).
     #[error("query engine: {0}")]
     DataFusion(Box<deltalake::datafusion::error::DataFusionError>),
 
+    /// An internal task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 
+    /// ScyllaDB could not be reached, or refused or failed a request.
     #[error(
-        "{what}: {detail}. Is ScyllaDB running and reachable? Start one with `docker compose up -d scylla`, \
+        "{what}: {source}. Is ScyllaDB running and reachable? Start one with `docker compose up -d scylla`, \
          or point --scylla-uri / SCYLLA_URI at yours (credentials: SCYLLA_USERNAME, SCYLLA_PASSWORD)"
     )]
-    Scylla { what: String, detail: String },
+    Scylla {
+        /// What we were doing.
+        what: String,
+        /// What the driver said.
+        #[source]
+        source: BoxError,
+    },
 
+    /// `load` wrote some rows but not all of them.
     #[error(
         "load incomplete: {failed} row(s) still failed after retries{}; they are listed with their errors in {}. \
          Aggregates version {version} was NOT recorded as loaded: fix the cause and rerun `pipeline load` \
@@ -90,25 +142,39 @@ pub enum Error {
         bad_rows_file.display()
     )]
     LoadIncomplete {
+        /// Rows that failed after retries.
         failed: u64,
+        /// The load stopped early because of `--max-errors`.
         over_budget: bool,
+        /// Where the failed rows are listed.
         bad_rows_file: PathBuf,
+        /// The aggregates version that was being loaded.
         version: i64,
         /// The load report so far, for `--json`.
         report: Box<serde_json::Value>,
     },
 
+    /// A table's `_delta_log` cannot be read back.
     #[error(
         "Delta table {table}: its transaction log (_delta_log) is damaged: {what}. Nothing was written. \
          Restore the damaged or missing commit file from a backup, or rebuild the table from its sources; \
          do not edit the log by hand"
     )]
-    DamagedLog { table: String, what: String },
+    DamagedLog {
+        /// The table.
+        table: String,
+        /// What is wrong with the log.
+        what: String,
+    },
 
+    /// A stage of `pipeline run` failed.
     #[error("stage {stage} failed (after {attempts} attempt(s)): {source}")]
     StageFailed {
+        /// The stage.
         stage: &'static str,
+        /// How many attempts were made.
         attempts: u32,
+        /// The last attempt's error.
         source: Box<Error>,
     },
 }
@@ -126,6 +192,7 @@ impl From<deltalake::datafusion::error::DataFusionError> for Error {
 }
 
 impl Error {
+    /// An I/O error with what we were doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -133,6 +200,7 @@ impl Error {
         }
     }
 
+    /// A raw file that cannot be used.
     pub fn bad_input(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Error::BadInput {
             path: path.into(),
@@ -140,7 +208,16 @@ impl Error {
         }
     }
 
-    /// Attach the table name to a delta-rs error; commit conflicts become [`Error::Conflict`].
+    /// A ScyllaDB failure while doing `what`.
+    pub fn scylla(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Scylla {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Attach the table name to a delta-rs error; commit conflicts become [`Error::Conflict`]
+    /// and an unreadable log [`Error::DamagedLog`].
     pub fn delta(table: &str, source: DeltaTableError) -> Self {
         use deltalake::kernel::transaction::TransactionError;
         match source {
@@ -153,33 +230,20 @@ impl Error {
                 table: table.to_string(),
                 detail: tx.to_string(),
             },
-            source => {
-                let text = source.to_string();
-                let first = text.lines().next().unwrap_or_default();
-                let what = if first.contains("contiguous commit files") {
-                    Some("the commit files are not contiguous (one is missing)".to_string())
-                } else if first.contains("Json error") || first.contains("Invalid JSON in log") {
-                    Some(format!(
-                        "a commit file is not valid JSON ({})",
-                        first.rsplit(": ").next().unwrap_or(first)
-                    ))
-                } else {
-                    None
-                };
-                match what {
-                    Some(what) => Error::DamagedLog {
-                        table: table.to_string(),
-                        what,
-                    },
-                    None => Error::Delta {
-                        table: table.to_string(),
-                        source: Box::new(source),
-                    },
-                }
-            }
+            source => match damaged_log(&source) {
+                Some(what) => Error::DamagedLog {
+                    table: table.to_string(),
+                    what,
+                },
+                None => Error::Delta {
+                    table: table.to_string(),
+                    source: Box::new(source),
+                },
+            },
         }
     }
 
+    /// The process exit code for this error (see [`exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::BadInput { .. } => exit::BAD_INPUT,
@@ -190,6 +254,42 @@ impl Error {
             Error::StageFailed { source, .. } => source.exit_code(),
             _ => exit::FAILURE,
         }
+    }
+
+    /// Worth retrying as it is: another writer got there first, or ScyllaDB had trouble.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Conflict { .. } | Error::Scylla { .. })
+    }
+
+    /// The whole cause chain on one line, each cause once (ripgrep's `{:#}` habit).
+    pub fn chain(&self) -> String {
+        let mut msg = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !msg.contains(&text) {
+                msg.push_str(": ");
+                msg.push_str(&text);
+            }
+            source = s.source();
+        }
+        msg
+    }
+}
+
+/// What is wrong with a log that delta-rs could not read, if that is the problem.
+fn damaged_log(e: &DeltaTableError) -> Option<String> {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    if first.contains("contiguous commit files") {
+        Some("the commit files are not contiguous (one is missing)".to_string())
+    } else if first.contains("Json error") || first.contains("Invalid JSON in log") {
+        Some(format!(
+            "a commit file is not valid JSON ({})",
+            first.rsplit(": ").next().unwrap_or(first)
+        ))
+    } else {
+        None
     }
 }
 
@@ -208,5 +308,17 @@ mod tests {
         assert!(msg.contains("Float64"), "{msg}");
         assert!(msg.contains("Nothing of this run was committed"), "{msg}");
         assert_eq!(e.exit_code(), exit::BAD_INPUT);
+    }
+
+    #[test]
+    fn the_chain_keeps_every_cause_once() {
+        let e = Error::io(
+            "cannot open x",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+        );
+        assert_eq!(e.chain(), "cannot open x: gone");
+        let s = Error::scylla("reading the load state", "timed out");
+        assert!(s.chain().starts_with("reading the load state: timed out"));
+        assert_eq!(s.exit_code(), exit::SCYLLA);
     }
 }

@@ -1,10 +1,13 @@
-//! Data dir -> table locations and file names. Every path the pipeline uses is built here.
+//! Data dir -> locations and file names. Every path the pipeline uses is built here; the
+//! tables' own paths are facts of [`Table`].
 
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use deltalake::{DeltaTableError, ensure_table_uri};
 use url::Url;
+
+use crate::tables::Table;
 
 /// The data directory and everything under it (`CONTRACT.md`, "Tables and where they live").
 #[derive(Debug, Clone)]
@@ -13,10 +16,12 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The layout of the data dir at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
 
+    /// The data dir itself.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -26,16 +31,17 @@ impl Layout {
         self.root.join("_raw").join("customer_transactions")
     }
 
-    pub fn transactions_dir(&self) -> PathBuf {
-        self.root.join("customer_transactions")
+    /// The folder of a Delta table.
+    pub fn table_dir(&self, table: Table) -> PathBuf {
+        table
+            .path()
+            .split('/')
+            .fold(self.root.clone(), |p, part| p.join(part))
     }
 
-    pub fn quarantine_dir(&self) -> PathBuf {
-        self.root.join("_quarantine").join("customer_transactions")
-    }
-
-    pub fn aggregates_dir(&self) -> PathBuf {
-        self.root.join("customer_daily_aggregates")
+    /// The URI of a Delta table (created as an empty folder if missing, as delta-rs wants).
+    pub fn table_uri(&self, table: Table) -> Result<Url, DeltaTableError> {
+        dir_uri(&self.table_dir(table))
     }
 
     /// Scratch space for one run (spilled batches); removed when the run ends.
@@ -43,25 +49,9 @@ impl Layout {
         self.root.join("_scratch")
     }
 
-    pub fn transactions_uri(&self) -> Result<Url, DeltaTableError> {
-        dir_uri(&self.transactions_dir())
-    }
-
-    pub fn quarantine_uri(&self) -> Result<Url, DeltaTableError> {
-        dir_uri(&self.quarantine_dir())
-    }
-
-    pub fn aggregates_uri(&self) -> Result<Url, DeltaTableError> {
-        dir_uri(&self.aggregates_dir())
-    }
-
-    /// The run history Delta table written by `pipeline run`.
-    pub fn history_dir(&self) -> PathBuf {
-        self.root.join("_pipeline").join("run_history")
-    }
-
-    pub fn history_uri(&self) -> Result<Url, DeltaTableError> {
-        dir_uri(&self.history_dir())
+    /// Where `load` writes the rows that failed after retries.
+    pub fn load_dir(&self) -> PathBuf {
+        self.root.join("_load")
     }
 
     /// The folder of one generator batch: `batch-000007`.
@@ -92,7 +82,8 @@ pub fn temp_path(final_path: &Path) -> PathBuf {
     final_path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// True for files readers should ignore: hidden/temporary (`.x`), private (`_x`), or not Parquet.
+/// True for files readers should use: not hidden/temporary (`.x`), not private (`_x`), and
+/// Parquet.
 pub fn is_landing_candidate(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
@@ -100,8 +91,8 @@ pub fn is_landing_candidate(path: &Path) -> bool {
     !name.starts_with('.') && !name.starts_with('_') && name.ends_with(".parquet")
 }
 
+/// The URI of a local folder; `ensure_table_uri` creates it if missing and makes it absolute.
 pub(crate) fn dir_uri(dir: &Path) -> Result<Url, DeltaTableError> {
-    // `ensure_table_uri` creates a missing local directory and makes the path absolute.
     ensure_table_uri(dir.to_string_lossy())
 }
 
@@ -120,6 +111,19 @@ mod tests {
         assert_eq!(
             a,
             PathBuf::from("d/_raw/customer_transactions/batch-000002/2024-01-09-0003.parquet")
+        );
+    }
+
+    #[test]
+    fn tables_live_where_the_contract_says() {
+        let l = Layout::new("d");
+        assert_eq!(
+            l.table_dir(Table::Quarantine),
+            PathBuf::from("d/_quarantine/customer_transactions")
+        );
+        assert_eq!(
+            l.table_dir(Table::Transactions),
+            PathBuf::from("d/customer_transactions")
         );
     }
 

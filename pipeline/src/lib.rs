@@ -1,61 +1,47 @@
-//! A lakehouse ETL pipeline: synthetic transactions -> Delta Lake -> daily aggregates -> ScyllaDB.
+//! A lakehouse ETL pipeline: synthetic transactions -> Delta Lake -> daily aggregates ->
+//! ScyllaDB.
 //!
-//! Each stage is a module with an options struct and a `run` returning a serialisable report.
-//! Every stage is idempotent: what it consumed is committed atomically with its output in the
-//! Delta log (application transactions), never in a side store.
+//! Every stage is a module folder of the same shape: its options (one `clap` definition,
+//! shared by its command and `pipeline run`), a plan, the execution steps, and a report that
+//! prints itself ([`report::Report`]). Every stage is idempotent: what it consumed is
+//! committed atomically with its output in the Delta log (application transactions), never
+//! in a side store.
+//!
+//! Shared facts live once: the tables ([`tables`]), their schemas ([`schema`]), paths
+//! ([`layout`]), days ([`dates`]), Delta access and commits ([`delta`]), the ScyllaDB
+//! connection and codec ([`cql`]).
+
+#![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod cql;
+pub mod dates;
 pub mod delta;
 pub mod error;
+pub mod failpoints;
 pub mod generate;
 pub mod ingest;
 pub mod layout;
+pub mod load;
+pub mod lookup;
 pub mod maintain;
 pub mod progress;
+pub mod report;
 pub mod rules;
 pub mod run;
 pub mod schema;
-pub mod serve;
+pub mod tables;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use layout::Layout;
 
-/// Environment variable naming failpoints (comma-separated) at which the process aborts, as if
-/// killed: used by the crash tests to stop a stage at an exact point, e.g. between writing data
-/// files and committing them.
-pub const FAILPOINTS_ENV: &str = "PIPELINE_FAILPOINTS";
-
-/// Abort the process here if `name` is listed in [`FAILPOINTS_ENV`]. `abort` runs no
-/// destructors and flushes nothing, like SIGKILL.
-pub fn failpoint(name: &str) {
-    if let Ok(list) = std::env::var(FAILPOINTS_ENV)
-        && list.split(',').any(|p| p.trim() == name)
-    {
-        eprintln!("failpoint {name}: aborting");
-        std::process::abort();
-    }
-}
-
-/// Environment variable naming one pause point and a gate file (`name:path`): at that point
-/// the process writes `<path>.reached` and waits (up to a minute) until `path` is removed.
-/// Used by tests to change the world at an exact moment (e.g. delete a raw file mid-run).
-pub const PAUSE_ENV: &str = "PIPELINE_PAUSE";
-
-/// Wait here while the gate of [`PAUSE_ENV`] exists, if `name` is the configured point.
-pub fn pausepoint(name: &str) {
-    let Ok(spec) = std::env::var(PAUSE_ENV) else {
-        return;
-    };
-    let Some((point, gate)) = spec.split_once(':') else {
-        return;
-    };
-    if point != name {
-        return;
-    }
-    let gate = std::path::Path::new(gate);
-    let _ = std::fs::write(format!("{}.reached", gate.display()), name);
-    let start = std::time::Instant::now();
-    while gate.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+/// The defaults of a stage's options, as its command line defines them (one definition: the
+/// `clap` attributes).
+pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true));
+    let matches = cmd
+        .try_get_matches_from(std::iter::empty::<String>())
+        .expect("every option has a default");
+    T::from_arg_matches(&matches).expect("defaults match their own definition")
 }

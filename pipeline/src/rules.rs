@@ -17,24 +17,40 @@ use crate::schema::{CATEGORIES, CHANNELS, STATUSES};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
+    /// `transaction_id` is null.
     TransactionIdNull,
+    /// `transaction_id` is not canonical UUID text.
     TransactionIdNotUuid,
+    /// `customer_id` is null.
     CustomerIdNull,
+    /// `customer_id` ≤ 0.
     CustomerIdNotPositive,
+    /// `merchant_id` is null.
     MerchantIdNull,
+    /// `merchant_id` ≤ 0.
     MerchantIdNotPositive,
+    /// `transaction_ts` is null.
     TransactionTsNull,
+    /// More than a day after the run's reference instant.
     TransactionTsInFuture,
+    /// Before the floor date (`ingest --min-date`).
+    TransactionTsTooOld,
+    /// `amount` is null.
     AmountNull,
+    /// `amount` ≤ 0.
     AmountNotPositive,
+    /// Not one of the known categories.
     CategoryUnknown,
+    /// Not one of the known channels.
     ChannelUnknown,
+    /// Neither `approved` nor `declined`.
     StatusUnknown,
     /// Not a rule violation: the id was already seen (earlier in the run or in the table).
     DuplicateTransactionId,
 }
 
 impl Reason {
+    /// The code stored in the quarantine's `rejection_reason` column.
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::TransactionIdNull => "transaction_id_null",
@@ -45,6 +61,7 @@ impl Reason {
             Reason::MerchantIdNotPositive => "merchant_id_not_positive",
             Reason::TransactionTsNull => "transaction_ts_null",
             Reason::TransactionTsInFuture => "transaction_ts_in_future",
+            Reason::TransactionTsTooOld => "transaction_ts_too_old",
             Reason::AmountNull => "amount_null",
             Reason::AmountNotPositive => "amount_not_positive",
             Reason::CategoryUnknown => "category_unknown",
@@ -58,10 +75,47 @@ impl Reason {
 /// A timestamp may be at most this far ahead of the run's clock (clock skew allowance).
 pub const MAX_FUTURE_MICROS: i64 = 24 * 3600 * 1_000_000;
 
+/// The bounds a timestamp must lie in, fixed once per run: a rerun that completes a run
+/// reuses them (they are recorded in its commit), so it decides exactly as the first one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The run's reference instant (µs since the epoch): "now" for the future rule.
+    pub reference_us: i64,
+    /// The first valid instant (µs): midnight UTC of the floor day.
+    pub floor_us: i64,
+}
+
+impl Limits {
+    /// Limits for a run at `reference` with rows before `floor` (a UTC day) too old.
+    pub fn new(reference: chrono::DateTime<chrono::Utc>, floor: chrono::NaiveDate) -> Self {
+        Limits {
+            reference_us: reference.timestamp_micros(),
+            floor_us: floor
+                .and_time(chrono::NaiveTime::MIN)
+                .and_utc()
+                .timestamp_micros(),
+        }
+    }
+
+    /// Only the future rule, at `reference` (the generator tells its clean rows this way).
+    pub fn no_floor(reference: chrono::DateTime<chrono::Utc>) -> Self {
+        Limits {
+            reference_us: reference.timestamp_micros(),
+            floor_us: i64::MIN,
+        }
+    }
+
+    fn latest_us(self) -> i64 {
+        self.reference_us.saturating_add(MAX_FUTURE_MICROS)
+    }
+}
+
 /// Result of checking a batch: per row, the first broken rule (if any) and the parsed id
 /// (meaningful only for rows without a reason).
 pub struct Checked {
+    /// The first broken rule of each row.
     pub reasons: Vec<Option<Reason>>,
+    /// Each row's parsed id (meaningful only for rows without a reason).
     pub ids: Vec<u128>,
 }
 
@@ -74,8 +128,7 @@ pub fn parse_uuid(s: &str) -> Option<u128> {
 }
 
 /// Check every row of a batch in the `RAW_LENIENT` schema (see `ingest::normalize`).
-/// `now_micros` is the run's clock in µs since the epoch.
-pub fn check(batch: &RecordBatch, now_micros: i64) -> Checked {
+pub fn check(batch: &RecordBatch, limits: Limits) -> Checked {
     let n = batch.num_rows();
     let id = batch.column(0).as_string::<i32>();
     let customer = batch.column(1).as_primitive::<Int64Type>();
@@ -85,13 +138,13 @@ pub fn check(batch: &RecordBatch, now_micros: i64) -> Checked {
     let category = batch.column(5).as_string::<i32>();
     let channel = batch.column(6).as_string::<i32>();
     let status = batch.column(7).as_string::<i32>();
-    let limit = now_micros.saturating_add(MAX_FUTURE_MICROS);
+    let (latest, floor) = (limits.latest_us(), limits.floor_us);
 
     let mut reasons = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let (reason, parsed) = check_row(
-            i, id, customer, merchant, ts, amount, category, channel, status, limit,
+            i, id, customer, merchant, ts, amount, category, channel, status, latest, floor,
         );
         reasons.push(reason);
         ids.push(parsed);
@@ -111,7 +164,8 @@ fn check_row(
     category: &StringArray,
     channel: &StringArray,
     status: &StringArray,
-    ts_limit: i64,
+    ts_latest: i64,
+    ts_floor: i64,
 ) -> (Option<Reason>, u128) {
     use Reason::*;
     if id.is_null(i) {
@@ -130,8 +184,10 @@ fn check_row(
         Some(MerchantIdNotPositive)
     } else if ts.is_null(i) {
         Some(TransactionTsNull)
-    } else if ts.value(i) > ts_limit {
+    } else if ts.value(i) > ts_latest {
         Some(TransactionTsInFuture)
+    } else if ts.value(i) < ts_floor {
+        Some(TransactionTsTooOld)
     } else if amount.is_null(i) {
         Some(AmountNull)
     } else if amount.value(i) <= 0 {
@@ -156,6 +212,15 @@ mod tests {
     use std::sync::Arc;
 
     const NOW: i64 = 1_700_000_000_000_000;
+    /// 2000-01-01T00:00:00Z
+    const FLOOR: i64 = 946_684_800_000_000;
+
+    fn limits() -> Limits {
+        Limits {
+            reference_us: NOW,
+            floor_us: FLOOR,
+        }
+    }
     const GOOD_ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
 
     struct Row {
@@ -198,7 +263,7 @@ mod tests {
             Arc::new(StringArray::from(vec![r.status])),
         ];
         let batch = RecordBatch::try_new(RAW_LENIENT.clone(), cols).unwrap();
-        let c = check(&batch, NOW);
+        let c = check(&batch, limits());
         if c.reasons[0].is_none() {
             assert_eq!(c.ids[0], uuid::Uuid::parse_str(GOOD_ID).unwrap().as_u128());
         }
@@ -281,6 +346,21 @@ mod tests {
             ),
             (
                 Row {
+                    ts: Some(FLOOR - 1),
+                    ..good()
+                },
+                TransactionTsTooOld,
+            ),
+            (
+                Row {
+                    // 1969-12-31: before the epoch, and before the floor.
+                    ts: Some(-1),
+                    ..good()
+                },
+                TransactionTsTooOld,
+            ),
+            (
+                Row {
                     amount: None,
                     ..good()
                 },
@@ -346,6 +426,18 @@ mod tests {
         for (row, want) in cases {
             assert_eq!(check_one(row), Some(want), "expected {want:?}");
         }
+    }
+
+    #[test]
+    fn the_floor_is_inclusive_and_configurable() {
+        let at_floor = Row {
+            ts: Some(FLOOR),
+            ..good()
+        };
+        assert_eq!(check_one(at_floor), None);
+        let d = |s| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let l = Limits::new(chrono::Utc::now(), d("1900-01-01"));
+        assert_eq!(l.floor_us, -2_208_988_800_000_000);
     }
 
     #[test]

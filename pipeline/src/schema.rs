@@ -7,8 +7,9 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 
-/// Precision and scale of a raw transaction amount: `Decimal128(12, 2)`.
+/// Precision of a raw transaction amount: `Decimal128(12, 2)`.
 pub const AMOUNT_PRECISION: u8 = 12;
+/// Scale of a raw transaction amount (cents).
 pub const AMOUNT_SCALE: i8 = 2;
 
 /// Categories the generator produces; any other value is quarantined.
@@ -24,11 +25,14 @@ pub const CATEGORIES: [&str; 10] = [
     "electronics",
     "services",
 ];
+/// Channels a transaction comes through.
 pub const CHANNELS: [&str; 3] = ["online", "in_store", "mobile"];
+/// Statuses of a transaction; only `approved` ones count towards totals.
 pub const STATUSES: [&str; 2] = ["approved", "declined"];
 
 /// Column names, so a typo is a compile error rather than a runtime one.
 pub mod col {
+    #![allow(missing_docs)]
     pub const TRANSACTION_ID: &str = "transaction_id";
     pub const CUSTOMER_ID: &str = "customer_id";
     pub const MERCHANT_ID: &str = "merchant_id";
@@ -42,10 +46,12 @@ pub mod col {
     pub const REJECTION_REASON: &str = "rejection_reason";
 }
 
+/// `Timestamp(µs, "UTC")`: every instant in every table.
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// `Decimal128(12, 2)`: a transaction amount.
 pub fn amount_type() -> DataType {
     DataType::Decimal128(AMOUNT_PRECISION, AMOUNT_SCALE)
 }
@@ -107,6 +113,44 @@ pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("declined_count", DataType::Int64, false),
         Field::new("min_amount", amount_type(), true),
         Field::new("max_amount", amount_type(), true),
+    ]))
+});
+
+/// `ingest_files`: one row per landing file ingest consumed. `modified` and `content_hash`
+/// (BLAKE3, hex) identify the content, so a file changed after it was ingested is noticed.
+pub static INGEST_FILES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("size", DataType::Int64, false),
+        Field::new("modified", timestamp_type(), true),
+        Field::new("content_hash", DataType::Utf8, true),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("run_seq", DataType::Int64, false),
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("ingested_at", timestamp_type(), false),
+    ]))
+});
+
+/// `transaction_ids`: every id of `customer_transactions` as its 16 UUID bytes (big-endian,
+/// so byte order is numeric order), sorted within each file.
+pub static TRANSACTION_IDS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![Field::new(
+        col::TRANSACTION_ID,
+        DataType::Binary,
+        false,
+    )]))
+});
+
+/// `run_history`: one row per `pipeline run`, with its whole report as JSON.
+pub static RUN_HISTORY: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("started_at", timestamp_type(), false),
+        Field::new("ended_at", timestamp_type(), false),
+        Field::new("stages", DataType::Utf8, false),
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("report_json", DataType::Utf8, false),
     ]))
 });
 

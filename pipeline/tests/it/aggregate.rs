@@ -64,11 +64,19 @@ pub(crate) fn table(d: &Data) -> Agg {
 
 /// The independent recomputation: every raw file, the contract's rules, first occurrence of
 /// each transaction id, folded into a HashMap. No DataFusion, no Delta.
-fn oracle(d: &Data) -> Agg {
+pub(crate) fn oracle(d: &Data) -> Agg {
+    oracle_from(d, "2000-01-01")
+}
+
+/// [`oracle`] with another floor date (`ingest --min-date`).
+pub(crate) fn oracle_from(d: &Data, min_date: &str) -> Agg {
     let mut files = Vec::new();
     collect(&d.path().join("_raw/customer_transactions"), &mut files);
     files.sort();
-    let now = chrono::Utc::now().timestamp_micros();
+    let now = pipeline::rules::Limits::new(
+        chrono::Utc::now(),
+        chrono::NaiveDate::parse_from_str(min_date, "%Y-%m-%d").unwrap(),
+    );
     let mut seen = HashSet::new();
     let mut out = Agg::new();
     for f in files {

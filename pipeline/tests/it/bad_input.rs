@@ -374,3 +374,27 @@ fn a_full_disk_during_ingest_commits_nothing_and_a_rerun_completes() {
     assert_eq!(u(&r, "rows_in"), 60000);
     assert_eq!(rows(&mnt.join(TX)).len() as u64, u(&r, "rows_out"));
 }
+
+#[test]
+fn every_command_names_a_damaged_log_as_damaged_never_as_absent() {
+    let cql = crate::scylla::Cql::new();
+    let d = Data::new();
+    small(&d);
+    cql.ok(&d, &["run", "--stages", "ingest,aggregate,load"]);
+    cql.ok(&d, &["run", "--stages", "ingest,aggregate,load"]);
+    damage_log(&d.table("customer_daily_aggregates"), "corrupt");
+    damage_log(&d.table("_pipeline/run_history"), "corrupt");
+    for args in [
+        &["load"][..],
+        &["verify"][..],
+        &["aggregate"][..],
+        &["history"][..],
+        &["load", "--dry-run"][..],
+    ] {
+        let out = cql.run(&d, args, &[]);
+        let e = err(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains("is damaged"), "{args:?}: {e}");
+        assert!(!e.contains("does not exist yet"), "{args:?}: {e}");
+    }
+}

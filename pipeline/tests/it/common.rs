@@ -143,3 +143,119 @@ pub fn rows(table: &Path) -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+/// A raw transaction for hand-made landing files.
+#[derive(Clone, Debug)]
+pub struct Raw {
+    pub id: String,
+    pub customer: i64,
+    pub ts_us: i64,
+    pub cents: i128,
+    pub status: &'static str,
+}
+
+/// A valid approved transaction of customer 1 at `ts_us` for 10.00.
+pub fn raw(id: &str, ts_us: i64) -> Raw {
+    Raw {
+        id: id.to_string(),
+        customer: 1,
+        ts_us,
+        cents: 1000,
+        status: "approved",
+    }
+}
+
+/// Microseconds since the epoch of a UTC date at noon.
+pub fn noon(date: &str) -> i64 {
+    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .unwrap()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+}
+
+/// Write rows as a landing file in the contract's raw schema.
+pub fn write_raw(path: &Path, rows: &[Raw]) {
+    use deltalake::arrow::array::{
+        Decimal128Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use std::sync::Arc;
+    let n = rows.len();
+    let s = |v: Vec<&str>| Arc::new(StringArray::from(v)) as _;
+    let batch = RecordBatch::try_new(
+        pipeline::schema::RAW.clone(),
+        vec![
+            s(rows.iter().map(|r| r.id.as_str()).collect()),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.customer),
+            )),
+            Arc::new(Int64Array::from(vec![1i64; n])),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.ts_us))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(
+                Decimal128Array::from_iter_values(rows.iter().map(|r| r.cents))
+                    .with_precision_and_scale(12, 2)
+                    .unwrap(),
+            ),
+            s(vec!["grocery"; n]),
+            s(vec!["online"; n]),
+            s(rows.iter().map(|r| r.status).collect()),
+        ],
+    )
+    .unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w = deltalake::parquet::arrow::ArrowWriter::try_new(
+        File::create(path).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// The landing folder of a data dir.
+pub fn landing(d: &Data) -> PathBuf {
+    d.path().join("_raw/customer_transactions")
+}
+
+/// Quarantine rows as (transaction_id, day, reason), sorted.
+pub fn quarantine(d: &Data) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (path, date) in live_files(&d.table("_quarantine/customer_transactions")) {
+        for b in read_parquet(&path) {
+            let ids = b
+                .column_by_name("transaction_id")
+                .unwrap()
+                .as_string::<i32>();
+            let why = b
+                .column_by_name("rejection_reason")
+                .unwrap()
+                .as_string::<i32>();
+            for i in 0..b.num_rows() {
+                out.push((
+                    ids.value(i).to_string(),
+                    date.clone(),
+                    why.value(i).to_string(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}

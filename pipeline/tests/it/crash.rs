@@ -183,7 +183,11 @@ fn every_kill_point_reruns_to_the_clean_result() {
     for (stage, dur) in took {
         let failpoints: &[&str] = match stage {
             Stage::Generate => &[],
-            Stage::Ingest => &["ingest.before_commit", "ingest.between_commits"],
+            Stage::Ingest => &[
+                "ingest.before_commit",
+                "ingest.between_commits",
+                "ingest.after_quarantine_commit",
+            ],
             Stage::Aggregate => &["aggregate.before_commit"],
             Stage::Load => &["load.midway", "load.before_state"],
         };

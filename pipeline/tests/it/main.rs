@@ -5,6 +5,7 @@ mod aggregate;
 mod bad_input;
 mod common;
 mod crash;
+mod exactly_once;
 mod ingest;
 mod maintain;
 mod scylla;

@@ -515,3 +515,154 @@ fn an_existing_table_with_another_schema_is_refused() {
     assert!(err.contains("exists with a different schema"), "{err}");
     assert!(err.contains("total_amount double"), "{err}");
 }
+
+/// Run the stages up to the aggregates for a generator batch; returns the ingest report.
+fn batch(d: &Data, rows: &str, days: &str, batch: &str, start: &str) -> Value {
+    d.ok(&[
+        "generate",
+        "--rows",
+        rows,
+        "--days",
+        days,
+        "--batch",
+        batch,
+        "--start-date",
+        start,
+        "--customers",
+        "500",
+    ]);
+    let r = d.ok(&["ingest"]);
+    d.ok(&["aggregate"]);
+    r
+}
+
+#[test]
+fn two_loads_at_once_end_with_the_newer_version_whatever_the_order() {
+    let cql = Cql::new();
+    let d = Data::new();
+    batch(&d, "6000", "3", "1", "2024-01-01");
+    cql.ok(&d, &["load"]);
+    batch(&d, "2000", "1", "2", "2024-01-02");
+    // Load A plans the version with batch 2, then waits; load B loads a newer version
+    // (batch 3, the same day changed again); then A writes its older rows.
+    let gate = d.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let spec = format!("load.after_plan:{}", gate.display());
+    let mut a = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    a.arg("--data-dir").arg(d.path()).arg("--json").arg("load");
+    for (k, v) in cql.env() {
+        a.env(k, v);
+    }
+    a.env("PIPELINE_PAUSE", &spec);
+    a.stdout(std::process::Stdio::piped());
+    let a = a.spawn().unwrap();
+    let reached = d.path().join("gate.reached");
+    let t = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "load A never reached its pause"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    batch(&d, "2000", "1", "3", "2024-01-02");
+    let b = cql.ok(&d, &["load"]);
+    std::fs::remove_file(&gate).unwrap();
+    let a = a.wait_with_output().unwrap();
+    assert!(a.status.success());
+    let a: Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert!(
+        a["aggregates_version"].as_i64() < b["aggregates_version"].as_i64(),
+        "A loaded the older version: {a} {b}"
+    );
+    assert_eq!(
+        a["overtaken"], true,
+        "A must not record its older version: {a}"
+    );
+    assert_eq!(cql.contents(), table(&d), "the newer version's rows won");
+    let v = cql.ok(&d, &["verify"]);
+    assert_eq!(v["aggregates_version"], b["aggregates_version"]);
+    let again = cql.ok(&d, &["load"]);
+    assert_eq!(
+        u(&again, "rows_written"),
+        0,
+        "the newer version stays recorded"
+    );
+}
+
+#[test]
+fn rows_that_vanish_from_the_aggregates_are_deleted_touching_only_changed_days() {
+    let cql = Cql::new();
+    let d = Data::new();
+    let first = batch(&d, "6000", "3", "1", "2024-01-01");
+    batch(&d, "900", "1", "2", "2024-01-02");
+    cql.ok(&d, &["load"]);
+    assert_eq!(cql.contents(), table(&d));
+    // Back to the source as of batch 1: customers only batch 2 had on 2024-01-02 vanish.
+    let v1 = first["table_version"].as_i64().unwrap().to_string();
+    d.ok(&["aggregate", "--source-version", &v1]);
+    let r = cql.ok(&d, &["load"]);
+    assert_eq!(r["full_load"], false, "{r}");
+    assert_eq!(u(&r, "days"), 3, "a rebuild replaces every day: {r}");
+    assert!(u(&r, "rows_deleted") > 0, "{r}");
+    assert_eq!(
+        cql.contents(),
+        table(&d),
+        "ScyllaDB holds exactly the aggregates"
+    );
+    cql.ok(&d, &["verify"]);
+}
+
+#[test]
+fn a_deleted_and_rebuilt_aggregates_table_is_served_as_another_table() {
+    let cql = Cql::new();
+    let d = Data::new();
+    let first = batch(&d, "6000", "3", "1", "2024-01-01");
+    batch(&d, "900", "1", "2", "2024-01-02");
+    cql.ok(&d, &["load"]);
+    std::fs::remove_dir_all(d.table("customer_daily_aggregates")).unwrap();
+    let v1 = first["table_version"].as_i64().unwrap().to_string();
+    d.ok(&["aggregate", "--source-version", &v1]);
+    let out = cql.run(&d, &["verify"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "verify sees another table: {}",
+        stderr(&out)
+    );
+    let r = cql.ok(&d, &["load"]);
+    assert_eq!(r["full_load"], true, "{r}");
+    assert!(u(&r, "partitions_swept") > 0);
+    assert_eq!(cql.contents(), table(&d));
+    cql.ok(&d, &["verify"]);
+}
+
+#[test]
+fn aggregates_of_a_recreated_source_are_rebuilt_from_it() {
+    let d = Data::new();
+    batch(&d, "3000", "2", "1", "2024-01-01");
+    batch(&d, "600", "1", "2", "2024-01-02");
+    // The source is deleted and rebuilt from other files, reaching the same version number.
+    for t in ["customer_transactions", "_quarantine", "_pipeline"] {
+        std::fs::remove_dir_all(d.path().join(t)).unwrap();
+    }
+    std::fs::remove_dir_all(d.path().join("_raw/customer_transactions/batch-000002")).unwrap();
+    d.ok(&["ingest"]);
+    d.ok(&[
+        "generate",
+        "--rows",
+        "300",
+        "--days",
+        "1",
+        "--batch",
+        "3",
+        "--start-date",
+        "2024-01-05",
+        "--customers",
+        "500",
+    ]);
+    d.ok(&["ingest"]);
+    let r = d.ok(&["aggregate"]);
+    assert_eq!(r["full_rebuild"], true, "{r}");
+    assert_eq!(table(&d), crate::aggregate::oracle(&d));
+}

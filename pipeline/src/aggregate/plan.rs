@@ -1,0 +1,116 @@
+//! What an aggregate run will do: nothing, record a newer source version, or recompute some
+//! days (or all of them).
+
+use std::collections::BTreeSet;
+
+use deltalake::DeltaTable;
+
+use super::{AggregateOptions, AggregateReport};
+use crate::dates::Day;
+use crate::delta;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::tables::Table;
+
+/// The work a run does.
+pub enum Work {
+    /// The aggregates reflect this source version already.
+    Nothing,
+    /// New source commits changed no data (a compaction upstream): record the version only.
+    RecordVersion,
+    /// Recompute these days (`None`: all of them).
+    Recompute(Option<BTreeSet<Day>>),
+}
+
+impl Work {
+    /// Take the work out, leaving `Nothing`.
+    pub fn take(&mut self) -> Work {
+        std::mem::replace(self, Work::Nothing)
+    }
+}
+
+/// The plan: the tables, the versions and the work.
+pub struct Plan {
+    /// `customer_transactions` as of `version`.
+    pub source: DeltaTable,
+    /// The aggregates table.
+    pub target: DeltaTable,
+    /// The source's identity.
+    pub source_id: String,
+    /// The source version to reflect.
+    pub version: i64,
+    /// The source version reflected before (for this source identity).
+    pub previous: Option<i64>,
+    /// What to do.
+    pub work: Work,
+}
+
+impl Plan {
+    /// The application id under which the aggregates record the source version.
+    pub fn app_id(&self) -> String {
+        app_id(&self.source_id)
+    }
+
+    /// The report's facts known from the plan.
+    pub fn report(&self) -> AggregateReport {
+        AggregateReport {
+            source_table_id: self.source_id.clone(),
+            previous_source_version: self.previous,
+            source_version: self.previous,
+            ..Default::default()
+        }
+    }
+}
+
+/// `pipeline.aggregate:<source table id>`.
+pub fn app_id(source_id: &str) -> String {
+    format!("pipeline.aggregate:{source_id}")
+}
+
+/// Read both tables' state and decide.
+pub async fn plan(layout: &Layout, opts: &AggregateOptions) -> Result<Plan> {
+    let mut source = delta::open_required(layout, Table::Transactions, "ingest").await?;
+    let target = delta::open_or_create(layout, Table::Aggregates).await?;
+    let source_id = delta::table_id(&source, Table::Transactions)?;
+    let latest = delta::version(&source);
+    let previous = delta::txn_version(&target, Table::Aggregates, &app_id(&source_id)).await?;
+    let version = match opts.source_version {
+        Some(v) if v < 0 || v > latest => {
+            return Err(Error::Invalid(format!(
+                "--source-version {v} does not exist: {} has versions 0 to {latest}",
+                Table::Transactions
+            )));
+        }
+        Some(v) => v,
+        None => latest,
+    };
+    if version != latest {
+        source = delta::open_at(layout, Table::Transactions, version).await?;
+    }
+    let work = match previous {
+        _ if opts.full || opts.source_version.is_some() => Work::Recompute(None),
+        None => Work::Recompute(None),
+        Some(p) if p == version => Work::Nothing,
+        Some(p) if p > version => Work::Recompute(None),
+        Some(p) => {
+            match delta::log::touched_days(&source, Table::Transactions, p, version).await? {
+                Some(days) if days.is_empty() => Work::RecordVersion,
+                Some(days) => Work::Recompute(Some(days)),
+                None => {
+                    tracing::warn!(
+                        "source log entries after version {p} are gone (log retention); rebuilding fully"
+                    );
+                    Work::Recompute(None)
+                }
+            }
+        }
+    };
+    Ok(Plan {
+        source,
+        target,
+        source_id,
+        version,
+        previous,
+        work,
+    })
+}

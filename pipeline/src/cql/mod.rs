@@ -1,0 +1,227 @@
+//! The ScyllaDB side, shared by `init-scylla`, `load`, `lookup` and `verify`: how to connect
+//! (options, credentials, TLS), the schema, the row codec, the load progress record and the
+//! retry policy.
+
+pub mod codec;
+pub mod progress;
+pub mod retry;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::frame::types::Consistency;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Where ScyllaDB is and how to talk to it. Credentials are not options: they come only from
+/// the environment (`SCYLLA_USERNAME`, and `SCYLLA_PASSWORD` or `SCYLLA_PASSWORD_FILE`) and
+/// are never printed.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ScyllaOptions {
+    /// Contact point(s), host:port[,host:port...].
+    #[arg(long, env = "SCYLLA_URI", default_value = "127.0.0.1:9042")]
+    pub scylla_uri: String,
+    /// Keyspace of the serving tables.
+    #[arg(long, env = "SCYLLA_KEYSPACE", default_value = schema::DEFAULT_KEYSPACE)]
+    pub keyspace: String,
+    /// Replication of the keyspace when it is created (a CQL map).
+    #[arg(long, default_value = schema::DEFAULT_REPLICATION)]
+    pub replication: String,
+    /// Consistency level of reads and writes.
+    #[arg(long, default_value = "local_quorum", value_parser = parse_consistency)]
+    #[serde(serialize_with = "debug_string")]
+    pub consistency: Consistency,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Connect with TLS (system roots, plus --tls-ca-file).
+    #[arg(long)]
+    pub tls: bool,
+    /// Extra CA certificate(s) to trust, PEM.
+    #[arg(long, env = "SCYLLA_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for ScyllaOptions {
+    fn default() -> Self {
+        crate::defaults()
+    }
+}
+
+fn debug_string<S: serde::Serializer, T: std::fmt::Debug>(
+    v: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:?}"))
+}
+
+fn parse_consistency(s: &str) -> std::result::Result<Consistency, String> {
+    use Consistency::*;
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "any" => Any,
+        "one" => One,
+        "two" => Two,
+        "three" => Three,
+        "quorum" => Quorum,
+        "all" => All,
+        "local_quorum" => LocalQuorum,
+        "each_quorum" => EachQuorum,
+        "local_one" => LocalOne,
+        _ => {
+            return Err(format!(
+                "unknown consistency `{s}` (one, two, three, quorum, all, local_quorum, each_quorum, local_one, any)"
+            ));
+        }
+    })
+}
+
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn credentials() -> Result<Option<(String, String)>> {
+    let Ok(user) = std::env::var("SCYLLA_USERNAME") else {
+        return Ok(None);
+    };
+    let password = match std::env::var("SCYLLA_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => match std::env::var("SCYLLA_PASSWORD_FILE") {
+            Ok(f) => std::fs::read_to_string(&f)
+                .map_err(|e| Error::io(format!("cannot read SCYLLA_PASSWORD_FILE {f}"), e))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            Err(_) => {
+                return Err(Error::Invalid(
+                    "SCYLLA_USERNAME is set but neither SCYLLA_PASSWORD nor SCYLLA_PASSWORD_FILE is"
+                        .into(),
+                ));
+            }
+        },
+    };
+    Ok(Some((user, password)))
+}
+
+fn tls_context(o: &ScyllaOptions) -> Result<Option<Arc<rustls::ClientConfig>>> {
+    if !o.tls {
+        return Ok(None);
+    }
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &o.tls_ca_file {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "--tls-ca-file {}: not a PEM certificate file ({e})",
+                    path.display()
+                ))
+            })?;
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| Error::Invalid(format!("--tls-ca-file {}: {e}", path.display())))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Invalid(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(Arc::new(config)))
+}
+
+/// Connect one shared session (the driver's pool, token- and shard-aware by default).
+pub async fn connect(o: &ScyllaOptions) -> Result<Session> {
+    let profile = ExecutionProfile::builder()
+        .consistency(o.consistency)
+        .request_timeout(Some(Duration::from_millis(o.request_timeout_ms)))
+        .build();
+    let mut b = SessionBuilder::new()
+        .default_execution_profile_handle(profile.into_handle())
+        .connection_timeout(CONNECT_TIMEOUT);
+    for node in o
+        .scylla_uri
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        b = b.known_node(node);
+    }
+    if let Some((user, password)) = credentials()? {
+        b = b.user(user, password);
+    }
+    if let Some(tls) = tls_context(o)? {
+        b = b.tls_context(Some(tls));
+    }
+    b.build()
+        .await
+        .map_err(|e| Error::scylla(format!("cannot connect to ScyllaDB at {}", o.scylla_uri), e))
+}
+
+/// Whether something accepts TCP connections at the first contact point.
+pub async fn answers(o: &ScyllaOptions) -> bool {
+    let uri = &o.scylla_uri;
+    let first = uri.split(',').next().unwrap_or(uri).trim().to_string();
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(800),
+            tokio::net::TcpStream::connect(first)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+/// What `init-scylla` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct InitReport {
+    /// The keyspace.
+    pub keyspace: String,
+    /// Where ScyllaDB is.
+    pub scylla_uri: String,
+}
+
+impl crate::report::Report for InitReport {
+    fn stage(&self) -> &'static str {
+        "init-scylla"
+    }
+
+    fn skipped(&self) -> bool {
+        false
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "init-scylla: keyspace {} and its tables are in place at {}",
+            self.keyspace, self.scylla_uri
+        )
+    }
+
+    fn summary(&self) -> crate::report::Summary {
+        crate::report::Summary {
+            note: format!("keyspace {}", self.keyspace),
+            ..Default::default()
+        }
+    }
+}
+
+/// `init-scylla`: create the keyspace and tables if missing, and check them.
+pub async fn init(o: &ScyllaOptions) -> Result<InitReport> {
+    let session = connect(o).await?;
+    schema::init(&session, o).await?;
+    Ok(InitReport {
+        keyspace: o.keyspace.clone(),
+        scylla_uri: o.scylla_uri.clone(),
+    })
+}

@@ -1,0 +1,142 @@
+//! The serving schema: `scylla/schema.cql`, compiled in, so the code creates exactly what it
+//! says; and the check that an existing serving table has the columns we write.
+
+use std::collections::BTreeSet;
+
+use scylla::client::session::Session;
+
+use super::ScyllaOptions;
+use crate::error::{Error, Result};
+
+/// The schema file.
+pub const SCHEMA_CQL: &str = include_str!("../../../scylla/schema.cql");
+/// The serving table of the daily aggregates.
+pub const TABLE: &str = "customer_daily_aggregates";
+/// The load progress table.
+pub const PROGRESS_TABLE: &str = "pipeline_load_progress";
+/// The keyspace the schema file names.
+pub const DEFAULT_KEYSPACE: &str = "analytics";
+/// The replication the schema file gives it.
+pub const DEFAULT_REPLICATION: &str =
+    "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}";
+
+/// The columns the serving table must have: (name, CQL type, kind).
+pub const EXPECTED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("customer_id", "bigint", "partition_key"),
+    ("transaction_date", "date", "clustering"),
+    ("total_amount", "decimal", "regular"),
+    ("transaction_count", "bigint", "regular"),
+    ("declined_count", "bigint", "regular"),
+    ("min_amount", "decimal", "regular"),
+    ("max_amount", "decimal", "regular"),
+];
+
+/// The schema statements for `keyspace` with `replication`, from [`SCHEMA_CQL`].
+pub fn statements(keyspace: &str, replication: &str) -> Vec<String> {
+    let text: String = SCHEMA_CQL
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.starts_with("CREATE KEYSPACE") {
+                format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}")
+            } else {
+                s.replace(&format!("{DEFAULT_KEYSPACE}."), &format!("{keyspace}."))
+            }
+        })
+        .collect()
+}
+
+/// Create the keyspace and tables if missing, and check that the serving table has the
+/// columns we write (an existing table with another schema is an error, not a silent mess).
+pub async fn init(session: &Session, o: &ScyllaOptions) -> Result<()> {
+    for stmt in statements(&o.keyspace, &o.replication) {
+        session
+            .query_unpaged(stmt.as_str(), &())
+            .await
+            .map_err(|e| {
+                Error::scylla(format!("creating the schema ({})", first_words(&stmt)), e)
+            })?;
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| Error::scylla("waiting for schema agreement", e))?;
+    let what = "reading the serving table's schema";
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name, type, kind FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ?",
+            (&o.keyspace, TABLE),
+        )
+        .await
+        .map_err(|e| Error::scylla(what, e))?
+        .into_rows_result()
+        .map_err(|e| Error::scylla(what, e))?;
+    let found: BTreeSet<(String, String, String)> = rows
+        .rows::<(String, String, String)>()
+        .map_err(|e| Error::scylla(what, e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::scylla(what, e))?;
+    let want: BTreeSet<(String, String, String)> = EXPECTED_COLUMNS
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    if found != want {
+        let show = |s: &BTreeSet<(String, String, String)>| {
+            s.iter()
+                .map(|(n, t, k)| format!("{n} {t} ({k})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(Error::Invalid(format!(
+            "table {}.{TABLE} exists with a different schema: it has [{}], expected [{}]. \
+             Drop it or choose another keyspace with --keyspace",
+            o.keyspace,
+            show(&found),
+            show(&want)
+        )));
+    }
+    Ok(())
+}
+
+fn first_words(s: &str) -> String {
+    s.split_whitespace().take(6).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_file_is_what_the_code_runs() {
+        let stmts = statements(DEFAULT_KEYSPACE, DEFAULT_REPLICATION);
+        assert_eq!(stmts.len(), 3, "{stmts:#?}");
+        assert_eq!(
+            stmts[0],
+            "CREATE KEYSPACE IF NOT EXISTS analytics WITH replication = \
+             {'class': 'NetworkTopologyStrategy', 'replication_factor': 1}"
+        );
+        // Every expected column appears in the table DDL with its type.
+        for (name, ty, _) in EXPECTED_COLUMNS {
+            assert!(
+                stmts[1].contains(&format!("{name} {ty}")),
+                "{name} in {}",
+                stmts[1]
+            );
+        }
+        assert!(stmts[1].contains("PRIMARY KEY ((customer_id), transaction_date)"));
+        assert!(stmts[1].contains("CLUSTERING ORDER BY (transaction_date DESC)"));
+        let other = statements(
+            "ks2",
+            "{'class': 'SimpleStrategy', 'replication_factor': 3}",
+        );
+        assert!(other[1].starts_with("CREATE TABLE IF NOT EXISTS ks2.customer_daily_aggregates"));
+        assert!(other[2].contains("ks2.pipeline_load_progress"));
+        assert!(other.iter().all(|s| !s.contains("analytics")));
+    }
+}

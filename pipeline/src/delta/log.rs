@@ -1,0 +1,109 @@
+//! Reading commit entries of a table's `_delta_log` directly: what a range of commits
+//! changed (the days they touched) and what a commit says about itself (`commitInfo`).
+
+use std::collections::BTreeSet;
+
+use deltalake::DeltaTable;
+use serde_json::Value;
+
+use super::commit::COMMIT_ID;
+use crate::dates::{self, Day};
+use crate::error::{Error, Result};
+use crate::schema::PARTITION_COLUMN;
+use crate::tables::Table;
+
+/// The actions of commit `version`, or `None` when its file is gone (log retention).
+pub async fn actions(t: &DeltaTable, table: Table, version: i64) -> Result<Option<Vec<Value>>> {
+    let Some(bytes) = t
+        .log_store()
+        .read_commit_entry(version as _)
+        .await
+        .map_err(|e| Error::delta(table.name(), e))?
+    else {
+        return Ok(None);
+    };
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|line| {
+            serde_json::from_slice(line).map_err(|e| Error::DamagedLog {
+                table: table.name().into(),
+                what: format!("commit {version} is not valid JSON ({e})"),
+            })
+        })
+        .collect::<Result<Vec<Value>>>()
+        .map(Some)
+}
+
+/// The `commitInfo` of a commit's actions.
+pub fn commit_info(actions: &[Value]) -> Option<&Value> {
+    actions.iter().find_map(|a| a.get("commitInfo"))
+}
+
+/// The latest version in the log (without loading the table state).
+pub async fn latest_version(t: &DeltaTable, table: Table, from: i64) -> Result<i64> {
+    t.log_store()
+        .get_latest_version(from.max(0) as _)
+        .await
+        .map(|v| v as i64)
+        .map_err(|e| Error::delta(table.name(), e))
+}
+
+/// The version after `after` whose `commitInfo` carries `commit_id`, if any.
+pub async fn find_commit(
+    t: &DeltaTable,
+    table: Table,
+    after: u64,
+    commit_id: &str,
+) -> Result<Option<i64>> {
+    let latest = latest_version(t, table, after as i64).await?;
+    for v in (after as i64 + 1)..=latest {
+        let Some(actions) = actions(t, table, v).await? else {
+            continue;
+        };
+        let id = commit_info(&actions).and_then(|c| c.get(COMMIT_ID));
+        if id.and_then(Value::as_str) == Some(commit_id) {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+/// Days whose data changed in commits `(after, upto]`, read from the commit files' add and
+/// remove actions. `None` when a commit file is gone, or a file has no day (then only a
+/// full rebuild is safe).
+pub async fn touched_days(
+    t: &DeltaTable,
+    table: Table,
+    after: i64,
+    upto: i64,
+) -> Result<Option<BTreeSet<Day>>> {
+    let mut days = BTreeSet::new();
+    for v in (after + 1)..=upto {
+        let Some(actions) = actions(t, table, v).await? else {
+            return Ok(None);
+        };
+        for action in &actions {
+            for kind in ["add", "remove"] {
+                let Some(file) = action.get(kind) else {
+                    continue;
+                };
+                // Compaction rewrites files without changing data: it touches no day.
+                if file.get("dataChange").and_then(Value::as_bool) == Some(false) {
+                    continue;
+                }
+                let value = file
+                    .pointer(&format!("/partitionValues/{PARTITION_COLUMN}"))
+                    .and_then(Value::as_str);
+                match value {
+                    Some(s) => days.insert(dates::parse(s).ok_or_else(|| Error::DamagedLog {
+                        table: table.name().into(),
+                        what: format!("commit {v}: bad partition value {s:?}"),
+                    })?),
+                    None => return Ok(None),
+                };
+            }
+        }
+    }
+    Ok(Some(days))
+}

@@ -1,0 +1,263 @@
+//! Small helpers over delta-rs: open a table (telling an absent table from a damaged log),
+//! create it with our schema, read its files and identity, and the one commit shape every
+//! stage uses ([`commit`]).
+
+pub mod commit;
+pub mod log;
+pub mod read;
+
+use std::path::Path;
+
+use deltalake::arrow::array::{ArrayRef, RecordBatch};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{LogicalFileView, StructType};
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use url::Url;
+
+use crate::dates::{self, Day};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::schema::PARTITION_COLUMN;
+use crate::tables::Table;
+
+pub use commit::{Commit, append_operation};
+
+/// Open `table` if it exists. An absent table (no `_delta_log` yet) is `None`; a log that
+/// exists but cannot be read is an error ([`Error::DamagedLog`]), never mistaken for absent.
+pub async fn open(layout: &Layout, table: Table) -> Result<Option<DeltaTable>> {
+    let dir = layout.table_dir(table);
+    if !has_log(&dir) {
+        return Ok(None);
+    }
+    let t = DeltaTable::try_from_url(existing_dir_url(&dir, table)?)
+        .await
+        .map_err(|e| Error::delta(table.name(), e))?;
+    if t.version().is_none() {
+        return Err(Error::DamagedLog {
+            table: table.name().into(),
+            what: "the _delta_log folder has no readable commit".into(),
+        });
+    }
+    Ok(Some(t))
+}
+
+/// Open `table` as of `version` (time travel). The table must exist.
+pub async fn open_at(layout: &Layout, table: Table, version: i64) -> Result<DeltaTable> {
+    let dir = layout.table_dir(table);
+    DeltaTableBuilder::from_url(existing_dir_url(&dir, table)?)
+        .map_err(|e| Error::delta(table.name(), e))?
+        .with_version(version as _)
+        .load()
+        .await
+        .map_err(|e| Error::delta(table.name(), e))
+}
+
+/// Open `table`, or say which stage creates it.
+pub async fn open_required(layout: &Layout, table: Table, created_by: &str) -> Result<DeltaTable> {
+    open(layout, table).await?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "Delta table {} does not exist yet in {}: run `pipeline {created_by}` first",
+            table.name(),
+            layout.root().display()
+        ))
+    })
+}
+
+/// Whether a folder holds a Delta log with at least one commit or checkpoint (a creation
+/// killed before its first commit leaves at most an empty folder or a temporary file).
+fn has_log(dir: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir.join("_delta_log")) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let stem = name.split('.').next().unwrap_or("");
+        name == "_last_checkpoint"
+            || (stem.len() == 20
+                && stem.bytes().all(|b| b.is_ascii_digit())
+                && (name.ends_with(".json") || name.ends_with(".parquet")))
+    })
+}
+
+/// The URL of an existing local folder, without creating anything.
+fn existing_dir_url(dir: &Path, table: Table) -> Result<Url> {
+    let abs = std::path::absolute(dir)
+        .map_err(|e| Error::io(format!("cannot resolve {}", dir.display()), e))?;
+    Url::from_directory_path(&abs).map_err(|()| {
+        Error::Invalid(format!(
+            "{} ({}) is not a usable folder path",
+            abs.display(),
+            table.name()
+        ))
+    })
+}
+
+/// Open `table`, creating it (empty, with its schema and partition columns) if absent. An
+/// existing table whose columns differ is an error, not silently used.
+pub async fn open_or_create(layout: &Layout, table: Table) -> Result<DeltaTable> {
+    if let Some(t) = open(layout, table).await? {
+        check_schema(&t, table.name(), &table.schema())?;
+        return Ok(t);
+    }
+    let name = table.name();
+    let uri = layout.table_uri(table).map_err(|e| Error::delta(name, e))?;
+    let empty = DeltaTable::try_from_url(uri)
+        .await
+        .map_err(|e| Error::delta(name, e))?;
+    let kernel: StructType = table.schema().as_ref().try_into_kernel().map_err(|e| {
+        Error::delta(
+            name,
+            DeltaTableError::Generic(format!("schema conversion: {e}")),
+        )
+    })?;
+    let created = empty
+        .create()
+        .with_table_name(name)
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(table.partition_columns().iter().map(|s| s.to_string()))
+        .with_save_mode(SaveMode::Ignore)
+        // Losing a creation race must fail (and use the winner's table below), not be retried
+        // as a second metadata commit that would move the version under the winner's feet.
+        .with_commit_properties(
+            CommitProperties::default()
+                .with_max_retries(0)
+                .with_create_checkpoint(false)
+                .with_cleanup_expired_logs(Some(false)),
+        )
+        .await;
+    match created {
+        Ok(t) => Ok(t),
+        Err(e) => match open(layout, table).await {
+            // Another process created it at the same moment (its version 0 won): use theirs.
+            Ok(Some(t)) => {
+                check_schema(&t, name, &table.schema())?;
+                Ok(t)
+            }
+            _ => Err(Error::delta(name, e)),
+        },
+    }
+}
+
+fn check_schema(table: &DeltaTable, name: &str, expected: &Schema) -> Result<()> {
+    let actual = table
+        .snapshot()
+        .map_err(|e| Error::delta(name, e))?
+        .snapshot()
+        .arrow_schema();
+    let describe = |s: &Schema| {
+        s.fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same = actual.fields().len() == expected.fields().len()
+        && actual
+            .fields()
+            .iter()
+            .zip(expected.fields())
+            .all(|(a, e)| a.name() == e.name() && a.data_type() == e.data_type());
+    if same {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "Delta table {name} exists with columns [{}] but this version of the pipeline expects [{}]; \
+             point --data-dir elsewhere or migrate the table",
+            describe(&actual),
+            describe(expected)
+        )))
+    }
+}
+
+/// The table's identity: the `id` of its `metaData` action, new whenever a table is created
+/// at a location (so a deleted and rebuilt table is recognised as another table).
+pub fn table_id(t: &DeltaTable, table: Table) -> Result<String> {
+    Ok(t.snapshot()
+        .map_err(|e| Error::delta(table.name(), e))?
+        .metadata()
+        .id()
+        .to_string())
+}
+
+/// The current version of an open table.
+pub fn version(t: &DeltaTable) -> i64 {
+    t.version().map_or(-1, |v| v as i64)
+}
+
+/// The version recorded for application id `app_id` in the table, if any.
+pub async fn txn_version(t: &DeltaTable, table: Table, app_id: &str) -> Result<Option<i64>> {
+    t.snapshot()
+        .map_err(|e| Error::delta(table.name(), e))?
+        .transaction_version(t.log_store().as_ref(), app_id)
+        .await
+        .map_err(|e| Error::delta(table.name(), e))
+}
+
+/// A live data file of a table.
+#[derive(Debug, Clone)]
+pub struct DataFile {
+    /// Its path in the table's object store.
+    pub path: deltalake::Path,
+    /// Its `transaction_date` partition (None: not partitioned, or a null partition).
+    pub day: Option<Day>,
+    /// Rows, from the `add` statistics.
+    pub rows: u64,
+    /// Bytes.
+    pub size: u64,
+}
+
+impl DataFile {
+    fn of(f: &LogicalFileView) -> Self {
+        DataFile {
+            path: f.object_store_path(),
+            day: day_of_file(f),
+            rows: f.num_records().unwrap_or(0) as u64,
+            size: f.size().max(0) as u64,
+        }
+    }
+}
+
+/// The `transaction_date` partition of a data file.
+pub fn day_of_file(f: &LogicalFileView) -> Option<Day> {
+    f.partition_values_map()
+        .remove(PARTITION_COLUMN)
+        .flatten()
+        .and_then(|s| dates::parse(&s))
+}
+
+/// The live data files of a table (all of them, or those of `days`).
+pub fn files(
+    t: &DeltaTable,
+    table: Table,
+    days: Option<&std::collections::BTreeSet<Day>>,
+) -> Result<Vec<DataFile>> {
+    let snapshot = t.snapshot().map_err(|e| Error::delta(table.name(), e))?;
+    Ok(snapshot
+        .log_data()
+        .iter()
+        .map(|f| DataFile::of(&f))
+        .filter(|f| days.is_none_or(|d| f.day.is_some_and(|day| d.contains(&day))))
+        .collect())
+}
+
+/// Build a batch of `target`'s schema from `columns` (same order), casting where the types
+/// differ and checking `target`'s nullability: the exact shape a delta-rs writer expects.
+pub fn conform(columns: Vec<ArrayRef>, target: &SchemaRef) -> Result<RecordBatch> {
+    let cols = columns
+        .into_iter()
+        .zip(target.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                cast(&c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(target.clone(), cols)?)
+}

@@ -1,0 +1,337 @@
+//! Discovery: which landing files are new, and which changed after they were ingested.
+//!
+//! What ingest has consumed is the `ingest_files` table (path, size, modification time and
+//! content hash of every consumed file), read once per run: the cost of finding the new files
+//! is one listing and one small table scan, whatever the number of files landed so far. A
+//! listed file with the recorded size and time is taken as unchanged; otherwise its content
+//! is hashed, and a different hash is reported (it is not ingested again).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deltalake::DeltaTable;
+use deltalake::arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
+use deltalake::arrow::datatypes::TimestampMicrosecondType;
+use futures::StreamExt;
+
+use super::report::ChangedFile;
+use crate::delta;
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::schema::INGEST_FILES;
+use crate::tables::Table;
+
+/// A landing stream: the files under one prefix of the landing folder, ingested in order.
+/// Each stream records its own progress, so processes on separate prefixes never share it.
+#[derive(Debug, Clone, Default)]
+pub struct Stream {
+    /// Prefix relative to the landing folder (`""`: all of it).
+    pub prefix: String,
+}
+
+impl Stream {
+    /// The application id under which every table records this stream's last run.
+    pub fn app_id(&self) -> String {
+        format!("pipeline.ingest.stream:{}", self.prefix)
+    }
+}
+
+/// A file in the landing folder.
+#[derive(Debug, Clone)]
+pub struct LandingFile {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Path relative to the landing folder, `/`-separated: the file's name in every record.
+    pub rel: String,
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, µs since the epoch.
+    pub modified_us: i64,
+}
+
+/// A file this run will consume, with its content hash.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    /// The file.
+    pub file: LandingFile,
+    /// BLAKE3 of its content, hex.
+    pub hash: String,
+}
+
+/// What ingest recorded about a consumed file.
+#[derive(Debug, Clone)]
+struct Recorded {
+    size: u64,
+    modified_us: Option<i64>,
+    hash: Option<String>,
+}
+
+/// The landing files, split into new and changed.
+pub struct Discovered {
+    /// Files in the stream's part of the landing folder.
+    pub seen: u64,
+    /// Not consumed yet, sorted by path.
+    pub new: Vec<NewFile>,
+    /// Consumed, but their content is not what was ingested.
+    pub changed: Vec<ChangedFile>,
+}
+
+/// List the stream's landing files and compare them with what was consumed.
+pub async fn discover(
+    raw_dir: &Path,
+    stream: &Stream,
+    files_table: &DeltaTable,
+    workers: usize,
+) -> Result<Discovered> {
+    let listed = list(raw_dir, &stream.prefix)?;
+    let consumed = consumed(files_table, stream).await?;
+    let mut to_hash = Vec::new();
+    let mut suspects = Vec::new();
+    for f in listed.iter() {
+        match consumed.get(&f.rel) {
+            None => to_hash.push(f.clone()),
+            Some(r) if r.size == f.size && r.modified_us == Some(f.modified_us) => {}
+            Some(r) => suspects.push((f.clone(), r.clone())),
+        }
+    }
+    let hashed = hash_all(to_hash, workers).await?;
+    let mut changed = Vec::new();
+    for (f, r) in suspects {
+        let hash = hash_file(&f.path)?;
+        let same = match &r.hash {
+            Some(h) => *h == hash,
+            // Recorded before content hashes: the size is all there is to compare.
+            None => r.size == f.size,
+        };
+        if !same {
+            changed.push(ChangedFile {
+                path: f.rel.clone(),
+                ingested_size: r.size,
+                size: f.size,
+                ingested_hash: r.hash.clone(),
+                hash,
+            });
+        }
+    }
+    Ok(Discovered {
+        seen: listed.len() as u64,
+        new: hashed,
+        changed,
+    })
+}
+
+/// Landing files under `prefix`, recursively, sorted by relative path.
+pub fn list(dir: &Path, prefix: &str) -> Result<Vec<LandingFile>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<LandingFile>) -> Result<()> {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => return Ok(()),
+            Err(e) => return Err(Error::io(format!("cannot list {}", dir.display()), e)),
+        };
+        for entry in rd {
+            let entry =
+                entry.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+            let path = entry.path();
+            let ft = entry
+                .file_type()
+                .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+            if ft.is_dir() {
+                walk(root, &path, out)?;
+            } else if layout::is_landing_candidate(&path) {
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    // Gone between listing and stat: a later run sees it if it comes back.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(Error::io(format!("cannot stat {}", path.display()), e));
+                    }
+                };
+                let modified_us = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_micros() as i64);
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                out.push(LandingFile {
+                    path,
+                    rel,
+                    size: meta.len(),
+                    modified_us,
+                });
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    let start = if prefix.is_empty() {
+        dir.to_path_buf()
+    } else {
+        dir.join(prefix)
+    };
+    if start.is_dir() {
+        walk(dir, &start, &mut out)?;
+    }
+    out.retain(|f| f.rel.starts_with(prefix));
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// The stream's consumed files, from `ingest_files`.
+async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<HashMap<String, Recorded>> {
+    let mut out = HashMap::new();
+    let store = t.object_store();
+    let names: Vec<&str> = ["path", "size", "modified", "content_hash", "stream"].to_vec();
+    for f in delta::files(t, Table::IngestFiles, None)? {
+        let mut batches = delta::read::columns(store.clone(), &f.path, &names).await?;
+        while let Some(b) = batches.next().await {
+            let b = b?;
+            record_batch(&b, stream, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn record_batch(
+    b: &RecordBatch,
+    stream: &Stream,
+    out: &mut HashMap<String, Recorded>,
+) -> Result<()> {
+    let damaged = |what: &str| Error::DamagedLog {
+        table: Table::IngestFiles.name().into(),
+        what: format!("a data file has {what}"),
+    };
+    let col = |n: &str| {
+        b.column_by_name(n)
+            .ok_or_else(|| damaged(&format!("no column {n}")))
+    };
+    let path: &StringArray = col("path")?
+        .as_string_opt()
+        .ok_or_else(|| damaged("a non-string path"))?;
+    let size: &Int64Array = col("size")?
+        .as_primitive_opt()
+        .ok_or_else(|| damaged("a non-integer size"))?;
+    let modified = col("modified")?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| damaged("a non-timestamp modified"))?;
+    let hash: &StringArray = col("content_hash")?
+        .as_string_opt()
+        .ok_or_else(|| damaged("a non-string content_hash"))?;
+    let streams: &StringArray = col("stream")?
+        .as_string_opt()
+        .ok_or_else(|| damaged("a non-string stream"))?;
+    for i in 0..b.num_rows() {
+        if streams.value(i) != stream.prefix {
+            continue;
+        }
+        out.insert(
+            path.value(i).to_string(),
+            Recorded {
+                size: size.value(i).max(0) as u64,
+                modified_us: modified.is_valid(i).then(|| modified.value(i)),
+                hash: hash.is_valid(i).then(|| hash.value(i).to_string()),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Hash files on `workers` threads, keeping their order.
+async fn hash_all(files: Vec<LandingFile>, workers: usize) -> Result<Vec<NewFile>> {
+    let files = Arc::new(files);
+    let n = files.len();
+    let chunk = n.div_ceil(workers.max(1)).max(1);
+    let mut tasks = Vec::new();
+    for start in (0..n).step_by(chunk) {
+        let files = files.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            files[start..(start + chunk).min(files.len())]
+                .iter()
+                .map(|f| {
+                    Ok(NewFile {
+                        hash: hash_file(&f.path)?,
+                        file: f.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.extend(t.await??);
+    }
+    Ok(out)
+}
+
+/// BLAKE3 of a file's content, hex.
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        Error::bad_input(
+            path,
+            format!(
+                "cannot open ({e}); landing files must not be moved or deleted while ingest runs"
+            ),
+        )
+    })?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// The `ingest_files` rows of this run's files.
+pub fn log_batch(
+    files: &[NewFile],
+    rows: &[u64],
+    stream: &Stream,
+    run_seq: i64,
+    run_id: &str,
+) -> Result<RecordBatch> {
+    use deltalake::arrow::array::TimestampMicrosecondArray;
+    let now = chrono::Utc::now().timestamp_micros();
+    let n = files.len();
+    let cols: Vec<Arc<dyn Array>> = vec![
+        Arc::new(StringArray::from_iter_values(
+            files.iter().map(|f| f.file.rel.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            files.iter().map(|f| f.file.size as i64),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(files.iter().map(|f| f.file.modified_us))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(
+            files.iter().map(|f| f.hash.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| *r as i64))),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            stream.prefix.as_str(),
+            n,
+        ))),
+        Arc::new(Int64Array::from_iter_values(std::iter::repeat_n(
+            run_seq, n,
+        ))),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            run_id, n,
+        ))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(now, n))
+                .with_timezone("UTC"),
+        ),
+    ];
+    Ok(RecordBatch::try_new(INGEST_FILES.clone(), cols)?)
+}

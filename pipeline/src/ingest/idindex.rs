@@ -1,0 +1,503 @@
+//! The id index (`transaction_ids`): every `transaction_id` of `customer_transactions`, as
+//! 16 big-endian bytes, in sorted runs. Each ingest run adds one sorted file (its accepted
+//! ids); compaction merges files of similar size, so a table holds a few files per size
+//! tier. A range of ids is read through the row-group statistics of each file, so dedup
+//! reads the index one id range at a time, in bounded memory, whatever its size.
+
+use std::sync::Arc;
+
+use deltalake::DeltaTable;
+use deltalake::ObjectStore;
+use deltalake::arrow::array::{Array, AsArray, BinaryArray, RecordBatch};
+use deltalake::kernel::{Action, Add, Remove};
+use deltalake::parquet::arrow::arrow_reader::ArrowReaderMetadata;
+#[allow(deprecated)]
+// deprecated upstream in favour of hand-written readers; delta-rs itself still uses it
+use deltalake::parquet::arrow::async_reader::{
+    ParquetObjectReader, ParquetRecordBatchStreamBuilder,
+};
+use deltalake::parquet::arrow::async_writer::AsyncArrowWriter;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::file::statistics::Statistics;
+use deltalake::protocol::DeltaOperation;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::buffered::BufWriter;
+
+use crate::delta::{self, Commit};
+use crate::error::{Error, Result};
+use crate::schema::TRANSACTION_IDS;
+use crate::tables::Table;
+
+/// Ids per row group of an index file (1 MiB of ids): the unit a range read skips by.
+const ROW_GROUP_IDS: usize = 64 * 1024;
+/// Ids per decoded batch when reading.
+const READ_BATCH: usize = 8 * 1024;
+
+/// A UUID as the 16 bytes the index stores (big-endian: byte order is numeric order).
+pub fn to_bytes(id: u128) -> [u8; 16] {
+    id.to_be_bytes()
+}
+
+fn from_bytes(b: &[u8], file: &deltalake::Path) -> Result<u128> {
+    let a: [u8; 16] = b.try_into().map_err(|_| Error::DamagedLog {
+        table: Table::TransactionIds.name().into(),
+        what: format!("{file} holds an id of {} bytes, not 16", b.len()),
+    })?;
+    Ok(u128::from_be_bytes(a))
+}
+
+/// One index file: its footer and each row group's id range.
+struct IndexFile {
+    path: deltalake::Path,
+    ids: u64,
+    size: u64,
+    meta: ArrowReaderMetadata,
+    ranges: Vec<(u128, u128)>,
+}
+
+/// The index as of one snapshot of `transaction_ids`, footers loaded once.
+pub struct IdIndex {
+    store: Arc<dyn ObjectStore>,
+    files: Vec<IndexFile>,
+}
+
+impl IdIndex {
+    /// Load the footers of every index file.
+    pub async fn open(t: &DeltaTable) -> Result<Self> {
+        let store = t.object_store();
+        let mut files = Vec::new();
+        for f in delta::files(t, Table::TransactionIds, None)? {
+            #[allow(deprecated)]
+            let mut reader = ParquetObjectReader::new(store.clone(), f.path.clone());
+            let meta = ArrowReaderMetadata::load_async(&mut reader, Default::default()).await?;
+            let ranges = meta
+                .metadata()
+                .row_groups()
+                .iter()
+                .map(|rg| match rg.column(0).statistics() {
+                    Some(Statistics::ByteArray(s)) => match (s.min_opt(), s.max_opt()) {
+                        (Some(lo), Some(hi)) => (
+                            from_bytes(lo.data(), &f.path).unwrap_or(0),
+                            from_bytes(hi.data(), &f.path).unwrap_or(u128::MAX),
+                        ),
+                        _ => (0, u128::MAX),
+                    },
+                    _ => (0, u128::MAX),
+                })
+                .collect();
+            files.push(IndexFile {
+                path: f.path,
+                ids: meta.metadata().file_metadata().num_rows().max(0) as u64,
+                size: f.size,
+                meta,
+                ranges,
+            });
+        }
+        Ok(IdIndex { store, files })
+    }
+
+    /// Ids in the index.
+    pub fn len(&self) -> u64 {
+        self.files.iter().map(|f| f.ids).sum()
+    }
+
+    /// Every id in `[lo, hi]`, sorted (an id is in one file only: runs never share ids).
+    pub async fn ids_in(&self, lo: u128, hi: u128) -> Result<Vec<u128>> {
+        let mut out = Vec::new();
+        let mut sorted = true;
+        for f in &self.files {
+            let groups: Vec<usize> = f
+                .ranges
+                .iter()
+                .enumerate()
+                .filter(|(_, (a, b))| *a <= hi && *b >= lo)
+                .map(|(i, _)| i)
+                .collect();
+            if groups.is_empty() {
+                continue;
+            }
+            let before = out.len();
+            #[allow(deprecated)]
+            let reader = ParquetObjectReader::new(self.store.clone(), f.path.clone());
+            let mut stream =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
+                    .with_row_groups(groups)
+                    .with_batch_size(READ_BATCH)
+                    .build()?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let col = binary(&batch, &f.path)?;
+                for i in 0..col.len() {
+                    let id = from_bytes(col.value(i), &f.path)?;
+                    if id >= lo && id <= hi {
+                        out.push(id);
+                    }
+                }
+            }
+            sorted &= before == 0 || out.len() == before;
+        }
+        if !sorted {
+            out.sort_unstable();
+        }
+        Ok(out)
+    }
+}
+
+fn binary<'a>(batch: &'a RecordBatch, file: &deltalake::Path) -> Result<&'a BinaryArray> {
+    batch
+        .column(0)
+        .as_binary_opt::<i32>()
+        .ok_or_else(|| Error::DamagedLog {
+            table: Table::TransactionIds.name().into(),
+            what: format!(
+                "{file} holds ids of type {}, not Binary",
+                batch.column(0).data_type()
+            ),
+        })
+}
+
+/// Writes one sorted index file, streaming it to the table's store (one row group in memory).
+pub struct IdWriter {
+    writer: AsyncArrowWriter<BufWriter>,
+    path: String,
+    buffer: Vec<u128>,
+    ids: u64,
+    last: Option<u128>,
+}
+
+impl IdWriter {
+    /// A new file in the index table.
+    pub fn new(t: &DeltaTable) -> Result<Self> {
+        let path = format!("part-{}.parquet", uuid::Uuid::new_v4());
+        let target = BufWriter::new(t.object_store(), deltalake::Path::from(path.as_str()));
+        let props = WriterProperties::builder()
+            // Random bytes: dictionaries and compression only cost time.
+            .set_dictionary_enabled(false)
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_max_row_group_row_count(Some(ROW_GROUP_IDS))
+            .build();
+        let writer = AsyncArrowWriter::try_new(target, TRANSACTION_IDS.clone(), Some(props))?;
+        Ok(IdWriter {
+            writer,
+            path,
+            buffer: Vec::with_capacity(READ_BATCH),
+            ids: 0,
+            last: None,
+        })
+    }
+
+    /// Append ids, which must continue the sorted order.
+    pub async fn push(&mut self, ids: &[u128]) -> Result<()> {
+        for &id in ids {
+            debug_assert!(
+                self.last.is_none_or(|l| l < id),
+                "ids must be sorted and unique"
+            );
+            self.last = Some(id);
+            self.buffer.push(id);
+            if self.buffer.len() == READ_BATCH {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let col = BinaryArray::from_iter_values(self.buffer.iter().map(|id| to_bytes(*id)));
+        let batch = RecordBatch::try_new(TRANSACTION_IDS.clone(), vec![Arc::new(col)])?;
+        self.writer.write(&batch).await?;
+        self.ids += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Close the file; its `add` action (None when no id was written: nothing to add).
+    pub async fn finish(mut self, t: &DeltaTable) -> Result<Option<Add>> {
+        self.flush().await?;
+        let ids = self.ids;
+        let meta = self.writer.close().await?;
+        let store = t.object_store();
+        let path = deltalake::Path::from(self.path.as_str());
+        if ids == 0 {
+            let _ = store.delete(&path).await;
+            return Ok(None);
+        }
+        let head = store.head(&path).await.map_err(|e| {
+            Error::io(
+                format!("cannot stat the index file {path}"),
+                std::io::Error::other(e),
+            )
+        })?;
+        debug_assert_eq!(meta.file_metadata().num_rows() as u64, ids);
+        Ok(Some(Add {
+            path: self.path,
+            size: head.size as i64,
+            modification_time: chrono::Utc::now().timestamp_millis(),
+            data_change: true,
+            stats: Some(serde_json::json!({ "numRecords": ids }).to_string()),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Merge index files whose sizes are within a factor of 4 of each other once there are 4 of
+/// a tier: each id is rewritten once per tier (log4 of the index size), and the index keeps
+/// at most three files per tier. A `dataChange: false` commit; returns the files merged
+/// (0: nothing to merge).
+pub async fn compact(t: &DeltaTable) -> Result<u64> {
+    let index = IdIndex::open(t).await?;
+    let tier = |size: u64| (64 - (size.max(1) >> 20).leading_zeros()) / 2;
+    let mut tiers: std::collections::BTreeMap<u32, Vec<&IndexFile>> = Default::default();
+    for f in &index.files {
+        tiers.entry(tier(f.size)).or_default().push(f);
+    }
+    let Some(group) = tiers.into_values().find(|g| g.len() >= 4) else {
+        return Ok(0);
+    };
+    let mut writer = IdWriter::new(t)?;
+    // A k-way merge over whole files, a batch of each at a time.
+    let mut streams = Vec::new();
+    for f in &group {
+        #[allow(deprecated)]
+        let reader = ParquetObjectReader::new(index.store.clone(), f.path.clone());
+        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
+            .with_batch_size(READ_BATCH)
+            .build()?;
+        streams.push((stream, Vec::<u128>::new(), 0usize, &f.path));
+    }
+    loop {
+        // Refill empty buffers; drop exhausted streams.
+        let mut i = 0;
+        while i < streams.len() {
+            let (stream, buf, pos, path) = &mut streams[i];
+            if *pos == buf.len() {
+                match stream.next().await {
+                    Some(batch) => {
+                        let batch = batch?;
+                        let col = binary(&batch, path)?;
+                        *buf = (0..col.len())
+                            .map(|j| from_bytes(col.value(j), path))
+                            .collect::<Result<_>>()?;
+                        *pos = 0;
+                        continue;
+                    }
+                    None => {
+                        streams.swap_remove(i);
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        if streams.is_empty() {
+            break;
+        }
+        // Emit everything up to the smallest buffer's last id.
+        let bound = streams
+            .iter()
+            .map(|(_, b, _, _)| *b.last().expect("refilled"))
+            .min()
+            .expect("non-empty");
+        let mut chunk = Vec::new();
+        for (_, buf, pos, _) in &mut streams {
+            let end = *pos + buf[*pos..].partition_point(|id| *id <= bound);
+            chunk.extend_from_slice(&buf[*pos..end]);
+            *pos = end;
+        }
+        chunk.sort_unstable();
+        chunk.dedup();
+        writer.push(&chunk).await?;
+    }
+    let Some(add) = writer.finish(t).await? else {
+        return Ok(0);
+    };
+    let add = Add {
+        data_change: false,
+        ..add
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let removes = group.iter().map(|f| {
+        Action::Remove(Remove {
+            path: f.path.to_string(),
+            deletion_timestamp: Some(now),
+            data_change: false,
+            size: Some(f.size as i64),
+            ..Default::default()
+        })
+    });
+    let commit = Commit::new(
+        Table::TransactionIds,
+        DeltaOperation::Optimize {
+            predicate: None,
+            target_size: 0,
+        },
+    )
+    .actions(removes)
+    .adds([add.clone()])
+    .meta("pipeline.stage", "ingest.index_compaction");
+    match commit.execute(t).await {
+        Ok(_) => Ok(group.len() as u64),
+        Err(e) => {
+            if !matches!(e, Error::CommitUnknown { .. }) {
+                delta::commit::discard(t, &[add]).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Rows of a table from its files' statistics (None when a file has none).
+pub fn rows_of(t: &DeltaTable, table: Table) -> Result<Option<u64>> {
+    let snapshot = t.snapshot().map_err(|e| Error::delta(table.name(), e))?;
+    let mut n = 0u64;
+    for f in snapshot.log_data().iter() {
+        match f.num_records() {
+            Some(r) => n += r as u64,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(n))
+}
+
+/// Rebuild the index from `customer_transactions`: every id, sorted, replacing the index's
+/// files in one commit that records `seq` for the stream `app_id` (the index then reflects
+/// the main table as of `main`'s snapshot). Ids are split by range into scratch files when
+/// there are more than `bucket_ids`, so memory stays bounded.
+pub async fn rebuild(
+    main: &DeltaTable,
+    ids_table: &DeltaTable,
+    scratch: &std::path::Path,
+    bucket_ids: u64,
+    app_id: &str,
+    seq: i64,
+) -> Result<i64> {
+    use std::io::{Read, Write};
+    let rows = rows_of(main, Table::Transactions)?.unwrap_or(u64::MAX / 2);
+    let buckets = rows.div_ceil(bucket_ids.max(1)).clamp(1, 512);
+    let bucket_of = |id: u128| (((id >> 64) * u128::from(buckets)) >> 64) as usize;
+    let dir = scratch.join("index-rebuild");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let mut files: Vec<Option<std::io::BufWriter<std::fs::File>>> =
+        (0..buckets).map(|_| None).collect();
+    let mut memory: Vec<u128> = Vec::new();
+    let store = main.object_store();
+    for f in delta::files(main, Table::Transactions, None)? {
+        let mut batches = delta::read::columns(
+            store.clone(),
+            &f.path,
+            &[crate::schema::col::TRANSACTION_ID],
+        )
+        .await?;
+        while let Some(b) = batches.next().await {
+            let b = b?;
+            let col = b
+                .column(0)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| Error::DamagedLog {
+                    table: Table::Transactions.name().into(),
+                    what: format!("{} has a non-string transaction_id", f.path),
+                })?;
+            for v in col.iter().flatten() {
+                let id = crate::rules::parse_uuid(v).ok_or_else(|| Error::DamagedLog {
+                    table: Table::Transactions.name().into(),
+                    what: format!(
+                        "{} holds a transaction_id that is not a UUID: {v:?}",
+                        f.path
+                    ),
+                })?;
+                if buckets == 1 {
+                    memory.push(id);
+                    continue;
+                }
+                let b = bucket_of(id);
+                let w = match &mut files[b] {
+                    Some(w) => w,
+                    slot => {
+                        let p = dir.join(format!("b{b:04}.ids"));
+                        let file = std::fs::File::create(&p)
+                            .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
+                        slot.insert(std::io::BufWriter::with_capacity(16 * 1024, file))
+                    }
+                };
+                w.write_all(&id.to_le_bytes())
+                    .map_err(|e| Error::io("cannot write a scratch file", e))?;
+            }
+        }
+    }
+    for w in files.iter_mut().flatten() {
+        w.flush()
+            .map_err(|e| Error::io("cannot write a scratch file", e))?;
+    }
+    drop(files);
+    let mut writer = IdWriter::new(ids_table)?;
+    if buckets == 1 {
+        memory.sort_unstable();
+        memory.dedup();
+        writer.push(&memory).await?;
+    } else {
+        for b in 0..buckets {
+            let p = dir.join(format!("b{b:04}.ids"));
+            let mut bytes = Vec::new();
+            match std::fs::File::open(&p) {
+                Ok(mut f) => {
+                    f.read_to_end(&mut bytes)
+                        .map_err(|e| Error::io(format!("cannot read {}", p.display()), e))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("cannot open {}", p.display()), e)),
+            }
+            let mut ids: Vec<u128> = bytes
+                .chunks_exact(16)
+                .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            writer.push(&ids).await?;
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let add = writer.finish(ids_table).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let removes: Vec<Action> = delta::files(ids_table, Table::TransactionIds, None)?
+        .into_iter()
+        .map(|f| {
+            Action::Remove(Remove {
+                path: f.path.to_string(),
+                deletion_timestamp: Some(now),
+                data_change: true,
+                size: Some(f.size as i64),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let commit = Commit::new(
+        Table::TransactionIds,
+        DeltaOperation::Write {
+            mode: deltalake::protocol::SaveMode::Overwrite,
+            partition_by: None,
+            predicate: None,
+        },
+    )
+    .actions(removes)
+    .adds(add.clone())
+    .txn(app_id, seq)
+    .meta("pipeline.stage", "ingest.index_rebuild")
+    .meta("pipeline.main_version", delta::version(main));
+    match commit.execute(ids_table).await {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            if let (Some(add), false) = (add, matches!(e, Error::CommitUnknown { .. })) {
+                delta::commit::discard(ids_table, &[add]).await;
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! `ingest`: raw Parquet files -> Delta `customer_transactions` (+ quarantine), exactly once.
+//!
+//! A run, as its steps below:
+//! 1. **Catch up**: commit what an interrupted run recorded but did not finish ([`commit`]).
+//! 2. **Check the id index** against the table's row count; rebuild it if they differ.
+//! 3. **Discover** the new landing files, and those changed since they were ingested.
+//! 4. **Plan**: footers, schema check, row groups sorted into days ([`plan`]).
+//! 5. **Decide** which rows are duplicates, across the whole table ([`verdicts`]).
+//! 6. **Write** each day's files, good rows and quarantined ones ([`write`]).
+//! 7. **Commit**: the main table (the run), then its bookkeeping tables ([`commit`]).
+//! 8. **Housekeeping**: checkpoints, compaction of the bookkeeping tables.
+//!
+//! The rules' bounds (the reference instant of the future rule, the floor date) are fixed
+//! at the start of a run and recorded in its commit.
+
+mod commit;
+mod discover;
+mod idindex;
+mod options;
+mod plan;
+mod report;
+mod scratch;
+mod verdicts;
+mod write;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deltalake::kernel::Add;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use serde_json::json;
+
+pub use commit::{DERIVED, Tables, catch_up};
+pub use discover::Stream;
+pub use options::IngestOptions;
+pub use report::{CHANGED_ADVICE, ChangedFile, IngestReport};
+pub use verdicts::DEFAULT_BUCKET_IDS;
+
+use crate::delta;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::progress::Progress;
+use crate::rules::Limits;
+use crate::tables::Table;
+use discover::NewFile;
+use scratch::Scratch;
+
+/// Ingest the new landing files.
+pub async fn run(
+    layout: &Layout,
+    opts: &IngestOptions,
+    progress: &Progress,
+) -> Result<IngestReport> {
+    let started = Instant::now();
+    let stream = Stream::default();
+    let raw_dir = landing_dir(layout)?;
+    // Scratch folders of killed runs go first, also when this run finds nothing new.
+    scratch::remove_orphans(&layout.scratch_dir());
+    let mut tables = Tables::open(layout).await?;
+    let before = versions(&tables);
+    let mut report = IngestReport {
+        caught_up_commits: catch_up(&mut tables, &stream).await?,
+        ..Default::default()
+    };
+    let scratch = Scratch::new(&layout.scratch_dir())?;
+    sync_index(&mut tables, &stream, &scratch, opts, &mut report).await?;
+    let new = discover(&raw_dir, &mut tables, &stream, opts, &mut report).await?;
+    if !new.is_empty() {
+        let run = Run::start(&tables, &stream, opts).await?;
+        let (main_adds, record) =
+            execute(&tables, &new, &run, &scratch, opts, progress, &mut report).await?;
+        let (version, quarantine_version, warnings) =
+            commit::commit_run(&mut tables, &stream, main_adds, record).await?;
+        report.table_version = Some(version);
+        report.quarantine_version = quarantine_version;
+        report.warnings.extend(warnings);
+        report
+            .warnings
+            .extend(commit::housekeeping(&mut tables, &before).await);
+    }
+    drop(scratch);
+    Ok(report.finish(started))
+}
+
+/// Find the new files (and the changed ones), adopting those an earlier version consumed.
+async fn discover(
+    raw_dir: &std::path::Path,
+    tables: &mut Tables,
+    stream: &Stream,
+    opts: &IngestOptions,
+    report: &mut IngestReport,
+) -> Result<Vec<NewFile>> {
+    let found = discover::discover(raw_dir, stream, &tables.files, opts.workers()).await?;
+    report.files_seen = found.seen;
+    report.changed_files = found.changed;
+    let new = adopt_legacy(tables, stream, found.new).await?;
+    report.files_ingested = new.len() as u64;
+    report.bytes_read = new.iter().map(|f| f.file.size).sum();
+    Ok(new)
+}
+
+/// Plan, decide, write: every file of the run written, nothing committed. Returns the main
+/// table's files and the record of the run (the other tables' files).
+async fn execute(
+    tables: &Tables,
+    new: &[NewFile],
+    run: &Run,
+    scratch: &Scratch,
+    opts: &IngestOptions,
+    progress: &Progress,
+    report: &mut IngestReport,
+) -> Result<(Vec<Add>, commit::RunRecord)> {
+    report.run_seq = Some(run.seq);
+    report.reference_time = Some(run.reference.to_rfc3339());
+    let plan = {
+        let (new, dir) = (new.to_vec(), scratch.dir.clone());
+        tokio::task::spawn_blocking(move || plan::plan(&new, &dir)).await??
+    };
+    crate::failpoints::pause("ingest.after_plan");
+    report.rows_in = plan.rows;
+    report.days = plan.days.keys().filter(|d| d.is_some()).count() as u64;
+    progress.set_length(plan.rows);
+    let paths: Vec<PathBuf> = new.iter().map(|f| f.file.path.clone()).collect();
+    let verdicts = verdicts::decide(
+        &verdicts::Ctx {
+            paths: &paths,
+            plan: &plan,
+            limits: run.limits,
+            workers: opts.workers(),
+            bucket_ids: opts.dedup_bucket_ids,
+            scratch: &scratch.dir,
+        },
+        &tables.ids,
+    )
+    .await?;
+    report.index_ids = verdicts.index_ids;
+    let index_adds: Vec<Add> = verdicts.index_add.clone().into_iter().collect();
+    let ctx = Arc::new(write::Ctx {
+        paths,
+        rels: new.iter().map(|f| f.file.rel.clone()).collect(),
+        footers: plan.footers.clone(),
+        main: tables.main.clone(),
+        quarantine: tables.quarantine.clone(),
+        limits: run.limits,
+        dups: verdicts.dups.clone(),
+        progress: progress.clone(),
+    });
+    let written = match write::write(ctx.clone(), plan.days, opts.workers()).await {
+        Ok(w) => w,
+        Err(e) => {
+            delta::commit::discard(&tables.ids, &index_adds).await;
+            return Err(e);
+        }
+    };
+    report.tally(&written);
+    let files_adds = match check_and_log(tables, new, &plan.file_rows, run, &verdicts, report).await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            written.discard(&ctx).await;
+            delta::commit::discard(&tables.ids, &index_adds).await;
+            return Err(e);
+        }
+    };
+    let record = commit::RunRecord {
+        seq: run.seq,
+        run_id: run.id.clone(),
+        info: run.info(report),
+        derived: [
+            (Table::Quarantine, written.quarantine_adds),
+            (Table::IngestFiles, files_adds),
+            (Table::TransactionIds, index_adds),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    Ok((written.main_adds, record))
+}
+
+/// Check the accounts (every row in one place, as decided), then write the run's
+/// `ingest_files` rows (uncommitted).
+async fn check_and_log(
+    tables: &Tables,
+    new: &[NewFile],
+    file_rows: &[u64],
+    run: &Run,
+    verdicts: &verdicts::Verdicts,
+    r: &IngestReport,
+) -> Result<Vec<Add>> {
+    let balanced = r.rows_in == r.rows_out + r.rows_quarantined + r.duplicates
+        && r.duplicates == verdicts.dups.len() as u64
+        && r.rows_out == verdicts.accepted;
+    if !balanced {
+        return Err(Error::Invalid(format!(
+            "internal accounting error: rows_in {} != out {} + quarantined {} + duplicates {} \
+             (decided: {} accepted, {} duplicates); nothing was committed",
+            r.rows_in,
+            r.rows_out,
+            r.rows_quarantined,
+            r.duplicates,
+            verdicts.accepted,
+            verdicts.dups.len()
+        )));
+    }
+    let batch = discover::log_batch(new, file_rows, &Stream::default(), run.seq, &run.id)?;
+    write_batch(&tables.files, Table::IngestFiles, batch).await
+}
+
+/// Complete ingest runs interrupted between their commits (`maintain` does this before it
+/// removes any file). Returns the commits made.
+pub async fn complete_interrupted_runs(layout: &Layout) -> Result<u64> {
+    if delta::open(layout, Table::Transactions).await?.is_none() {
+        return Ok(0);
+    }
+    let mut tables = Tables::open(layout).await?;
+    catch_up(&mut tables, &Stream::default()).await
+}
+
+/// Merge the id index's files of similar size (`maintain`); returns the files merged.
+pub async fn compact_index(t: &deltalake::DeltaTable) -> Result<u64> {
+    idindex::compact(t).await
+}
+
+/// The landing folder, which must exist.
+fn landing_dir(layout: &Layout) -> Result<PathBuf> {
+    let raw_dir = layout.raw_dir();
+    if !raw_dir.is_dir() {
+        return Err(Error::Invalid(format!(
+            "landing folder {} does not exist: run `pipeline generate` first, or set --data-dir",
+            raw_dir.display()
+        )));
+    }
+    Ok(raw_dir)
+}
+
+fn versions(tables: &Tables) -> HashMap<Table, i64> {
+    [
+        (Table::Transactions, &tables.main),
+        (Table::Quarantine, &tables.quarantine),
+        (Table::IngestFiles, &tables.files),
+        (Table::TransactionIds, &tables.ids),
+    ]
+    .into_iter()
+    .map(|(t, d)| (t, delta::version(d)))
+    .collect()
+}
+
+/// The id index must hold exactly the table's ids. It always does, unless the table was
+/// written by an earlier version of the pipeline (no index yet), changed by another engine,
+/// or the index was damaged: then it is rebuilt from the table, before anything is decided.
+async fn sync_index(
+    tables: &mut Tables,
+    stream: &Stream,
+    scratch: &Scratch,
+    opts: &IngestOptions,
+    report: &mut IngestReport,
+) -> Result<()> {
+    let main_rows = idindex::rows_of(&tables.main, Table::Transactions)?;
+    let index_rows = idindex::rows_of(&tables.ids, Table::TransactionIds)?;
+    if main_rows.is_some() && main_rows == index_rows {
+        return Ok(());
+    }
+    if main_rows == Some(0) && delta::files(&tables.ids, Table::TransactionIds, None)?.is_empty() {
+        return Ok(());
+    }
+    let seq = commit::seq(&tables.main, Table::Transactions, stream).await?;
+    let w = format!(
+        "{} holds {} rows but {} holds {} ids: rebuilt the index from the table",
+        Table::Transactions,
+        main_rows.map_or("?".into(), |n| n.to_string()),
+        Table::TransactionIds,
+        index_rows.map_or("?".into(), |n| n.to_string()),
+    );
+    tracing::warn!("{w}");
+    idindex::rebuild(
+        &tables.main,
+        &tables.ids,
+        &scratch.dir,
+        opts.dedup_bucket_ids,
+        &stream.app_id(),
+        seq,
+    )
+    .await?;
+    tables
+        .ids
+        .update_incremental(None)
+        .await
+        .map_err(|e| Error::delta(Table::TransactionIds.name(), e))?;
+    report.warnings.push(w);
+    Ok(())
+}
+
+/// Files a table written by an earlier version of the pipeline consumed (it marked each
+/// with a `txn` of its own) are recorded in `ingest_files` now, once, and not read again.
+async fn adopt_legacy(
+    tables: &mut Tables,
+    stream: &Stream,
+    new: Vec<NewFile>,
+) -> Result<Vec<NewFile>> {
+    let has_data = !delta::files(&tables.main, Table::Transactions, None)?.is_empty();
+    if new.is_empty()
+        || !has_data
+        || commit::seq(&tables.main, Table::Transactions, stream).await? > 0
+    {
+        return Ok(new);
+    }
+    let (mut legacy, mut fresh) = (Vec::new(), Vec::new());
+    for f in new {
+        let old = delta::txn_version(
+            &tables.main,
+            Table::Transactions,
+            &format!("pipeline.ingest:{}", f.file.rel),
+        )
+        .await?;
+        if old.is_some() {
+            legacy.push(f);
+        } else {
+            fresh.push(f);
+        }
+    }
+    if legacy.is_empty() {
+        return Ok(fresh);
+    }
+    tracing::warn!(
+        files = legacy.len(),
+        "recording files ingested by an earlier pipeline version in ingest_files"
+    );
+    let rows = vec![0; legacy.len()];
+    let batch = discover::log_batch(&legacy, &rows, stream, 0, "legacy")?;
+    let adds = write_batch(&tables.files, Table::IngestFiles, batch).await?;
+    Commit::append(Table::IngestFiles)
+        .adds(adds)
+        .meta("pipeline.stage", "ingest.adopt_legacy")
+        .rebase_if_no_conflict()
+        .execute(&tables.files)
+        .await?;
+    tables
+        .files
+        .update_incremental(None)
+        .await
+        .map_err(|e| Error::delta(Table::IngestFiles.name(), e))?;
+    Ok(fresh)
+}
+
+use delta::Commit;
+
+/// One run: its number in the stream, its id and its rules' bounds.
+struct Run {
+    seq: i64,
+    id: String,
+    reference: chrono::DateTime<chrono::Utc>,
+    min_date: chrono::NaiveDate,
+    limits: Limits,
+    read_version: i64,
+}
+
+impl Run {
+    async fn start(tables: &Tables, stream: &Stream, opts: &IngestOptions) -> Result<Self> {
+        let reference = opts.now.unwrap_or_else(chrono::Utc::now);
+        Ok(Run {
+            seq: commit::seq(&tables.main, Table::Transactions, stream).await? + 1,
+            id: uuid::Uuid::new_v4().to_string(),
+            reference,
+            min_date: opts.min_date,
+            limits: Limits::new(reference, opts.min_date),
+            read_version: delta::version(&tables.main),
+        })
+    }
+
+    /// What the main commit records about the run.
+    fn info(&self, r: &IngestReport) -> Vec<(&'static str, serde_json::Value)> {
+        vec![
+            (
+                "pipeline.reference_time",
+                json!(self.reference.to_rfc3339()),
+            ),
+            ("pipeline.min_date", json!(self.min_date.to_string())),
+            ("pipeline.read_version", json!(self.read_version)),
+            ("pipeline.files", json!(r.files_ingested)),
+            (
+                "pipeline.rows",
+                json!({
+                    "in": r.rows_in,
+                    "out": r.rows_out,
+                    "quarantined": r.rows_quarantined,
+                    "duplicates": r.duplicates,
+                }),
+            ),
+        ]
+    }
+}
+
+async fn write_batch(
+    t: &deltalake::DeltaTable,
+    table: Table,
+    batch: deltalake::arrow::array::RecordBatch,
+) -> Result<Vec<Add>> {
+    let mut w = RecordBatchWriter::for_table(t).map_err(|e| Error::delta(table.name(), e))?;
+    let batch = delta::conform(batch.columns().to_vec(), &w.arrow_schema())?;
+    w.write(batch)
+        .await
+        .map_err(|e| Error::delta(table.name(), e))?;
+    w.flush().await.map_err(|e| Error::delta(table.name(), e))
+}
+
+impl IngestReport {
+    /// Take the written rows' counts.
+    fn tally(&mut self, w: &write::Written) {
+        self.rows_out = w.rows_out;
+        self.duplicates = w.duplicates;
+        self.quarantine_reasons = w.reasons.clone();
+        self.rows_quarantined = w.reasons.values().sum();
+        self.data_files_written = (w.main_adds.len() + w.quarantine_adds.len()) as u64;
+        self.bytes_written = w
+            .main_adds
+            .iter()
+            .chain(&w.quarantine_adds)
+            .map(|a| a.size as u64)
+            .sum();
+    }
+
+    fn finish(mut self, started: Instant) -> Self {
+        self.seconds = started.elapsed().as_secs_f64();
+        self.rows_per_sec = crate::report::per_sec(self.rows_in, self.seconds);
+        self.peak_rss_bytes = crate::progress::peak_rss_bytes();
+        self
+    }
+}

@@ -1,0 +1,170 @@
+//! `ingest`'s report.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::exit;
+use crate::report::{Report, Summary, bytes, thousands, version};
+use crate::tables::Table;
+
+/// What an ingest run did. Always `rows_in = rows_out + rows_quarantined + duplicates`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestReport {
+    /// Parquet files in the landing folder.
+    pub files_seen: u64,
+    /// Files read and committed by this run.
+    pub files_ingested: u64,
+    /// Files whose content changed after they were ingested (not ingested again).
+    pub changed_files: Vec<ChangedFile>,
+    /// Rows read.
+    pub rows_in: u64,
+    /// Rows added to `customer_transactions`.
+    pub rows_out: u64,
+    /// Rows quarantined for a rule (duplicates are counted separately).
+    pub rows_quarantined: u64,
+    /// Rows whose `transaction_id` was already in the table, or earlier in this run.
+    pub duplicates: u64,
+    /// Quarantined rows by rule.
+    pub quarantine_reasons: BTreeMap<&'static str, u64>,
+    /// Days with rows in this run.
+    pub days: u64,
+    /// Bytes of raw files read.
+    pub bytes_read: u64,
+    /// Bytes of data files written (transactions and quarantine).
+    pub bytes_written: u64,
+    /// Data files written (transactions and quarantine).
+    pub data_files_written: u64,
+    /// This run's number in its landing stream (one more than the last committed run).
+    pub run_seq: Option<i64>,
+    /// The reference instant of the future rule, recorded in the commit.
+    pub reference_time: Option<String>,
+    /// Version of `customer_transactions` this run committed (none when there was nothing new).
+    pub table_version: Option<i64>,
+    /// Version of the quarantine table that records this run.
+    pub quarantine_version: Option<i64>,
+    /// Ids in the id index when this run started.
+    pub index_ids: u64,
+    /// Commits that completed an earlier run's bookkeeping (after a crash between commits).
+    pub caught_up_commits: u64,
+    /// Things that did not stop the run (a checkpoint not written, a compaction skipped).
+    pub warnings: Vec<String>,
+    /// Wall time.
+    pub seconds: f64,
+    /// Rows read per second.
+    pub rows_per_sec: f64,
+    /// Peak RSS of the process.
+    pub peak_rss_bytes: u64,
+}
+
+/// A landing file whose content differs from when it was ingested.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangedFile {
+    /// Path relative to the landing folder.
+    pub path: String,
+    /// Size when ingested, and now.
+    pub ingested_size: u64,
+    /// Size now.
+    pub size: u64,
+    /// Content hash when ingested, and now (BLAKE3, hex).
+    pub ingested_hash: Option<String>,
+    /// Content hash now.
+    pub hash: String,
+}
+
+/// What to do about changed files, in the text summary and the run's message.
+pub const CHANGED_ADVICE: &str = "landing files are immutable: their new content was NOT ingested. \
+     To ingest it, land it under a new name (rows already ingested are then counted as \
+     duplicates); otherwise restore the original file or move it out of the landing folder";
+
+impl Report for IngestReport {
+    fn stage(&self) -> &'static str {
+        "ingest"
+    }
+
+    fn skipped(&self) -> bool {
+        self.files_ingested == 0
+    }
+
+    fn text(&self) -> String {
+        let mut s = if self.skipped() {
+            format!(
+                "ingest: no new files ({} already ingested); nothing committed",
+                self.files_seen - self.changed_files.len() as u64
+            )
+        } else {
+            let mut s = format!(
+                "ingest: {} new files ({} read) -> {} version {}\n  rows: {} in = {} out + {} quarantined + {} duplicates\n  {} days, {} written in {} files, {:.2} s ({} rows/s, peak RSS {})",
+                self.files_ingested,
+                bytes(self.bytes_read),
+                Table::Transactions,
+                version(self.table_version),
+                thousands(self.rows_in),
+                thousands(self.rows_out),
+                thousands(self.rows_quarantined),
+                thousands(self.duplicates),
+                self.days,
+                bytes(self.bytes_written),
+                self.data_files_written,
+                self.seconds,
+                thousands(self.rows_per_sec as u64),
+                bytes(self.peak_rss_bytes)
+            );
+            if !self.quarantine_reasons.is_empty() {
+                let reasons: Vec<String> = self
+                    .quarantine_reasons
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                s.push_str(&format!("\n  quarantined by rule: {}", reasons.join(", ")));
+            }
+            s
+        };
+        if !self.changed_files.is_empty() {
+            s.push_str(&format!(
+                "\n  {} file(s) changed after they were ingested: {}\n  {CHANGED_ADVICE}",
+                self.changed_files.len(),
+                self.changed_files
+                    .iter()
+                    .map(|f| f.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        s
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            rows: self.rows_in,
+            files: self.files_ingested,
+            bytes: self.bytes_written,
+            note: if self.skipped() {
+                "no new raw files".into()
+            } else {
+                format!(
+                    "{} quarantined, {} duplicates",
+                    self.rows_quarantined, self.duplicates
+                )
+            } + &if self.changed_files.is_empty() {
+                String::new()
+            } else {
+                format!("; {} changed file(s)", self.changed_files.len())
+            },
+            consumed_version: None,
+            produced_version: self.table_version,
+        }
+    }
+
+    fn exit_code(&self) -> u8 {
+        if self.changed_files.is_empty() {
+            exit::OK
+        } else {
+            exit::CHANGED_INPUT
+        }
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}

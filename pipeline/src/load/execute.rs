@@ -1,0 +1,389 @@
+//! Executing a load plan: every write carries the version's timestamp, rows are upserted,
+//! vanished rows deleted, and (on a full load) older rows of every partition swept; all
+//! through one pool of in-flight requests with retries, failures written to a file. The
+//! version is recorded only when every request succeeded.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::LoadOptions;
+use super::plan::{Plan, Work};
+use super::report::{Latency, LoadReport};
+use crate::cql::codec::{self, AggRow};
+use crate::cql::retry;
+use crate::cql::schema::TABLE;
+use crate::dates::{self, Day};
+use crate::delta::{self, DataFile};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::progress::Progress;
+use crate::tables::Table;
+
+/// One write to the serving table.
+enum Op {
+    Upsert(AggRow),
+    DeleteRow { customer_id: i64, day: Day },
+    DeletePartition { customer_id: i64 },
+}
+
+impl Op {
+    fn describe(&self, error: &str, attempts: u32) -> serde_json::Value {
+        match self {
+            Op::Upsert(r) => serde_json::json!({
+                "op": "upsert",
+                "customer_id": r.customer_id,
+                "transaction_date": dates::format(r.day),
+                "total_amount_cents": r.total_amount.to_string(),
+                "transaction_count": r.transaction_count,
+                "declined_count": r.declined_count,
+                "attempts": attempts,
+                "error": error,
+            }),
+            Op::DeleteRow { customer_id, day } => serde_json::json!({
+                "op": "delete_row",
+                "customer_id": customer_id,
+                "transaction_date": dates::format(*day),
+                "attempts": attempts,
+                "error": error,
+            }),
+            Op::DeletePartition { customer_id } => serde_json::json!({
+                "op": "delete_older_rows_of_partition",
+                "customer_id": customer_id,
+                "attempts": attempts,
+                "error": error,
+            }),
+        }
+    }
+}
+
+/// The prepared statements, idempotent (the driver may retry them too).
+struct Statements {
+    upsert: PreparedStatement,
+    delete_row: PreparedStatement,
+    delete_partition: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session, keyspace: &str) -> Result<Self> {
+        let prep = |q: String| async move {
+            let mut s = session
+                .prepare(q.clone())
+                .await
+                .map_err(|e| Error::scylla(format!("preparing `{q}`"), e))?;
+            s.set_is_idempotent(true);
+            Ok::<_, Error>(s)
+        };
+        Ok(Statements {
+            upsert: prep(format!(
+                "INSERT INTO {keyspace}.{TABLE} (customer_id, transaction_date, total_amount, \
+                 transaction_count, declined_count, min_amount, max_amount) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            delete_row: prep(format!(
+                "DELETE FROM {keyspace}.{TABLE} USING TIMESTAMP ? WHERE customer_id = ? AND transaction_date = ?"
+            ))
+            .await?,
+            delete_partition: prep(format!(
+                "DELETE FROM {keyspace}.{TABLE} USING TIMESTAMP ? WHERE customer_id = ?"
+            ))
+            .await?,
+        })
+    }
+}
+
+/// What every request needs: the session, the statements, the version's timestamp.
+struct Shared<'a> {
+    session: &'a Session,
+    statements: Statements,
+    timestamp: i64,
+    max_attempts: u32,
+}
+
+impl Shared<'_> {
+    async fn send(&self, op: &Op) -> Result<(u32, std::result::Result<Duration, String>)> {
+        let (s, n, ts) = (self.session, self.max_attempts.max(1), self.timestamp);
+        let (attempts, r) = match op {
+            Op::Upsert(row) => {
+                let v = row.values()?;
+                let values = (v.0, v.1, v.2, v.3, v.4, v.5, v.6, ts);
+                retry::execute(s, &self.statements.upsert, &values, n).await
+            }
+            Op::DeleteRow { customer_id, day } => {
+                let values = (ts, *customer_id, codec::cql_date(*day)?);
+                retry::execute(s, &self.statements.delete_row, &values, n).await
+            }
+            Op::DeletePartition { customer_id } => {
+                // Just below this version's writes: every older row of the partition goes,
+                // including ones an older load still running writes after this.
+                let values = (ts - 1, *customer_id);
+                retry::execute(s, &self.statements.delete_partition, &values, n).await
+            }
+        };
+        Ok((attempts, r.map_err(|e| e.to_string())))
+    }
+}
+
+/// The counts, the latency histogram and the failures of the requests sent.
+struct Tally {
+    histogram: hdrhistogram::Histogram<u64>,
+    failures: Failures,
+    budget: u64,
+}
+
+impl Tally {
+    /// Count one outcome; false when the error budget ran out.
+    fn absorb(
+        &mut self,
+        op: &Op,
+        attempts: u32,
+        r: std::result::Result<Duration, String>,
+        report: &mut LoadReport,
+    ) -> Result<bool> {
+        report.retries += u64::from(attempts - 1);
+        match r {
+            Ok(latency) => {
+                let _ = self.histogram.record(latency.as_micros().max(1) as u64);
+                match op {
+                    Op::Upsert(_) => report.rows_written += 1,
+                    Op::DeleteRow { .. } => report.rows_deleted += 1,
+                    Op::DeletePartition { .. } => report.partitions_swept += 1,
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                report.failures += 1;
+                self.failures.write(&op.describe(&e, attempts), report)?;
+                Ok(report.failures <= self.budget)
+            }
+        }
+    }
+
+    fn latency(&self) -> Latency {
+        let q = |p: f64| self.histogram.value_at_quantile(p) as f64 / 1000.0;
+        Latency {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            max: self.histogram.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// Send every op, `concurrency` at a time; false when the error budget ran out (the load
+/// stops early).
+async fn send_all(
+    shared: &Shared<'_>,
+    tally: &mut Tally,
+    ops: impl Stream<Item = Result<Op>>,
+    concurrency: usize,
+    report: &mut LoadReport,
+    progress: &Progress,
+) -> Result<bool> {
+    let mut results = std::pin::pin!(
+        ops.map_ok(|op| async move {
+            let (attempts, r) = shared.send(&op).await?;
+            Ok::<_, Error>((op, attempts, r))
+        })
+        .try_buffer_unordered(concurrency.max(1))
+    );
+    let midway = report.rows_to_load / 2;
+    while let Some(item) = results.next().await {
+        let (op, attempts, r) = item?;
+        if !tally.absorb(&op, attempts, r, report)? {
+            return Ok(false);
+        }
+        progress.inc(1);
+        if matches!(op, Op::Upsert(_)) && report.rows_written == midway {
+            crate::failpoints::hit("load.midway");
+        }
+    }
+    Ok(true)
+}
+
+/// Failed requests, written as JSON lines to a file created on the first one.
+struct Failures {
+    path: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Failures {
+    fn write(&mut self, line: &serde_json::Value, report: &mut LoadReport) -> Result<()> {
+        let io = |e| Error::io(format!("cannot write {}", self.path.display()), e);
+        if self.file.is_none() {
+            std::fs::create_dir_all(self.path.parent().expect("has a parent")).map_err(io)?;
+            self.file = Some(std::io::BufWriter::new(
+                std::fs::File::create(&self.path).map_err(io)?,
+            ));
+            report.bad_rows_file = Some(self.path.clone());
+        }
+        let f = self.file.as_mut().expect("created");
+        writeln!(f, "{line}")
+            .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.flush()
+                .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Write the plan's rows (its work is `Full` or `Days`), delete what must go, and record the
+/// version when every request succeeded. Fills `report`.
+pub async fn execute(
+    plan: &Plan,
+    opts: &LoadOptions,
+    layout: &Layout,
+    session: &Session,
+    report: &mut LoadReport,
+    progress: &Progress,
+) -> Result<()> {
+    let keyspace = &opts.scylla.keyspace;
+    let record = plan.progress.as_ref().ok_or_else(|| {
+        Error::Invalid("internal error: loading without a claimed identity".into())
+    })?;
+    let timestamp = record.timestamp(plan.version);
+    report.write_timestamp = Some(timestamp);
+    let shared = Shared {
+        session,
+        statements: Statements::prepare(session, keyspace).await?,
+        timestamp,
+        max_attempts: opts.max_attempts,
+    };
+    let mut tally = Tally {
+        histogram: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
+            .expect("valid bounds"),
+        failures: Failures {
+            path: layout.load_dir().join(format!(
+                "bad-rows-v{}-{}.jsonl",
+                plan.version,
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+            )),
+            file: None,
+        },
+        budget: opts.max_errors.allowed(report.rows_to_load),
+    };
+    let n = opts.concurrency;
+    let rows = upserts(plan, opts.parallel_files);
+    let mut complete = send_all(&shared, &mut tally, rows, n, report, progress).await?;
+    if complete {
+        complete = match &plan.work {
+            Work::Days { days, old } => {
+                let gone = vanished(plan, days, old);
+                send_all(&shared, &mut tally, gone, n, report, progress).await?
+            }
+            Work::Full => {
+                let partitions = partitions(session, keyspace);
+                send_all(&shared, &mut tally, partitions, n, report, progress).await?
+            }
+            Work::Nothing | Work::Overtaken => true,
+        };
+    }
+    tally.failures.close()?;
+    report.latency_ms = tally.latency();
+    if report.failures > 0 {
+        return Err(Error::LoadIncomplete {
+            failed: report.failures,
+            over_budget: !complete,
+            bad_rows_file: report.bad_rows_file.clone().unwrap_or_default(),
+            version: plan.version,
+            report: Box::new(serde_json::to_value(&*report).unwrap_or_default()),
+        });
+    }
+    crate::failpoints::hit("load.before_state");
+    let recorded = crate::cql::progress::record(
+        session,
+        keyspace,
+        &plan.table_id,
+        plan.version,
+        report.rows_written,
+    )
+    .await?;
+    if !recorded {
+        tracing::info!(
+            version = plan.version,
+            "a newer version was recorded meanwhile; not moving it back"
+        );
+        report.overtaken = true;
+    }
+    Ok(())
+}
+
+/// Every row of the plan's files, as upserts.
+fn upserts(plan: &Plan, parallel: usize) -> impl Stream<Item = Result<Op>> + '_ {
+    futures::stream::iter(
+        plan.files
+            .iter()
+            .map(|f| Box::pin(codec::file_rows(&plan.table, f))),
+    )
+    .flatten_unordered(parallel.max(1))
+    .map_ok(|rows| futures::stream::iter(rows.into_iter().map(|r| Ok(Op::Upsert(r)))))
+    .try_flatten()
+}
+
+/// Rows of the changed days that the last loaded version had and this one has not.
+fn vanished<'a>(
+    plan: &'a Plan,
+    days: &'a std::collections::BTreeSet<Day>,
+    old: &'a deltalake::DeltaTable,
+) -> impl Stream<Item = Result<Op>> + 'a {
+    futures::stream::iter(days.iter().copied())
+        .then(move |day| vanished_in_day(plan, old, day))
+        .map_ok(|ops| futures::stream::iter(ops.into_iter().map(Ok)))
+        .try_flatten()
+}
+
+async fn vanished_in_day(plan: &Plan, old: &deltalake::DeltaTable, day: Day) -> Result<Vec<Op>> {
+    let mut now: HashSet<i64> = HashSet::new();
+    let today: Vec<&DataFile> = plan.files.iter().filter(|f| f.day == Some(day)).collect();
+    for f in today {
+        let mut s = std::pin::pin!(codec::file_customers(&plan.table, f));
+        while let Some(ids) = s.next().await {
+            now.extend(ids?);
+        }
+    }
+    let mut gone = Vec::new();
+    let days = std::collections::BTreeSet::from([day]);
+    for f in delta::files(old, Table::Aggregates, Some(&days))? {
+        let mut s = std::pin::pin!(codec::file_customers(old, &f));
+        while let Some(ids) = s.next().await {
+            gone.extend(
+                ids?.into_iter()
+                    .filter(|c| !now.contains(c))
+                    .map(|customer_id| Op::DeleteRow { customer_id, day }),
+            );
+        }
+    }
+    Ok(gone)
+}
+
+/// Every partition of the serving table, to delete its rows older than this version.
+fn partitions<'a>(session: &'a Session, keyspace: &'a str) -> impl Stream<Item = Result<Op>> + 'a {
+    let what = "listing the serving table's partitions";
+    futures::stream::once(async move {
+        let mut q = scylla::statement::unprepared::Statement::new(format!(
+            "SELECT DISTINCT customer_id FROM {keyspace}.{TABLE}"
+        ));
+        q.set_page_size(5000);
+        let rows = session
+            .query_iter(q, ())
+            .await
+            .map_err(|e| Error::scylla(what, e))?
+            .rows_stream::<(i64,)>()
+            .map_err(|e| Error::scylla(what, e))?;
+        Ok::<_, Error>(rows.map(move |r| {
+            r.map(|(customer_id,)| Op::DeletePartition { customer_id })
+                .map_err(|e| Error::scylla(what, e))
+        }))
+    })
+    .try_flatten()
+}

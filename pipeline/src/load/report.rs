@@ -1,0 +1,145 @@
+//! `load`'s report.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::report::{Report, Summary, bytes, thousands, version};
+
+/// What a load did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    /// The keyspace.
+    pub keyspace: String,
+    /// Identity (Delta table id) of the aggregates loaded.
+    pub table_id: String,
+    /// Version of the aggregates table loaded by this run.
+    pub aggregates_version: Option<i64>,
+    /// Version of the same table loaded before this run (none: never).
+    pub previous_version: Option<i64>,
+    /// Everything was written (first load, another table, or history gone), and rows of
+    /// older loads were swept.
+    pub full_load: bool,
+    /// A newer version was already loaded by another process: nothing to do.
+    pub overtaken: bool,
+    /// Days written.
+    pub days: u64,
+    /// Delta files read.
+    pub files: u64,
+    /// Rows to write.
+    pub rows_to_load: u64,
+    /// Rows written.
+    pub rows_written: u64,
+    /// Rows deleted: gone from the aggregates since the last load.
+    pub rows_deleted: u64,
+    /// Partitions whose older rows were deleted by a full load.
+    pub partitions_swept: u64,
+    /// Retries of failed requests.
+    pub retries: u64,
+    /// Requests that still failed after retries.
+    pub failures: u64,
+    /// Rows that still failed after retries, with their errors (JSON lines).
+    pub bad_rows_file: Option<PathBuf>,
+    /// Nothing was written (`--dry-run`).
+    pub dry_run: bool,
+    /// The write timestamp of this version's rows (µs).
+    pub write_timestamp: Option<i64>,
+    /// Request latency.
+    pub latency_ms: Latency,
+    /// Wall time.
+    pub seconds: f64,
+    /// Rows written per second.
+    pub rows_per_sec: f64,
+    /// Peak RSS of the process.
+    pub peak_rss_bytes: u64,
+}
+
+/// Request latency percentiles, milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest.
+    pub max: f64,
+}
+
+impl Report for LoadReport {
+    fn stage(&self) -> &'static str {
+        "load"
+    }
+
+    /// Nothing to write: the version is loaded already (by this process or a newer one).
+    fn skipped(&self) -> bool {
+        !self.dry_run && self.rows_written == 0 && self.rows_deleted == 0 && !self.full_load
+    }
+
+    fn text(&self) -> String {
+        let v = version(self.aggregates_version);
+        if self.overtaken {
+            return format!(
+                "load: a newer aggregates version than {v} is already loaded into {}; nothing written",
+                self.keyspace
+            );
+        }
+        if self.previous_version == self.aggregates_version {
+            return format!(
+                "load: aggregates version {v} is already loaded into {}; nothing written",
+                self.keyspace
+            );
+        }
+        let scope = if self.full_load {
+            "everything"
+        } else {
+            "changed days only"
+        };
+        if self.dry_run {
+            return format!(
+                "load (dry run): would load aggregates version {v} ({scope}; last loaded: {}) into {}: {} day(s), {} file(s), {} rows",
+                version(self.previous_version),
+                self.keyspace,
+                self.days,
+                self.files,
+                thousands(self.rows_to_load)
+            );
+        }
+        format!(
+            "load: aggregates version {v} -> {} ({} day(s), {scope})\n  {} rows written, {} deleted, {} partitions swept, {} retries, {} failures, {:.2} s ({} rows/s, peak RSS {})\n  latency ms: p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}",
+            self.keyspace,
+            self.days,
+            thousands(self.rows_written),
+            thousands(self.rows_deleted),
+            thousands(self.partitions_swept),
+            self.retries,
+            self.failures,
+            self.seconds,
+            thousands(self.rows_per_sec as u64),
+            bytes(self.peak_rss_bytes),
+            self.latency_ms.p50,
+            self.latency_ms.p90,
+            self.latency_ms.p99,
+            self.latency_ms.max
+        )
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            rows: self.rows_written,
+            files: self.files,
+            bytes: 0,
+            note: if self.skipped() {
+                "already loaded".into()
+            } else {
+                format!(
+                    "{} day(s), {} deleted, {} retries",
+                    self.days, self.rows_deleted, self.retries
+                )
+            },
+            consumed_version: self.aggregates_version,
+            produced_version: None,
+        }
+    }
+}

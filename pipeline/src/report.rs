@@ -1,0 +1,125 @@
+//! What every command returns: a report that prints itself (text or JSON), says once what
+//! "nothing to do" means for its stage, and sums itself up for `pipeline run`'s table.
+
+use serde::Serialize;
+
+use crate::error::exit;
+
+/// A stage's (or command's) report.
+pub trait Report: Serialize {
+    /// The stage's name, as `run` and the history show it.
+    fn stage(&self) -> &'static str;
+
+    /// There was nothing to do: no new input, nothing committed or written.
+    fn skipped(&self) -> bool;
+
+    /// The summary a person reads.
+    fn text(&self) -> String;
+
+    /// Counts and a few words for `run`'s table.
+    fn summary(&self) -> Summary;
+
+    /// The exit code this outcome maps to (a report can be a complete run that still has
+    /// something to say, such as a `verify` mismatch).
+    fn exit_code(&self) -> u8 {
+        exit::OK
+    }
+
+    /// Warnings that did not stop the stage (a checkpoint not written), shown with the text.
+    fn warnings(&self) -> &[String] {
+        &[]
+    }
+}
+
+/// One stage's line in `run`'s table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Rows the stage read or wrote (its main measure).
+    pub rows: u64,
+    /// Files read or written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// What it did, or why it was skipped, in a few words.
+    pub note: String,
+    /// Version of its input table it consumed, when it has one.
+    pub consumed_version: Option<i64>,
+    /// Version of its output table it committed, when it did.
+    pub produced_version: Option<i64>,
+}
+
+/// Print a report as pretty JSON or as text (with its warnings on stderr); returns its exit code.
+pub fn print<R: Report>(json: bool, report: &R) -> u8 {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("reports serialise")
+        );
+    } else {
+        println!("{}", report.text());
+    }
+    for w in report.warnings() {
+        eprintln!("warning: {w}");
+    }
+    report.exit_code()
+}
+
+/// `12,345,678`
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `512 B`
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// An optional version for a message: `7` or `-`.
+pub fn version(v: Option<i64>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// Rate per second, 0 for no time.
+pub fn per_sec(n: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(12_345_678), "12,345,678");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(version(None), "-");
+    }
+}

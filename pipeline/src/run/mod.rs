@@ -1,0 +1,141 @@
+//! `pipeline run`: the stages in order in one process, each skipping cheaply when it has
+//! nothing new, with retries for transient failures, and a record of every run in a Delta
+//! table (`_pipeline/run_history`) that `pipeline history` prints.
+
+mod history;
+mod options;
+mod report;
+
+use std::time::{Duration, Instant};
+
+pub use history::{HistoryOptions, HistoryReport, HistoryRow, history};
+pub use options::{RunOptions, Stage};
+pub use report::{RunReport, StageSummary};
+
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::progress::Progress;
+use crate::{aggregate, cql, generate, ingest, load};
+
+/// Run the selected stages in order; record the run (also a failed one) in the history table.
+/// The report comes back with the result, so a failed run still prints what it did.
+pub async fn run(
+    layout: &Layout,
+    opts: &RunOptions,
+    show_progress: bool,
+) -> (RunReport, Result<()>) {
+    let started = Instant::now();
+    let now = chrono::Utc::now();
+    let mut report = RunReport {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        started_at: now.to_rfc3339(),
+        ..Default::default()
+    };
+    // One display for the whole run: a line per stage, each kept when its stage ends.
+    let display = Progress::display(show_progress);
+    let mut result = Ok(());
+    for stage in opts.selected() {
+        match with_retries(layout, opts, stage, &display).await {
+            Ok(s) => report.stages.push(s),
+            Err(e) => {
+                report.outcome = format!("failed in {}: {}", stage.name(), e.chain());
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        report.outcome = "succeeded".into();
+    }
+    report.ended_at = chrono::Utc::now().to_rfc3339();
+    report.seconds = started.elapsed().as_secs_f64();
+    match history::record(layout, &report, now).await {
+        Ok(v) => report.history_version = Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record the run in the history table");
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    (report, result)
+}
+
+/// Run one stage, retrying transient failures with backoff.
+async fn with_retries(
+    layout: &Layout,
+    opts: &RunOptions,
+    stage: Stage,
+    display: &indicatif::MultiProgress,
+) -> Result<StageSummary> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match run_stage(layout, opts, stage, display).await {
+            Ok(mut s) => {
+                s.attempts = attempt;
+                return Ok(s);
+            }
+            Err(e) if e.is_transient() && attempt < opts.attempts.max(1) => {
+                let wait = Duration::from_secs(1 << (attempt - 1).min(5));
+                tracing::warn!(stage = stage.name(), attempt, error = %e, "transient failure; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                return Err(Error::StageFailed {
+                    stage: stage.name(),
+                    attempts: attempt,
+                    source: Box::new(e),
+                });
+            }
+        }
+    }
+}
+
+async fn run_stage(
+    layout: &Layout,
+    opts: &RunOptions,
+    stage: Stage,
+    display: &indicatif::MultiProgress,
+) -> Result<StageSummary> {
+    let progress = Progress::in_display(display, stage.name());
+    let started = Instant::now();
+    let mut s = match stage {
+        Stage::Generate => {
+            let (layout, o, p) = (
+                layout.clone(),
+                opts.generate_options.clone(),
+                progress.clone(),
+            );
+            let r = tokio::task::spawn_blocking(move || generate::run(&layout, &o, &p)).await??;
+            StageSummary::of(&r)
+        }
+        Stage::Ingest => StageSummary::of(&ingest::run(layout, &opts.ingest, &progress).await?),
+        Stage::Aggregate => {
+            StageSummary::of(&aggregate::run(layout, &opts.aggregate, &progress).await?)
+        }
+        Stage::Load if !opts.load_requested() && !cql::answers(&opts.load.scylla).await => {
+            StageSummary {
+                stage: stage.name(),
+                skipped: true,
+                summary: crate::report::Summary {
+                    note: format!(
+                        "no ScyllaDB at {}: start one (docker compose up -d scylla) or set SCYLLA_URI",
+                        opts.load.scylla.scylla_uri
+                    ),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+        }
+        Stage::Load => StageSummary::of(&load::run(layout, &opts.load, &progress).await?),
+    };
+    progress.finish_visible();
+    s.seconds = started.elapsed().as_secs_f64();
+    s.rows_per_sec = if s.skipped {
+        0.0
+    } else {
+        crate::report::per_sec(s.summary.rows, s.seconds)
+    };
+    Ok(s)
+}

@@ -1,0 +1,124 @@
+//! `run`'s options: which stages, how often to retry, and every stage's own options (one
+//! definition each, shared with the stage's command).
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::aggregate::AggregateOptions;
+use crate::generate::GenerateOptions;
+use crate::ingest::IngestOptions;
+use crate::load::LoadOptions;
+
+/// A stage of the pipeline, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Synthetic raw files.
+    Generate,
+    /// Raw files into `customer_transactions`.
+    Ingest,
+    /// Daily aggregates.
+    Aggregate,
+    /// Aggregates into ScyllaDB.
+    Load,
+}
+
+impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 4] = [
+        Stage::Generate,
+        Stage::Ingest,
+        Stage::Aggregate,
+        Stage::Load,
+    ];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Generate => "generate",
+            Stage::Ingest => "ingest",
+            Stage::Aggregate => "aggregate",
+            Stage::Load => "load",
+        }
+    }
+}
+
+impl std::str::FromStr for Stage {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.name() == s.trim())
+            .ok_or_else(|| format!("unknown stage `{s}` (generate, ingest, aggregate, load)"))
+    }
+}
+
+/// How `run` runs.
+#[derive(Debug, Clone, Args)]
+pub struct RunOptions {
+    /// Generate a batch first (with the generate options).
+    #[arg(long)]
+    pub generate: bool,
+    /// Run exactly these stages (comma-separated: generate,ingest,aggregate,load).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["from", "to"])]
+    pub stages: Vec<Stage>,
+    /// First stage to run.
+    #[arg(long)]
+    pub from: Option<Stage>,
+    /// Last stage to run.
+    #[arg(long)]
+    pub to: Option<Stage>,
+    /// Attempts per stage for transient failures (a concurrent commit, ScyllaDB trouble).
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// Generate options.
+    #[command(flatten, next_help_heading = "Generate")]
+    pub generate_options: GenerateOptions,
+    /// Ingest options.
+    #[command(flatten, next_help_heading = "Ingest")]
+    pub ingest: IngestOptions,
+    /// Aggregate options.
+    #[command(flatten, next_help_heading = "Aggregate")]
+    pub aggregate: AggregateOptions,
+    /// Load options (and where ScyllaDB is).
+    #[command(flatten, next_help_heading = "Load")]
+    pub load: LoadOptions,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        crate::defaults()
+    }
+}
+
+impl RunOptions {
+    /// The stages to run, in pipeline order.
+    pub fn selected(&self) -> Vec<Stage> {
+        if !self.stages.is_empty() {
+            let mut v = self.stages.clone();
+            v.sort();
+            v.dedup();
+            return v;
+        }
+        let from = self.from.unwrap_or(if self.generate {
+            Stage::Generate
+        } else {
+            Stage::Ingest
+        });
+        let to = self.to.unwrap_or(Stage::Load);
+        Stage::ALL
+            .into_iter()
+            .filter(|s| *s >= from && *s <= to)
+            .filter(|s| {
+                *s != Stage::Generate || self.generate || self.from == Some(Stage::Generate)
+            })
+            .collect()
+    }
+
+    /// Load was asked for explicitly (otherwise it is skipped when ScyllaDB does not answer).
+    pub fn load_requested(&self) -> bool {
+        self.stages.contains(&Stage::Load)
+            || self.to == Some(Stage::Load)
+            || std::env::var_os("SCYLLA_URI").is_some()
+    }
+}
