@@ -6,10 +6,16 @@ DATA_DIR ?= data
 ROWS     ?= 200000
 N        ?= 10000000
 PORT     ?= 9042
-BIN      := target/release/pipeline
+# `make run` and `make test` share the dev profile: one set of compiled dependencies, built in
+# minutes (see README, "Build time"). `make bench` and the Docker image use `release`; run
+# anything optimized with PROFILE=release (e.g. `make run PROFILE=release ROWS=5000000`).
+PROFILE  ?= dev
+BIN_DIR  := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
+CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup build run generate ingest aggregate load lookup verify test test-crash test-scylla lint bench clean-data docker cql-test-server
+.PHONY: help setup build release run generate ingest aggregate load lookup verify test test-crash test-scylla lint bench clean-data docker cql-test-server
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -18,7 +24,10 @@ setup: ## Check the toolchain (Rust via rustup) is present; nothing else is need
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs) and rerun"; exit 1; }
 	@cargo --version
 
-build: setup ## Build the release binaries (target/release/pipeline, cql-test-server)
+build: setup ## Build the binaries (PROFILE=dev: target/debug/pipeline; PROFILE=release: target/release/)
+	cargo build $(CARGO_PROFILE) --locked -p pipeline -p cql-test-server
+
+release: setup ## Build the optimized binaries (target/release/pipeline, cql-test-server)
 	cargo build --release --locked -p pipeline -p cql-test-server
 
 run: build ## The main job on a small data set: pipeline run --generate (ROWS=200000); load when ScyllaDB answers
@@ -34,14 +43,14 @@ aggregate: build ## Run the aggregate stage alone (ARGS="--full")
 	$(PIPELINE) aggregate $(ARGS)
 
 test: setup ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server)
-	cargo test --workspace --locked
+	cargo test $(CARGO_PROFILE) --workspace --locked
 
 test-crash: setup ## Kill every stage at its failpoints and at 12 random times each; rerun; compare with a clean run
-	CRASH_KILLS=12 cargo test --locked -p pipeline --test it crash:: -- --nocapture
+	CRASH_KILLS=12 cargo test $(CARGO_PROFILE) --locked -p pipeline --test it crash:: -- --nocapture
 
 test-scylla: setup ## The ScyllaDB tests against a real ScyllaDB: SCYLLA_URI=127.0.0.1:9042 make test-scylla
 	@[ -n "$$SCYLLA_URI" ] || { echo "set SCYLLA_URI (e.g. docker compose up -d scylla; SCYLLA_URI=127.0.0.1:9042 make test-scylla)"; exit 2; }
-	cargo test --locked -p pipeline --test it scylla::
+	cargo test $(CARGO_PROFILE) --locked -p pipeline --test it scylla::
 
 load: build ## Load changed aggregates into ScyllaDB (SCYLLA_URI, ARGS="--dry-run")
 	$(PIPELINE) load $(ARGS)
@@ -56,11 +65,11 @@ lint: setup ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: build ## Benchmark the stages at N rows (N=10000000) in a fresh temp dir
+bench: release ## Benchmark the stages at N rows (N=10000000) in a fresh temp dir (release build)
 	bench/run.sh $(N)
 
 cql-test-server: setup ## Run the in-memory CQL test server on PORT (9042) to try load/lookup by hand; not a database
-	cargo run --release --locked -p cql-test-server -- --port $(PORT)
+	cargo run $(CARGO_PROFILE) --locked -p cql-test-server -- --port $(PORT)
 
 clean-data: ## Delete everything under DATA_DIR except its README
 	find $(DATA_DIR) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

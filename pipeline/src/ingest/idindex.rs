@@ -1,5 +1,5 @@
 //! The id index (`transaction_ids`): every `transaction_id` of `customer_transactions`, as
-//! 16 big-endian bytes, in sorted runs. Each ingest run adds one sorted file (its accepted
+//! two order-preserving 64-bit halves, in sorted runs. Each ingest run adds one sorted file (its accepted
 //! ids); compaction merges files of similar size, so a table holds a few files per size
 //! tier. A range of ids is read through the row-group statistics of each file, so dedup
 //! reads the index one id range at a time, in bounded memory, whatever its size.
@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use deltalake::DeltaTable;
 use deltalake::ObjectStore;
-use deltalake::arrow::array::{Array, AsArray, BinaryArray, RecordBatch};
+use deltalake::arrow::array::{AsArray, Int64Array, RecordBatch};
+use deltalake::arrow::datatypes::Int64Type;
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::parquet::arrow::arrow_reader::ArrowReaderMetadata;
 #[allow(deprecated)]
@@ -35,17 +36,39 @@ const ROW_GROUP_IDS: usize = 64 * 1024;
 /// Ids per decoded batch when reading.
 const READ_BATCH: usize = 8 * 1024;
 
-/// A UUID as the 16 bytes the index stores (big-endian: byte order is numeric order).
-pub fn to_bytes(id: u128) -> [u8; 16] {
-    id.to_be_bytes()
+const SIGN: u64 = 1 << 63;
+
+/// A UUID as the two halves the index stores (signed order is the id's order).
+pub fn to_halves(id: u128) -> (i64, i64) {
+    (
+        (((id >> 64) as u64) ^ SIGN) as i64,
+        ((id as u64) ^ SIGN) as i64,
+    )
 }
 
-fn from_bytes(b: &[u8], file: &deltalake::Path) -> Result<u128> {
-    let a: [u8; 16] = b.try_into().map_err(|_| Error::DamagedLog {
-        table: Table::TransactionIds.name().into(),
-        what: format!("{file} holds an id of {} bytes, not 16", b.len()),
-    })?;
-    Ok(u128::from_be_bytes(a))
+fn from_halves(hi: i64, lo: i64) -> u128 {
+    (u128::from((hi as u64) ^ SIGN) << 64) | u128::from((lo as u64) ^ SIGN)
+}
+
+/// The ids of a batch of the index.
+fn ids_of(batch: &RecordBatch, file: &deltalake::Path) -> Result<Vec<u128>> {
+    let col = |i: usize| {
+        batch
+            .columns()
+            .get(i)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| Error::DamagedLog {
+                table: Table::TransactionIds.name().into(),
+                what: format!("{file} does not hold two Int64 id columns"),
+            })
+    };
+    let (hi, lo) = (col(0)?, col(1)?);
+    Ok(hi
+        .values()
+        .iter()
+        .zip(lo.values().iter())
+        .map(|(h, l)| from_halves(*h, *l))
+        .collect())
 }
 
 /// One index file: its footer and each row group's id range.
@@ -77,11 +100,11 @@ impl IdIndex {
                 .row_groups()
                 .iter()
                 .map(|rg| match rg.column(0).statistics() {
-                    Some(Statistics::ByteArray(s)) => match (s.min_opt(), s.max_opt()) {
-                        (Some(lo), Some(hi)) => (
-                            from_bytes(lo.data(), &f.path).unwrap_or(0),
-                            from_bytes(hi.data(), &f.path).unwrap_or(u128::MAX),
-                        ),
+                    // The high halves bound the ids: [min_hi, 0...], [max_hi, f...].
+                    Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                        (Some(lo), Some(hi)) => {
+                            (from_halves(*lo, i64::MIN), from_halves(*hi, i64::MAX))
+                        }
                         _ => (0, u128::MAX),
                     },
                     _ => (0, u128::MAX),
@@ -128,13 +151,11 @@ impl IdIndex {
                     .build()?;
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
-                let col = binary(&batch, &f.path)?;
-                for i in 0..col.len() {
-                    let id = from_bytes(col.value(i), &f.path)?;
-                    if id >= lo && id <= hi {
-                        out.push(id);
-                    }
-                }
+                out.extend(
+                    ids_of(&batch, &f.path)?
+                        .into_iter()
+                        .filter(|id| *id >= lo && *id <= hi),
+                );
             }
             sorted &= before == 0 || out.len() == before;
         }
@@ -143,19 +164,6 @@ impl IdIndex {
         }
         Ok(out)
     }
-}
-
-fn binary<'a>(batch: &'a RecordBatch, file: &deltalake::Path) -> Result<&'a BinaryArray> {
-    batch
-        .column(0)
-        .as_binary_opt::<i32>()
-        .ok_or_else(|| Error::DamagedLog {
-            table: Table::TransactionIds.name().into(),
-            what: format!(
-                "{file} holds ids of type {}, not Binary",
-                batch.column(0).data_type()
-            ),
-        })
 }
 
 /// Writes one sorted index file, streaming it to the table's store (one row group in memory).
@@ -209,8 +217,14 @@ impl IdWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let col = BinaryArray::from_iter_values(self.buffer.iter().map(|id| to_bytes(*id)));
-        let batch = RecordBatch::try_new(TRANSACTION_IDS.clone(), vec![Arc::new(col)])?;
+        let (hi, lo): (Vec<i64>, Vec<i64>) = self.buffer.iter().map(|id| to_halves(*id)).unzip();
+        let batch = RecordBatch::try_new(
+            TRANSACTION_IDS.clone(),
+            vec![
+                Arc::new(Int64Array::from(hi)),
+                Arc::new(Int64Array::from(lo)),
+            ],
+        )?;
         self.writer.write(&batch).await?;
         self.ids += self.buffer.len() as u64;
         self.buffer.clear();
@@ -279,11 +293,7 @@ pub async fn compact(t: &DeltaTable) -> Result<u64> {
             if *pos == buf.len() {
                 match stream.next().await {
                     Some(batch) => {
-                        let batch = batch?;
-                        let col = binary(&batch, path)?;
-                        *buf = (0..col.len())
-                            .map(|j| from_bytes(col.value(j), path))
-                            .collect::<Result<_>>()?;
+                        *buf = ids_of(&batch?, path)?;
                         *pos = 0;
                         continue;
                     }
@@ -498,6 +508,31 @@ pub async fn rebuild(
                 delta::commit::discard(ids_table, &[add]).await;
             }
             Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_keep_the_order_of_ids() {
+        let ids = [
+            0u128,
+            1,
+            u128::from(u64::MAX),
+            1 << 64,
+            (1 << 127) - 1,
+            1 << 127,
+            u128::MAX,
+        ];
+        for w in ids.windows(2) {
+            assert!(to_halves(w[0]) < to_halves(w[1]), "{w:?}");
+        }
+        for id in ids {
+            let (h, l) = to_halves(id);
+            assert_eq!(from_halves(h, l), id);
         }
     }
 }

@@ -44,7 +44,7 @@ use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::rules::Limits;
 use crate::tables::Table;
-use discover::NewFile;
+use discover::{Hashing, LandingFile};
 use scratch::Scratch;
 
 /// Ingest the new landing files.
@@ -66,19 +66,37 @@ pub async fn run(
     };
     let scratch = Scratch::new(&layout.scratch_dir())?;
     sync_index(&mut tables, &stream, &scratch, opts, &mut report).await?;
+    report.step("open", started);
+    let t = Instant::now();
     let new = discover(&raw_dir, &mut tables, &stream, opts, &mut report).await?;
+    report.step("discover", t);
     if !new.is_empty() {
         let run = Run::start(&tables, &stream, opts).await?;
-        let (main_adds, record) =
-            execute(&tables, &new, &run, &scratch, opts, progress, &mut report).await?;
+        // Content hashes are needed only for the record: computed while the run reads.
+        let hashing = discover::start_hashing(new.clone(), opts.workers());
+        let (main_adds, record) = execute(
+            &tables,
+            &new,
+            hashing,
+            &run,
+            &scratch,
+            opts,
+            progress,
+            &mut report,
+        )
+        .await?;
+        let t = Instant::now();
         let (version, quarantine_version, warnings) =
             commit::commit_run(&mut tables, &stream, main_adds, record).await?;
         report.table_version = Some(version);
         report.quarantine_version = quarantine_version;
         report.warnings.extend(warnings);
+        report.step("commit", t);
+        let t = Instant::now();
         report
             .warnings
             .extend(commit::housekeeping(&mut tables, &before).await);
+        report.step("housekeeping", t);
     }
     drop(scratch);
     Ok(report.finish(started))
@@ -91,21 +109,23 @@ async fn discover(
     stream: &Stream,
     opts: &IngestOptions,
     report: &mut IngestReport,
-) -> Result<Vec<NewFile>> {
+) -> Result<Vec<LandingFile>> {
     let found = discover::discover(raw_dir, stream, &tables.files, opts.workers()).await?;
     report.files_seen = found.seen;
     report.changed_files = found.changed;
     let new = adopt_legacy(tables, stream, found.new).await?;
     report.files_ingested = new.len() as u64;
-    report.bytes_read = new.iter().map(|f| f.file.size).sum();
+    report.bytes_read = new.iter().map(|f| f.size).sum();
     Ok(new)
 }
 
 /// Plan, decide, write: every file of the run written, nothing committed. Returns the main
 /// table's files and the record of the run (the other tables' files).
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     tables: &Tables,
-    new: &[NewFile],
+    new: &[LandingFile],
+    hashing: Hashing,
     run: &Run,
     scratch: &Scratch,
     opts: &IngestOptions,
@@ -114,6 +134,7 @@ async fn execute(
 ) -> Result<(Vec<Add>, commit::RunRecord)> {
     report.run_seq = Some(run.seq);
     report.reference_time = Some(run.reference.to_rfc3339());
+    let t = Instant::now();
     let plan = {
         let (new, dir) = (new.to_vec(), scratch.dir.clone());
         tokio::task::spawn_blocking(move || plan::plan(&new, &dir)).await??
@@ -122,7 +143,9 @@ async fn execute(
     report.rows_in = plan.rows;
     report.days = plan.days.keys().filter(|d| d.is_some()).count() as u64;
     progress.set_length(plan.rows);
-    let paths: Vec<PathBuf> = new.iter().map(|f| f.file.path.clone()).collect();
+    report.step("plan", t);
+    let t = Instant::now();
+    let paths: Vec<PathBuf> = new.iter().map(|f| f.path.clone()).collect();
     let verdicts = verdicts::decide(
         &verdicts::Ctx {
             paths: &paths,
@@ -136,15 +159,17 @@ async fn execute(
     )
     .await?;
     report.index_ids = verdicts.index_ids;
+    report.step("decide", t);
+    let t = Instant::now();
     let index_adds: Vec<Add> = verdicts.index_add.clone().into_iter().collect();
     let ctx = Arc::new(write::Ctx {
         paths,
-        rels: new.iter().map(|f| f.file.rel.clone()).collect(),
+        rels: new.iter().map(|f| f.rel.clone()).collect(),
         footers: plan.footers.clone(),
         main: tables.main.clone(),
         quarantine: tables.quarantine.clone(),
-        limits: run.limits,
         dups: verdicts.dups.clone(),
+        rejects: verdicts.rejects.clone(),
         progress: progress.clone(),
     });
     let written = match write::write(ctx.clone(), plan.days, opts.workers()).await {
@@ -155,8 +180,17 @@ async fn execute(
         }
     };
     report.tally(&written);
-    let files_adds = match check_and_log(tables, new, &plan.file_rows, run, &verdicts, report).await
-    {
+    report.step("write", t);
+    let logged = check_and_log(
+        tables,
+        new,
+        hashing,
+        &plan.file_rows,
+        run,
+        &verdicts,
+        report,
+    );
+    let files_adds = match logged.await {
         Ok(a) => a,
         Err(e) => {
             written.discard(&ctx).await;
@@ -183,7 +217,8 @@ async fn execute(
 /// `ingest_files` rows (uncommitted).
 async fn check_and_log(
     tables: &Tables,
-    new: &[NewFile],
+    new: &[LandingFile],
+    hashing: Hashing,
     file_rows: &[u64],
     run: &Run,
     verdicts: &verdicts::Verdicts,
@@ -204,7 +239,15 @@ async fn check_and_log(
             verdicts.dups.len()
         )));
     }
-    let batch = discover::log_batch(new, file_rows, &Stream::default(), run.seq, &run.id)?;
+    let hashes = hashing.wait().await?;
+    let batch = discover::log_batch(
+        new,
+        &hashes,
+        file_rows,
+        &Stream::default(),
+        run.seq,
+        &run.id,
+    )?;
     write_batch(&tables.files, Table::IngestFiles, batch).await
 }
 
@@ -297,8 +340,8 @@ async fn sync_index(
 async fn adopt_legacy(
     tables: &mut Tables,
     stream: &Stream,
-    new: Vec<NewFile>,
-) -> Result<Vec<NewFile>> {
+    new: Vec<LandingFile>,
+) -> Result<Vec<LandingFile>> {
     let has_data = !delta::files(&tables.main, Table::Transactions, None)?.is_empty();
     if new.is_empty()
         || !has_data
@@ -311,7 +354,7 @@ async fn adopt_legacy(
         let old = delta::txn_version(
             &tables.main,
             Table::Transactions,
-            &format!("pipeline.ingest:{}", f.file.rel),
+            &format!("pipeline.ingest:{}", f.rel),
         )
         .await?;
         if old.is_some() {
@@ -328,7 +371,8 @@ async fn adopt_legacy(
         "recording files ingested by an earlier pipeline version in ingest_files"
     );
     let rows = vec![0; legacy.len()];
-    let batch = discover::log_batch(&legacy, &rows, stream, 0, "legacy")?;
+    let hashes = discover::start_hashing(legacy.clone(), 2).wait().await?;
+    let batch = discover::log_batch(&legacy, &hashes, &rows, stream, 0, "legacy")?;
     let adds = write_batch(&tables.files, Table::IngestFiles, batch).await?;
     Commit::append(Table::IngestFiles)
         .adds(adds)
@@ -406,6 +450,11 @@ async fn write_batch(
 }
 
 impl IngestReport {
+    /// Record the seconds of a step that started at `t`.
+    fn step(&mut self, name: &'static str, t: Instant) {
+        self.steps.push((name, t.elapsed().as_secs_f64()));
+    }
+
     /// Take the written rows' counts.
     fn tally(&mut self, w: &write::Written) {
         self.rows_out = w.rows_out;

@@ -22,7 +22,7 @@ use deltalake::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ParquetRecordBatchReaderBuilder,
 };
 
-use super::discover::NewFile;
+use super::discover::LandingFile;
 use crate::dates::{self, Day};
 use crate::error::{Error, Result};
 use crate::schema::{RAW, RAW_LENIENT, col};
@@ -87,7 +87,7 @@ pub struct Plan {
 }
 
 /// Read every new file's footer, check it, and sort its row groups into days.
-pub fn plan(files: &[NewFile], scratch: &Path) -> Result<Plan> {
+pub fn plan(files: &[LandingFile], scratch: &Path) -> Result<Plan> {
     let mut plan = Plan {
         days: BTreeMap::new(),
         rows: 0,
@@ -96,7 +96,7 @@ pub fn plan(files: &[NewFile], scratch: &Path) -> Result<Plan> {
         file_rows: Vec::with_capacity(files.len()),
     };
     for (fi, nf) in files.iter().enumerate() {
-        let path = &nf.file.path;
+        let path = &nf.path;
         let file =
             File::open(path).map_err(|e| Error::bad_input(path, format!("cannot open: {e}")))?;
         let meta = ArrowReaderMetadata::load(&file, Default::default())

@@ -49,6 +49,8 @@ pub struct IngestReport {
     pub caught_up_commits: u64,
     /// Things that did not stop the run (a checkpoint not written, a compaction skipped).
     pub warnings: Vec<String>,
+    /// Seconds spent in each step of the run, in order.
+    pub steps: Vec<(&'static str, f64)>,
     /// Wall time.
     pub seconds: f64,
     /// Rows read per second.

@@ -26,7 +26,7 @@ use futures::StreamExt;
 use super::idindex::{IdIndex, IdWriter};
 use super::plan::{Input, Ord, Plan, Rows, read_input};
 use crate::error::{Error, Result};
-use crate::rules::{self, Limits};
+use crate::rules::{self, Limits, Reason};
 
 /// Ids per bucket. Entries are 24 bytes and sorting them needs the bucket in memory; index
 /// ids of the bucket's range are 16 bytes: about 16 MiB a bucket at this size.
@@ -89,10 +89,13 @@ impl Buckets {
     }
 }
 
-/// The outcome: which ordinals are duplicates, and the run's index file.
+/// The outcome: every row's fate (by ordinal), and the run's index file.
 pub struct Verdicts {
     /// Duplicate ordinals, sorted.
     pub dups: Arc<Vec<Ord>>,
+    /// Rows that broke a rule, by ordinal, sorted (writing looks them up instead of checking
+    /// the rules again).
+    pub rejects: Arc<Vec<(Ord, Reason)>>,
     /// Ids accepted (they will be in the table after this run).
     pub accepted: u64,
     /// Ids the index held when this run started.
@@ -126,10 +129,18 @@ pub async fn decide(ctx: &Ctx<'_>, ids_table: &DeltaTable) -> Result<Verdicts> {
         n: total.div_ceil(ctx.bucket_ids.max(1)).clamp(1, MAX_BUCKETS),
     };
     let spill = ctx.plan.rows > ctx.bucket_ids;
-    let collected = tokio::task::block_in_place(|| {
+    let t = std::time::Instant::now();
+    let (collected, mut rejects) = tokio::task::block_in_place(|| {
         let inputs: Vec<&Input> = ctx.plan.days.values().flatten().collect();
         collect(ctx, &inputs, buckets, spill)
     })?;
+    rejects.sort_unstable_by_key(|(ord, _)| *ord);
+    tracing::debug!(
+        seconds = t.elapsed().as_secs_f64(),
+        spill,
+        buckets = buckets.n,
+        "dedup: valid rows collected"
+    );
     let (collected, index) = (Arc::new(collected), Arc::new(index));
     let mut writer = IdWriter::new(ids_table)?;
     let mut dups = Vec::new();
@@ -163,14 +174,15 @@ pub async fn decide(ctx: &Ctx<'_>, ids_table: &DeltaTable) -> Result<Verdicts> {
     let index_add = writer.finish(ids_table).await?;
     Ok(Verdicts {
         dups: Arc::new(dups),
+        rejects: Arc::new(rejects),
         accepted,
         index_ids,
         index_add,
     })
 }
 
-/// Entries sorted by (id, ordinal) against sorted known ids: the accepted ids, and the
-/// ordinals of duplicates.
+/// Entries sorted by id against sorted known ids: the accepted ids, and the ordinals of
+/// duplicates (of equal ids, the smallest ordinal is the first copy).
 fn merge(entries: &[Entry], known: &[u128]) -> (Vec<u128>, Vec<Ord>) {
     let mut accepted = Vec::with_capacity(entries.len());
     let mut dups = Vec::new();
@@ -189,7 +201,8 @@ fn merge(entries: &[Entry], known: &[u128]) -> (Vec<u128>, Vec<Ord>) {
             dups.extend(entries[i..j].iter().map(|e| e.ord));
         } else {
             accepted.push(id);
-            dups.extend(entries[i + 1..j].iter().map(|e| e.ord));
+            let first = entries[i..j].iter().map(|e| e.ord).min().expect("a group");
+            dups.extend(entries[i..j].iter().map(|e| e.ord).filter(|o| *o != first));
         }
         i = j;
     }
@@ -229,7 +242,7 @@ impl Collected {
                     out.extend(bytes.chunks_exact(ENTRY_BYTES).map(Entry::from_bytes));
                     let _ = std::fs::remove_file(&path);
                 }
-                out.sort_unstable();
+                sort_bucket(&mut out, lo, hi);
                 Ok(out)
             }
         }
@@ -242,12 +255,56 @@ impl Collected {
     }
 }
 
+/// Sort entries by id (of equal ids, merging picks the smallest ordinal). Ids are spread
+/// evenly over `[lo, hi]` (UUIDs are random): one pass deals them into 256 runs by range,
+/// then each run, small enough for the cache, is sorted on its own. Measured at 30M rows:
+/// half the time of one sort over the whole bucket, which missed the cache on every step.
+fn sort_bucket(entries: &mut Vec<Entry>, lo: u128, hi: u128) {
+    const RUNS: usize = 256;
+    if entries.len() < 4 * RUNS {
+        entries.sort_unstable_by_key(|e| e.id);
+        return;
+    }
+    // The run is the top 8 bits of the offset in the range (a shift, not a division).
+    let shift = (128 - (hi - lo).leading_zeros()).saturating_sub(8);
+    let run = |e: &Entry| (((e.id - lo) >> shift) as usize).min(RUNS - 1);
+    let mut counts = [0usize; RUNS + 1];
+    for e in entries.iter() {
+        counts[run(e) + 1] += 1;
+    }
+    for i in 0..RUNS {
+        counts[i + 1] += counts[i];
+    }
+    let mut next = counts;
+    let mut dealt = vec![Entry { id: 0, ord: 0 }; entries.len()];
+    for e in entries.iter() {
+        let r = run(e);
+        dealt[next[r]] = *e;
+        next[r] += 1;
+    }
+    for r in 0..RUNS {
+        dealt[counts[r]..counts[r + 1]].sort_unstable_by_key(|e| e.id);
+    }
+    *entries = dealt;
+}
+
 fn spill_path(dir: &Path, worker: usize, bucket: usize) -> PathBuf {
     dir.join(format!("w{worker:02}-b{bucket:04}.entries"))
 }
 
+/// The valid rows' entries, and the rows that broke a rule.
+type CollectedRows = (Collected, Vec<(Ord, Reason)>);
+
+/// One worker's valid entries (when kept in memory) and rejected rows.
+type WorkerRows = (Vec<Entry>, Vec<(Ord, Reason)>);
+
 /// Read every input on `ctx.workers` threads, check the rules, and collect valid rows.
-fn collect(ctx: &Ctx<'_>, inputs: &[&Input], buckets: Buckets, spill: bool) -> Result<Collected> {
+fn collect(
+    ctx: &Ctx<'_>,
+    inputs: &[&Input],
+    buckets: Buckets,
+    spill: bool,
+) -> Result<CollectedRows> {
     let dir = ctx.scratch.join("verdicts");
     if spill {
         std::fs::create_dir_all(&dir)
@@ -255,11 +312,11 @@ fn collect(ctx: &Ctx<'_>, inputs: &[&Input], buckets: Buckets, spill: bool) -> R
     }
     let next = AtomicUsize::new(0);
     let workers = ctx.workers.min(inputs.len()).max(1);
-    let results: Vec<Result<Vec<Entry>>> = std::thread::scope(|s| {
+    let results: Vec<Result<WorkerRows>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let (next, dir) = (&next, &dir);
-                s.spawn(move || -> Result<Vec<Entry>> {
+                s.spawn(move || -> Result<WorkerRows> {
                     let mut sink = Sink::new(spill.then_some((dir.as_path(), w)), buckets);
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -279,33 +336,42 @@ fn collect(ctx: &Ctx<'_>, inputs: &[&Input], buckets: Buckets, spill: bool) -> R
             .map(|h| h.join().expect("collecting thread panicked"))
             .collect()
     });
-    let mut all = Vec::new();
+    let (mut all, mut rejects) = (Vec::new(), Vec::new());
     for r in results {
-        all.extend(r?);
+        let (entries, rejected) = r?;
+        all.extend(entries);
+        rejects.extend(rejected);
     }
     if spill {
-        Ok(Collected::Spilled { dir, workers })
+        Ok((Collected::Spilled { dir, workers }, rejects))
     } else {
-        all.sort_unstable();
-        Ok(Collected::Memory(all))
+        sort_bucket(&mut all, 0, u128::MAX);
+        Ok((Collected::Memory(all), rejects))
     }
 }
 
-/// Where one worker puts its entries: a vector, or a buffered file per bucket.
+/// Where one worker puts its entries: a vector, or a file per bucket (entries gathered per
+/// bucket and written a chunk at a time).
 struct Sink<'a> {
     memory: Vec<Entry>,
+    rejects: Vec<(Ord, Reason)>,
+    pending: Vec<Vec<Entry>>,
     files: Vec<Option<BufWriter<File>>>,
     spill: Option<(&'a Path, usize)>,
     buckets: Buckets,
 }
 
+/// Entries gathered per bucket before a write.
+const CHUNK: usize = 4096;
+
 impl<'a> Sink<'a> {
     fn new(spill: Option<(&'a Path, usize)>, buckets: Buckets) -> Self {
+        let n = if spill.is_some() { buckets.n } else { 0 };
         Sink {
             memory: Vec::new(),
-            files: (0..if spill.is_some() { buckets.n } else { 0 })
-                .map(|_| None)
-                .collect(),
+            rejects: Vec::new(),
+            pending: (0..n).map(|_| Vec::new()).collect(),
+            files: (0..n).map(|_| None).collect(),
             spill,
             buckets,
         }
@@ -314,65 +380,93 @@ impl<'a> Sink<'a> {
     fn add(&mut self, rows: &Rows, limits: Limits) -> Result<()> {
         let checked = rules::check(&rows.batch, limits);
         for (i, reason) in checked.reasons.iter().enumerate() {
-            if reason.is_some() {
+            if let Some(r) = reason {
+                self.rejects.push((rows.ord(i), *r));
                 continue;
             }
             let e = Entry {
                 id: checked.ids[i],
                 ord: rows.ord(i),
             };
-            match self.spill {
-                None => self.memory.push(e),
-                Some((dir, w)) => {
-                    let b = self.buckets.of(e.id);
-                    let f = match &mut self.files[b] {
-                        Some(f) => f,
-                        slot => {
-                            let path = spill_path(dir, w, b);
-                            let f = File::create(&path).map_err(|err| {
-                                Error::io(format!("cannot create {}", path.display()), err)
-                            })?;
-                            slot.insert(BufWriter::with_capacity(16 * 1024, f))
-                        }
-                    };
-                    f.write_all(&e.to_bytes())
-                        .map_err(|err| Error::io("cannot write a scratch file", err))?;
-                }
+            if self.spill.is_none() {
+                self.memory.push(e);
+                continue;
+            }
+            let b = self.buckets.of(e.id);
+            self.pending[b].push(e);
+            if self.pending[b].len() == CHUNK {
+                self.write(b)?;
             }
         }
         Ok(())
     }
 
-    fn finish(self) -> Result<Vec<Entry>> {
+    /// Write bucket `b`'s gathered entries to its file.
+    fn write(&mut self, b: usize) -> Result<()> {
+        let Some((dir, w)) = self.spill else {
+            return Ok(());
+        };
+        let f = match &mut self.files[b] {
+            Some(f) => f,
+            slot => {
+                let path = spill_path(dir, w, b);
+                let f = File::create(&path)
+                    .map_err(|err| Error::io(format!("cannot create {}", path.display()), err))?;
+                slot.insert(BufWriter::with_capacity(64 * 1024, f))
+            }
+        };
+        let mut bytes = Vec::with_capacity(self.pending[b].len() * ENTRY_BYTES);
+        for e in self.pending[b].drain(..) {
+            bytes.extend_from_slice(&e.to_bytes());
+        }
+        f.write_all(&bytes)
+            .map_err(|err| Error::io("cannot write a scratch file", err))
+    }
+
+    fn finish(mut self) -> Result<WorkerRows> {
+        for b in 0..self.pending.len() {
+            if !self.pending[b].is_empty() {
+                self.write(b)?;
+            }
+        }
         for mut f in self.files.into_iter().flatten() {
             f.flush()
                 .map_err(|e| Error::io("cannot write a scratch file", e))?;
         }
-        Ok(self.memory)
+        Ok((self.memory, self.rejects))
     }
 }
 
-/// Walks the sorted duplicate ordinals along rows whose ordinals increase.
-pub struct DupCursor<'a> {
-    dups: &'a [Ord],
+/// Walks a sorted list of ordinals (duplicates, rejects) along rows whose ordinals increase.
+pub struct Cursor<'a, T> {
+    items: &'a [T],
+    key: fn(&T) -> Ord,
     at: usize,
 }
 
-impl<'a> DupCursor<'a> {
-    /// A cursor over `dups`, starting at the first ordinal of an input.
-    pub fn new(dups: &'a [Ord], first: Ord) -> Self {
-        DupCursor {
-            dups,
-            at: dups.partition_point(|d| *d < first),
+impl<'a, T> Cursor<'a, T> {
+    /// A cursor over `items` (sorted by `key`), starting at the first ordinal of an input.
+    pub fn new(items: &'a [T], key: fn(&T) -> Ord, first: Ord) -> Self {
+        Cursor {
+            items,
+            key,
+            at: items.partition_point(|d| key(d) < first),
         }
     }
 
-    /// Whether `ord` (not smaller than any asked before) is a duplicate.
-    pub fn is_dup(&mut self, ord: Ord) -> bool {
-        while self.at < self.dups.len() && self.dups[self.at] < ord {
+    /// The item of `ord` (not smaller than any asked before), if any.
+    pub fn find(&mut self, ord: Ord) -> Option<&'a T> {
+        while self.at < self.items.len() && (self.key)(&self.items[self.at]) < ord {
             self.at += 1;
         }
-        self.dups.get(self.at) == Some(&ord)
+        self.items.get(self.at).filter(|i| (self.key)(i) == ord)
+    }
+
+    /// Whether any item lies in `[from, to]`, without moving.
+    pub fn any_in(&self, from: Ord, to: Ord) -> bool {
+        let rest = &self.items[self.at..];
+        let i = rest.partition_point(|d| (self.key)(d) < from);
+        rest.get(i).is_some_and(|d| (self.key)(d) <= to)
     }
 }
 
@@ -387,7 +481,7 @@ mod tests {
     #[test]
     fn the_first_copy_wins_unless_the_id_is_known() {
         let mut entries = vec![e(5, 9), e(3, 2), e(5, 4), e(7, 1), e(9, 3)];
-        entries.sort_unstable();
+        entries.sort_unstable_by_key(|e| e.id);
         let (accepted, mut dups) = merge(&entries, &[7, 8]);
         dups.sort_unstable();
         assert_eq!(accepted, vec![3, 5, 9]);
@@ -413,20 +507,41 @@ mod tests {
     }
 
     #[test]
+    fn bucket_sorting_equals_a_plain_sort() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u128;
+        let mut entries: Vec<Entry> = (0..10_000u64)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(0x2545_F491_4F6C_DD1D_0000_0001)
+                    .wrapping_add(i as u128);
+                e(x, i)
+            })
+            .collect();
+        entries.push(entries[17]);
+        let mut want = entries.clone();
+        want.sort_unstable_by_key(|e| e.id);
+        sort_bucket(&mut entries, 0, u128::MAX);
+        let ids = |v: &[Entry]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(&entries), ids(&want));
+    }
+
+    #[test]
     fn entries_round_trip_through_scratch_bytes() {
         let x = e(u128::MAX - 7, 1 << 40);
         assert!(Entry::from_bytes(&x.to_bytes()) == x);
     }
 
     #[test]
-    fn the_cursor_finds_duplicates_along_increasing_ordinals() {
-        let dups = [3, 8, 9, 20];
-        let mut c = DupCursor::new(&dups, 5);
-        assert!(!c.is_dup(5));
-        assert!(c.is_dup(8));
-        assert!(c.is_dup(9));
-        assert!(!c.is_dup(10));
-        assert!(c.is_dup(20));
-        assert!(!c.is_dup(21));
+    fn the_cursor_finds_ordinals_along_increasing_rows() {
+        let dups = [3u64, 8, 9, 20];
+        let mut c = Cursor::new(&dups, |d| *d, 5);
+        assert!(c.find(5).is_none());
+        assert!(c.any_in(6, 8));
+        assert!(!c.any_in(10, 19));
+        assert!(c.find(8).is_some());
+        assert!(c.find(9).is_some());
+        assert!(c.find(10).is_none());
+        assert!(c.find(20).is_some());
+        assert!(c.find(21).is_none());
     }
 }

@@ -1,39 +1,43 @@
-//! Writing: day by day (in parallel), each row checked again by the same rules and bounds as
-//! when the verdicts were decided, duplicates looked up by ordinal, good rows to the day's
-//! files of `customer_transactions` and the others to quarantine (in the day they claim).
-//! Nothing is committed here.
+//! Writing: day by day (in parallel), each row's fate looked up by its ordinal in what the
+//! verdicts decided (the rule it broke, or a duplicate), good rows to the day's files of
+//! `customer_transactions` and the others to quarantine (in the day they claim). Nothing is
+//! committed here.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use delta_kernel::expressions::Scalar;
+use delta_kernel::table_properties::DataSkippingNumIndexedCols;
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array};
 use deltalake::arrow::compute::{filter_record_batch, take_record_batch};
 use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::datafile::writer::{PartitionWriter, PartitionWriterConfig};
 use deltalake::kernel::Add;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use futures::StreamExt;
 use indexmap::IndexMap;
 
 use super::plan::{DayKey, Footer, Input, Ord, Rows, read_input};
-use super::verdicts::DupCursor;
+use super::verdicts::Cursor;
 use crate::delta;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::rules::{self, Limits, Reason};
+use crate::rules::Reason;
 use crate::schema::{self, PARTITION_COLUMN};
 use crate::tables::Table;
 
 /// Row-group cap for the Delta data files: the writer holds one open row group per day being
 /// written, so this (not the size of a day) bounds its memory.
 const DATA_ROW_GROUP_ROWS: usize = 128 * 1024;
-/// Files are closed at this size: the writer buffers the file it is writing, so this bounds
-/// that buffer independently of how many rows a day has. At 24 MiB a 10M-row day (19 MiB) fit
-/// in one file but larger days filled the whole buffer (+50 MiB peak RSS at 30M rows);
-/// `maintain` compacts the smaller files when wanted.
-const DATA_FILE_BYTES: usize = 8 * 1024 * 1024;
+/// Files are closed at this size. delta-rs's streaming writer uploads a file in 5 MiB parts
+/// while encoding it, so memory is a row group and a part whatever the file size (its older
+/// `RecordBatchWriter` held whole files in memory, which made us close them at 8 MiB).
+const DATA_FILE_BYTES: u64 = 128 * 1024 * 1024;
+/// Parts of a file being uploaded at once (delta-rs's default, 10, held up to 100 MiB more
+/// memory per writer for nothing on a local disk).
+const UPLOADS_IN_FLIGHT: usize = 2;
 
 /// What every day's writer needs.
 pub struct Ctx {
@@ -47,10 +51,10 @@ pub struct Ctx {
     pub main: DeltaTable,
     /// The quarantine table.
     pub quarantine: DeltaTable,
-    /// The rules' bounds (the same as the verdicts').
-    pub limits: Limits,
     /// Duplicate ordinals, sorted.
     pub dups: Arc<Vec<Ord>>,
+    /// Rows that broke a rule, by ordinal, sorted.
+    pub rejects: Arc<Vec<(Ord, Reason)>>,
     /// Rows done.
     pub progress: Progress,
 }
@@ -124,13 +128,16 @@ async fn process_day(ctx: &Ctx, day: DayKey, inputs: Vec<Input>) -> Result<Writt
     let mut w = DayWriters::new(ctx, day)?;
     let mut out = Written::default();
     for input in &inputs {
-        let mut cursor: Option<DupCursor> = None;
+        let mut cursors: Option<Cursors> = None;
         for rows in read_input(&ctx.paths, &ctx.footers, input)? {
             let rows = rows?;
             let Some(first) = rows.first_ord() else {
                 continue;
             };
-            let c = cursor.get_or_insert_with(|| DupCursor::new(&ctx.dups, first));
+            let c = cursors.get_or_insert_with(|| Cursors {
+                dups: Cursor::new(&ctx.dups, |d| *d, first),
+                rejects: Cursor::new(&ctx.rejects, |r| r.0, first),
+            });
             w.write(ctx, &rows, c, &mut out).await?;
         }
     }
@@ -138,32 +145,65 @@ async fn process_day(ctx: &Ctx, day: DayKey, inputs: Vec<Input>) -> Result<Writt
     Ok(out)
 }
 
+/// Where an input's rows stand in the verdicts.
+struct Cursors<'a> {
+    dups: Cursor<'a, Ord>,
+    rejects: Cursor<'a, (Ord, Reason)>,
+}
+
+impl Cursors<'_> {
+    fn reason(&mut self, ord: Ord) -> Option<Reason> {
+        match self.rejects.find(ord) {
+            Some((_, r)) => Some(*r),
+            None => self.dups.find(ord).map(|_| Reason::DuplicateTransactionId),
+        }
+    }
+}
+
 /// The main and quarantine writers of one day.
 struct DayWriters {
     day: DayKey,
-    main: RecordBatchWriter,
-    quarantine: RecordBatchWriter,
+    main: PartitionWriter,
+    quarantine: PartitionWriter,
     main_schema: SchemaRef,
     q_schema: SchemaRef,
 }
 
+/// A streaming writer of one partition's data files of `table` (batches without the
+/// partition column).
+fn writer(t: &DeltaTable, table: Table, day: DayKey) -> Result<PartitionWriter> {
+    let config = PartitionWriterConfig::try_new(
+        file_schema(table),
+        DayWriters::partition(day),
+        Some(schema::writer_properties(Some(DATA_ROW_GROUP_ROWS))),
+        NonZeroU64::new(DATA_FILE_BYTES),
+        Some(DATA_ROW_GROUP_ROWS),
+        Some(UPLOADS_IN_FLIGHT),
+        None,
+    )
+    .map_err(|e| Error::delta(table.name(), e))?;
+    PartitionWriter::try_with_config(
+        t.object_store(),
+        config,
+        DataSkippingNumIndexedCols::NumColumns(32),
+        None,
+    )
+    .map_err(|e| Error::delta(table.name(), e))
+}
+
+/// A table's schema without its partition column: what its data files hold.
+fn file_schema(table: Table) -> SchemaRef {
+    schema::without_column(&table.schema(), PARTITION_COLUMN)
+}
+
 impl DayWriters {
     fn new(ctx: &Ctx, day: DayKey) -> Result<Self> {
-        let props = || schema::writer_properties(Some(DATA_ROW_GROUP_ROWS));
-        let main = RecordBatchWriter::for_table(&ctx.main)
-            .map_err(|e| Error::delta(Table::Transactions.name(), e))?
-            .with_writer_properties(props());
-        let quarantine = RecordBatchWriter::for_table(&ctx.quarantine)
-            .map_err(|e| Error::delta(Table::Quarantine.name(), e))?
-            .with_writer_properties(props());
-        let main_schema = schema::without_column(&main.arrow_schema(), PARTITION_COLUMN);
-        let q_schema = schema::without_column(&quarantine.arrow_schema(), PARTITION_COLUMN);
         Ok(Self {
             day,
-            main,
-            quarantine,
-            main_schema,
-            q_schema,
+            main: writer(&ctx.main, Table::Transactions, day)?,
+            quarantine: writer(&ctx.quarantine, Table::Quarantine, day)?,
+            main_schema: file_schema(Table::Transactions),
+            q_schema: file_schema(Table::Quarantine),
         })
     }
 
@@ -177,26 +217,30 @@ impl DayWriters {
         )])
     }
 
-    /// Check one batch, write the good rows to the table and the rest to quarantine.
+    /// Write one batch: the good rows to the table, the rest to quarantine.
     async fn write(
         &mut self,
         ctx: &Ctx,
         rows: &Rows,
-        dups: &mut DupCursor<'_>,
+        verdicts: &mut Cursors<'_>,
         out: &mut Written,
     ) -> Result<()> {
         let batch = &rows.batch;
         let src = &ctx.rels[rows.file];
         let n = batch.num_rows();
-        let checked = rules::check(batch, ctx.limits);
+        let (first, last) = (rows.ord(0), rows.ord(n - 1));
+        if !verdicts.rejects.any_in(first, last) && !verdicts.dups.any_in(first, last) {
+            // The common case: every row is good.
+            out.rows_out += n as u64;
+            self.write_main(batch, src).await?;
+            ctx.progress.inc(n as u64);
+            return Ok(());
+        }
         let mut keep = Vec::with_capacity(n);
         let mut rejected: Vec<u32> = Vec::new();
         let mut reasons: Vec<&'static str> = Vec::new();
         for i in 0..n {
-            let reason = match checked.reasons[i] {
-                None if dups.is_dup(rows.ord(i)) => Some(Reason::DuplicateTransactionId),
-                r => r,
-            };
+            let reason = verdicts.reason(rows.ord(i));
             keep.push(reason.is_none());
             if let Some(r) = reason {
                 if r == Reason::DuplicateTransactionId {
@@ -211,29 +255,7 @@ impl DayWriters {
         let kept = filter_record_batch(batch, &BooleanArray::from(keep))?;
         out.rows_out += kept.num_rows() as u64;
         if kept.num_rows() > 0 {
-            let d = self.day.ok_or_else(|| {
-                Error::Invalid("internal error: a valid row without a day".into())
-            })?;
-            let b = with_extra_columns(
-                &kept,
-                &self.main_schema,
-                vec![repeat_str(src, kept.num_rows())],
-            )?;
-            self.main
-                .write_partition(b, &Self::partition(Some(d)), WriteMode::Default)
-                .await
-                .map_err(|e| Error::delta(Table::Transactions.name(), e))?;
-            // Close the file ourselves once it is big enough, waiting for its upload: left
-            // to roll over on its own, delta-rs keeps every closed file of the window in
-            // memory until its upload finishes, which grew with the size of a day.
-            if self.main.buffer_len() >= DATA_FILE_BYTES {
-                let adds = self
-                    .main
-                    .flush()
-                    .await
-                    .map_err(|e| Error::delta(Table::Transactions.name(), e))?;
-                out.main_adds.extend(adds);
-            }
+            self.write_main(&kept, src).await?;
         }
         if !rejected.is_empty() {
             let bad = take_record_batch(batch, &UInt32Array::from(rejected))?;
@@ -242,7 +264,7 @@ impl DayWriters {
                 vec![Arc::new(StringArray::from(reasons)), repeat_str(src, m)];
             let b = with_extra_columns(&bad, &self.q_schema, extra)?;
             self.quarantine
-                .write_partition(b, &Self::partition(self.day), WriteMode::Default)
+                .write(&b)
                 .await
                 .map_err(|e| Error::delta(Table::Quarantine.name(), e))?;
         }
@@ -250,16 +272,34 @@ impl DayWriters {
         Ok(())
     }
 
-    async fn finish(mut self, out: &mut Written) -> Result<()> {
-        let adds = self
-            .main
-            .flush()
+    /// Append good rows (from file `src`) to the day's table file.
+    async fn write_main(&mut self, rows: &RecordBatch, src: &str) -> Result<()> {
+        if self.day.is_none() {
+            return Err(Error::Invalid(
+                "internal error: a valid row without a day".into(),
+            ));
+        }
+        let b = with_extra_columns(
+            rows,
+            &self.main_schema,
+            vec![repeat_str(src, rows.num_rows())],
+        )?;
+        self.main
+            .write(&b)
             .await
-            .map_err(|e| Error::delta(Table::Transactions.name(), e))?;
-        out.main_adds.extend(adds);
+            .map_err(|e| Error::delta(Table::Transactions.name(), e))
+    }
+
+    async fn finish(self, out: &mut Written) -> Result<()> {
+        out.main_adds.extend(
+            self.main
+                .close()
+                .await
+                .map_err(|e| Error::delta(Table::Transactions.name(), e))?,
+        );
         out.quarantine_adds = self
             .quarantine
-            .flush()
+            .close()
             .await
             .map_err(|e| Error::delta(Table::Quarantine.name(), e))?;
         Ok(())
