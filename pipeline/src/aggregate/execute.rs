@@ -85,10 +85,76 @@ pub async fn recompute(
     };
     progress.set_length(rows_read);
     let ctx = session(p, days).await?;
-    let mut stream = ctx.sql(QUERY).await?.execute_stream().await?;
+    let stream = ctx.sql(QUERY).await?.execute_stream().await?;
+    let mode = if days.is_some() { "recompute" } else { "full" };
+    let mut out = replace_days(p, stream, days, mode).await?;
+    progress.inc(rows_read);
+    out.days = day_count;
+    out.rows_read = rows_read;
+    Ok(out)
+}
 
-    // Stream the result into new files, then commit them together with the removal of the
-    // replaced days' files and the consumed source version: one atomic commit.
+/// Merge the aggregates of the `added` files alone into `days`' aggregates, in one commit.
+pub async fn merge(
+    p: &Plan,
+    days: &BTreeSet<Day>,
+    added: &[String],
+    progress: &Progress,
+) -> Result<Recomputed> {
+    // Log paths are percent-encoded; the snapshot's are object store paths.
+    let wanted: std::collections::HashSet<deltalake::Path> = added
+        .iter()
+        .filter_map(|a| deltalake::Path::from_url_path(a).ok())
+        .collect();
+    let rows_read: u64 = delta::files(&p.source, Table::Transactions, Some(days))?
+        .iter()
+        .filter(|f| wanted.contains(&f.path))
+        .map(|f| f.rows)
+        .sum();
+    progress.set_length(rows_read);
+    let ctx = merge_session(p, days, added).await?;
+    let stream = ctx.sql(&merge_query()).await?.execute_stream().await?;
+    let mut out = replace_days(p, stream, Some(days), super::APPEND_MERGE).await?;
+    progress.inc(rows_read);
+    out.days = days.len() as u64;
+    out.rows_read = rows_read;
+    Ok(out)
+}
+
+/// The merge, in one place beside [`QUERY`]: the aggregates of the new rows (`QUERY` over
+/// the added files) and the current aggregates of their days, combined per customer and day.
+/// Exact: sums of decimals stay decimal and are cast back to (18, 2), loudly on overflow.
+fn merge_query() -> String {
+    format!(
+        "WITH new_rows AS ({QUERY})
+SELECT
+    customer_id,
+    transaction_date,
+    CAST(SUM(total_amount) AS DECIMAL(18, 2)) AS total_amount,
+    CAST(SUM(transaction_count) AS BIGINT) AS transaction_count,
+    CAST(SUM(declined_count) AS BIGINT) AS declined_count,
+    MIN(min_amount) AS min_amount,
+    MAX(max_amount) AS max_amount
+FROM (
+    SELECT customer_id, transaction_date, total_amount, transaction_count, declined_count, min_amount, max_amount
+    FROM current_aggregates
+    UNION ALL
+    SELECT customer_id, transaction_date, total_amount, transaction_count, declined_count, min_amount, max_amount
+    FROM new_rows
+)
+GROUP BY customer_id, transaction_date"
+    )
+}
+
+/// Stream the result into new files, then commit them together with the removal of the
+/// replaced days' files (all when `days` is `None`) and the consumed source version: one
+/// atomic commit.
+async fn replace_days(
+    p: &Plan,
+    mut stream: deltalake::datafusion::physical_plan::SendableRecordBatchStream,
+    days: Option<&BTreeSet<Day>>,
+    mode: &str,
+) -> Result<Recomputed> {
     let name = Table::Aggregates.name();
     let mut writer = RecordBatchWriter::for_table(&p.target).map_err(|e| Error::delta(name, e))?;
     let schema = writer.arrow_schema();
@@ -130,6 +196,7 @@ pub async fn recompute(
     .adds(adds.clone())
     .txn(p.app_id(), p.version)
     .meta("pipeline.stage", "aggregate")
+    .meta(super::MODE_KEY, mode)
     .meta("pipeline.source_version", p.version)
     .meta("pipeline.source_table_id", p.source_id.clone());
     let version = match commit.execute(&p.target).await {
@@ -141,10 +208,9 @@ pub async fn recompute(
             return Err(e);
         }
     };
-    progress.inc(rows_read);
     Ok(Recomputed {
-        days: day_count,
-        rows_read,
+        days: 0,
+        rows_read: 0,
         rows_written,
         bytes_written,
         version,
@@ -182,5 +248,38 @@ async fn session(p: &Plan, days: Option<&BTreeSet<Day>>) -> Result<SessionContex
         .filter(col(PARTITION_COLUMN).in_list(list, false))?
         .into_view();
     ctx.register_table(source, view)?;
+    Ok(ctx)
+}
+
+/// The session of a merge: `customer_transactions` restricted to the added files, and
+/// `current_aggregates`, the aggregates table restricted to their days.
+async fn merge_session(p: &Plan, days: &BTreeSet<Day>, added: &[String]) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_state(
+        deltalake::delta_datafusion::create_session_state_with_spill_config(
+            Some(QUERY_MEMORY),
+            None,
+        ),
+    );
+    p.source
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::delta(Table::Transactions.name(), e))?;
+    let rows = p
+        .source
+        .table_provider()
+        .with_file_paths(added.iter().cloned())
+        .await?;
+    ctx.register_table(Table::Transactions.name(), rows)?;
+    let all = p.target.table_provider().await?;
+    ctx.register_table("all_aggregates", all)?;
+    let list = days
+        .iter()
+        .map(|d| lit(ScalarValue::Date32(Some(*d))))
+        .collect();
+    let view = ctx
+        .table("all_aggregates")
+        .await?
+        .filter(col(PARTITION_COLUMN).in_list(list, false))?
+        .into_view();
+    ctx.register_table("current_aggregates", view)?;
     Ok(ctx)
 }

@@ -8,6 +8,11 @@
 //! touched, and replaces those days in one commit. Killed at any point, the table is either
 //! the old version or the new one. A source that was deleted and recreated is another table
 //! (another id): the aggregates are rebuilt from it.
+//!
+//! When the source commits since only added rows (ingest appends; a quarantine or delete
+//! removes), the run aggregates the added files alone and merges the result into their
+//! days' aggregates (sums and counts add, minima and maxima combine): the cost follows the
+//! new rows, not the size of the days, which is what keeps a continuous run fast.
 
 mod execute;
 mod options;
@@ -15,6 +20,15 @@ mod plan;
 mod report;
 
 use std::time::Instant;
+
+/// The `commitInfo` key recording how a commit computed the days it replaced: `full`,
+/// `recompute` or [`APPEND_MERGE`].
+pub const MODE_KEY: &str = "pipeline.aggregate_mode";
+
+/// The mode of a merge of appended rows. A row then changes only when rows counted in it
+/// arrive, and its counts only grow, so a row equal at two versions is equal at every
+/// version in between: `load` relies on it to write only the rows that changed.
+pub const APPEND_MERGE: &str = "append_merge";
 
 pub use execute::QUERY;
 pub use options::AggregateOptions;
@@ -39,8 +53,19 @@ pub async fn run(
             report.table_version = Some(execute::record_version(&p).await?);
             report.source_version = Some(p.version);
         }
+        plan::Work::Merge { days, added } => {
+            let out = execute::merge(&p, &days, &added, progress).await?;
+            report.mode = APPEND_MERGE;
+            report.days_recomputed = out.days;
+            report.rows_read = out.rows_read;
+            report.rows_written = out.rows_written;
+            report.bytes_written = out.bytes_written;
+            report.table_version = Some(out.version);
+            report.source_version = Some(p.version);
+        }
         plan::Work::Recompute(days) => {
             let out = execute::recompute(&p, days.as_ref(), progress).await?;
+            report.mode = if days.is_some() { "recompute" } else { "full" };
             report.full_rebuild = days.is_none();
             report.days_recomputed = out.days;
             report.rows_read = out.rows_read;

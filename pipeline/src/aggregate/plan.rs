@@ -20,6 +20,14 @@ pub enum Work {
     RecordVersion,
     /// Recompute these days (`None`: all of them).
     Recompute(Option<BTreeSet<Day>>),
+    /// Only rows were added since: aggregate the added files alone and merge the result
+    /// into these days' aggregates (sums and counts add up, minima and maxima combine).
+    Merge {
+        /// The days the added files belong to.
+        days: BTreeSet<Day>,
+        /// The added data files (paths as the log writes them).
+        added: Vec<String>,
+    },
 }
 
 impl Work {
@@ -92,18 +100,20 @@ pub async fn plan(layout: &Layout, opts: &AggregateOptions) -> Result<Plan> {
         None => Work::Recompute(None),
         Some(p) if p == version => Work::Nothing,
         Some(p) if p > version => Work::Recompute(None),
-        Some(p) => {
-            match delta::log::touched_days(&source, Table::Transactions, p, version).await? {
-                Some(days) if days.is_empty() => Work::RecordVersion,
-                Some(days) => Work::Recompute(Some(days)),
-                None => {
-                    tracing::warn!(
-                        "source log entries after version {p} are gone (log retention); rebuilding fully"
-                    );
-                    Work::Recompute(None)
-                }
+        Some(p) => match delta::log::changes(&source, Table::Transactions, p, version).await? {
+            Some(c) if c.days.is_empty() => Work::RecordVersion,
+            Some(c) if !c.removed_data && !c.rewrote_files => Work::Merge {
+                days: c.days,
+                added: c.added,
+            },
+            Some(c) => Work::Recompute(Some(c.days)),
+            None => {
+                tracing::warn!(
+                    "source log entries after version {p} are gone (log retention); rebuilding fully"
+                );
+                Work::Recompute(None)
             }
-        }
+        },
     };
     Ok(Plan {
         source,

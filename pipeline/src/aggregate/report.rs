@@ -16,6 +16,9 @@ pub struct AggregateReport {
     pub source_version: Option<i64>,
     /// Every day was recomputed.
     pub full_rebuild: bool,
+    /// How: `full`, `recompute` (the changed days from their rows), `append_merge` (only the
+    /// added rows, merged into the days' aggregates), or empty when nothing was done.
+    pub mode: &'static str,
     /// Days recomputed.
     pub days_recomputed: u64,
     /// Source rows read.

@@ -69,20 +69,40 @@ pub async fn find_commit(
     Ok(None)
 }
 
-/// Days whose data changed in commits `(after, upto]`, read from the commit files' add and
-/// remove actions. `None` when a commit file is gone, or a file has no day (then only a
-/// full rebuild is safe).
-pub async fn touched_days(
+/// What commits `(after, upto]` changed in a table's data (compaction, `dataChange: false`,
+/// changes none).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Days with added or removed data.
+    pub days: BTreeSet<Day>,
+    /// Data files added (paths as the log writes them).
+    pub added: Vec<String>,
+    /// Some commit removed data (a delete, a replaced day, a restore): not append-only.
+    pub removed_data: bool,
+    /// A later commit rewrote some of the added files without changing data (compaction):
+    /// those files are no longer in the snapshot as such.
+    pub rewrote_files: bool,
+    /// The `pipeline.aggregate_mode` of every commit that changed data (for the aggregates
+    /// table), in order.
+    pub modes: Vec<Option<String>>,
+}
+
+/// The changes of commits `(after, upto]`, read from the commit files' add and remove
+/// actions. `None` when a commit file is gone, or a file has no day (then only a full
+/// rebuild is safe).
+pub async fn changes(
     t: &DeltaTable,
     table: Table,
     after: i64,
     upto: i64,
-) -> Result<Option<BTreeSet<Day>>> {
-    let mut days = BTreeSet::new();
+) -> Result<Option<Changes>> {
+    let mut out = Changes::default();
+    let mut compacted = std::collections::HashSet::new();
     for v in (after + 1)..=upto {
         let Some(actions) = actions(t, table, v).await? else {
             return Ok(None);
         };
+        let mut changed_data = false;
         for action in &actions {
             for kind in ["add", "remove"] {
                 let Some(file) = action.get(kind) else {
@@ -90,20 +110,50 @@ pub async fn touched_days(
                 };
                 // Compaction rewrites files without changing data: it touches no day.
                 if file.get("dataChange").and_then(Value::as_bool) == Some(false) {
+                    if let ("remove", Some(path)) = (kind, file.get("path").and_then(Value::as_str))
+                    {
+                        compacted.insert(path.to_string());
+                    }
                     continue;
                 }
                 let value = file
                     .pointer(&format!("/partitionValues/{PARTITION_COLUMN}"))
                     .and_then(Value::as_str);
-                match value {
-                    Some(s) => days.insert(dates::parse(s).ok_or_else(|| Error::DamagedLog {
+                let Some(s) = value else {
+                    return Ok(None);
+                };
+                changed_data = true;
+                out.days
+                    .insert(dates::parse(s).ok_or_else(|| Error::DamagedLog {
                         table: table.name().into(),
                         what: format!("commit {v}: bad partition value {s:?}"),
-                    })?),
-                    None => return Ok(None),
-                };
+                    })?);
+                match (kind, file.get("path").and_then(Value::as_str)) {
+                    ("add", Some(path)) => out.added.push(path.to_string()),
+                    ("add", None) => return Ok(None),
+                    _ => out.removed_data = true,
+                }
             }
         }
+        if changed_data {
+            out.modes.push(
+                commit_info(&actions)
+                    .and_then(|c| c.get(crate::aggregate::MODE_KEY))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            );
+        }
     }
-    Ok(Some(days))
+    out.rewrote_files = out.added.iter().any(|p| compacted.contains(p));
+    Ok(Some(out))
+}
+
+/// Days whose data changed in commits `(after, upto]` (see [`changes`]).
+pub async fn touched_days(
+    t: &DeltaTable,
+    table: Table,
+    after: i64,
+    upto: i64,
+) -> Result<Option<BTreeSet<Day>>> {
+    Ok(changes(t, table, after, upto).await?.map(|c| c.days))
 }

@@ -176,6 +176,44 @@ fn aggregates_equal_an_independent_recomputation_across_dirty_late_batches() {
 }
 
 #[test]
+fn appended_rows_are_merged_and_a_compaction_in_between_falls_back_to_recomputing() {
+    let d = Data::new();
+    batch(&d, 1, 8_000, 3, "2024-05-01", 0.02);
+    d.ok(&["ingest"]);
+    assert_eq!(d.ok(&["aggregate"])["mode"], "full");
+    // Late and re-delivered rows: only the new rows are read, merged into their days.
+    batch(&d, 2, 1_000, 2, "2024-05-02", 0.05);
+    let ingested = d.ok(&["ingest"]);
+    let merged = d.ok(&["aggregate"]);
+    assert_eq!(merged["mode"], "append_merge", "{merged}");
+    assert_eq!(
+        u(&merged, "rows_read"),
+        u(&ingested, "rows_out"),
+        "{merged}"
+    );
+    assert_eq!(table(&d), oracle(&d));
+    // A compaction rewrote the new rows' file before the aggregate saw it: recompute.
+    batch(&d, 3, 1_000, 2, "2024-05-01", 0.0);
+    d.ok(&["ingest"]);
+    d.ok(&["maintain"]);
+    let recomputed = d.ok(&["aggregate"]);
+    assert_eq!(recomputed["mode"], "recompute", "{recomputed}");
+    assert_eq!(table(&d), oracle(&d));
+    // A compaction of files already aggregated does not stop the next merge.
+    batch(&d, 4, 500, 2, "2024-05-01", 0.0);
+    d.ok(&["ingest"]);
+    assert_eq!(d.ok(&["aggregate"])["mode"], "append_merge");
+    d.ok(&["maintain"]);
+    batch(&d, 5, 500, 1, "2024-05-02", 0.0);
+    d.ok(&["ingest"]);
+    assert_eq!(d.ok(&["aggregate"])["mode"], "append_merge");
+    let incremental = table(&d);
+    assert_eq!(incremental, oracle(&d));
+    d.ok(&["aggregate", "--full"]);
+    assert_eq!(table(&d), incremental);
+}
+
+#[test]
 fn rerun_with_nothing_new_commits_nothing() {
     let d = Data::new();
     batch(&d, 1, 3_000, 2, "2024-05-01", 0.0);
