@@ -3,9 +3,10 @@
 //! through one pool of in-flight requests with retries, failures written to a file. The
 //! version is recorded only when every request succeeded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -273,21 +274,39 @@ pub async fn execute(
         budget: opts.max_errors.allowed(report.rows_to_load),
     };
     let n = opts.concurrency;
-    let rows = upserts(plan, opts.parallel_files);
-    let mut complete = send_all(&shared, &mut tally, rows, n, report, progress).await?;
-    if complete {
-        complete = match &plan.work {
-            Work::Days { days, old } => {
-                let gone = vanished(plan, days, old);
-                send_all(&shared, &mut tally, gone, n, report, progress).await?
-            }
-            Work::Full => {
-                let partitions = partitions(session, keyspace);
-                send_all(&shared, &mut tally, partitions, n, report, progress).await?
-            }
-            Work::Nothing | Work::Overtaken => true,
-        };
-    }
+    let complete = match &plan.work {
+        Work::Days {
+            days,
+            old,
+            only_changed_rows: true,
+        } => {
+            let unchanged = AtomicU64::new(0);
+            let ops = changed_rows(plan, days, old, &unchanged, progress);
+            let complete = send_all(&shared, &mut tally, ops, n, report, progress).await?;
+            report.rows_unchanged = unchanged.into_inner();
+            complete
+        }
+        Work::Days { days, old, .. } => {
+            let rows = upserts(plan, opts.parallel_files);
+            send_all(&shared, &mut tally, rows, n, report, progress).await?
+                && send_all(
+                    &shared,
+                    &mut tally,
+                    vanished(plan, days, old),
+                    n,
+                    report,
+                    progress,
+                )
+                .await?
+        }
+        Work::Full => {
+            let rows = upserts(plan, opts.parallel_files);
+            let partitions = partitions(session, keyspace);
+            send_all(&shared, &mut tally, rows, n, report, progress).await?
+                && send_all(&shared, &mut tally, partitions, n, report, progress).await?
+        }
+        Work::Nothing | Work::Overtaken => true,
+    };
     tally.failures.close()?;
     report.latency_ms = tally.latency();
     if report.failures > 0 {
@@ -328,6 +347,59 @@ fn upserts(plan: &Plan, parallel: usize) -> impl Stream<Item = Result<Op>> + '_ 
     .flatten_unordered(parallel.max(1))
     .map_ok(|rows| futures::stream::iter(rows.into_iter().map(|r| Ok(Op::Upsert(r)))))
     .try_flatten()
+}
+
+/// The writes that turn the changed days of the last loaded version into this one's, row
+/// by row: upserts of new and changed rows, deletes of vanished ones; equal rows are counted
+/// in `unchanged`. One day's old rows are held at a time.
+fn changed_rows<'a>(
+    plan: &'a Plan,
+    days: &'a std::collections::BTreeSet<Day>,
+    old: &'a deltalake::DeltaTable,
+    unchanged: &'a AtomicU64,
+    progress: &'a Progress,
+) -> impl Stream<Item = Result<Op>> + 'a {
+    futures::stream::iter(days.iter().copied())
+        .then(move |day| day_changes(plan, old, day, unchanged, progress))
+        .map_ok(|ops| futures::stream::iter(ops.into_iter().map(Ok)))
+        .try_flatten()
+}
+
+async fn day_changes(
+    plan: &Plan,
+    old: &deltalake::DeltaTable,
+    day: Day,
+    unchanged: &AtomicU64,
+    progress: &Progress,
+) -> Result<Vec<Op>> {
+    let days = std::collections::BTreeSet::from([day]);
+    let mut before: HashMap<i64, AggRow> = HashMap::new();
+    for f in delta::files(old, Table::Aggregates, Some(&days))? {
+        let mut s = std::pin::pin!(codec::file_rows(old, &f));
+        while let Some(rows) = s.next().await {
+            before.extend(rows?.into_iter().map(|r| (r.customer_id, r)));
+        }
+    }
+    let mut ops = Vec::new();
+    for f in plan.files.iter().filter(|f| f.day == Some(day)) {
+        let mut s = std::pin::pin!(codec::file_rows(&plan.table, f));
+        while let Some(rows) = s.next().await {
+            for row in rows? {
+                if before.remove(&row.customer_id).as_ref() == Some(&row) {
+                    unchanged.fetch_add(1, Ordering::Relaxed);
+                    progress.inc(1);
+                } else {
+                    ops.push(Op::Upsert(row));
+                }
+            }
+        }
+    }
+    ops.extend(
+        before
+            .into_keys()
+            .map(|customer_id| Op::DeleteRow { customer_id, day }),
+    );
+    Ok(ops)
 }
 
 /// Rows of the changed days that the last loaded version had and this one has not.

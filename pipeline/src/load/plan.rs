@@ -29,6 +29,9 @@ pub enum Work {
         days: BTreeSet<Day>,
         /// The aggregates as of the last loaded version.
         old: Box<DeltaTable>,
+        /// Every commit since merged appended rows (see [`crate::aggregate::APPEND_MERGE`]):
+        /// rows equal in both versions are equal in between, and need no write.
+        only_changed_rows: bool,
     },
 }
 
@@ -109,17 +112,23 @@ async fn changed_days(
     previous: i64,
     version: i64,
 ) -> Result<Work> {
-    let Some(days) = delta::log::touched_days(table, Table::Aggregates, previous, version).await?
+    let Some(changes) = delta::log::changes(table, Table::Aggregates, previous, version).await?
     else {
         tracing::warn!(
             "aggregates log entries after version {previous} are gone; loading everything"
         );
         return Ok(Work::Full);
     };
+    let only_changed_rows = changes
+        .modes
+        .iter()
+        .all(|m| m.as_deref() == Some(crate::aggregate::APPEND_MERGE));
+    let days = changes.days;
     match open_old(layout, previous, &days).await {
         Ok(old) => Ok(Work::Days {
             days,
             old: Box::new(old),
+            only_changed_rows,
         }),
         Err(e) => {
             tracing::warn!(error = %e.chain(),

@@ -30,6 +30,9 @@ pub struct LoadReport {
     pub rows_to_load: u64,
     /// Rows written.
     pub rows_written: u64,
+    /// Rows of the changed days equal in the last loaded version, not written again (only
+    /// when every aggregates commit since merged appended rows).
+    pub rows_unchanged: u64,
     /// Rows deleted: gone from the aggregates since the last load.
     pub rows_deleted: u64,
     /// Partitions whose older rows were deleted by a full load.
@@ -107,10 +110,11 @@ impl Report for LoadReport {
             );
         }
         format!(
-            "load: aggregates version {v} -> {} ({} day(s), {scope})\n  {} rows written, {} deleted, {} partitions swept, {} retries, {} failures, {:.2} s ({} rows/s, peak RSS {})\n  latency ms: p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}",
+            "load: aggregates version {v} -> {} ({} day(s), {scope})\n  {} rows written, {} unchanged, {} deleted, {} partitions swept, {} retries, {} failures, {:.2} s ({} rows/s, peak RSS {})\n  latency ms: p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}",
             self.keyspace,
             self.days,
             thousands(self.rows_written),
+            thousands(self.rows_unchanged),
             thousands(self.rows_deleted),
             thousands(self.partitions_swept),
             self.retries,
