@@ -30,6 +30,11 @@ pub fn of_micros(us: i64) -> Option<Day> {
     DateTime::from_timestamp_micros(us).and_then(|t| from_date(t.date_naive()))
 }
 
+/// Midnight UTC starting `day`, in microseconds since the epoch (saturating far out).
+pub fn start_micros(day: Day) -> i64 {
+    i64::from(day).saturating_mul(86_400_000_000)
+}
+
 /// `YYYY-MM-DD` (chrono's format, with a sign and more digits beyond year 9999), or
 /// `day N` for a number chrono cannot represent.
 pub fn format(day: Day) -> String {

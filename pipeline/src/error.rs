@@ -34,6 +34,10 @@ pub mod exit {
     /// The run completed, but landing files changed after they were ingested: their new
     /// content was not ingested (the report and the message say which and what to do).
     pub const CHANGED_INPUT: u8 = 8;
+    /// The run completed, but raw files it could not use were set aside
+    /// (`--on-bad-file skip`): the other files were committed; the report names each set-aside
+    /// file and why.
+    pub const SET_ASIDE_INPUT: u8 = 9;
 }
 
 /// Everything that can go wrong, each with the message a user needs.

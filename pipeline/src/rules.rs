@@ -35,6 +35,8 @@ pub enum Reason {
     TransactionTsInFuture,
     /// Before the floor date (`ingest --min-date`).
     TransactionTsTooOld,
+    /// On a day already final (`--finalize-after`): older than the watermark.
+    LateBeyondWatermark,
     /// `amount` is null.
     AmountNull,
     /// `amount` ≤ 0.
@@ -62,6 +64,7 @@ impl Reason {
             Reason::TransactionTsNull => "transaction_ts_null",
             Reason::TransactionTsInFuture => "transaction_ts_in_future",
             Reason::TransactionTsTooOld => "transaction_ts_too_old",
+            Reason::LateBeyondWatermark => "late_beyond_watermark",
             Reason::AmountNull => "amount_null",
             Reason::AmountNotPositive => "amount_not_positive",
             Reason::CategoryUnknown => "category_unknown",
@@ -83,6 +86,9 @@ pub struct Limits {
     pub reference_us: i64,
     /// The first valid instant (µs): midnight UTC of the floor day.
     pub floor_us: i64,
+    /// The first instant of the first day not final yet (µs; `i64::MIN` without a
+    /// watermark): rows before it are late beyond the watermark.
+    pub open_from_us: i64,
 }
 
 impl Limits {
@@ -94,7 +100,14 @@ impl Limits {
                 .and_time(chrono::NaiveTime::MIN)
                 .and_utc()
                 .timestamp_micros(),
+            open_from_us: i64::MIN,
         }
+    }
+
+    /// With a watermark: rows before `open_from_us` are final and late.
+    pub fn with_open_from(mut self, open_from_us: Option<i64>) -> Self {
+        self.open_from_us = open_from_us.unwrap_or(i64::MIN);
+        self
     }
 
     /// Only the future rule, at `reference` (the generator tells its clean rows this way).
@@ -102,6 +115,7 @@ impl Limits {
         Limits {
             reference_us: reference.timestamp_micros(),
             floor_us: i64::MIN,
+            open_from_us: i64::MIN,
         }
     }
 
@@ -138,13 +152,14 @@ pub fn check(batch: &RecordBatch, limits: Limits) -> Checked {
     let category = batch.column(5).as_string::<i32>();
     let channel = batch.column(6).as_string::<i32>();
     let status = batch.column(7).as_string::<i32>();
-    let (latest, floor) = (limits.latest_us(), limits.floor_us);
+    let (latest, floor, open_from) = (limits.latest_us(), limits.floor_us, limits.open_from_us);
 
     let mut reasons = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let (reason, parsed) = check_row(
             i, id, customer, merchant, ts, amount, category, channel, status, latest, floor,
+            open_from,
         );
         reasons.push(reason);
         ids.push(parsed);
@@ -166,6 +181,7 @@ fn check_row(
     status: &StringArray,
     ts_latest: i64,
     ts_floor: i64,
+    ts_open_from: i64,
 ) -> (Option<Reason>, u128) {
     use Reason::*;
     if id.is_null(i) {
@@ -188,6 +204,8 @@ fn check_row(
         Some(TransactionTsInFuture)
     } else if ts.value(i) < ts_floor {
         Some(TransactionTsTooOld)
+    } else if ts.value(i) < ts_open_from {
+        Some(LateBeyondWatermark)
     } else if amount.is_null(i) {
         Some(AmountNull)
     } else if amount.value(i) <= 0 {
@@ -219,6 +237,7 @@ mod tests {
         Limits {
             reference_us: NOW,
             floor_us: FLOOR,
+            open_from_us: i64::MIN,
         }
     }
     const GOOD_ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
@@ -248,6 +267,10 @@ mod tests {
     }
 
     fn check_one(r: Row) -> Option<Reason> {
+        check_batch_one(r, limits())
+    }
+
+    fn check_batch_one(r: Row, limits: Limits) -> Option<Reason> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![r.id])),
             Arc::new(Int64Array::from(vec![r.customer])),
@@ -263,7 +286,7 @@ mod tests {
             Arc::new(StringArray::from(vec![r.status])),
         ];
         let batch = RecordBatch::try_new(RAW_LENIENT.clone(), cols).unwrap();
-        let c = check(&batch, limits());
+        let c = check(&batch, limits);
         if c.reasons[0].is_none() {
             assert_eq!(c.ids[0], uuid::Uuid::parse_str(GOOD_ID).unwrap().as_u128());
         }
@@ -438,6 +461,30 @@ mod tests {
         let d = |s| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
         let l = Limits::new(chrono::Utc::now(), d("1900-01-01"));
         assert_eq!(l.floor_us, -2_208_988_800_000_000);
+    }
+
+    #[test]
+    fn rows_before_the_watermark_are_late_and_the_floor_still_wins() {
+        let open_from = NOW - 86_400_000_000;
+        let check = |ts| {
+            let l = limits().with_open_from(Some(open_from));
+            let r = Row {
+                ts: Some(ts),
+                ..good()
+            };
+            check_batch_one(r, l)
+        };
+        assert_eq!(check(open_from), None);
+        assert_eq!(check(open_from - 1), Some(Reason::LateBeyondWatermark));
+        assert_eq!(check(FLOOR - 1), Some(Reason::TransactionTsTooOld));
+        let without = Row {
+            ts: Some(FLOOR),
+            ..good()
+        };
+        assert_eq!(
+            check_batch_one(without, limits().with_open_from(None)),
+            None
+        );
     }
 
     #[test]

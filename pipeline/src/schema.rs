@@ -118,6 +118,9 @@ pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// `ingest_files`: one row per landing file ingest consumed. `modified` and `content_hash`
 /// (BLAKE3, hex) identify the content, so a file changed after it was ingested is noticed.
+/// `set_aside` is null for an ingested file, and says what is wrong with one that was set
+/// aside as unusable (`--on-bad-file skip`); added after the first release, as a nullable
+/// column (tables created before get it by a schema update).
 pub static INGEST_FILES: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
@@ -129,6 +132,7 @@ pub static INGEST_FILES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("run_seq", DataType::Int64, false),
         Field::new("run_id", DataType::Utf8, false),
         Field::new("ingested_at", timestamp_type(), false),
+        Field::new("set_aside", DataType::Utf8, true),
     ]))
 });
 

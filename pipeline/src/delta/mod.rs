@@ -101,8 +101,7 @@ fn existing_dir_url(dir: &Path, table: Table) -> Result<Url> {
 /// existing table whose columns differ is an error, not silently used.
 pub async fn open_or_create(layout: &Layout, table: Table) -> Result<DeltaTable> {
     if let Some(t) = open(layout, table).await? {
-        check_schema(&t, table.name(), &table.schema())?;
-        return Ok(t);
+        return add_new_columns(layout, t, table).await;
     }
     let name = table.name();
     let uri = layout.table_uri(table).map_err(|e| Error::delta(name, e))?;
@@ -141,6 +140,62 @@ pub async fn open_or_create(layout: &Layout, table: Table) -> Result<DeltaTable>
             _ => Err(Error::delta(name, e)),
         },
     }
+}
+
+/// A table created by an earlier version of the pipeline lacks the nullable columns added
+/// at the end of its schema since: they are added (a standard Delta schema update; readers
+/// see nulls in older files). Any other difference is an error.
+async fn add_new_columns(layout: &Layout, t: DeltaTable, table: Table) -> Result<DeltaTable> {
+    let name = table.name();
+    let expected = table.schema();
+    let actual = t
+        .snapshot()
+        .map_err(|e| Error::delta(name, e))?
+        .snapshot()
+        .arrow_schema();
+    let n = actual.fields().len();
+    let is_prefix = n < expected.fields().len()
+        && actual
+            .fields()
+            .iter()
+            .zip(expected.fields())
+            .all(|(a, e)| a.name() == e.name() && a.data_type() == e.data_type());
+    let added = &expected.fields()[n.min(expected.fields().len())..];
+    if !is_prefix || added.iter().any(|f| !f.is_nullable()) {
+        check_schema(&t, name, &expected)?;
+        return Ok(t);
+    }
+    let fields: StructType = (&Schema::new(added.to_vec()))
+        .try_into_kernel()
+        .map_err(|e| {
+            Error::delta(
+                name,
+                DeltaTableError::Generic(format!("schema conversion: {e}")),
+            )
+        })?;
+    let names: Vec<&str> = added.iter().map(|f| f.name().as_str()).collect();
+    tracing::info!(table = name, columns = ?names, "adding the columns this version records");
+    let updated = t
+        .add_columns()
+        .with_fields(fields.fields().cloned().collect::<Vec<_>>())
+        .with_commit_properties(
+            CommitProperties::default()
+                .with_max_retries(0)
+                .with_create_checkpoint(false)
+                .with_cleanup_expired_logs(Some(false)),
+        )
+        .await;
+    // Another process may have added them at the same moment: read the table again.
+    let t = match updated {
+        Ok(t) => t,
+        Err(_) => open(layout, table).await?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "Delta table {name} disappeared while being updated"
+            ))
+        })?,
+    };
+    check_schema(&t, name, &expected)?;
+    Ok(t)
 }
 
 fn check_schema(table: &DeltaTable, name: &str, expected: &Schema) -> Result<()> {

@@ -57,6 +57,10 @@ struct Recorded {
     size: u64,
     modified_us: Option<i64>,
     hash: Option<String>,
+    /// Recorded as set aside (unusable), not ingested.
+    set_aside: bool,
+    /// The run that recorded it.
+    run_seq: i64,
 }
 
 /// The landing files, split into new and changed.
@@ -97,6 +101,13 @@ pub async fn discover(
             // Recorded before content hashes: the size is all there is to compare.
             None => r.size == f.size,
         };
+        if r.set_aside {
+            // A set-aside file whose content changed was fixed: it is new again.
+            if !same {
+                new.push(f);
+            }
+            continue;
+        }
         if !same {
             changed.push(ChangedFile {
                 path: f.rel.clone(),
@@ -107,6 +118,7 @@ pub async fn discover(
             });
         }
     }
+    new.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(Discovered {
         seen: listed.len() as u64,
         new,
@@ -178,7 +190,16 @@ pub fn list(dir: &Path, prefix: &str) -> Result<Vec<LandingFile>> {
 async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<HashMap<String, Recorded>> {
     let mut out = HashMap::new();
     let store = t.object_store();
-    let names: Vec<&str> = ["path", "size", "modified", "content_hash", "stream"].to_vec();
+    let names: Vec<&str> = [
+        "path",
+        "size",
+        "modified",
+        "content_hash",
+        "stream",
+        "run_seq",
+        "set_aside",
+    ]
+    .to_vec();
     for f in delta::files(t, Table::IngestFiles, None)? {
         let mut batches = delta::read::columns(store.clone(), &f.path, &names).await?;
         while let Some(b) = batches.next().await {
@@ -217,18 +238,35 @@ fn record_batch(
     let streams: &StringArray = col("stream")?
         .as_string_opt()
         .ok_or_else(|| damaged("a non-string stream"))?;
+    let seqs: &Int64Array = col("run_seq")?
+        .as_primitive_opt()
+        .ok_or_else(|| damaged("a non-integer run_seq"))?;
+    // Absent from files written before files were set aside: none was.
+    let set_aside: Option<&StringArray> = b
+        .column_by_name("set_aside")
+        .and_then(|c| c.as_string_opt());
     for i in 0..b.num_rows() {
         if streams.value(i) != stream.prefix {
             continue;
         }
-        out.insert(
-            path.value(i).to_string(),
-            Recorded {
-                size: size.value(i).max(0) as u64,
-                modified_us: modified.is_valid(i).then(|| modified.value(i)),
-                hash: hash.is_valid(i).then(|| hash.value(i).to_string()),
-            },
-        );
+        let r = Recorded {
+            size: size.value(i).max(0) as u64,
+            modified_us: modified.is_valid(i).then(|| modified.value(i)),
+            hash: hash.is_valid(i).then(|| hash.value(i).to_string()),
+            set_aside: set_aside.is_some_and(|c| c.is_valid(i)),
+            run_seq: seqs.value(i),
+        };
+        // A file set aside, then fixed, has two records: the later one holds.
+        match out.entry(path.value(i).to_string()) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if e.get().run_seq < r.run_seq {
+                    e.insert(r);
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(r);
+            }
+        }
     }
     Ok(())
 }
@@ -298,6 +336,7 @@ pub fn log_batch(
     files: &[LandingFile],
     hashes: &[String],
     rows: &[u64],
+    set_aside: &[Option<String>],
     stream: &Stream,
     run_seq: i64,
     run_id: &str,
@@ -334,6 +373,9 @@ pub fn log_batch(
             TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(now, n))
                 .with_timezone("UTC"),
         ),
+        Arc::new(StringArray::from_iter(
+            set_aside.iter().map(Option::as_deref),
+        )),
     ];
     Ok(RecordBatch::try_new(INGEST_FILES.clone(), cols)?)
 }

@@ -21,6 +21,7 @@ mod plan;
 mod report;
 mod scratch;
 mod verdicts;
+mod watermark;
 mod write;
 
 use std::collections::HashMap;
@@ -35,7 +36,8 @@ use serde_json::json;
 pub use commit::{DERIVED, Tables, catch_up};
 pub use discover::Stream;
 pub use options::IngestOptions;
-pub use report::{CHANGED_ADVICE, ChangedFile, IngestReport};
+pub use options::OnBadFile;
+pub use report::{CHANGED_ADVICE, ChangedFile, IngestReport, SET_ASIDE_ADVICE, SetAsideFile};
 pub use verdicts::DEFAULT_BUCKET_IDS;
 
 use crate::delta;
@@ -72,19 +74,9 @@ pub async fn run(
     report.step("discover", t);
     if !new.is_empty() {
         let run = Run::start(&tables, &stream, opts).await?;
-        // Content hashes are needed only for the record: computed while the run reads.
-        let hashing = discover::start_hashing(new.clone(), opts.workers());
-        let (main_adds, record) = execute(
-            &tables,
-            &new,
-            hashing,
-            &run,
-            &scratch,
-            opts,
-            progress,
-            &mut report,
-        )
-        .await?;
+        let (main_adds, record) =
+            execute_setting_aside(&tables, new, &run, &scratch, opts, progress, &mut report)
+                .await?;
         let t = Instant::now();
         let (version, quarantine_version, warnings) =
             commit::commit_run(&mut tables, &stream, main_adds, record).await?;
@@ -119,12 +111,58 @@ async fn discover(
     Ok(new)
 }
 
+/// [`execute`] the run; with `--on-bad-file skip`, a file found unusable is set aside and
+/// the run done again without it (nothing is committed before), until every file left is
+/// good. Set-aside files are recorded in `ingest_files` with their problem.
+async fn execute_setting_aside(
+    tables: &Tables,
+    mut files: Vec<LandingFile>,
+    run: &Run,
+    scratch: &Scratch,
+    opts: &IngestOptions,
+    progress: &Progress,
+    report: &mut IngestReport,
+) -> Result<(Vec<Add>, commit::RunRecord)> {
+    let skip = opts.on_bad_file(OnBadFile::Stop) == OnBadFile::Skip;
+    let before = report.clone();
+    let mut set_aside: Vec<(LandingFile, String)> = Vec::new();
+    loop {
+        // Content hashes are needed only for the record: computed while the run reads.
+        let hashing = discover::start_hashing(files.clone(), opts.workers());
+        let attempt = execute(
+            tables, &files, &set_aside, hashing, run, scratch, opts, progress, report,
+        )
+        .await;
+        let (path, problem) = match attempt {
+            Err(Error::BadInput { path, problem }) if skip => (path, problem),
+            other => return other,
+        };
+        let Some(i) = files.iter().position(|f| f.path == path) else {
+            return Err(Error::BadInput { path, problem });
+        };
+        let file = files.remove(i);
+        tracing::warn!(file = %file.rel, %problem, "setting aside an unusable raw file");
+        set_aside.push((file, problem));
+        *report = before.clone();
+        report.files_ingested = files.len() as u64;
+        report.bytes_read = files.iter().map(|f| f.size).sum();
+        report.set_aside_files = set_aside
+            .iter()
+            .map(|(f, problem)| SetAsideFile {
+                path: f.rel.clone(),
+                problem: problem.clone(),
+            })
+            .collect();
+    }
+}
+
 /// Plan, decide, write: every file of the run written, nothing committed. Returns the main
 /// table's files and the record of the run (the other tables' files).
 #[allow(clippy::too_many_arguments)]
 async fn execute(
     tables: &Tables,
     new: &[LandingFile],
+    set_aside: &[(LandingFile, String)],
     hashing: Hashing,
     run: &Run,
     scratch: &Scratch,
@@ -181,15 +219,10 @@ async fn execute(
     };
     report.tally(&written);
     report.step("write", t);
-    let logged = check_and_log(
-        tables,
-        new,
-        hashing,
-        &plan.file_rows,
-        run,
-        &verdicts,
-        report,
-    );
+    let logged = async {
+        check_accounts(&verdicts, report)?;
+        log_files(tables, new, set_aside, hashing, &plan.file_rows, run).await
+    };
     let files_adds = match logged.await {
         Ok(a) => a,
         Err(e) => {
@@ -213,37 +246,50 @@ async fn execute(
     Ok((written.main_adds, record))
 }
 
-/// Check the accounts (every row in one place, as decided), then write the run's
-/// `ingest_files` rows (uncommitted).
-async fn check_and_log(
-    tables: &Tables,
-    new: &[LandingFile],
-    hashing: Hashing,
-    file_rows: &[u64],
-    run: &Run,
-    verdicts: &verdicts::Verdicts,
-    r: &IngestReport,
-) -> Result<Vec<Add>> {
+/// Check the accounts: every row in one place, as decided.
+fn check_accounts(verdicts: &verdicts::Verdicts, r: &IngestReport) -> Result<()> {
     let balanced = r.rows_in == r.rows_out + r.rows_quarantined + r.duplicates
         && r.duplicates == verdicts.dups.len() as u64
         && r.rows_out == verdicts.accepted;
-    if !balanced {
-        return Err(Error::Invalid(format!(
-            "internal accounting error: rows_in {} != out {} + quarantined {} + duplicates {} \
-             (decided: {} accepted, {} duplicates); nothing was committed",
-            r.rows_in,
-            r.rows_out,
-            r.rows_quarantined,
-            r.duplicates,
-            verdicts.accepted,
-            verdicts.dups.len()
-        )));
+    if balanced {
+        return Ok(());
     }
-    let hashes = hashing.wait().await?;
+    Err(Error::Invalid(format!(
+        "internal accounting error: rows_in {} != out {} + quarantined {} + duplicates {} \
+         (decided: {} accepted, {} duplicates); nothing was committed",
+        r.rows_in,
+        r.rows_out,
+        r.rows_quarantined,
+        r.duplicates,
+        verdicts.accepted,
+        verdicts.dups.len()
+    )))
+}
+
+/// Write the run's `ingest_files` rows (uncommitted): its files, and those set aside.
+async fn log_files(
+    tables: &Tables,
+    new: &[LandingFile],
+    set_aside: &[(LandingFile, String)],
+    hashing: Hashing,
+    file_rows: &[u64],
+    run: &Run,
+) -> Result<Vec<Add>> {
+    let mut hashes = hashing.wait().await?;
+    let mut files = new.to_vec();
+    let mut rows = file_rows.to_vec();
+    let mut problems = vec![None; new.len()];
+    for (f, problem) in set_aside {
+        hashes.push(discover::hash_file(&f.path)?);
+        files.push(f.clone());
+        rows.push(0);
+        problems.push(Some(problem.clone()));
+    }
     let batch = discover::log_batch(
-        new,
+        &files,
         &hashes,
-        file_rows,
+        &rows,
+        &problems,
         &Stream::default(),
         run.seq,
         &run.id,
@@ -372,7 +418,8 @@ async fn adopt_legacy(
     );
     let rows = vec![0; legacy.len()];
     let hashes = discover::start_hashing(legacy.clone(), 2).wait().await?;
-    let batch = discover::log_batch(&legacy, &hashes, &rows, stream, 0, "legacy")?;
+    let problems = vec![None; legacy.len()];
+    let batch = discover::log_batch(&legacy, &hashes, &rows, &problems, stream, 0, "legacy")?;
     let adds = write_batch(&tables.files, Table::IngestFiles, batch).await?;
     Commit::append(Table::IngestFiles)
         .adds(adds)
@@ -403,12 +450,16 @@ struct Run {
 impl Run {
     async fn start(tables: &Tables, stream: &Stream, opts: &IngestOptions) -> Result<Self> {
         let reference = opts.now.unwrap_or_else(chrono::Utc::now);
+        let open_from = match opts.finalize_after {
+            Some(delay) => watermark::open_from(&tables.main, delay)?,
+            None => None,
+        };
         Ok(Run {
             seq: commit::seq(&tables.main, Table::Transactions, stream).await? + 1,
             id: uuid::Uuid::new_v4().to_string(),
             reference,
             min_date: opts.min_date,
-            limits: Limits::new(reference, opts.min_date),
+            limits: Limits::new(reference, opts.min_date).with_open_from(open_from),
             read_version: delta::version(&tables.main),
         })
     }
@@ -421,6 +472,15 @@ impl Run {
                 json!(self.reference.to_rfc3339()),
             ),
             ("pipeline.min_date", json!(self.min_date.to_string())),
+            (
+                "pipeline.final_before",
+                match self.limits.open_from_us {
+                    i64::MIN => serde_json::Value::Null,
+                    us => {
+                        json!(chrono::DateTime::from_timestamp_micros(us).map(|t| t.to_rfc3339()))
+                    }
+                },
+            ),
             ("pipeline.read_version", json!(self.read_version)),
             ("pipeline.files", json!(r.files_ingested)),
             (

@@ -13,14 +13,35 @@ pub struct IngestOptions {
     /// Rows dated before this day (UTC) are quarantined as `transaction_ts_too_old`.
     #[arg(long, default_value = "2000-01-01", value_name = "YYYY-MM-DD")]
     pub min_date: NaiveDate,
+    /// Event-time watermark: a day that ended more than this before the latest transaction
+    /// committed (e.g. `2d`, `36h`) is final, and late rows for it are quarantined as
+    /// `late_beyond_watermark`. Default: no watermark, late rows recompute their day.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub finalize_after: Option<std::time::Duration>,
     /// The reference instant of the "not in the future" rule (RFC 3339), instead of the
     /// clock: for tests and replays.
     #[arg(long, hide = true)]
     pub now: Option<chrono::DateTime<chrono::Utc>>,
+    /// What to do with a raw file that cannot be used (unreadable, incompatible schema):
+    /// `stop` commits nothing and exits 3; `skip` sets it aside (recorded in `ingest_files`
+    /// with the reason, not read again unless its content changes), commits the other files
+    /// and exits 9. Default: `stop`, and `skip` in `run --follow`.
+    #[arg(long, value_enum, value_name = "stop|skip")]
+    pub on_bad_file: Option<OnBadFile>,
     /// Ids held in memory per dedup bucket: a run with more ids (its own plus the index's)
     /// is split by id range and spilled to scratch, bounding memory. For tests and tuning.
     #[arg(long, hide = true, default_value_t = super::verdicts::DEFAULT_BUCKET_IDS)]
     pub dedup_bucket_ids: u64,
+}
+
+/// What ingest does with a raw file it cannot use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadFile {
+    /// Commit nothing; exit 3 naming the file.
+    Stop,
+    /// Set the file aside, commit the others.
+    Skip,
 }
 
 impl Default for IngestOptions {
@@ -35,5 +56,10 @@ impl IngestOptions {
         self.workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1)
+    }
+
+    /// The bad-file policy: the option, or `default` (the caller's mode's).
+    pub fn on_bad_file(&self, default: OnBadFile) -> OnBadFile {
+        self.on_bad_file.unwrap_or(default)
     }
 }

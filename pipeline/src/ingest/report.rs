@@ -17,6 +17,8 @@ pub struct IngestReport {
     pub files_ingested: u64,
     /// Files whose content changed after they were ingested (not ingested again).
     pub changed_files: Vec<ChangedFile>,
+    /// Files set aside as unusable (`--on-bad-file skip`), recorded in `ingest_files`.
+    pub set_aside_files: Vec<SetAsideFile>,
     /// Rows read.
     pub rows_in: u64,
     /// Rows added to `customer_transactions`.
@@ -74,6 +76,19 @@ pub struct ChangedFile {
     pub hash: String,
 }
 
+/// A landing file set aside: it could not be used.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetAsideFile {
+    /// Path relative to the landing folder.
+    pub path: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// What to do about a set-aside file.
+pub const SET_ASIDE_ADVICE: &str = "the other files were committed; a set-aside file is not read \
+     again until its content changes: fix it in place or land a fixed copy under a new name";
+
 /// What to do about changed files, in the text summary and the run's message.
 pub const CHANGED_ADVICE: &str = "landing files are immutable: their new content was NOT ingested. \
      To ingest it, land it under a new name (rows already ingested are then counted as \
@@ -85,7 +100,7 @@ impl Report for IngestReport {
     }
 
     fn skipped(&self) -> bool {
-        self.files_ingested == 0
+        self.files_ingested == 0 && self.set_aside_files.is_empty()
     }
 
     fn text(&self) -> String {
@@ -122,6 +137,12 @@ impl Report for IngestReport {
             }
             s
         };
+        for f in &self.set_aside_files {
+            s.push_str(&format!("\n  set aside {}: {}", f.path, f.problem));
+        }
+        if !self.set_aside_files.is_empty() {
+            s.push_str(&format!("\n  {SET_ASIDE_ADVICE}"));
+        }
         if !self.changed_files.is_empty() {
             s.push_str(&format!(
                 "\n  {} file(s) changed after they were ingested: {}\n  {CHANGED_ADVICE}",
@@ -152,6 +173,10 @@ impl Report for IngestReport {
                 String::new()
             } else {
                 format!("; {} changed file(s)", self.changed_files.len())
+            } + &if self.set_aside_files.is_empty() {
+                String::new()
+            } else {
+                format!("; {} file(s) set aside", self.set_aside_files.len())
             },
             consumed_version: None,
             produced_version: self.table_version,
@@ -159,10 +184,12 @@ impl Report for IngestReport {
     }
 
     fn exit_code(&self) -> u8 {
-        if self.changed_files.is_empty() {
-            exit::OK
-        } else {
+        if !self.changed_files.is_empty() {
             exit::CHANGED_INPUT
+        } else if !self.set_aside_files.is_empty() {
+            exit::SET_ASIDE_INPUT
+        } else {
+            exit::OK
         }
     }
 

@@ -4,6 +4,7 @@
 mod aggregate;
 mod bad_input;
 mod common;
+mod continuous;
 mod crash;
 mod exactly_once;
 mod ingest;
