@@ -180,6 +180,8 @@ struct Shared {
     config: ServerConfig,
     /// Bumped to drop every open connection.
     kick: watch::Sender<u64>,
+    /// "Stopped": every connection is closed at once, none is served (rows are kept).
+    down: std::sync::atomic::AtomicBool,
 }
 
 /// A running server; dropping it stops it and closes its connections.
@@ -210,6 +212,7 @@ impl TestServer {
             fault_rules: AtomicU64::new(0),
             config,
             kick: watch::channel(0).0,
+            down: std::sync::atomic::AtomicBool::new(false),
         });
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let sh = shared.clone();
@@ -219,6 +222,9 @@ impl TestServer {
                     _ = stop_rx.changed() => return,
                     acc = listener.accept() => {
                         let Ok((sock, _)) = acc else { continue };
+                        if sh.down.load(Ordering::Relaxed) {
+                            continue; // dropped: closed without a word
+                        }
                         let _ = sock.set_nodelay(true);
                         let id = sh.connections.fetch_add(1, Ordering::Relaxed);
                         let (sh2, stop) = (sh.clone(), stop_rx.clone());
@@ -298,6 +304,15 @@ impl TestServer {
     /// Close every open connection (the driver should reconnect).
     pub fn drop_connections(&self) {
         self.shared.kick.send_modify(|v| *v += 1);
+    }
+
+    /// An outage: while down, every connection is closed, new ones as soon as they are
+    /// accepted, as a stopped node looks to a client; the rows are kept for when it is up.
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::Relaxed);
+        if down {
+            self.drop_connections();
+        }
     }
 }
 

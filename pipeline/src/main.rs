@@ -31,9 +31,16 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once; `run` holds every stage's options
 enum Command {
-    /// Write a batch of deterministic synthetic transactions to the raw landing folder.
-    Generate(generate::GenerateOptions),
+    /// Write a batch of deterministic synthetic transactions to the raw landing folder
+    /// (or, with --follow, keep landing small files at --rate rows per second).
+    Generate {
+        #[command(flatten)]
+        options: generate::GenerateOptions,
+        #[command(flatten, next_help_heading = "Follow (a continuous producer)")]
+        follow: generate::FollowGenerate,
+    },
     /// Load new raw files into the `customer_transactions` Delta table (bad rows to quarantine).
     Ingest(ingest::IngestOptions),
     /// Recompute daily per-customer totals for the days changed since the last run.
@@ -46,7 +53,8 @@ enum Command {
     Lookup(lookup::LookupOptions),
     /// Compare ScyllaDB with the Delta aggregates at the last loaded version.
     Verify(verify::VerifyOptions),
-    /// Run the stages in order (ingest -> aggregate -> load; generate with --generate).
+    /// Run the stages in order (ingest -> aggregate -> load; generate with --generate), once
+    /// or, with --follow, continuously.
     Run(run::RunOptions),
     /// Show recorded runs, newest first.
     History(run::HistoryOptions),
@@ -87,7 +95,12 @@ fn execute(cli: Cli) -> Result<u8> {
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
     let stage = |name: &str| Progress::new(name, bars);
     match cli.command {
-        Command::Generate(o) => done(json, generate::run(&layout, &o, &stage("generate"))),
+        Command::Generate { options, follow } if follow.follow => {
+            done(json, generate::follow(&layout, &options, &follow))
+        }
+        Command::Generate { options, .. } => {
+            done(json, generate::run(&layout, &options, &stage("generate")))
+        }
         Command::Ingest(o) => done(
             json,
             rt.block_on(ingest::run(&layout, &o, &stage("ingest"))),
@@ -109,6 +122,18 @@ fn execute(cli: Cli) -> Result<u8> {
         },
         Command::Lookup(o) => done(json, rt.block_on(lookup::run(&o))),
         Command::Verify(o) => done(json, rt.block_on(verify::run(&layout, &o))),
+        Command::Run(o) if o.follow.follow => {
+            let (report, result) = rt.block_on(run::follow(&layout, &o, json));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("reports serialise")
+                );
+            } else {
+                println!("{}", report.text());
+            }
+            result.map(|()| exit::OK)
+        }
         Command::Run(o) => {
             let (report, result) = rt.block_on(run::run(&layout, &o, bars));
             let code = print(json, &report);

@@ -5,6 +5,7 @@
 //! ran or in which order units finished, and any unit can be regenerated on its own. Files are
 //! written under a temporary name and renamed into place; the batch manifest is written last.
 
+mod follow;
 mod options;
 mod plan;
 mod redeliver;
@@ -13,6 +14,7 @@ mod write;
 
 use std::time::Instant;
 
+pub use follow::{FollowGenerate, FollowGenerateReport, run as follow};
 pub use options::GenerateOptions;
 pub use report::{Dirty, GenerateReport};
 pub use write::raw_writer_properties;

@@ -40,14 +40,18 @@ pub(super) fn write(
     Ok(())
 }
 
-/// Day files of all batches before `batch`, sorted.
+/// Re-deliveries come from at most this many batches before: `generate --follow` lands a
+/// batch a second, and listing every earlier one would grow without bound.
+const WINDOW: u32 = 256;
+
+/// Day files of the (up to [`WINDOW`]) batches before `batch`, sorted.
 pub(super) fn earlier_batch_files(
     layout: &Layout,
     batch: u32,
     manifest: &str,
 ) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for b in 0..batch {
+    for b in batch.saturating_sub(WINDOW)..batch {
         let dir = layout.raw_batch_dir(b);
         if !dir.join(manifest).exists() {
             continue; // absent or incomplete batch

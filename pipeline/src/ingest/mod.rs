@@ -171,6 +171,7 @@ async fn execute(
     report: &mut IngestReport,
 ) -> Result<(Vec<Add>, commit::RunRecord)> {
     report.run_seq = Some(run.seq);
+    report.landed_us = new.iter().map(|f| f.modified_us).collect();
     report.reference_time = Some(run.reference.to_rfc3339());
     let t = Instant::now();
     let plan = {

@@ -19,6 +19,10 @@ pub struct IngestReport {
     pub changed_files: Vec<ChangedFile>,
     /// Files set aside as unusable (`--on-bad-file skip`), recorded in `ingest_files`.
     pub set_aside_files: Vec<SetAsideFile>,
+    /// When each ingested file landed (modification time, µs since the epoch): the start of
+    /// its freshness in `run --follow`.
+    #[serde(skip)]
+    pub landed_us: Vec<i64>,
     /// Rows read.
     pub rows_in: u64,
     /// Rows added to `customer_transactions`.

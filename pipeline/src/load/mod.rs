@@ -27,10 +27,21 @@ use crate::progress::Progress;
 
 /// Load the aggregates changed since the last loaded version.
 pub async fn run(layout: &Layout, opts: &LoadOptions, progress: &Progress) -> Result<LoadReport> {
-    let started = Instant::now();
     let session = cql::connect(&opts.scylla).await?;
     cql::schema::init(&session, &opts.scylla).await?;
-    let plan = plan::plan(layout, &session, &opts.scylla.keyspace, opts.dry_run).await?;
+    run_on(&session, layout, opts, progress).await
+}
+
+/// [`run`] over a session the caller keeps (connected, schema created), as `run --follow`
+/// does across micro-batches.
+pub async fn run_on(
+    session: &scylla::client::session::Session,
+    layout: &Layout,
+    opts: &LoadOptions,
+    progress: &Progress,
+) -> Result<LoadReport> {
+    let started = Instant::now();
+    let plan = plan::plan(layout, session, &opts.scylla.keyspace, opts.dry_run).await?;
     crate::failpoints::pause("load.after_plan");
     let mut report = LoadReport {
         keyspace: opts.scylla.keyspace.clone(),
@@ -53,7 +64,7 @@ pub async fn run(layout: &Layout, opts: &LoadOptions, progress: &Progress) -> Re
     let nothing = matches!(plan.work, plan::Work::Nothing | plan::Work::Overtaken);
     if !nothing && !opts.dry_run {
         progress.set_length(report.rows_to_load);
-        match execute::execute(&plan, opts, layout, &session, &mut report, progress).await {
+        match execute::execute(&plan, opts, layout, session, &mut report, progress).await {
             Ok(()) => {}
             Err(Error::LoadIncomplete {
                 failed,

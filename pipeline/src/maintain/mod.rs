@@ -154,6 +154,26 @@ pub async fn run(layout: &Layout, opts: &MaintainOptions) -> Result<MaintainRepo
     Ok(report)
 }
 
+/// Compact `table`'s small files (a `dataChange: false` commit that readers and the
+/// incremental stages ignore) and remove its expired log entries: what `run --follow` does
+/// on its cadence. Returns the files rewritten.
+pub async fn compact(layout: &Layout, table: Table) -> Result<u64> {
+    let Some(t) = delta::open(layout, table).await? else {
+        return Ok(0);
+    };
+    let name = table.name();
+    let (t, metrics) = t
+        .optimize()
+        .with_writer_properties(crate::schema::writer_properties(None))
+        .with_commit_properties(no_hooks())
+        .await
+        .map_err(|e| Error::delta(name, e))?;
+    deltalake::checkpoints::cleanup_metadata(&t, None)
+        .await
+        .map_err(|e| Error::delta(name, e))?;
+    Ok(metrics.num_files_removed)
+}
+
 fn no_hooks() -> CommitProperties {
     CommitProperties::default()
         .with_create_checkpoint(false)

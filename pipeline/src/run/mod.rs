@@ -2,12 +2,15 @@
 //! nothing new, with retries for transient failures, and a record of every run in a Delta
 //! table (`_pipeline/run_history`) that `pipeline history` prints.
 
+mod follow;
 mod history;
+mod metrics;
 mod options;
 mod report;
 
 use std::time::{Duration, Instant};
 
+pub use follow::{FollowOptions, FollowReport, MicroBatch, follow};
 pub use history::{HistoryOptions, HistoryReport, HistoryRow, history};
 pub use options::{RunOptions, Stage};
 pub use report::{RunReport, StageSummary};

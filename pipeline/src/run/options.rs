@@ -71,6 +71,9 @@ pub struct RunOptions {
     /// Attempts per stage for transient failures (a concurrent commit, ScyllaDB trouble).
     #[arg(long, default_value_t = 3)]
     pub attempts: u32,
+    /// Continuous mode.
+    #[command(flatten, next_help_heading = "Follow (continuous mode)")]
+    pub follow: super::follow::FollowOptions,
     /// Generate options.
     #[command(flatten, next_help_heading = "Generate")]
     pub generate_options: GenerateOptions,

@@ -1,7 +1,18 @@
 //! What continuous use needs from the batch stages: a bad file set aside instead of stopping
-//! the stream, and an optional event-time watermark that makes old days final.
+//! the stream, an optional event-time watermark that makes old days final, and `run
+//! --follow` itself: killed at random, through a ScyllaDB outage, stopped by SIGTERM.
 
-use crate::common::{Data, landing, noon, quarantine, raw, rows, u, version, write_raw};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::aggregate::{oracle, table};
+use crate::common::{Data, landing, noon, quarantine, raw, rows, u, version, walk, write_raw};
+use crate::crash::world;
+use crate::scylla::Cql;
 
 const TX: &str = "customer_transactions";
 
@@ -113,4 +124,218 @@ fn with_a_watermark_late_rows_for_final_days_are_quarantined_and_newer_days_stay
     let r = plain.ok(&["ingest"]);
     assert_eq!(u(&r, "rows_out"), 1, "{r}");
     assert!(quarantine(&plain).is_empty());
+}
+
+/// `pipeline --data-dir D --json <args>` as a child with ScyllaDB's address in its env.
+fn spawn(d: &Data, cql: &Cql, args: &[&str], stdout: Stdio) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    cmd.arg("--data-dir").arg(d.path()).arg("--json").args(args);
+    cmd.env_remove("PIPELINE_FAILPOINTS");
+    for (k, v) in cql.env() {
+        cmd.env(k, v);
+    }
+    cmd.stdout(stdout).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// The JSON lines a child prints, as they come.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    rx
+}
+
+/// Wait (at most a minute) for a line that satisfies `pred`; returns it.
+fn wait_for(
+    rx: &mpsc::Receiver<serde_json::Value>,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if pred(&v) => return v,
+            Ok(_) => {}
+            Err(_) => panic!("no micro-batch with {what} within a minute"),
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn follow_survives_a_scylla_outage_and_a_bad_file_and_stops_cleanly_on_sigterm() {
+    let d = Data::new();
+    let cql = Cql::new();
+    let Some(server) = cql.server.as_ref() else {
+        eprintln!("skipped against a real ScyllaDB: an outage needs the in-repo test server");
+        return;
+    };
+    let land = |batch: &str, start: &str, rows: &str| {
+        d.ok(&[
+            "generate",
+            "--rows",
+            rows,
+            "--days",
+            "2",
+            "--customers",
+            "300",
+            "--batch",
+            batch,
+            "--start-date",
+            start,
+            "--rows-per-file",
+            "1000",
+        ]);
+    };
+    land("1", "2024-01-01", "4000");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = spawn(
+        &d,
+        &cql,
+        &[
+            "run",
+            "--follow",
+            "--interval",
+            "100ms",
+            "--metrics-addr",
+            &addr,
+        ],
+        Stdio::piped(),
+    );
+    let rx = lines_of(&mut child);
+    wait_for(&rx, "rows loaded", |b| u(b, "rows_loaded") > 0);
+
+    // ScyllaDB goes away; files keep landing, one of them unusable.
+    server.set_down(true);
+    land("2", "2024-01-02", "3000");
+    std::fs::write(landing(&d).join("bad.parquet"), b"not parquet").unwrap();
+    let b = wait_for(&rx, "files ingested during the outage", |b| {
+        u(b, "files") > 0
+    });
+    assert_eq!(b["set_aside"][0]["path"], "bad.parquet", "{b}");
+    assert!(
+        b["aggregate_mode"].is_string(),
+        "aggregated during the outage: {b}"
+    );
+    assert!(u(&b, "backlog_files") > 0, "{b}");
+    assert!(
+        b["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().starts_with("load")),
+        "{b}"
+    );
+
+    // Back: the backlog is loaded.
+    server.set_down(false);
+    let b = wait_for(&rx, "the backlog loaded", |b| {
+        u(b, "files_acknowledged") > 0 && u(b, "backlog_files") == 0
+    });
+    assert!(u(&b, "rows_loaded") > 0, "{b}");
+    let m = metrics(port);
+    assert!(m.contains("pipeline_files_set_aside_total 1"), "{m}");
+    assert!(m.contains("pipeline_errors_total{stage=\"load\"}"), "{m}");
+    assert!(m.contains("pipeline_freshness_seconds_count"), "{m}");
+
+    // SIGTERM: the current micro-batch ends, a summary, exit 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let summary = wait_for(&rx, "the summary", |v| v.get("stopped_by").is_some());
+    assert_eq!(summary["stopped_by"], "signal", "{summary}");
+    assert_eq!(u(&summary, "backlog_files"), 0, "{summary}");
+    assert!(u(&summary, "errors") > 0, "{summary}");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    cql.ok(&d, &["verify"]);
+    std::fs::remove_file(landing(&d).join("bad.parquet")).unwrap(); // the oracle reads every file
+    assert_eq!(table(&d), oracle(&d));
+}
+
+#[test]
+fn killed_at_random_while_files_land_follow_ends_equal_to_a_batch_run() {
+    let d = Data::new();
+    let cql = Cql::new();
+    let mut producer = spawn(
+        &d,
+        &cql,
+        &[
+            "generate",
+            "--follow",
+            "--rate",
+            "20000",
+            "--rows-per-file",
+            "2000",
+            "--duration",
+            "6s",
+            "--customers",
+            "300",
+            "--dirty-rate",
+            "0.02",
+        ],
+        Stdio::null(),
+    );
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    while producer.try_wait().unwrap().is_none() {
+        let mut child = spawn(
+            &d,
+            &cql,
+            &["run", "--follow", "--interval", "100ms"],
+            Stdio::null(),
+        );
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..1500)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(producer.wait().unwrap().success());
+    let out = cql.run(
+        &d,
+        &["run", "--follow", "--until-idle", "--interval", "100ms"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cql.ok(&d, &["verify"]);
+
+    // The same files in one batch run.
+    let batch = Data::new();
+    let mut files = Vec::new();
+    walk(&landing(&d), &mut files);
+    for f in files {
+        let to = landing(&batch).join(f.strip_prefix(landing(&d)).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &to).unwrap();
+    }
+    let cql2 = Cql::new();
+    cql2.ok(&batch, &["run"]);
+    eprintln!("{kills} kill(s)");
+    assert_eq!(world(&d, &cql), world(&batch, &cql2));
 }
