@@ -15,7 +15,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup build release run generate ingest aggregate load lookup verify test test-crash test-scylla lint bench clean-data docker cql-test-server
+.PHONY: help setup build release run generate ingest aggregate load lookup verify test test-crash test-scylla lint bench bench-follow clean-data docker cql-test-server
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ verify: build ## Compare ScyllaDB with the Delta aggregates
 lint: setup ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+bench-follow: release ## Continuous mode at RATE rows/s (RATE=50000) for DURATION (DURATION=120s): freshness, RSS, file counts
+	bench/follow.sh $(or $(RATE),50000) $(or $(DURATION),120s)
 
 bench: release ## Benchmark the stages at N rows (N=10000000) in a fresh temp dir (release build)
 	bench/run.sh $(N)

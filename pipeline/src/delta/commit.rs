@@ -25,6 +25,9 @@ use super::log;
 use crate::error::{Error, Result};
 use crate::tables::Table;
 
+/// Times a commit lands on top of newer compaction commits before it gives up as a conflict.
+const MAX_DATA_NEUTRAL_REBASES: usize = 8;
+
 /// Key of the commit's own id in its `commitInfo`.
 pub const COMMIT_ID: &str = "pipeline.commit_id";
 
@@ -93,22 +96,72 @@ impl Commit {
     }
 
     /// Commit on top of `t`'s snapshot; returns the new version.
+    ///
+    /// A commit that only adds files also lands on top of concurrent commits that changed no
+    /// data (compaction: every action `dataChange: false`): they cannot change what it
+    /// decided (ids, days), so `run --follow` can compact while ingest runs. A commit that
+    /// removes files never does: the files it removes may have been rewritten.
     pub async fn execute(mut self, t: &DeltaTable) -> Result<i64> {
-        let name = self.table.name();
         let commit_id = uuid::Uuid::new_v4().to_string();
         self.metadata
             .insert(COMMIT_ID.to_string(), Value::String(commit_id.clone()));
+        let only_adds = self.actions.iter().all(|a| !matches!(a, Action::Remove(_)));
+        let mut t = t.clone();
+        for _ in 0..MAX_DATA_NEUTRAL_REBASES {
+            match self.attempt(&t, &commit_id).await {
+                Err(Error::Conflict { .. })
+                    if only_adds && self.only_data_neutral_since(&mut t).await? => {}
+                other => return other,
+            }
+        }
+        self.attempt(&t, &commit_id).await
+    }
+
+    /// Whether every commit after `t`'s version changed no data; `t` is then moved to the
+    /// latest version.
+    async fn only_data_neutral_since(&self, t: &mut DeltaTable) -> Result<bool> {
+        let name = self.table.name();
+        let from = super::version(t);
+        let mut latest = t.clone();
+        latest
+            .update_incremental(None)
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        let to = super::version(&latest);
+        if to <= from {
+            return Ok(false);
+        }
+        for v in (from + 1)..=to {
+            let Some(actions) = log::actions(&latest, self.table, v).await? else {
+                return Ok(false);
+            };
+            if !actions.iter().all(log::is_data_neutral) {
+                return Ok(false);
+            }
+        }
+        tracing::info!(
+            table = name,
+            from,
+            to,
+            "landing on top of compaction commits"
+        );
+        *t = latest;
+        Ok(true)
+    }
+
+    async fn attempt(&self, t: &DeltaTable, commit_id: &str) -> Result<i64> {
+        let name = self.table.name();
         let snapshot = t.snapshot().map_err(|e| Error::delta(name, e))?;
         let read_version = snapshot.version();
         let props = CommitProperties::default()
-            .with_application_transactions(self.txns)
-            .with_metadata(self.metadata)
+            .with_application_transactions(self.txns.clone())
+            .with_metadata(self.metadata.clone())
             .with_max_retries(self.retries)
             .with_create_checkpoint(false)
             .with_cleanup_expired_logs(Some(false));
         let result = CommitBuilder::from(props)
-            .with_actions(self.actions)
-            .build(Some(snapshot), t.log_store(), self.operation)
+            .with_actions(self.actions.clone())
+            .build(Some(snapshot), t.log_store(), self.operation.clone())
             .await;
         let error = match result {
             Ok(done) => return Ok(done.version() as i64),
@@ -118,7 +171,7 @@ impl Commit {
             return Err(Error::delta(name, error));
         }
         // The call failed, but maybe after the log entry was written: look for it.
-        match log::find_commit(t, self.table, read_version, &commit_id).await {
+        match log::find_commit(t, self.table, read_version, commit_id).await {
             Ok(Some(v)) => {
                 tracing::warn!(table = name, version = v, error = %error,
                     "the commit call reported an error, but the commit is in the log: it landed");

@@ -69,6 +69,21 @@ pub async fn find_commit(
     Ok(None)
 }
 
+/// Whether a log action changes no data: a `dataChange: false` add or remove (compaction),
+/// or the commit's own `commitInfo`. Anything else (data, metadata, protocol, `txn`) does.
+pub fn is_data_neutral(action: &Value) -> bool {
+    if action.get("commitInfo").is_some() {
+        return true;
+    }
+    ["add", "remove"].iter().any(|k| {
+        action
+            .get(*k)
+            .and_then(|f| f.get("dataChange"))
+            .and_then(Value::as_bool)
+            == Some(false)
+    })
+}
+
 /// What commits `(after, upto]` changed in a table's data (compaction, `dataChange: false`,
 /// changes none).
 #[derive(Debug, Default)]

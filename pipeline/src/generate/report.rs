@@ -16,7 +16,7 @@ pub enum Dirty {
     CustomerIdNotPositive,
     /// `merchant_id` ≤ 0.
     MerchantIdNotPositive,
-    /// A timestamp in 2099.
+    /// A timestamp in the first week of 2099.
     TransactionTsInFuture,
     /// `amount` ≤ 0.
     AmountNotPositive,

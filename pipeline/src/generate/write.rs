@@ -33,6 +33,9 @@ pub(super) const CHUNK_ROWS: usize = 64 * 1024;
 const DAY_US: i64 = 86_400_000_000;
 /// Dirty future timestamps land in 2099: deterministic, and always "more than a day ahead".
 const FUTURE_BASE_US: i64 = 4_070_908_800_000_000; // 2099-01-01T00:00:00Z
+/// ... on one of this many days, as a few skewed clocks would: every quarantined day is a
+/// partition, and a stream of micro-batches would otherwise add files to hundreds of them.
+const FUTURE_DAYS: i64 = 7;
 /// Largest amount a Decimal128(12, 2) holds, in cents.
 const MAX_CENTS: i64 = 999_999_999_999;
 
@@ -240,7 +243,8 @@ fn spoil(rng: &mut Pcg64Mcg, r: &mut Row, kind: Dirty) {
         Dirty::CustomerIdNotPositive => r.customer = -rng.random_range(0..1000),
         Dirty::MerchantIdNotPositive => r.merchant = -rng.random_range(0..1000),
         Dirty::TransactionTsInFuture => {
-            r.ts = FUTURE_BASE_US + rng.random_range(0..365) * DAY_US + r.ts.rem_euclid(DAY_US)
+            r.ts =
+                FUTURE_BASE_US + rng.random_range(0..FUTURE_DAYS) * DAY_US + r.ts.rem_euclid(DAY_US)
         }
         Dirty::AmountNotPositive => r.cents = -rng.random_range(0..100_000),
         Dirty::CategoryUnknown => r.category = "unknown",

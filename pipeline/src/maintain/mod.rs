@@ -154,9 +154,18 @@ pub async fn run(layout: &Layout, opts: &MaintainOptions) -> Result<MaintainRepo
     Ok(report)
 }
 
+/// The file size `run --follow`'s compaction merges small files up to.
+pub const STREAM_TARGET_FILE_BYTES: std::num::NonZeroU64 =
+    std::num::NonZeroU64::new(16 << 20).unwrap();
+
 /// Compact `table`'s small files (a `dataChange: false` commit that readers and the
 /// incremental stages ignore) and remove its expired log entries: what `run --follow` does
 /// on its cadence. Returns the files rewritten.
+///
+/// Files of at least [`STREAM_TARGET_FILE_BYTES`] are left alone, and smaller ones are
+/// merged up to that size: each compaction rewrites about what arrived since the last one,
+/// not the whole day again (delta-rs's default target, 100 MiB, rewrote today's growing
+/// file every time: 8 s at 1.5M rows, measured).
 pub async fn compact(layout: &Layout, table: Table) -> Result<u64> {
     let Some(t) = delta::open(layout, table).await? else {
         return Ok(0);
@@ -164,6 +173,7 @@ pub async fn compact(layout: &Layout, table: Table) -> Result<u64> {
     let name = table.name();
     let (t, metrics) = t
         .optimize()
+        .with_target_size(STREAM_TARGET_FILE_BYTES)
         .with_writer_properties(crate::schema::writer_properties(None))
         .with_commit_properties(no_hooks())
         .await

@@ -57,7 +57,7 @@ pub struct FollowOptions {
     #[arg(long, value_name = "N", requires = "follow")]
     pub max_batches: Option<u64>,
     /// Compact small files every this many micro-batches (0: never).
-    #[arg(long, default_value_t = 30, value_name = "N")]
+    #[arg(long, default_value_t = 10, value_name = "N")]
     pub compact_every: u64,
     /// Serve Prometheus metrics at HOST:PORT (path /metrics).
     #[arg(long, value_name = "HOST:PORT", requires = "follow")]
@@ -101,6 +101,10 @@ pub struct MicroBatch {
     pub errors: Vec<String>,
     /// Compaction: files rewritten, when it ran.
     pub compacted_files: Option<u64>,
+    /// Seconds per step (ingest, aggregate, load, compact).
+    pub steps: Vec<(&'static str, f64)>,
+    /// Ingest's own steps, seconds.
+    pub ingest_steps: Vec<(&'static str, f64)>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -148,7 +152,12 @@ impl MicroBatch {
     }
 
     fn did_work(&self) -> bool {
-        self.files > 0 || self.aggregate_mode.is_some() || self.rows_loaded + self.rows_deleted > 0
+        self.files > 0
+            || self.aggregate_mode.is_some()
+            || self.rows_loaded + self.rows_deleted > 0
+            || self.compacted_files.is_some()
+            || !self.set_aside.is_empty()
+            || !self.changed_files.is_empty()
     }
 }
 
@@ -305,8 +314,12 @@ struct State {
     awaiting_load: Vec<i64>,
     /// Changed files already reported in this session.
     changed_seen: HashSet<String>,
+    /// "Waiting for the landing folder" was said.
+    waiting_said: bool,
     freshness: hdrhistogram::Histogram<u64>,
     since_compaction: u64,
+    /// The compaction running in the background, if any.
+    compaction: Option<tokio::task::JoinHandle<(u64, Vec<String>)>>,
     report: FollowReport,
     metrics: Arc<Metrics>,
 }
@@ -350,6 +363,12 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
             stop.sleep(f.interval).await;
         }
     };
+    if state.compaction.is_some() {
+        // Let a compaction in flight finish: stopping leaves nothing half-done.
+        let mut b = MicroBatch::default();
+        collect_compaction(&mut state, &mut b).await;
+        state.report.errors += b.errors.len() as u64;
+    }
     let mut report = finish(state, started);
     match super::history::record(layout, &report.as_run(now), now).await {
         Ok(v) => report.history_version = Some(v),
@@ -367,20 +386,32 @@ async fn start(opts: &RunOptions) -> Result<(State, Stop)> {
         eprintln!("metrics at http://{bound}/metrics");
     }
     let selected = opts.selected();
+    // As in a batch run: without ScyllaDB configured or answering, the stream stops at the
+    // aggregates (said once); with it configured, an outage is a backlog, never a skip.
+    let load_selected = selected.contains(&Stage::Load)
+        && (opts.load_requested() || cql::answers(&opts.load.scylla).await);
+    if selected.contains(&Stage::Load) && !load_selected {
+        eprintln!(
+            "no ScyllaDB at {}: following without load (start one, or set SCYLLA_URI)",
+            opts.load.scylla.scylla_uri
+        );
+    }
     let state = State {
         ingest: IngestOptions {
             // A stream sets a bad file aside rather than stopping (unless told to stop).
             on_bad_file: Some(opts.ingest.on_bad_file(OnBadFile::Skip)),
             ..opts.ingest.clone()
         },
-        load_selected: selected.contains(&Stage::Load),
+        load_selected,
         session: None,
         awaiting_aggregate: Vec::new(),
         awaiting_load: Vec::new(),
         changed_seen: HashSet::new(),
+        waiting_said: false,
         freshness: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
             .expect("valid bounds"),
         since_compaction: 0,
+        compaction: None,
         report: FollowReport::default(),
         metrics,
     };
@@ -409,15 +440,21 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
     };
     let selected = opts.selected();
     if selected.contains(&Stage::Ingest) {
+        let t = Instant::now();
         ingest_step(layout, st, &mut b).await?;
+        b.steps.push(("ingest", t.elapsed().as_secs_f64()));
     }
     if selected.contains(&Stage::Aggregate) {
+        let t = Instant::now();
         aggregate_step(layout, opts, st, &mut b).await?;
+        b.steps.push(("aggregate", t.elapsed().as_secs_f64()));
     } else {
         st.awaiting_load.append(&mut st.awaiting_aggregate);
     }
     if st.load_selected {
+        let t = Instant::now();
         load_step(layout, opts, st, &mut b).await?;
+        b.steps.push(("load", t.elapsed().as_secs_f64()));
     } else {
         acknowledge(st, &mut b);
     }
@@ -427,10 +464,16 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
         st.report.micro_batches += 1;
         st.metrics.micro_batches.inc();
         st.since_compaction += 1;
-        if opts.follow.compact_every > 0 && st.since_compaction >= opts.follow.compact_every {
+        if opts.follow.compact_every > 0
+            && st.since_compaction >= opts.follow.compact_every
+            && st.compaction.is_none()
+        {
             st.since_compaction = 0;
-            b.compacted_files = Some(compact(layout, st, &mut b).await);
+            st.compaction = Some(tokio::spawn(compact(layout.clone(), st.metrics.clone())));
         }
+    }
+    if st.compaction.as_ref().is_some_and(|h| h.is_finished()) {
+        collect_compaction(st, &mut b).await;
     }
     if b.errors.is_empty() {
         st.metrics
@@ -438,8 +481,20 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     }
     st.report.errors += b.errors.len() as u64;
+    release_free_memory();
     b.seconds = t.elapsed().as_secs_f64();
     Ok(b)
+}
+
+/// Hand freed memory back to the kernel between micro-batches. The process keeps freed
+/// memory for speed in one-shot runs (see `tune_malloc` in `main.rs`); a stream that ran
+/// a large micro-batch (a backlog after an outage) would otherwise hold its peak forever.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages; it is thread-safe in glibc.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A failure the stream survives (retried in the next micro-batch), or a fatal one.
@@ -457,6 +512,17 @@ fn survivable(stage: &str, e: Error, st: &State, b: &mut MicroBatch) -> Result<(
 }
 
 async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Result<()> {
+    // A stream may start before its source: wait for the landing folder (said once).
+    if !layout.raw_dir().is_dir() {
+        if !st.waiting_said {
+            eprintln!(
+                "waiting for the landing folder {} to appear",
+                layout.raw_dir().display()
+            );
+            st.waiting_said = true;
+        }
+        return Ok(());
+    }
     let r = match ingest::run(layout, &st.ingest, &Progress::hidden()).await {
         Ok(r) => r,
         Err(e) => return survivable("ingest", e, st, b),
@@ -467,6 +533,7 @@ async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Res
     b.rows_quarantined = r.rows_quarantined;
     b.duplicates = r.duplicates;
     b.set_aside = r.set_aside_files.clone();
+    b.ingest_steps = r.steps.clone();
     for c in &r.changed_files {
         if st.changed_seen.insert(c.path.clone()) {
             b.changed_files.push(c.path.clone());
@@ -496,6 +563,9 @@ async fn aggregate_step(
     st: &mut State,
     b: &mut MicroBatch,
 ) -> Result<()> {
+    if !exists(layout, Table::Transactions) {
+        return Ok(()); // nothing ingested yet
+    }
     match aggregate::run(layout, &opts.aggregate, &Progress::hidden()).await {
         Ok(r) => {
             if !r.skipped() {
@@ -515,6 +585,9 @@ async fn load_step(
     st: &mut State,
     b: &mut MicroBatch,
 ) -> Result<()> {
+    if !exists(layout, Table::Aggregates) {
+        return Ok(()); // nothing aggregated yet
+    }
     if st.session.is_none() {
         match connect(opts).await {
             Ok(s) => st.session = Some(s),
@@ -539,6 +612,12 @@ async fn load_step(
     }
 }
 
+/// Whether a stage has created `table` (its log folder is there): until then the stages
+/// after it wait rather than fail, as a stream may start before its source.
+fn exists(layout: &Layout, table: Table) -> bool {
+    layout.table_dir(table).join("_delta_log").is_dir()
+}
+
 async fn connect(opts: &RunOptions) -> Result<Session> {
     let session = cql::connect(&opts.load.scylla).await?;
     cql::schema::init(&session, &opts.load.scylla).await?;
@@ -560,21 +639,37 @@ fn acknowledge(st: &mut State, b: &mut MicroBatch) {
     b.freshness_max_s = max;
 }
 
-/// Compact the tables that grow a file per micro-batch; failures are reported, not fatal
-/// (the next cadence tries again). Returns the files rewritten.
-async fn compact(layout: &Layout, st: &State, b: &mut MicroBatch) -> u64 {
-    let mut rewritten = 0;
+/// Compact the tables that grow a file per micro-batch, in the background: it takes
+/// seconds (delta-rs OPTIMIZE rewrites ~200k rows/s here) and must not hold up the
+/// micro-batches. Its commit changes no data, so ingest's commits land on top of it (and it
+/// on top of theirs). Failures are reported, not fatal: the next cadence tries again.
+/// Returns the files rewritten and the errors.
+async fn compact(layout: Layout, metrics: Arc<Metrics>) -> (u64, Vec<String>) {
+    let (mut rewritten, mut errors) = (0, Vec::new());
     for table in [Table::Transactions, Table::Quarantine] {
-        match maintain::compact(layout, table).await {
+        match maintain::compact(&layout, table).await {
             Ok(n) => rewritten += n,
             Err(e) => {
-                st.metrics.error("compact");
-                b.errors
-                    .push(format!("compact {}: {}", table.name(), e.chain()));
+                metrics.error("compact");
+                errors.push(format!("compact {}: {}", table.name(), e.chain()));
             }
         }
     }
-    rewritten
+    (rewritten, errors)
+}
+
+/// Report a finished background compaction in this micro-batch.
+async fn collect_compaction(st: &mut State, b: &mut MicroBatch) {
+    let Some(handle) = st.compaction.take() else {
+        return;
+    };
+    match handle.await {
+        Ok((rewritten, errors)) => {
+            b.compacted_files = Some(rewritten);
+            b.errors.extend(errors);
+        }
+        Err(e) => b.errors.push(format!("compact: {e}")),
+    }
 }
 
 fn finish(st: State, started: Instant) -> FollowReport {
