@@ -275,9 +275,33 @@ pub async fn compact(t: &DeltaTable) -> Result<u64> {
         return Ok(0);
     };
     let mut writer = IdWriter::new(t)?;
-    // A k-way merge over whole files, a batch of each at a time.
+    merge_files(&index, &group, &mut writer).await?;
+    let Some(add) = writer.finish(t).await? else {
+        return Ok(0);
+    };
+    let add = Add {
+        data_change: false,
+        ..add
+    };
+    let files: Vec<(String, u64)> = group.iter().map(|f| (f.path.to_string(), f.size)).collect();
+    let commit = Commit::new(
+        Table::TransactionIds,
+        DeltaOperation::Optimize {
+            predicate: None,
+            target_size: 0,
+        },
+    )
+    .actions(removes(&files, false))
+    .adds([add.clone()])
+    .meta("pipeline.stage", "ingest.index_compaction");
+    commit_or_discard(commit, t, Some(add)).await?;
+    Ok(group.len() as u64)
+}
+
+/// A k-way merge of sorted index files into `writer`, a batch of each file at a time.
+async fn merge_files(index: &IdIndex, group: &[&IndexFile], writer: &mut IdWriter) -> Result<()> {
     let mut streams = Vec::new();
-    for f in &group {
+    for f in group {
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(index.store.clone(), f.path.clone());
         let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
@@ -306,7 +330,7 @@ pub async fn compact(t: &DeltaTable) -> Result<u64> {
             i += 1;
         }
         if streams.is_empty() {
-            break;
+            return Ok(());
         }
         // Emit everything up to the smallest buffer's last id.
         let bound = streams
@@ -324,37 +348,31 @@ pub async fn compact(t: &DeltaTable) -> Result<u64> {
         chunk.dedup();
         writer.push(&chunk).await?;
     }
-    let Some(add) = writer.finish(t).await? else {
-        return Ok(0);
-    };
-    let add = Add {
-        data_change: false,
-        ..add
-    };
+}
+
+/// Remove actions for index files `(path, size)`.
+fn removes(files: &[(String, u64)], data_change: bool) -> Vec<Action> {
     let now = chrono::Utc::now().timestamp_millis();
-    let removes = group.iter().map(|f| {
-        Action::Remove(Remove {
-            path: f.path.to_string(),
-            deletion_timestamp: Some(now),
-            data_change: false,
-            size: Some(f.size as i64),
-            ..Default::default()
+    files
+        .iter()
+        .map(|(path, size)| {
+            Action::Remove(Remove {
+                path: path.clone(),
+                deletion_timestamp: Some(now),
+                data_change,
+                size: Some(*size as i64),
+                ..Default::default()
+            })
         })
-    });
-    let commit = Commit::new(
-        Table::TransactionIds,
-        DeltaOperation::Optimize {
-            predicate: None,
-            target_size: 0,
-        },
-    )
-    .actions(removes)
-    .adds([add.clone()])
-    .meta("pipeline.stage", "ingest.index_compaction");
+        .collect()
+}
+
+/// Commit; when it certainly did not land, delete the file it would have added.
+async fn commit_or_discard(commit: Commit, t: &DeltaTable, add: Option<Add>) -> Result<i64> {
     match commit.execute(t).await {
-        Ok(_) => Ok(group.len() as u64),
+        Ok(v) => Ok(v),
         Err(e) => {
-            if !matches!(e, Error::CommitUnknown { .. }) {
+            if let (Some(add), false) = (add, matches!(e, Error::CommitUnknown { .. })) {
                 delta::commit::discard(t, &[add]).await;
             }
             Err(e)
@@ -387,16 +405,12 @@ pub async fn rebuild(
     app_id: &str,
     seq: i64,
 ) -> Result<i64> {
-    use std::io::{Read, Write};
     let rows = rows_of(main, Table::Transactions)?.unwrap_or(u64::MAX / 2);
-    let buckets = rows.div_ceil(bucket_ids.max(1)).clamp(1, 512);
-    let bucket_of = |id: u128| (((id >> 64) * u128::from(buckets)) >> 64) as usize;
+    let buckets = rows.div_ceil(bucket_ids.max(1)).clamp(1, 512) as usize;
     let dir = scratch.join("index-rebuild");
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let mut files: Vec<Option<std::io::BufWriter<std::fs::File>>> =
-        (0..buckets).map(|_| None).collect();
-    let mut memory: Vec<u128> = Vec::new();
+    let mut spill = Spill::new(&dir, buckets);
     let store = main.object_store();
     for f in delta::files(main, Table::Transactions, None)? {
         let mut batches = delta::read::columns(
@@ -406,54 +420,113 @@ pub async fn rebuild(
         )
         .await?;
         while let Some(b) = batches.next().await {
-            let b = b?;
-            let col = b
-                .column(0)
-                .as_string_opt::<i32>()
-                .ok_or_else(|| Error::DamagedLog {
-                    table: Table::Transactions.name().into(),
-                    what: format!("{} has a non-string transaction_id", f.path),
-                })?;
-            for v in col.iter().flatten() {
-                let id = crate::rules::parse_uuid(v).ok_or_else(|| Error::DamagedLog {
-                    table: Table::Transactions.name().into(),
-                    what: format!(
-                        "{} holds a transaction_id that is not a UUID: {v:?}",
-                        f.path
-                    ),
-                })?;
-                if buckets == 1 {
-                    memory.push(id);
-                    continue;
-                }
-                let b = bucket_of(id);
-                let w = match &mut files[b] {
-                    Some(w) => w,
-                    slot => {
-                        let p = dir.join(format!("b{b:04}.ids"));
-                        let file = std::fs::File::create(&p)
-                            .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
-                        slot.insert(std::io::BufWriter::with_capacity(16 * 1024, file))
-                    }
-                };
-                w.write_all(&id.to_le_bytes())
-                    .map_err(|e| Error::io("cannot write a scratch file", e))?;
+            for id in transaction_ids(&b?, &f.path)? {
+                spill.push(id)?;
             }
         }
     }
-    for w in files.iter_mut().flatten() {
-        w.flush()
-            .map_err(|e| Error::io("cannot write a scratch file", e))?;
-    }
-    drop(files);
     let mut writer = IdWriter::new(ids_table)?;
-    if buckets == 1 {
-        memory.sort_unstable();
-        memory.dedup();
-        writer.push(&memory).await?;
-    } else {
+    spill.drain_sorted(&mut writer).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let add = writer.finish(ids_table).await?;
+    let old: Vec<(String, u64)> = delta::files(ids_table, Table::TransactionIds, None)?
+        .into_iter()
+        .map(|f| (f.path.to_string(), f.size))
+        .collect();
+    let commit = Commit::new(
+        Table::TransactionIds,
+        DeltaOperation::Write {
+            mode: deltalake::protocol::SaveMode::Overwrite,
+            partition_by: None,
+            predicate: None,
+        },
+    )
+    .actions(removes(&old, true))
+    .adds(add.clone())
+    .txn(app_id, seq)
+    .meta("pipeline.stage", "ingest.index_rebuild")
+    .meta("pipeline.main_version", delta::version(main));
+    commit_or_discard(commit, ids_table, add).await
+}
+
+/// The transaction ids of a batch of the main table, parsed.
+fn transaction_ids(b: &RecordBatch, path: &impl std::fmt::Display) -> Result<Vec<u128>> {
+    let damaged = |what: String| Error::DamagedLog {
+        table: Table::Transactions.name().into(),
+        what,
+    };
+    let col = b
+        .column(0)
+        .as_string_opt::<i32>()
+        .ok_or_else(|| damaged(format!("{path} has a non-string transaction_id")))?;
+    col.iter()
+        .flatten()
+        .map(|v| {
+            crate::rules::parse_uuid(v).ok_or_else(|| {
+                damaged(format!(
+                    "{path} holds a transaction_id that is not a UUID: {v:?}"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Ids split by range into scratch files (one bucket: kept in memory), then written sorted
+/// bucket by bucket: memory is one bucket's worth.
+struct Spill {
+    dir: std::path::PathBuf,
+    files: Vec<Option<std::io::BufWriter<std::fs::File>>>,
+    memory: Vec<u128>,
+}
+
+impl Spill {
+    fn new(dir: &std::path::Path, buckets: usize) -> Self {
+        Spill {
+            dir: dir.to_path_buf(),
+            files: (0..buckets).map(|_| None).collect(),
+            memory: Vec::new(),
+        }
+    }
+
+    fn path(&self, b: usize) -> std::path::PathBuf {
+        self.dir.join(format!("b{b:04}.ids"))
+    }
+
+    fn push(&mut self, id: u128) -> Result<()> {
+        use std::io::Write;
+        let buckets = self.files.len();
+        if buckets == 1 {
+            self.memory.push(id);
+            return Ok(());
+        }
+        let b = (((id >> 64) * buckets as u128) >> 64) as usize;
+        let p = self.path(b);
+        let w = match &mut self.files[b] {
+            Some(w) => w,
+            slot => {
+                let file = std::fs::File::create(&p)
+                    .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
+                slot.insert(std::io::BufWriter::with_capacity(16 * 1024, file))
+            }
+        };
+        w.write_all(&id.to_le_bytes())
+            .map_err(|e| Error::io("cannot write a scratch file", e))
+    }
+
+    async fn drain_sorted(mut self, writer: &mut IdWriter) -> Result<()> {
+        use std::io::{Read, Write};
+        if self.files.len() == 1 {
+            self.memory.sort_unstable();
+            self.memory.dedup();
+            return writer.push(&self.memory).await;
+        }
+        for w in self.files.iter_mut().flatten() {
+            w.flush()
+                .map_err(|e| Error::io("cannot write a scratch file", e))?;
+        }
+        let buckets = std::mem::take(&mut self.files).len();
         for b in 0..buckets {
-            let p = dir.join(format!("b{b:04}.ids"));
+            let p = self.path(b);
             let mut bytes = Vec::new();
             match std::fs::File::open(&p) {
                 Ok(mut f) => {
@@ -472,43 +545,7 @@ pub async fn rebuild(
             writer.push(&ids).await?;
             let _ = std::fs::remove_file(&p);
         }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let add = writer.finish(ids_table).await?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let removes: Vec<Action> = delta::files(ids_table, Table::TransactionIds, None)?
-        .into_iter()
-        .map(|f| {
-            Action::Remove(Remove {
-                path: f.path.to_string(),
-                deletion_timestamp: Some(now),
-                data_change: true,
-                size: Some(f.size as i64),
-                ..Default::default()
-            })
-        })
-        .collect();
-    let commit = Commit::new(
-        Table::TransactionIds,
-        DeltaOperation::Write {
-            mode: deltalake::protocol::SaveMode::Overwrite,
-            partition_by: None,
-            predicate: None,
-        },
-    )
-    .actions(removes)
-    .adds(add.clone())
-    .txn(app_id, seq)
-    .meta("pipeline.stage", "ingest.index_rebuild")
-    .meta("pipeline.main_version", delta::version(main));
-    match commit.execute(ids_table).await {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            if let (Some(add), false) = (add, matches!(e, Error::CommitUnknown { .. })) {
-                delta::commit::discard(ids_table, &[add]).await;
-            }
-            Err(e)
-        }
+        Ok(())
     }
 }
 

@@ -211,13 +211,7 @@ async fn execute(
         rejects: verdicts.rejects.clone(),
         progress: progress.clone(),
     });
-    let written = match write::write(ctx.clone(), plan.days, opts.workers()).await {
-        Ok(w) => w,
-        Err(e) => {
-            delta::commit::discard(&tables.ids, &index_adds).await;
-            return Err(e);
-        }
-    };
+    let written = write_or_discard(tables, &ctx, plan.days, &index_adds, opts).await?;
     report.tally(&written);
     report.step("write", t);
     let logged = async {
@@ -245,6 +239,23 @@ async fn execute(
         .collect(),
     };
     Ok((written.main_adds, record))
+}
+
+/// Write every day's files; on failure the index file written before is deleted too.
+async fn write_or_discard(
+    tables: &Tables,
+    ctx: &Arc<write::Ctx>,
+    days: std::collections::BTreeMap<plan::DayKey, Vec<plan::Input>>,
+    index_adds: &[Add],
+    opts: &IngestOptions,
+) -> Result<write::Written> {
+    match write::write(ctx.clone(), days, opts.workers()).await {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            delta::commit::discard(&tables.ids, index_adds).await;
+            Err(e)
+        }
+    }
 }
 
 /// Check the accounts: every row in one place, as decided.

@@ -273,40 +273,7 @@ pub async fn execute(
         },
         budget: opts.max_errors.allowed(report.rows_to_load),
     };
-    let n = opts.concurrency;
-    let complete = match &plan.work {
-        Work::Days {
-            days,
-            old,
-            only_changed_rows: true,
-        } => {
-            let unchanged = AtomicU64::new(0);
-            let ops = changed_rows(plan, days, old, &unchanged, progress);
-            let complete = send_all(&shared, &mut tally, ops, n, report, progress).await?;
-            report.rows_unchanged = unchanged.into_inner();
-            complete
-        }
-        Work::Days { days, old, .. } => {
-            let rows = upserts(plan, opts.parallel_files);
-            send_all(&shared, &mut tally, rows, n, report, progress).await?
-                && send_all(
-                    &shared,
-                    &mut tally,
-                    vanished(plan, days, old),
-                    n,
-                    report,
-                    progress,
-                )
-                .await?
-        }
-        Work::Full => {
-            let rows = upserts(plan, opts.parallel_files);
-            let partitions = partitions(session, keyspace);
-            send_all(&shared, &mut tally, rows, n, report, progress).await?
-                && send_all(&shared, &mut tally, partitions, n, report, progress).await?
-        }
-        Work::Nothing | Work::Overtaken => true,
-    };
+    let complete = send_work(plan, opts, &shared, &mut tally, report, progress).await?;
     tally.failures.close()?;
     report.latency_ms = tally.latency();
     if report.failures > 0 {
@@ -319,6 +286,61 @@ pub async fn execute(
         });
     }
     crate::failpoints::hit("load.before_state");
+    record_version(session, keyspace, plan, report).await
+}
+
+/// Send the plan's writes and deletes; false when the error budget stopped it early.
+async fn send_work(
+    plan: &Plan,
+    opts: &LoadOptions,
+    shared: &Shared<'_>,
+    tally: &mut Tally,
+    report: &mut LoadReport,
+    progress: &Progress,
+) -> Result<bool> {
+    let (n, session, keyspace) = (opts.concurrency, shared.session, &opts.scylla.keyspace);
+    Ok(match &plan.work {
+        Work::Days {
+            days,
+            old,
+            only_changed_rows: true,
+        } => {
+            let unchanged = AtomicU64::new(0);
+            let ops = changed_rows(plan, days, old, &unchanged, progress);
+            let complete = send_all(shared, tally, ops, n, report, progress).await?;
+            report.rows_unchanged = unchanged.into_inner();
+            complete
+        }
+        Work::Days { days, old, .. } => {
+            let rows = upserts(plan, opts.parallel_files);
+            send_all(shared, tally, rows, n, report, progress).await?
+                && send_all(
+                    shared,
+                    tally,
+                    vanished(plan, days, old),
+                    n,
+                    report,
+                    progress,
+                )
+                .await?
+        }
+        Work::Full => {
+            let rows = upserts(plan, opts.parallel_files);
+            let partitions = partitions(session, keyspace);
+            send_all(shared, tally, rows, n, report, progress).await?
+                && send_all(shared, tally, partitions, n, report, progress).await?
+        }
+        Work::Nothing | Work::Overtaken => true,
+    })
+}
+
+/// Record the version as loaded (never moving it back).
+async fn record_version(
+    session: &Session,
+    keyspace: &str,
+    plan: &Plan,
+    report: &mut LoadReport,
+) -> Result<()> {
     let recorded = crate::cql::progress::record(
         session,
         keyspace,

@@ -381,3 +381,35 @@ fn vacuum_removes_files_killed_runs_left_once_they_are_old_enough() {
     assert!(orphans.iter().all(|f| !f.exists()));
     assert_eq!(rows(&d.table(TX)).len(), 2000);
 }
+
+#[test]
+fn an_id_index_out_of_step_with_the_table_is_rebuilt_and_still_finds_duplicates() {
+    // In memory (one bucket) and spilled by id range (many).
+    for bucket_ids in ["1000000", "700"] {
+        let d = Data::new();
+        generate(&d, &["--rows", "3000", "--days", "2"]);
+        d.ok(&["ingest"]);
+        // Another engine deletes a day (an erasure): the index now holds ids the table lacks.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let url = url::Url::from_directory_path(d.table(TX)).unwrap();
+            let t = deltalake::open_table(url).await.unwrap();
+            t.delete()
+                .with_predicate("transaction_date = '2024-01-01'")
+                .await
+                .unwrap();
+        });
+        // Both days' files delivered again under new names.
+        for day in ["2024-01-01", "2024-01-02"] {
+            let landed = landing(&d).join(format!("batch-000001/{day}-0000.parquet"));
+            std::fs::copy(&landed, landing(&d).join(format!("again-{day}.parquet"))).unwrap();
+        }
+        let r = d.ok(&["ingest", "--dedup-bucket-ids", bucket_ids]);
+        // The deleted day's rows are new again; the other day's are duplicates.
+        assert_eq!(u(&r, "rows_out"), 1500, "{bucket_ids}: {r}");
+        assert_eq!(u(&r, "duplicates"), 1500, "{bucket_ids}: {r}");
+        assert_eq!(rows(&d.table(TX)).len(), 3000, "{bucket_ids}");
+        let again = d.ok(&["ingest", "--dedup-bucket-ids", bucket_ids]);
+        assert_eq!(u(&again, "files_ingested"), 0, "{again}");
+    }
+}
