@@ -25,6 +25,7 @@ pub mod layout;
 pub mod load;
 pub mod lookup;
 pub mod maintain;
+pub mod process;
 pub mod progress;
 pub mod report;
 pub mod rules;

@@ -63,7 +63,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tune_malloc();
+    pipeline::process::tune_malloc();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    init_logging();
+    pipeline::process::init_logging();
     match execute(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -124,14 +124,7 @@ fn execute(cli: Cli) -> Result<u8> {
         Command::Verify(o) => done(json, rt.block_on(verify::run(&layout, &o))),
         Command::Run(o) if o.follow.follow => {
             let (report, result) = rt.block_on(run::follow(&layout, &o, json));
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).expect("reports serialise")
-                );
-            } else {
-                println!("{}", report.text());
-            }
+            report.print_last(json);
             result.map(|()| exit::OK)
         }
         Command::Run(o) => {
@@ -147,36 +140,4 @@ fn execute(cli: Cli) -> Result<u8> {
 /// Print a finished command's report; its exit code.
 fn done<R: Report>(json: bool, report: Result<R>) -> Result<u8> {
     Ok(print(json, &report?))
-}
-
-fn init_logging() {
-    // The Delta kernel logs a missing table (our first run) and a damaged log at ERROR, and
-    // the driver a failed first connection: our own error says the same, with what to do.
-    let quiet = "warn,buoyant_kernel=off,scylla::cluster::metadata::cc_establisher=off";
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// glibc malloc, tuned for batches of a few MiB allocated and freed all the time:
-/// - each busy thread gets its own arena; the writers' large, short-lived buffers then
-///   fragment them and RSS ran at twice the live heap (heaptrack): two arenas measured as
-///   fast with a third less RSS;
-/// - buffers above the mmap threshold are mapped and unmapped, and memory at the top of the
-///   heap is returned, each time: the kernel then zeroes fresh pages on every batch. Keeping
-///   them (a 32 MiB threshold, 1 GiB trim threshold, 64 MiB top pad) cut ingest's system
-///   time at 30M rows from 8 s to 4.4 s, wall 16.0 s -> 13.2 s, for ~10 MiB more peak RSS.
-fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: called first thing in `main`, before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
 }

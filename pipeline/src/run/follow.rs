@@ -481,20 +481,9 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     }
     st.report.errors += b.errors.len() as u64;
-    release_free_memory();
+    crate::process::release_free_memory();
     b.seconds = t.elapsed().as_secs_f64();
     Ok(b)
-}
-
-/// Hand freed memory back to the kernel between micro-batches. The process keeps freed
-/// memory for speed in one-shot runs (see `tune_malloc` in `main.rs`); a stream that ran
-/// a large micro-batch (a backlog after an outage) would otherwise hold its peak forever.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages; it is thread-safe in glibc.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// A failure the stream survives (retried in the next micro-batch), or a fatal one.
@@ -688,6 +677,18 @@ fn finish(st: State, started: Instant) -> FollowReport {
 }
 
 impl FollowReport {
+    /// Print the summary: text, or one JSON line (the last of the stream's JSON lines).
+    pub fn print_last(&self, json: bool) {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(self).expect("reports serialise")
+            );
+        } else {
+            println!("{}", self.text());
+        }
+    }
+
     /// The session as a run history row: its totals as the stages' summaries.
     fn as_run(&self, started: chrono::DateTime<chrono::Utc>) -> RunReport {
         let stage = |stage: &'static str, rows: u64, files: u64| StageSummary {
