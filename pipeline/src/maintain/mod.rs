@@ -139,6 +139,11 @@ impl Report for MaintainReport {
 /// Maintain every table that exists.
 pub async fn run(layout: &Layout, opts: &MaintainOptions) -> Result<MaintainReport> {
     let started = Instant::now();
+    // Waits for a stream's compaction in progress (seconds), then holds it to the end.
+    let _lock = {
+        let layout = layout.clone();
+        tokio::task::spawn_blocking(move || CompactionLock::take(&layout, true)).await??
+    };
     let mut report = MaintainReport {
         retention_hours: opts.retention_hours,
         caught_up_commits: ingest::complete_interrupted_runs(layout).await?,
@@ -154,19 +159,67 @@ pub async fn run(layout: &Layout, opts: &MaintainOptions) -> Result<MaintainRepo
     Ok(report)
 }
 
+/// Held while a process compacts the data dir's tables: delta-rs 1.1's conflict check skips
+/// `dataChange: false` removes, so two compactions of the same files at once both land and
+/// every row of those files is then in the table twice (reproduced with `maintain` beside
+/// `run --follow`). One compactor at a time per data dir, by an advisory lock on
+/// `DATA_DIR/_pipeline/compaction.lock` (local file systems; released with the process).
+pub struct CompactionLock {
+    _file: std::fs::File,
+}
+
+impl CompactionLock {
+    /// Take the lock; `wait: false` returns `None` at once when another process holds it.
+    /// `None` too when the data dir does not exist (nothing to compact; nothing created).
+    pub fn take(layout: &Layout, wait: bool) -> Result<Option<Self>> {
+        if !layout.root().is_dir() {
+            return Ok(None);
+        }
+        let dir = layout.root().join("_pipeline");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let path = dir.join("compaction.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        use std::os::fd::AsRawFd;
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        // SAFETY: flock on a file descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(Some(CompactionLock { _file: file }));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        Err(Error::io(format!("cannot lock {}", path.display()), e))
+    }
+}
+
 /// The file size `run --follow`'s compaction merges small files up to.
 pub const STREAM_TARGET_FILE_BYTES: std::num::NonZeroU64 =
     std::num::NonZeroU64::new(16 << 20).unwrap();
 
 /// Compact `table`'s small files (a `dataChange: false` commit that readers and the
 /// incremental stages ignore) and remove its expired log entries: what `run --follow` does
-/// on its cadence. Returns the files rewritten.
+/// on its cadence, when no other process is compacting (else it returns 0 and the next
+/// cadence tries again). Returns the files rewritten.
 ///
 /// Files of at least [`STREAM_TARGET_FILE_BYTES`] are left alone, and smaller ones are
 /// merged up to that size: each compaction rewrites about what arrived since the last one,
 /// not the whole day again (delta-rs's default target, 100 MiB, rewrote today's growing
 /// file every time: 8 s at 1.5M rows, measured).
 pub async fn compact(layout: &Layout, table: Table) -> Result<u64> {
+    let Some(_lock) = CompactionLock::take(layout, false)? else {
+        return Ok(0);
+    };
     let Some(t) = delta::open(layout, table).await? else {
         return Ok(0);
     };

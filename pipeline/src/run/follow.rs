@@ -379,6 +379,11 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
 
 /// Signals, metrics, the ingest policy of a stream.
 async fn start(opts: &RunOptions) -> Result<(State, Stop)> {
+    if opts.follow.interval.is_zero() {
+        return Err(Error::Invalid(
+            "run --follow: --interval must be more than 0 (e.g. 500ms): 0 would spin".into(),
+        ));
+    }
     let stop = Stop::install()?;
     let metrics = Arc::new(Metrics::new());
     if let Some(addr) = opts.follow.metrics_addr {
@@ -525,6 +530,11 @@ async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Res
     b.ingest_steps = r.steps.clone();
     for c in &r.changed_files {
         if st.changed_seen.insert(c.path.clone()) {
+            eprintln!(
+                "warning: {} changed after it was ingested; its new content is not read. {}",
+                c.path,
+                ingest::CHANGED_ADVICE
+            );
             b.changed_files.push(c.path.clone());
         }
     }

@@ -1,7 +1,7 @@
 //! `maintain` (compaction, checkpoints, vacuum) changes no result, and batches after it still
 //! flow incrementally to the same end state as a data dir that was never maintained.
 
-use crate::common::{Data, u};
+use crate::common::{Data, rows, u};
 use crate::crash::world;
 use crate::scylla::Cql;
 
@@ -91,4 +91,46 @@ fn maintenance_changes_no_result_and_later_batches_still_flow() {
     cql.ok(&d, &["verify"]);
     let history = d.ok(&["history"]);
     assert_eq!(history.as_array().unwrap().len(), 6, "{history}");
+}
+
+#[test]
+fn two_compactions_at_once_do_not_duplicate_rows() {
+    let d = Data::new();
+    for batch in 1..=6 {
+        let b = batch.to_string();
+        d.ok(&[
+            "generate",
+            "--rows",
+            "3000",
+            "--days",
+            "2",
+            "--batch",
+            &b,
+            "--customers",
+            "200",
+        ]);
+        d.ok(&["ingest"]);
+    }
+    let before = rows(&d.table("customer_transactions")).len();
+    // delta-rs lets two compactions of the same files both land: only one may run at a time.
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .arg("--data-dir")
+            .arg(d.path())
+            .args(["--json", "maintain"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(rows(&d.table("customer_transactions")).len(), before);
 }
