@@ -54,7 +54,8 @@ pub struct FollowOptions {
     #[arg(long, requires = "follow")]
     pub until_idle: bool,
     /// Stop after this many micro-batches that did work.
-    #[arg(long, value_name = "N", requires = "follow")]
+    #[arg(long, value_name = "N", requires = "follow",
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batches: Option<u64>,
     /// Compact small files every this many micro-batches (0: never).
     #[arg(long, default_value_t = 10, value_name = "N")]
@@ -722,6 +723,7 @@ impl FollowReport {
             ),
             stages: vec![
                 stage("ingest", self.rows_in, self.files),
+                stage("aggregate", self.rows_out, 0),
                 stage("load", self.rows_loaded, 0),
             ],
             seconds: self.seconds,
