@@ -86,8 +86,8 @@ pub fn cql_date(day: Day) -> Result<CqlDate> {
     })
 }
 
-/// The values of the INSERT, in its column order.
-pub type InsertValues = (
+/// A serving row's columns in table order: what load writes and verify reads back.
+pub type RowValues = (
     i64,
     CqlDate,
     CqlDecimal,
@@ -98,8 +98,8 @@ pub type InsertValues = (
 );
 
 impl AggRow {
-    /// The row as INSERT values.
-    pub fn values(&self) -> Result<InsertValues> {
+    /// The row as CQL values.
+    pub fn values(&self) -> Result<RowValues> {
         Ok((
             self.customer_id,
             cql_date(self.day)?,
@@ -109,6 +109,23 @@ impl AggRow {
             self.min_amount.map(decimal),
             self.max_amount.map(decimal),
         ))
+    }
+
+    /// The row of CQL values read back; the error says which value cannot be ours.
+    pub fn from_values(v: RowValues) -> std::result::Result<Self, String> {
+        let (customer_id, d, total, n, declined, min, max) = v;
+        let money = |x: &CqlDecimal| {
+            cents(x).ok_or_else(|| format!("amount {x:?} is not representable in cents"))
+        };
+        Ok(AggRow {
+            customer_id,
+            day: dates::from_cql(d).ok_or_else(|| format!("date {d:?} out of range"))?,
+            total_amount: money(&total)?,
+            transaction_count: n,
+            declined_count: declined,
+            min_amount: min.as_ref().map(money).transpose()?,
+            max_amount: max.as_ref().map(money).transpose()?,
+        })
     }
 
     /// An order-independent fingerprint of the row's values, summed per day by `verify`.

@@ -162,13 +162,3 @@ pub async fn changes(
     out.rewrote_files = out.added.iter().any(|p| compacted.contains(p));
     Ok(Some(out))
 }
-
-/// Days whose data changed in commits `(after, upto]` (see [`changes`]).
-pub async fn touched_days(
-    t: &DeltaTable,
-    table: Table,
-    after: i64,
-    upto: i64,
-) -> Result<Option<BTreeSet<Day>>> {
-    Ok(changes(t, table, after, upto).await?.map(|c| c.days))
-}

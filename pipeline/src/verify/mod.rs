@@ -6,10 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
 use futures::StreamExt;
-use scylla::value::{CqlDate, CqlDecimal};
 use serde::Serialize;
 
-use crate::cql::codec::{self, AggRow, cents, format_cents};
+use crate::cql::codec::{self, AggRow, format_cents};
 use crate::cql::schema::TABLE;
 use crate::cql::{self, ScyllaOptions};
 use crate::dates::{self, Day};
@@ -235,38 +234,18 @@ async fn scylla_checks(
         .await
         .map_err(|e| Error::scylla(what, e))?;
     stmt.set_page_size(5000);
-    type R = (
-        i64,
-        CqlDate,
-        CqlDecimal,
-        i64,
-        i64,
-        Option<CqlDecimal>,
-        Option<CqlDecimal>,
-    );
     let mut rows = session
         .execute_iter(stmt, ())
         .await
         .map_err(|e| Error::scylla(what, e))?
-        .rows_stream::<R>()
+        .rows_stream::<codec::RowValues>()
         .map_err(|e| Error::scylla(what, e))?;
     let mut out: BTreeMap<Day, DayCheck> = BTreeMap::new();
     while let Some(r) = rows.next().await {
-        let (customer_id, d, total, n, declined, min, max) =
-            r.map_err(|e| Error::scylla(what, e))?;
-        let bad = |x: String| Error::scylla(what, format!("customer {customer_id}: {x}"));
-        let money = |x: &CqlDecimal| {
-            cents(x).ok_or_else(|| bad(format!("amount {x:?} is not representable in cents")))
-        };
-        let row = AggRow {
-            customer_id,
-            day: dates::from_cql(d).ok_or_else(|| bad(format!("date {d:?} out of range")))?,
-            total_amount: money(&total)?,
-            transaction_count: n,
-            declined_count: declined,
-            min_amount: min.as_ref().map(money).transpose()?,
-            max_amount: max.as_ref().map(money).transpose()?,
-        };
+        let values = r.map_err(|e| Error::scylla(what, e))?;
+        let customer_id = values.0;
+        let row = AggRow::from_values(values)
+            .map_err(|x| Error::scylla(what, format!("customer {customer_id}: {x}")))?;
         out.entry(row.day).or_default().add(&row);
     }
     Ok(out)
