@@ -120,6 +120,11 @@ pub enum Error {
     #[error("query engine: {0}")]
     DataFusion(Box<deltalake::datafusion::error::DataFusionError>),
 
+    /// A mistake in a `pipeline sql` query (syntax, unknown table or column, types that do
+    /// not fit, a statement that would change something): DataFusion's message.
+    #[error("SQL: {0}")]
+    Sql(Box<deltalake::datafusion::error::DataFusionError>),
+
     /// An internal task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -196,6 +201,18 @@ impl From<deltalake::datafusion::error::DataFusionError> for Error {
 }
 
 impl Error {
+    /// A DataFusion error from planning or running a user's query: the query's fault
+    /// ([`Error::Sql`], exit 2) unless it is the storage's (I/O, object store: exit 1).
+    pub fn sql(e: deltalake::datafusion::error::DataFusionError) -> Self {
+        use deltalake::datafusion::error::DataFusionError as E;
+        match e.find_root() {
+            E::IoError(_) | E::ObjectStore(_) | E::ParquetError(_) | E::External(_) => {
+                Error::DataFusion(Box::new(e))
+            }
+            _ => Error::Sql(Box::new(e)),
+        }
+    }
+
     /// An I/O error with what we were doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
@@ -251,7 +268,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::BadInput { .. } => exit::BAD_INPUT,
-            Error::Invalid(_) => exit::USAGE,
+            Error::Invalid(_) | Error::Sql(_) => exit::USAGE,
             Error::Conflict { .. } => exit::CONFLICT,
             Error::Scylla { .. } => exit::SCYLLA,
             Error::LoadIncomplete { .. } => exit::LOAD_INCOMPLETE,

@@ -31,6 +31,7 @@ pub mod report;
 pub mod rules;
 pub mod run;
 pub mod schema;
+pub mod sql;
 pub mod tables;
 pub mod verify;
 

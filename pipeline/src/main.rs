@@ -9,7 +9,7 @@ use pipeline::error::exit;
 use pipeline::progress::Progress;
 use pipeline::report::{Report, print};
 use pipeline::{Error, Layout, Result};
-use pipeline::{aggregate, cql, generate, ingest, load, lookup, maintain, run, verify};
+use pipeline::{aggregate, cql, generate, ingest, load, lookup, maintain, run, sql, verify};
 
 /// Lakehouse ETL: synthetic transactions -> Delta Lake -> daily aggregates -> ScyllaDB.
 ///
@@ -60,6 +60,8 @@ enum Command {
     History(run::HistoryOptions),
     /// Compact small files, write checkpoints and vacuum old files, for every table.
     Maintain(maintain::MaintainOptions),
+    /// Ask the tables a question in SQL (read-only; --as-of for an older version).
+    Sql(sql::SqlOptions),
 }
 
 fn main() -> ExitCode {
@@ -134,6 +136,7 @@ fn execute(cli: Cli) -> Result<u8> {
         }
         Command::History(o) => done(json, rt.block_on(run::history(&layout, &o))),
         Command::Maintain(o) => done(json, rt.block_on(maintain::run(&layout, &o))),
+        Command::Sql(o) => rt.block_on(sql::run(&layout, &o, json)),
     }
 }
 

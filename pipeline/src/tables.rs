@@ -46,6 +46,11 @@ impl Table {
         }
     }
 
+    /// The table of this name (as [`Table::name`] spells it).
+    pub fn by_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// Where the table lives, relative to the data dir (`/`-separated).
     pub const fn path(self) -> &'static str {
         match self {

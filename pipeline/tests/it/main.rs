@@ -10,3 +10,4 @@ mod exactly_once;
 mod ingest;
 mod maintain;
 mod scylla;
+mod sql;

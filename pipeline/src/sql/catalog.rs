@@ -1,0 +1,157 @@
+//! The tables a query reads, each registered under its name at its latest version, or at the
+//! version `--as-of` asks for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+
+use deltalake::DeltaTable;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::datafusion::sql::parser::Statement;
+
+use crate::delta;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::tables::Table;
+
+/// `--as-of [TABLE=]VERSION`: a table (or the one table the query reads) at a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsOf {
+    /// The table; `None` for "the table the query reads".
+    pub table: Option<Table>,
+    /// The version.
+    pub version: i64,
+}
+
+impl FromStr for AsOf {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (table, version) = match s.split_once('=') {
+            Some((name, v)) => {
+                let table = Table::by_name(name.trim())
+                    .ok_or_else(|| format!("no table {name:?}: the tables are {}", names()))?;
+                (Some(table), v)
+            }
+            None => (None, s),
+        };
+        let version = version
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| {
+                format!("{version:?} is not a table version (a whole number, 0 or more)")
+            })?;
+        Ok(AsOf { table, version })
+    }
+}
+
+/// Every table's name, for messages.
+fn names() -> String {
+    Table::ALL.map(Table::name).join(", ")
+}
+
+/// Register every pipeline table `statement` reads. Names that are not pipeline tables are
+/// left to DataFusion, which reports them.
+pub async fn register(
+    ctx: &SessionContext,
+    layout: &Layout,
+    statement: &Statement,
+    as_of: &[AsOf],
+) -> Result<()> {
+    let refs = ctx
+        .state()
+        .resolve_table_references(statement)
+        .map_err(Error::sql)?;
+    let mut read = BTreeSet::new();
+    for r in &refs {
+        match Table::by_name(r.table()) {
+            Some(t) => {
+                read.insert(t);
+            }
+            None => {
+                return Err(Error::Invalid(format!(
+                    "SQL: no table {:?}: the tables are {}",
+                    r.table(),
+                    names()
+                )));
+            }
+        }
+    }
+    let versions = versions(as_of, &read)?;
+    for table in read {
+        let t = match versions.get(&table) {
+            Some(v) => open_at(layout, table, *v).await?,
+            None => latest(layout, table).await?,
+        };
+        t.update_datafusion_session(&ctx.state())
+            .map_err(|e| Error::delta(table.name(), e))?;
+        ctx.register_table(table.name(), t.table_provider().await?)?;
+    }
+    Ok(())
+}
+
+/// The version asked for each table the query reads.
+fn versions(as_of: &[AsOf], read: &BTreeSet<Table>) -> Result<BTreeMap<Table, i64>> {
+    let mut out = BTreeMap::new();
+    for a in as_of {
+        let table = match a.table {
+            Some(t) => t,
+            None if read.len() == 1 => *read.first().expect("one table"),
+            None => {
+                return Err(Error::Invalid(format!(
+                    "--as-of {} names no table, and the query reads {}: say which, as --as-of TABLE={}",
+                    a.version,
+                    if read.is_empty() {
+                        "none".to_string()
+                    } else {
+                        read.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                    },
+                    a.version
+                )));
+            }
+        };
+        if !read.contains(&table) {
+            return Err(Error::Invalid(format!(
+                "--as-of {table}={}: the query does not read {table}",
+                a.version
+            )));
+        }
+        if let Some(v) = out.insert(table, a.version)
+            && v != a.version
+        {
+            return Err(Error::Invalid(format!(
+                "--as-of gives {table} two versions ({v} and {})",
+                a.version
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The table at its latest version, or which stage creates it.
+async fn latest(layout: &Layout, table: Table) -> Result<DeltaTable> {
+    delta::open(layout, table).await?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "table {table} does not exist yet in {} (run the pipeline first: `pipeline run`)",
+            layout.root().display()
+        ))
+    })
+}
+
+/// The table as of `version`, which must be one it has.
+async fn open_at(layout: &Layout, table: Table, version: i64) -> Result<DeltaTable> {
+    let current = delta::version(&latest(layout, table).await?);
+    if version > current {
+        return Err(Error::Invalid(format!(
+            "--as-of {table}={version}: {table} is at version {current}"
+        )));
+    }
+    delta::open_at(layout, table, version).await.map_err(|e| {
+        Error::Invalid(format!(
+            "--as-of {table}={version}: that version cannot be read ({}); versions older than \
+             the log retention are removed by `pipeline maintain`",
+            e.chain()
+        ))
+    })
+}
