@@ -324,11 +324,15 @@ async fn send_work(
                 )
                 .await?
         }
-        Work::Full => {
+        Work::Full { sweep } => {
             let rows = upserts(plan, opts.parallel_files);
-            let partitions = partitions(session, keyspace);
-            send_all(shared, tally, rows, n, report, progress).await?
-                && send_all(shared, tally, partitions, n, report, progress).await?
+            let complete = send_all(shared, tally, rows, n, report, progress).await?;
+            if complete && *sweep {
+                let partitions = partitions(session, keyspace);
+                send_all(shared, tally, partitions, n, report, progress).await?
+            } else {
+                complete
+            }
         }
         Work::Nothing | Work::Overtaken => true,
     })

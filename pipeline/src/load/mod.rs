@@ -48,7 +48,7 @@ pub async fn run_on(
         table_id: plan.table_id.clone(),
         aggregates_version: Some(plan.version),
         previous_version: plan.previous,
-        full_load: matches!(plan.work, plan::Work::Full),
+        full_load: matches!(plan.work, plan::Work::Full { .. }),
         overtaken: matches!(plan.work, plan::Work::Overtaken),
         days: plan
             .files

@@ -8,6 +8,7 @@ use deltalake::DeltaTable;
 use scylla::client::session::Session;
 
 use crate::cql::progress::{self, LoadProgress};
+use crate::cql::schema::TABLE;
 use crate::dates::Day;
 use crate::delta::{self, DataFile};
 use crate::error::{Error, Result};
@@ -20,8 +21,14 @@ pub enum Work {
     Nothing,
     /// A newer version is loaded (a concurrent load overtook this one).
     Overtaken,
-    /// Write every row, then delete older rows of every partition.
-    Full,
+    /// Write every row, then (when `sweep`) delete older rows of every partition.
+    Full {
+        /// Whether older rows may exist. Not on the first load ever into the keyspace when
+        /// the serving table was empty: no other identity had claimed it, so no other load
+        /// can be writing, and there is nothing older to delete (saves one request per
+        /// partition: 99,000 of 968,000 at 5M rows).
+        sweep: bool,
+    },
     /// Write the changed days' rows, and delete those that vanished from them (they were in
     /// the days' files of `old`, the last loaded version).
     Days {
@@ -65,6 +72,7 @@ pub async fn plan(
     let version = delta::version(&table);
     let table_id = delta::table_id(&table, Table::Aggregates)?;
     let mut current = progress::read(session, keyspace).await?;
+    let first_ever = current.is_none();
     if current.as_ref().is_none_or(|p| p.table_id != table_id) && !dry_run {
         if let Some(p) = &current {
             tracing::warn!(served = %p.table_id, table = %table_id,
@@ -83,14 +91,16 @@ pub async fn plan(
     let progress = current.filter(|p| p.table_id == table_id);
     let previous = progress.as_ref().map(|p| p.version).filter(|v| *v >= 0);
     let work = match previous {
-        None => Work::Full,
+        None => Work::Full {
+            sweep: !(first_ever && !dry_run && serving_table_empty(session, keyspace).await?),
+        },
         Some(p) if p == version => Work::Nothing,
         Some(p) if p > version => Work::Overtaken,
         Some(p) => changed_days(layout, &table, p, version).await?,
     };
     let files = match &work {
         Work::Nothing | Work::Overtaken => Vec::new(),
-        Work::Full => delta::files(&table, Table::Aggregates, None)?,
+        Work::Full { .. } => delta::files(&table, Table::Aggregates, None)?,
         Work::Days { days, .. } => delta::files(&table, Table::Aggregates, Some(days))?,
     };
     Ok(Plan {
@@ -102,6 +112,21 @@ pub async fn plan(
         work,
         files,
     })
+}
+
+/// True when the serving table has no row (checked after this load claimed the keyspace).
+async fn serving_table_empty(session: &Session, keyspace: &str) -> Result<bool> {
+    let what = "checking whether the serving table is empty";
+    let rows = session
+        .query_unpaged(
+            format!("SELECT customer_id FROM {keyspace}.{TABLE} LIMIT 1"),
+            (),
+        )
+        .await
+        .map_err(|e| Error::scylla(what, e))?
+        .into_rows_result()
+        .map_err(|e| Error::scylla(what, e))?;
+    Ok(rows.rows_num() == 0)
 }
 
 /// The days changed since `previous`, with the table as of then; everything when the log or
@@ -117,7 +142,7 @@ async fn changed_days(
         tracing::warn!(
             "aggregates log entries after version {previous} are gone; loading everything"
         );
-        return Ok(Work::Full);
+        return Ok(Work::Full { sweep: true });
     };
     let only_changed_rows = changes
         .modes
@@ -133,7 +158,7 @@ async fn changed_days(
         Err(e) => {
             tracing::warn!(error = %e.chain(),
                 "cannot read aggregates version {previous} to find deleted rows; loading everything");
-            Ok(Work::Full)
+            Ok(Work::Full { sweep: true })
         }
     }
 }

@@ -92,6 +92,18 @@ impl Cql {
             .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// Run one CQL statement through the driver (as another tool or an operator would).
+    pub(crate) fn exec(&self, statement: &str) {
+        self.rt.block_on(async {
+            let session = SessionBuilder::new()
+                .known_node(&self.uri)
+                .build()
+                .await
+                .unwrap();
+            session.query_unpaged(statement, ()).await.unwrap();
+        });
+    }
+
     /// Every row of the serving table, read back through the driver.
     pub(crate) fn contents(&self) -> Agg {
         self.rt.block_on(async {
@@ -673,4 +685,34 @@ fn aggregates_of_a_recreated_source_are_rebuilt_from_it() {
     let r = d.ok(&["aggregate"]);
     assert_eq!(r["full_rebuild"], true, "{r}");
     assert_eq!(table(&d), crate::aggregate::oracle(&d));
+}
+
+#[test]
+fn a_first_load_sweeps_older_rows_only_when_the_serving_table_has_some() {
+    let cql = Cql::new();
+    let d = Data::new();
+    batch(&d, "3000", "2", "1", "2024-01-01");
+    let r = cql.ok(&d, &["load"]);
+    assert_eq!(r["full_load"], true, "{r}");
+    assert_eq!(
+        u(&r, "partitions_swept"),
+        0,
+        "an empty table has nothing older: {r}"
+    );
+    assert_eq!(cql.contents(), table(&d));
+    // A row from elsewhere, and the progress record lost: the next load is a first load
+    // again, into a table that has rows, so it sweeps them.
+    let ks = &cql.keyspace;
+    cql.exec(&format!(
+        "INSERT INTO {ks}.customer_daily_aggregates (customer_id, transaction_date, total_amount, \
+         transaction_count, declined_count) VALUES (999999, '2024-01-01', 1.00, 1, 0)"
+    ));
+    cql.exec(&format!(
+        "DELETE FROM {ks}.pipeline_load_progress WHERE name = 'customer_daily_aggregates'"
+    ));
+    let r = cql.ok(&d, &["load"]);
+    assert_eq!(r["full_load"], true, "{r}");
+    assert!(u(&r, "partitions_swept") > 0, "{r}");
+    assert_eq!(cql.contents(), table(&d), "the stray row is gone");
+    cql.ok(&d, &["verify"]);
 }
