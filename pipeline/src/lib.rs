@@ -26,6 +26,7 @@ pub mod load;
 pub mod lookup;
 pub mod maintain;
 pub mod process;
+pub mod profiles;
 pub mod progress;
 pub mod report;
 pub mod rules;

@@ -9,7 +9,9 @@ use pipeline::error::exit;
 use pipeline::progress::Progress;
 use pipeline::report::{Report, print};
 use pipeline::{Error, Layout, Result};
-use pipeline::{aggregate, cql, generate, ingest, load, lookup, maintain, run, sql, verify};
+use pipeline::{
+    aggregate, cql, generate, ingest, load, lookup, maintain, profiles, run, sql, verify,
+};
 
 /// Lakehouse ETL: synthetic transactions -> Delta Lake -> daily aggregates -> ScyllaDB.
 ///
@@ -45,6 +47,8 @@ enum Command {
     Ingest(ingest::IngestOptions),
     /// Recompute daily per-customer totals for the days changed since the last run.
     Aggregate(aggregate::AggregateOptions),
+    /// Recompute the customer profiles whose days changed since the last run.
+    Profiles(profiles::ProfilesOptions),
     /// Create the ScyllaDB keyspace and tables if missing (load does this too).
     InitScylla(cql::ScyllaOptions),
     /// Write the aggregates changed since the last load into ScyllaDB.
@@ -111,6 +115,7 @@ fn execute(cli: Cli) -> Result<u8> {
             json,
             rt.block_on(aggregate::run(&layout, &o, &stage("aggregate"))),
         ),
+        Command::Profiles(o) => done(json, rt.block_on(profiles::run(&layout, &o))),
         Command::InitScylla(o) => done(json, rt.block_on(cql::init(&o))),
         Command::Load(o) => match rt.block_on(load::run(&layout, &o, &stage("load"))) {
             // An incomplete load still prints what it did (the error goes to stderr).

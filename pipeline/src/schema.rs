@@ -116,6 +116,30 @@ pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `customer_profiles`: one row per customer with any aggregate row (see `profiles`).
+/// Money is exact decimal, and so is the model's state (`ewm_daily_spend`, currency units
+/// per day, 14 decimals); `decline_rate` is floating point; `spend_forecast_30d` is an
+/// estimate rounded to the cent.
+pub static PROFILES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let money = || DataType::Decimal128(18, 2);
+    Arc::new(Schema::new(vec![
+        Field::new(col::CUSTOMER_ID, DataType::Int64, false),
+        Field::new("as_of_day", DataType::Date32, false),
+        Field::new("lifetime_total", money(), false),
+        Field::new("lifetime_count", DataType::Int64, false),
+        Field::new("declined_count", DataType::Int64, false),
+        Field::new("decline_rate", DataType::Float64, false),
+        Field::new("first_active_day", DataType::Date32, false),
+        Field::new("last_active_day", DataType::Date32, false),
+        Field::new("active_days", DataType::Int64, false),
+        Field::new("average_ticket", money(), true),
+        Field::new("total_last_7d", money(), false),
+        Field::new("total_last_30d", money(), false),
+        Field::new("ewm_daily_spend", DataType::Decimal128(38, 14), false),
+        Field::new("spend_forecast_30d", money(), false),
+    ]))
+});
+
 /// `ingest_files`: one row per landing file ingest consumed. `modified` and `content_hash`
 /// (BLAKE3, hex) identify the content, so a file changed after it was ingested is noticed.
 /// `set_aside` is null for an ingested file, and says what is wrong with one that was set

@@ -21,14 +21,17 @@ pub enum Table {
     TransactionIds,
     /// One row per `pipeline run`.
     RunHistory,
+    /// `customer_profiles`: one row per customer, from the aggregates.
+    Profiles,
 }
 
 impl Table {
     /// Every table, in the order `maintain` visits them.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Transactions,
         Table::Quarantine,
         Table::Aggregates,
+        Table::Profiles,
         Table::IngestFiles,
         Table::TransactionIds,
         Table::RunHistory,
@@ -43,6 +46,7 @@ impl Table {
             Table::IngestFiles => "ingest_files",
             Table::TransactionIds => "transaction_ids",
             Table::RunHistory => "run_history",
+            Table::Profiles => "customer_profiles",
         }
     }
 
@@ -60,6 +64,7 @@ impl Table {
             Table::IngestFiles => "_pipeline/ingest_files",
             Table::TransactionIds => "_pipeline/transaction_ids",
             Table::RunHistory => "_pipeline/run_history",
+            Table::Profiles => "customer_profiles",
         }
     }
 
@@ -72,6 +77,7 @@ impl Table {
             Table::IngestFiles => schema::INGEST_FILES.clone(),
             Table::TransactionIds => schema::TRANSACTION_IDS.clone(),
             Table::RunHistory => schema::RUN_HISTORY.clone(),
+            Table::Profiles => schema::PROFILES.clone(),
         }
     }
 
@@ -81,7 +87,7 @@ impl Table {
             Table::Transactions | Table::Quarantine | Table::Aggregates => {
                 &[schema::PARTITION_COLUMN]
             }
-            Table::IngestFiles | Table::TransactionIds | Table::RunHistory => &[],
+            Table::IngestFiles | Table::TransactionIds | Table::RunHistory | Table::Profiles => &[],
         }
     }
 }

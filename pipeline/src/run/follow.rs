@@ -38,7 +38,7 @@ use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::report::{Report, Summary, thousands};
 use crate::tables::Table;
-use crate::{aggregate, cql, ingest, load, maintain};
+use crate::{aggregate, cql, ingest, load, maintain, profiles};
 
 /// How `run --follow` runs.
 #[derive(Debug, Clone, Args)]
@@ -437,7 +437,7 @@ fn print_batch(json: bool, b: &MicroBatch) {
     }
 }
 
-/// One micro-batch: ingest, aggregate, load, and housekeeping when due.
+/// One micro-batch: ingest, aggregate, load, profiles, and housekeeping when due.
 async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Result<MicroBatch> {
     let t = Instant::now();
     let mut b = MicroBatch {
@@ -463,6 +463,14 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
         b.steps.push(("load", t.elapsed().as_secs_f64()));
     } else {
         acknowledge(st, &mut b);
+    }
+    // After load: the profiles do not hold up the rows users look up.
+    if selected.contains(&Stage::Profiles) && exists(layout, Table::Aggregates) {
+        let t = Instant::now();
+        if let Err(e) = profiles::run(layout, &opts.profiles).await {
+            survivable("profiles", e, st, &mut b)?;
+        }
+        b.steps.push(("profiles", t.elapsed().as_secs_f64()));
     }
     b.backlog_files = (st.awaiting_aggregate.len() + st.awaiting_load.len()) as u64;
     st.metrics.backlog("load", b.backlog_files as usize);

@@ -18,7 +18,7 @@ pub use report::{RunReport, StageSummary};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::progress::Progress;
-use crate::{aggregate, cql, generate, ingest, load};
+use crate::{aggregate, cql, generate, ingest, load, profiles};
 
 /// Run the selected stages in order; record the run (also a failed one) in the history table.
 /// The report comes back with the result, so a failed run still prints what it did.
@@ -117,6 +117,7 @@ async fn run_stage(
         Stage::Aggregate => {
             StageSummary::of(&aggregate::run(layout, &opts.aggregate, &progress).await?)
         }
+        Stage::Profiles => StageSummary::of(&profiles::run(layout, &opts.profiles).await?),
         Stage::Load if !opts.load_requested() && !cql::answers(&opts.load.scylla).await => {
             StageSummary {
                 stage: stage.name(),

@@ -8,6 +8,7 @@ use crate::aggregate::AggregateOptions;
 use crate::generate::GenerateOptions;
 use crate::ingest::IngestOptions;
 use crate::load::LoadOptions;
+use crate::profiles::ProfilesOptions;
 
 /// A stage of the pipeline, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -19,16 +20,19 @@ pub enum Stage {
     Ingest,
     /// Daily aggregates.
     Aggregate,
+    /// Customer profiles from the aggregates.
+    Profiles,
     /// Aggregates into ScyllaDB.
     Load,
 }
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 5] = [
         Stage::Generate,
         Stage::Ingest,
         Stage::Aggregate,
+        Stage::Profiles,
         Stage::Load,
     ];
 
@@ -38,6 +42,7 @@ impl Stage {
             Stage::Generate => "generate",
             Stage::Ingest => "ingest",
             Stage::Aggregate => "aggregate",
+            Stage::Profiles => "profiles",
             Stage::Load => "load",
         }
     }
@@ -49,7 +54,9 @@ impl std::str::FromStr for Stage {
         Stage::ALL
             .into_iter()
             .find(|st| st.name() == s.trim())
-            .ok_or_else(|| format!("unknown stage `{s}` (generate, ingest, aggregate, load)"))
+            .ok_or_else(|| {
+                format!("unknown stage `{s}` (generate, ingest, aggregate, profiles, load)")
+            })
     }
 }
 
@@ -59,7 +66,7 @@ pub struct RunOptions {
     /// Generate a batch first (with the generate options).
     #[arg(long)]
     pub generate: bool,
-    /// Run exactly these stages (comma-separated: generate,ingest,aggregate,load).
+    /// Run exactly these stages (comma-separated: generate,ingest,aggregate,profiles,load).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["from", "to"])]
     pub stages: Vec<Stage>,
     /// First stage to run.
@@ -83,6 +90,9 @@ pub struct RunOptions {
     /// Aggregate options.
     #[command(flatten, next_help_heading = "Aggregate")]
     pub aggregate: AggregateOptions,
+    /// Profiles options.
+    #[command(flatten, next_help_heading = "Profiles")]
+    pub profiles: ProfilesOptions,
     /// Load options (and where ScyllaDB is).
     #[command(flatten, next_help_heading = "Load")]
     pub load: LoadOptions,

@@ -12,6 +12,7 @@ use rand::Rng;
 
 use crate::aggregate::{Agg, table};
 use crate::common::{Data, rows};
+use crate::profiles::{Profiles, profiles_table};
 use crate::scylla::Cql;
 
 const TX: &str = "customer_transactions";
@@ -53,6 +54,7 @@ pub(crate) struct World {
     transactions: Vec<(String, String)>,
     quarantine: Vec<(String, String)>,
     aggregates: Agg,
+    profiles: Profiles,
     serving: Agg,
 }
 
@@ -61,6 +63,7 @@ pub(crate) fn world(d: &Data, cql: &Cql) -> World {
         transactions: rows(&d.table(TX)),
         quarantine: rows(&d.table(Q)),
         aggregates: table(d),
+        profiles: profiles_table(d),
         serving: cql.contents(),
     }
 }
@@ -70,6 +73,7 @@ enum Stage {
     Generate,
     Ingest,
     Aggregate,
+    Profiles,
     Load,
 }
 
@@ -88,7 +92,8 @@ fn prepare(d: &Data, cql: &Cql, stage: Stage) {
     let upto: &[&str] = match stage {
         Stage::Ingest => return,
         Stage::Aggregate => &["ingest"],
-        Stage::Load => &["ingest", "aggregate"],
+        Stage::Profiles => &["ingest", "aggregate"],
+        Stage::Load => &["ingest", "aggregate", "profiles"],
         Stage::Generate => unreachable!(),
     };
     for s in upto {
@@ -102,6 +107,7 @@ fn command(stage: Stage) -> Vec<&'static str> {
         Stage::Generate => BATCHES[0].to_vec(),
         Stage::Ingest => vec!["ingest"],
         Stage::Aggregate => vec!["aggregate"],
+        Stage::Profiles => vec!["profiles"],
         Stage::Load => vec!["load", "--concurrency", "16"],
     }
 }
@@ -109,7 +115,7 @@ fn command(stage: Stage) -> Vec<&'static str> {
 /// Run the rest of the pipeline to completion.
 fn complete(d: &Data, cql: &Cql) {
     generate(d);
-    cql.ok(d, &["run", "--stages", "ingest,aggregate,load"]);
+    cql.ok(d, &["run", "--stages", "ingest,aggregate,profiles,load"]);
 }
 
 enum Kill {
@@ -165,6 +171,7 @@ fn every_kill_point_reruns_to_the_clean_result() {
         Stage::Generate,
         Stage::Ingest,
         Stage::Aggregate,
+        Stage::Profiles,
         Stage::Load,
     ] {
         let t = Instant::now();
@@ -177,7 +184,9 @@ fn every_kill_point_reruns_to_the_clean_result() {
         took.push((stage, t.elapsed()));
     }
     let clean = world(&d, &cql);
-    assert!(!clean.serving.is_empty() && !clean.quarantine.is_empty());
+    assert!(
+        !clean.serving.is_empty() && !clean.quarantine.is_empty() && !clean.profiles.is_empty()
+    );
     let mut rng = rand::rng();
     let mut tried = Vec::new();
     for (stage, dur) in took {
@@ -189,6 +198,7 @@ fn every_kill_point_reruns_to_the_clean_result() {
                 "ingest.after_quarantine_commit",
             ],
             Stage::Aggregate => &["aggregate.before_commit"],
+            Stage::Profiles => &["profiles.before_commit"],
             Stage::Load => &["load.midway", "load.before_state"],
         };
         let mut kills: Vec<Kill> = failpoints.iter().map(|p| Kill::Failpoint(p)).collect();
@@ -225,6 +235,7 @@ fn every_kill_point_reruns_to_the_clean_result() {
                 got.aggregates, clean.aggregates,
                 "{stage:?}, {what}: aggregates"
             );
+            assert_eq!(got.profiles, clean.profiles, "{stage:?}, {what}: profiles");
             assert_eq!(got.serving, clean.serving, "{stage:?}, {what}: ScyllaDB");
             // No orphaned scratch state from the killed process survives the rerun.
             let scratch = d.path().join("_scratch");

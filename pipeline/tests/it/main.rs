@@ -9,5 +9,6 @@ mod crash;
 mod exactly_once;
 mod ingest;
 mod maintain;
+mod profiles;
 mod scylla;
 mod sql;
