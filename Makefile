@@ -15,7 +15,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup build release run generate ingest aggregate load lookup verify test test-crash test-scylla lint bench bench-follow clean-data docker cql-test-server
+.PHONY: help setup build release run generate ingest aggregate profiles sql load lookup verify test test-crash test-scylla lint bench bench-follow clean-data docker cql-test-server
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ ingest: build ## Run the ingest stage alone
 
 aggregate: build ## Run the aggregate stage alone (ARGS="--full")
 	$(PIPELINE) aggregate $(ARGS)
+
+profiles: build ## Update the customer profiles from the aggregates (ARGS="--full-profiles")
+	$(PIPELINE) profiles $(ARGS)
+
+sql: build ## Ask the tables in SQL: make sql Q="SELECT count(*) FROM customer_transactions" (ARGS="--format csv")
+	$(PIPELINE) sql "$(Q)" $(ARGS)
 
 test: setup ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server)
 	cargo test $(CARGO_PROFILE) --workspace --locked
