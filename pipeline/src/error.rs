@@ -38,6 +38,9 @@ pub mod exit {
     /// (`--on-bad-file skip`): the other files were committed; the report names each set-aside
     /// file and why.
     pub const SET_ASIDE_INPUT: u8 = 9;
+    /// Stopped by a signal: `run --follow` at a second SIGINT/SIGTERM, `sql` at the first
+    /// (nothing half-written is left).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// Everything that can go wrong, each with the message a user needs.
@@ -202,13 +205,16 @@ impl From<deltalake::datafusion::error::DataFusionError> for Error {
 
 impl Error {
     /// A DataFusion error from planning or running a user's query: the query's fault
-    /// ([`Error::Sql`], exit 2) unless it is the storage's (I/O, object store: exit 1).
+    /// ([`Error::Sql`], exit 2) unless it is the storage's or the machine's (I/O, object
+    /// store, memory: exit 1).
     pub fn sql(e: deltalake::datafusion::error::DataFusionError) -> Self {
         use deltalake::datafusion::error::DataFusionError as E;
         match e.find_root() {
-            E::IoError(_) | E::ObjectStore(_) | E::ParquetError(_) | E::External(_) => {
-                Error::DataFusion(Box::new(e))
-            }
+            E::IoError(_)
+            | E::ObjectStore(_)
+            | E::ParquetError(_)
+            | E::External(_)
+            | E::ResourcesExhausted(_) => Error::DataFusion(Box::new(e)),
             _ => Error::Sql(Box::new(e)),
         }
     }

@@ -57,8 +57,8 @@ enum Command {
     Lookup(lookup::LookupOptions),
     /// Compare ScyllaDB with the Delta aggregates at the last loaded version.
     Verify(verify::VerifyOptions),
-    /// Run the stages in order (ingest -> aggregate -> load; generate with --generate), once
-    /// or, with --follow, continuously.
+    /// Run the stages in order (ingest -> aggregate -> profiles -> load; generate with
+    /// --generate), once or, with --follow, continuously.
     Run(run::RunOptions),
     /// Show recorded runs, newest first.
     History(run::HistoryOptions),
@@ -141,8 +141,25 @@ fn execute(cli: Cli) -> Result<u8> {
         }
         Command::History(o) => done(json, rt.block_on(run::history(&layout, &o))),
         Command::Maintain(o) => done(json, rt.block_on(maintain::run(&layout, &o))),
-        Command::Sql(o) => rt.block_on(sql::run(&layout, &o, json)),
+        Command::Sql(o) => {
+            drop(rt);
+            query_runtime()?.block_on(sql::run(&layout, &o, json))
+        }
     }
+}
+
+/// Stack per thread for a user's query: DataFusion recurses once per operator when it plans
+/// and evaluates, so a long expression (`1+1+…`, 8,000 terms) overflowed 8 MiB. Only the
+/// pages used are ever touched.
+const QUERY_STACK: usize = 512 << 20;
+
+/// The runtime `sql` runs on: threads with [`QUERY_STACK`] of stack.
+fn query_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(QUERY_STACK)
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))
 }
 
 /// Print a finished command's report; its exit code.

@@ -44,3 +44,18 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Resolves at the first SIGINT or SIGTERM (never, if the handlers cannot be installed).
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -43,7 +43,7 @@ use crate::{aggregate, cql, ingest, load, maintain, profiles};
 /// How `run --follow` runs.
 #[derive(Debug, Clone, Args)]
 pub struct FollowOptions {
-    /// Keep running: a micro-batch (ingest -> aggregate -> load) whenever new landing files
+    /// Keep running: a micro-batch (ingest -> aggregate -> load -> profiles) whenever new landing files
     /// appear, until SIGINT/SIGTERM (or --until-idle / --max-batches).
     #[arg(long, conflicts_with = "generate")]
     pub follow: bool,
@@ -281,7 +281,7 @@ impl Stop {
                 while s.recv().await.is_some() {
                     if me.signals.fetch_add(1, Ordering::SeqCst) >= 1 {
                         eprintln!("second signal: aborting now; the next start resumes");
-                        std::process::exit(130);
+                        std::process::exit(exit::INTERRUPTED.into());
                     }
                     eprintln!("stopping after this micro-batch (a second signal aborts)");
                     me.wake.notify_one();

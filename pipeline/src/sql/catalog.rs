@@ -51,8 +51,8 @@ fn names() -> String {
     Table::ALL.map(Table::name).join(", ")
 }
 
-/// Register every pipeline table `statement` reads. Names that are not pipeline tables are
-/// left to DataFusion, which reports them.
+/// Register every pipeline table `statement` reads. Other names (a typo, `information_schema`,
+/// a table function) are left to DataFusion, which reports them in its words.
 pub async fn register(
     ctx: &SessionContext,
     layout: &Layout,
@@ -63,21 +63,10 @@ pub async fn register(
         .state()
         .resolve_table_references(statement)
         .map_err(Error::sql)?;
-    let mut read = BTreeSet::new();
-    for r in &refs {
-        match Table::by_name(r.table()) {
-            Some(t) => {
-                read.insert(t);
-            }
-            None => {
-                return Err(Error::Invalid(format!(
-                    "SQL: no table {:?}: the tables are {}",
-                    r.table(),
-                    names()
-                )));
-            }
-        }
-    }
+    let read: BTreeSet<Table> = refs
+        .iter()
+        .filter_map(|r| Table::by_name(r.table()))
+        .collect();
     let versions = versions(as_of, &read)?;
     for table in read {
         let t = match versions.get(&table) {

@@ -62,17 +62,34 @@ pub enum Format {
     Parquet,
 }
 
-/// Run the query and write its result; returns the exit code.
+/// Run the query and write its result; returns the exit code. SIGINT or SIGTERM stops it
+/// (exit 130) with nothing left behind: the unfinished output file is removed.
 pub async fn run(layout: &Layout, opts: &SqlOptions, json: bool) -> Result<u8> {
-    let format = opts
-        .format
-        .unwrap_or(if json { Format::Json } else { Format::Table });
+    let temp = opts.out.as_deref().map(output::temp_for);
+    // Its own task: a busy query need not yield for the signal to be seen.
+    let (layout, opts) = (layout.clone(), opts.clone());
+    let work = tokio::spawn(async move { query(&layout, &opts, json).await });
+    tokio::select! {
+        r = work => r?,
+        () = crate::process::stop_signal() => {
+            if let Some(temp) = temp {
+                let _ = std::fs::remove_file(temp);
+            }
+            eprintln!("sql: interrupted; no result file written");
+            // Not waiting for the query's threads to reach a yield point.
+            std::process::exit(exit::INTERRUPTED.into());
+        }
+    }
+}
+
+async fn query(layout: &Layout, opts: &SqlOptions, json: bool) -> Result<u8> {
+    let format = format(opts, json);
     if format == Format::Parquet && opts.out.is_none() {
         return Err(Error::Invalid(
             "--format parquet writes a file: add --out FILE".into(),
         ));
     }
-    let ctx = session();
+    let ctx = session().await?;
     let statement = parse(&ctx, &opts.query)?;
     catalog::register(&ctx, layout, &statement, &opts.as_of).await?;
     let plan = ctx
@@ -89,14 +106,46 @@ pub async fn run(layout: &Layout, opts: &SqlOptions, json: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// delta-rs's session (it knows how to scan Delta tables) with a bounded memory pool.
-fn session() -> SessionContext {
-    SessionContext::new_with_state(
+/// The format asked for; without one, the `--out` file's extension, else the global
+/// `--json`, else the table.
+fn format(opts: &SqlOptions, json: bool) -> Format {
+    let by_extension = || {
+        let ext = opts
+            .out
+            .as_ref()?
+            .extension()?
+            .to_str()?
+            .to_ascii_lowercase();
+        match ext.as_str() {
+            "parquet" => Some(Format::Parquet),
+            "csv" => Some(Format::Csv),
+            "json" | "jsonl" | "ndjson" => Some(Format::Json),
+            _ => None,
+        }
+    };
+    opts.format
+        .or_else(by_extension)
+        .unwrap_or(if json { Format::Json } else { Format::Table })
+}
+
+/// delta-rs's session (it knows how to scan Delta tables) with a bounded memory pool, and
+/// SQL as users expect it: unquoted names are case-insensitive (delta-rs turns that off for
+/// its own use). A merging sort reserves more up front, so large sorts spill instead of
+/// failing in the merge.
+async fn session() -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_state(
         deltalake::delta_datafusion::create_session_state_with_spill_config(
             Some(QUERY_MEMORY),
             None,
         ),
-    )
+    );
+    for set in [
+        "SET datafusion.sql_parser.enable_ident_normalization = true",
+        "SET datafusion.execution.sort_spill_reservation_bytes = 67108864",
+    ] {
+        ctx.sql(set).await?;
+    }
+    Ok(ctx)
 }
 
 /// The one statement of the query.

@@ -30,8 +30,10 @@ pub async fn write(
     let mut stream = df.execute_stream().await.map_err(Error::sql)?;
     let schema = stream.schema();
     let mut sink = match format {
+        // An empty batch first, so an empty result still shows its columns (table) or
+        // header line (CSV).
         Format::Table => Sink::Table {
-            shown: Vec::new(),
+            shown: vec![RecordBatch::new_empty(schema.clone())],
             max_rows,
         },
         Format::Csv => Sink::Csv(
@@ -40,8 +42,13 @@ pub async fn write(
                 .build(dest.writer()),
         ),
         Format::Json => Sink::Json(LineDelimitedWriter::new(dest.writer())),
-        Format::Parquet => Sink::Parquet(ArrowWriter::try_new(dest.writer(), schema, None)?),
+        Format::Parquet => {
+            Sink::Parquet(ArrowWriter::try_new(dest.writer(), schema.clone(), None)?)
+        }
     };
+    if format == Format::Csv && !sink.write(RecordBatch::new_empty(schema), 0)? {
+        return Ok(0);
+    }
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(Error::sql)?;
@@ -135,13 +142,34 @@ fn finish_writer<W: Write>(mut w: W) -> Result<Option<String>> {
     }
 }
 
+/// The reader of stdout went away (`| head`): the CSV writer reports it as text.
 fn broken_pipe(e: &ArrowError) -> bool {
-    matches!(e, ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+    match e {
+        ArrowError::IoError(_, io) => io.kind() == std::io::ErrorKind::BrokenPipe,
+        ArrowError::CsvError(text) => text.contains("Broken pipe"),
+        _ => false,
+    }
 }
 
-/// Stdout, or a temporary file renamed to `out` by [`Destination::commit`].
+/// `out` as written to: a symlink is followed, the file it points to is the one replaced.
+fn resolve(out: &Path) -> std::io::Result<PathBuf> {
+    match std::fs::canonicalize(out) {
+        Ok(real) => Ok(real),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(out.to_path_buf()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The temporary file a result for `out` is written to before it is renamed.
+pub fn temp_for(out: &Path) -> PathBuf {
+    crate::layout::temp_path(&resolve(out).unwrap_or_else(|_| out.to_path_buf()))
+}
+
+/// Stdout, a temporary file renamed to `out` by [`Destination::commit`], or, when `out`
+/// is not a regular file (a device such as `/dev/stdout`, a FIFO), `out` itself.
 enum Destination {
     Stdout(BufWriter<std::io::Stdout>),
+    Special(BufWriter<File>),
     File {
         file: BufWriter<File>,
         temp: Temp,
@@ -163,9 +191,45 @@ impl Destination {
         let Some(out) = out else {
             return Ok(Destination::Stdout(BufWriter::new(std::io::stdout())));
         };
-        let temp = crate::layout::temp_path(out);
-        let file = File::create(&temp)
-            .map_err(|e| Error::io(format!("cannot create {}", temp.display()), e))?;
+        if [
+            Path::new("/dev/stdout"),
+            Path::new("/dev/fd/1"),
+            Path::new("/proc/self/fd/1"),
+        ]
+        .contains(&out)
+        {
+            return Ok(Destination::Stdout(BufWriter::new(std::io::stdout())));
+        }
+        let cannot = |e| Error::io(format!("cannot write {}", out.display()), e);
+        let given = out;
+        let out = &resolve(out).map_err(cannot)?;
+        // `/dev/stdout` and friends name an open file (maybe a regular one, when the shell
+        // redirected stdout to a file): written as they are, never replaced.
+        if given.starts_with("/dev") || out.starts_with("/proc") || out.starts_with("/dev") {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(out)
+                .map_err(cannot)?;
+            return Ok(Destination::Special(BufWriter::new(file)));
+        }
+        match std::fs::metadata(out) {
+            Ok(m) if m.is_dir() => {
+                return Err(Error::Invalid(format!(
+                    "--out {} is a directory: name a file",
+                    out.display()
+                )));
+            }
+            Ok(m) if !m.is_file() => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(out)
+                    .map_err(cannot)?;
+                return Ok(Destination::Special(BufWriter::new(file)));
+            }
+            _ => {}
+        }
+        let temp = temp_for(out);
+        let file = File::create(&temp).map_err(cannot)?;
         Ok(Destination::File {
             file: BufWriter::new(file),
             temp: Temp(temp),
@@ -177,6 +241,7 @@ impl Destination {
     fn writer(&mut self) -> &mut (dyn Write + Send) {
         match self {
             Destination::Stdout(w) => w,
+            Destination::Special(w) => w,
             Destination::File { file, .. } => file,
         }
     }
@@ -188,6 +253,9 @@ impl Destination {
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
                 r => r.map_err(|e| Error::io("cannot write to stdout", e)),
             },
+            Destination::Special(mut w) => w
+                .flush()
+                .map_err(|e| Error::io("cannot write the result", e)),
             Destination::File { file, temp, out } => {
                 let path = &temp.0;
                 let cannot = |e| Error::io(format!("cannot write {}", path.display()), e);

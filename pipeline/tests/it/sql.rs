@@ -87,6 +87,7 @@ fn data() -> (Data, u64) {
     d.ok(&g.iter().map(String::as_str).collect::<Vec<_>>());
     d.ok(&["ingest"]);
     d.ok(&["aggregate"]);
+    d.ok(&["profiles"]);
     (d, first)
 }
 
@@ -288,11 +289,7 @@ fn time_travel_formats_and_mistakes() {
     for (query, extra, says) in [
         ("SELEC 1", vec![], "SQL: "),
         ("SELECT nope FROM customer_transactions", vec![], "nope"),
-        (
-            "SELECT * FROM no_such_table",
-            vec![],
-            "no table \"no_such_table\"",
-        ),
+        ("SELECT * FROM no_such_table", vec![], "not found"),
         ("SELECT 1/0 FROM customer_transactions", vec![], "SQL: "),
         ("CREATE TABLE t AS SELECT 1", vec![], "SQL: "),
         (
@@ -330,4 +327,128 @@ fn time_travel_formats_and_mistakes() {
         .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn the_output_as_a_user_meets_it() {
+    let (d, _) = data();
+    // Unquoted names are case-insensitive, as in other SQL engines.
+    let n = csv(&sql(
+        &d,
+        &[
+            "SELECT COUNT(*) FROM CUSTOMER_TRANSACTIONS",
+            "--format",
+            "csv",
+        ],
+    ));
+    assert!(n[0][0].parse::<u64>().unwrap() > 0);
+    // An empty result keeps its header (CSV) and its columns (table).
+    let empty = sql(
+        &d,
+        &[
+            "SELECT customer_id, spend_forecast_30d FROM customer_profiles WHERE 1 = 0",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(empty, "customer_id,spend_forecast_30d\n");
+    let empty = sql(
+        &d,
+        &[
+            "SELECT customer_id FROM customer_profiles WHERE 1 = 0",
+            "--format",
+            "table",
+        ],
+    );
+    assert!(
+        empty.contains("| customer_id |") && empty.contains("(0 rows)"),
+        "{empty}"
+    );
+    // --out through a symlink writes the file it points to and keeps the link; the format
+    // follows the extension.
+    let target = d.path().join("target.parquet");
+    std::fs::write(&target, b"old").unwrap();
+    let link = d.path().join("link.parquet");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    sql(
+        &d,
+        &[
+            "SELECT customer_id FROM customer_profiles",
+            "--out",
+            link.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let rows: usize = read_parquet(&target).iter().map(|b| b.num_rows()).sum();
+    assert!(rows > 0);
+    // A reader that goes away (`| head`) ends the output quietly, in every format.
+    for format in ["csv", "json", "table"] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .arg("--data-dir")
+            .arg(d.path())
+            .args([
+                "sql",
+                "SELECT * FROM customer_transactions",
+                "--format",
+                format,
+                "--max-rows",
+                "100000",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 16];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // SIGINT while a result file is being written: exit 130, no file, no temporary file.
+    let out = d.path().join("big.csv");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("--data-dir")
+        .arg(d.path())
+        .args([
+            "sql",
+            "SELECT a.transaction_id, b.transaction_id FROM customer_transactions a CROSS JOIN customer_transactions b",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let temp_seen = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::read_dir(d.path()).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".big.csv.tmp-")
+        })
+    });
+    assert!(temp_seen, "the result was being written");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("big.csv"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
