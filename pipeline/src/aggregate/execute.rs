@@ -3,8 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use deltalake::datafusion::prelude::{SessionContext, col, lit};
-use deltalake::datafusion::scalar::ScalarValue;
+use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -12,7 +11,7 @@ use futures::StreamExt;
 
 use super::plan::Plan;
 use crate::dates::{self, Day};
-use crate::delta::{self, Commit};
+use crate::delta::{self, Commit, query};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::schema::PARTITION_COLUMN;
@@ -217,49 +216,17 @@ async fn replace_days(
     })
 }
 
-/// delta-rs's session (its planner handles the write node) with a bounded memory pool
-/// (grouping state past it spills to disk), and `customer_transactions` registered as the
-/// source restricted to `days`: a filter on the partition column, pruned at planning.
+/// A session with `customer_transactions` registered as the source, restricted to `days`.
 async fn session(p: &Plan, days: Option<&BTreeSet<Day>>) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_state(
-        deltalake::delta_datafusion::create_session_state_with_spill_config(
-            Some(QUERY_MEMORY),
-            None,
-        ),
-    );
-    let source = Table::Transactions.name();
-    p.source
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::delta(source, e))?;
-    let provider = p.source.table_provider().await?;
-    let Some(days) = days else {
-        ctx.register_table(source, provider)?;
-        return Ok(ctx);
-    };
-    let all = format!("{source}_all");
-    ctx.register_table(all.as_str(), provider)?;
-    let list = days
-        .iter()
-        .map(|d| lit(ScalarValue::Date32(Some(*d))))
-        .collect();
-    let view = ctx
-        .table(all.as_str())
-        .await?
-        .filter(col(PARTITION_COLUMN).in_list(list, false))?
-        .into_view();
-    ctx.register_table(source, view)?;
+    let ctx = query::session(QUERY_MEMORY);
+    query::register(&ctx, Table::Transactions.name(), &p.source, days).await?;
     Ok(ctx)
 }
 
 /// The session of a merge: `customer_transactions` restricted to the added files, and
 /// `current_aggregates`, the aggregates table restricted to their days.
 async fn merge_session(p: &Plan, days: &BTreeSet<Day>, added: &[String]) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_state(
-        deltalake::delta_datafusion::create_session_state_with_spill_config(
-            Some(QUERY_MEMORY),
-            None,
-        ),
-    );
+    let ctx = query::session(QUERY_MEMORY);
     p.source
         .update_datafusion_session(&ctx.state())
         .map_err(|e| Error::delta(Table::Transactions.name(), e))?;
@@ -269,17 +236,6 @@ async fn merge_session(p: &Plan, days: &BTreeSet<Day>, added: &[String]) -> Resu
         .with_file_paths(added.iter().cloned())
         .await?;
     ctx.register_table(Table::Transactions.name(), rows)?;
-    let all = p.target.table_provider().await?;
-    ctx.register_table("all_aggregates", all)?;
-    let list = days
-        .iter()
-        .map(|d| lit(ScalarValue::Date32(Some(*d))))
-        .collect();
-    let view = ctx
-        .table("all_aggregates")
-        .await?
-        .filter(col(PARTITION_COLUMN).in_list(list, false))?
-        .into_view();
-    ctx.register_table("current_aggregates", view)?;
+    query::register(&ctx, "current_aggregates", &p.target, Some(days)).await?;
     Ok(ctx)
 }

@@ -4,6 +4,7 @@
 
 pub mod commit;
 pub mod log;
+pub mod query;
 pub mod read;
 
 use std::path::Path;

@@ -7,8 +7,7 @@ use std::collections::BTreeSet;
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::Int64Type;
-use deltalake::datafusion::prelude::{SessionContext, col, lit};
-use deltalake::datafusion::scalar::ScalarValue;
+use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -17,9 +16,8 @@ use futures::StreamExt;
 use super::ALPHA;
 use super::plan::{Plan, Work};
 use crate::dates::Day;
-use crate::delta::{self, Commit};
+use crate::delta::{self, Commit, query};
 use crate::error::{Error, Result};
-use crate::schema::PARTITION_COLUMN;
 use crate::tables::Table;
 
 /// Memory DataFusion may use before spilling.
@@ -147,12 +145,12 @@ pub async fn execute(p: &Plan) -> Result<Executed> {
         // No aggregates: an empty table, recorded as reflecting this version.
         return commit(p, Vec::new(), "full", None, 0, 0).await;
     };
-    let ctx = session();
-    register(&ctx, "aggregates", &p.source, None).await?;
+    let ctx = query::session(QUERY_MEMORY);
+    query::register(&ctx, "aggregates", &p.source, None).await?;
     let (mode, because, rows_read) = match &p.work {
         Work::Incremental { days, old } => {
-            register(&ctx, "new_days", &p.source, Some(days)).await?;
-            register(&ctx, "old_days", old, Some(days)).await?;
+            query::register(&ctx, "new_days", &p.source, Some(days)).await?;
+            query::register(&ctx, "old_days", old, Some(days)).await?;
             if vanished(&ctx).await? == 0 {
                 let read = rows(&p.source, days)? + rows(old, days)?;
                 ("incremental", None, read)
@@ -165,7 +163,7 @@ pub async fn execute(p: &Plan) -> Result<Executed> {
         Work::Nothing => unreachable!("nothing to execute"),
     };
     let state = if mode == "incremental" {
-        register(&ctx, "profiles", &p.target, None).await?;
+        query::register(&ctx, "profiles", &p.target, None).await?;
         let changed = ctx.sql(&changed_state(r)).await?.into_view();
         ctx.register_table("changed", changed)?;
         ctx.sql(APPLY).await?.into_view()
@@ -180,45 +178,6 @@ pub async fn execute(p: &Plan) -> Result<Executed> {
     ctx.register_table("state", state)?;
     let stream = ctx.sql(&derived(r)).await?.execute_stream().await?;
     write_and_commit(p, stream, mode, because, rows_read).await
-}
-
-/// Register `t` (restricted to `days` when given) as `name`.
-async fn register(
-    ctx: &SessionContext,
-    name: &str,
-    t: &DeltaTable,
-    days: Option<&BTreeSet<Day>>,
-) -> Result<()> {
-    t.update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::delta(name, e))?;
-    let provider = t.table_provider().await?;
-    let Some(days) = days else {
-        ctx.register_table(name, provider)?;
-        return Ok(());
-    };
-    let all = format!("{name}_all");
-    ctx.register_table(all.as_str(), provider)?;
-    let list = days
-        .iter()
-        .map(|d| lit(ScalarValue::Date32(Some(*d))))
-        .collect();
-    let view = ctx
-        .table(all.as_str())
-        .await?
-        .filter(col(PARTITION_COLUMN).in_list(list, false))?
-        .into_view();
-    ctx.register_table(name, view)?;
-    Ok(())
-}
-
-/// delta-rs's session with a bounded memory pool.
-fn session() -> SessionContext {
-    SessionContext::new_with_state(
-        deltalake::delta_datafusion::create_session_state_with_spill_config(
-            Some(QUERY_MEMORY),
-            None,
-        ),
-    )
 }
 
 async fn vanished(ctx: &SessionContext) -> Result<i64> {

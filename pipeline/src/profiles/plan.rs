@@ -9,7 +9,7 @@ use deltalake::arrow::datatypes::Date32Type;
 use super::{ProfilesOptions, ProfilesReport};
 use crate::dates::{self, Day};
 use crate::delta;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layout::Layout;
 use crate::tables::Table;
 
@@ -138,10 +138,7 @@ async fn incremental(
 /// The `as_of_day` the stored profiles were computed for (None: no profile stored).
 async fn recorded_as_of(target: &DeltaTable) -> Result<Option<Day>> {
     let ctx = deltalake::datafusion::prelude::SessionContext::new();
-    target
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::delta(Table::Profiles.name(), e))?;
-    ctx.register_table("profiles", target.table_provider().await?)?;
+    delta::query::register(&ctx, "profiles", target, None).await?;
     let batches = ctx
         .sql("SELECT max(as_of_day) FROM profiles")
         .await?

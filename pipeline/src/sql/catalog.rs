@@ -73,9 +73,7 @@ pub async fn register(
             Some(v) => open_at(layout, table, *v).await?,
             None => latest(layout, table).await?,
         };
-        t.update_datafusion_session(&ctx.state())
-            .map_err(|e| Error::delta(table.name(), e))?;
-        ctx.register_table(table.name(), t.table_provider().await?)?;
+        delta::query::register(ctx, table.name(), &t, None).await?;
     }
     Ok(())
 }

@@ -133,12 +133,7 @@ fn format(opts: &SqlOptions, json: bool) -> Format {
 /// its own use). A merging sort reserves more up front, so large sorts spill instead of
 /// failing in the merge.
 async fn session() -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_state(
-        deltalake::delta_datafusion::create_session_state_with_spill_config(
-            Some(QUERY_MEMORY),
-            None,
-        ),
-    );
+    let ctx = crate::delta::query::session(QUERY_MEMORY);
     for set in [
         "SET datafusion.sql_parser.enable_ident_normalization = true",
         "SET datafusion.execution.sort_spill_reservation_bytes = 67108864",
