@@ -56,7 +56,7 @@ test-crash: setup ## Kill every stage at its failpoints and at 12 random times e
 
 test-scylla: setup ## The ScyllaDB tests against a real ScyllaDB: SCYLLA_URI=127.0.0.1:9042 make test-scylla
 	@[ -n "$$SCYLLA_URI" ] || { echo "set SCYLLA_URI (e.g. docker compose up -d scylla; SCYLLA_URI=127.0.0.1:9042 make test-scylla)"; exit 2; }
-	cargo test $(CARGO_PROFILE) --locked -p pipeline --test it scylla::
+	cargo test $(CARGO_PROFILE) --locked -p pipeline --test it -- scylla:: served_profiles::
 
 load: build ## Load changed aggregates into ScyllaDB (SCYLLA_URI, ARGS="--dry-run")
 	$(PIPELINE) load $(ARGS)

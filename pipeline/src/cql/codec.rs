@@ -34,7 +34,12 @@ pub struct AggRow {
 
 /// A CQL decimal of `cents` (scale 2).
 pub fn decimal(cents: i128) -> CqlDecimal {
-    let b = cents.to_be_bytes();
+    decimal_scaled(cents, 2)
+}
+
+/// A CQL decimal of the unscaled value `v` with `scale` decimal places.
+pub fn decimal_scaled(v: i128, scale: i32) -> CqlDecimal {
+    let b = v.to_be_bytes();
     // Minimal two's complement, as CQL varints are written.
     let mut start = 0;
     while start < 15
@@ -43,11 +48,16 @@ pub fn decimal(cents: i128) -> CqlDecimal {
     {
         start += 1;
     }
-    CqlDecimal::from_signed_be_bytes_slice_and_exponent(&b[start..], 2)
+    CqlDecimal::from_signed_be_bytes_slice_and_exponent(&b[start..], scale)
 }
 
 /// The cents of a CQL decimal, if it has at most two decimal places and fits.
 pub fn cents(d: &CqlDecimal) -> Option<i128> {
+    scaled(d, 2)
+}
+
+/// The unscaled value of a CQL decimal at `want` decimal places, if exact and it fits.
+pub fn scaled(d: &CqlDecimal, want: i32) -> Option<i128> {
     let (bytes, scale) = d.as_signed_be_bytes_slice_and_exponent();
     if bytes.is_empty() || bytes.len() > 16 {
         return None;
@@ -60,10 +70,10 @@ pub fn cents(d: &CqlDecimal) -> Option<i128> {
     buf[16 - bytes.len()..].copy_from_slice(bytes);
     let v = i128::from_be_bytes(buf);
     match scale {
-        2 => Some(v),
-        s if s < 2 => v.checked_mul(10i128.checked_pow((2 - s) as u32)?),
+        s if s == want => Some(v),
+        s if s < want => v.checked_mul(10i128.checked_pow((want - s) as u32)?),
         s => {
-            let div = 10i128.checked_pow((s - 2) as u32)?;
+            let div = 10i128.checked_pow((s - want) as u32)?;
             (v % div == 0).then_some(v / div)
         }
     }

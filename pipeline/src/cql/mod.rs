@@ -3,6 +3,7 @@
 //! retry policy.
 
 pub mod codec;
+pub mod profile;
 pub mod progress;
 pub mod retry;
 pub mod schema;

@@ -14,8 +14,10 @@ use scylla::value::{CqlTimestamp, CqlValue, Row};
 use super::schema::PROGRESS_TABLE;
 use crate::error::{Error, Result};
 
-/// Key of our row in the progress table.
-const KEY: &str = "customer_daily_aggregates";
+/// The progress record's name of the aggregates' serving table.
+pub const AGGREGATES: &str = super::schema::TABLE;
+/// The progress record's name of the profiles' serving table.
+pub const PROFILES: &str = super::schema::PROFILES_TABLE;
 
 /// What the progress table says.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,14 +38,14 @@ impl LoadProgress {
 }
 
 /// Read the record (serial consistency: it sees every applied lightweight transaction).
-pub async fn read(session: &Session, keyspace: &str) -> Result<Option<LoadProgress>> {
+pub async fn read(session: &Session, keyspace: &str, name: &str) -> Result<Option<LoadProgress>> {
     let what = "reading the load progress";
     let mut q = Statement::new(format!(
         "SELECT table_id, base_timestamp, aggregates_version FROM {keyspace}.{PROGRESS_TABLE} WHERE name = ?"
     ));
     q.set_consistency(Consistency::LocalSerial);
     let rows = session
-        .query_unpaged(q, (KEY,))
+        .query_unpaged(q, (name,))
         .await
         .map_err(|e| Error::scylla(what, e))?
         .into_rows_result()
@@ -65,6 +67,7 @@ pub async fn read(session: &Session, keyspace: &str) -> Result<Option<LoadProgre
 pub async fn claim(
     session: &Session,
     keyspace: &str,
+    name: &str,
     current: Option<&LoadProgress>,
     table_id: &str,
 ) -> Result<LoadProgress> {
@@ -81,7 +84,7 @@ pub async fn claim(
                     "INSERT INTO {keyspace}.{PROGRESS_TABLE} (name, table_id, base_timestamp, aggregates_version) \
                      VALUES (?, ?, ?, ?) IF NOT EXISTS"
                 ),
-                (KEY, table_id, base, -1i64),
+                (name, table_id, base, -1i64),
             )
             .await,
         Some(c) => session
@@ -90,13 +93,13 @@ pub async fn claim(
                     "UPDATE {keyspace}.{PROGRESS_TABLE} SET table_id = ?, base_timestamp = ?, \
                      aggregates_version = ? WHERE name = ? IF table_id = ?"
                 ),
-                (table_id, base, -1i64, KEY, &c.table_id),
+                (table_id, base, -1i64, name, &c.table_id),
             )
             .await,
     };
     applied(result.map_err(|e| Error::scylla(what, e))?, what)?;
     // Applied or not, the record now names some identity: ours, or a concurrent claimer's.
-    read(session, keyspace)
+    read(session, keyspace, name)
         .await?
         .ok_or_else(|| Error::scylla(what, "the progress record vanished"))
 }
@@ -106,6 +109,7 @@ pub async fn claim(
 pub async fn record(
     session: &Session,
     keyspace: &str,
+    name: &str,
     table_id: &str,
     version: i64,
     rows: u64,
@@ -123,7 +127,7 @@ pub async fn record(
                 version,
                 rows as i64,
                 CqlTimestamp(chrono::Utc::now().timestamp_millis()),
-                KEY,
+                name,
                 table_id,
                 version,
             ),
@@ -131,6 +135,129 @@ pub async fn record(
         .await
         .map_err(|e| Error::scylla(what.clone(), e))?;
     applied(result, &what)
+}
+
+/// Record `version` as fully loaded if the record still says `from` (compare and set: a
+/// load that diffed against `from` must not record over a version recorded meanwhile).
+pub async fn record_from(
+    session: &Session,
+    keyspace: &str,
+    name: &str,
+    table_id: &str,
+    from: i64,
+    version: i64,
+    rows: u64,
+) -> Result<bool> {
+    let what = format!("recording {name} version {version} as loaded (rerun to record it)");
+    let result = session
+        .query_unpaged(
+            format!(
+                "UPDATE {keyspace}.{PROGRESS_TABLE} SET aggregates_version = ?, rows_loaded = ?, loaded_at = ? \
+                 WHERE name = ? IF table_id = ? AND aggregates_version = ?"
+            ),
+            (
+                version,
+                rows as i64,
+                CqlTimestamp(chrono::Utc::now().timestamp_millis()),
+                name,
+                table_id,
+                from,
+            ),
+        )
+        .await
+        .map_err(|e| Error::scylla(what.clone(), e))?;
+    applied(result, &what)
+}
+
+/// A load of `version` of `table_id` in progress (or killed) into the table `name`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    /// The marker's record name.
+    pub record: String,
+    /// The Delta table id the load was writing.
+    pub table_id: String,
+    /// The version it was writing.
+    pub version: i64,
+}
+
+fn marker_prefix(name: &str) -> String {
+    format!("{name}#loading#")
+}
+
+/// Mark a load of `version` in progress, before its first write.
+pub async fn mark(
+    session: &Session,
+    keyspace: &str,
+    name: &str,
+    table_id: &str,
+    version: i64,
+) -> Result<Marker> {
+    let record = format!("{}{version}:{table_id}", marker_prefix(name));
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {keyspace}.{PROGRESS_TABLE} (name, table_id, aggregates_version, loaded_at) \
+                 VALUES (?, ?, ?, ?)"
+            ),
+            (
+                &record,
+                table_id,
+                version,
+                CqlTimestamp(chrono::Utc::now().timestamp_millis()),
+            ),
+        )
+        .await
+        .map_err(|e| Error::scylla(format!("marking the {name} load in progress"), e))?;
+    Ok(Marker {
+        record,
+        table_id: table_id.to_string(),
+        version,
+    })
+}
+
+/// Every marker of loads into `name` (the progress table is a handful of rows).
+pub async fn markers(session: &Session, keyspace: &str, name: &str) -> Result<Vec<Marker>> {
+    let what = format!("reading the {name} loads in progress");
+    let mut q = Statement::new(format!(
+        "SELECT name, table_id, aggregates_version FROM {keyspace}.{PROGRESS_TABLE}"
+    ));
+    q.set_consistency(Consistency::Quorum);
+    let rows = session
+        .query_unpaged(q, ())
+        .await
+        .map_err(|e| Error::scylla(what.clone(), e))?
+        .into_rows_result()
+        .map_err(|e| Error::scylla(what.clone(), e))?;
+    let prefix = marker_prefix(name);
+    let mut out = Vec::new();
+    for r in rows
+        .rows::<(String, Option<String>, Option<i64>)>()
+        .map_err(|e| Error::scylla(what.clone(), e))?
+    {
+        let (record, id, v) = r.map_err(|e| Error::scylla(what.clone(), e))?;
+        if let (true, Some(table_id), Some(version)) = (record.starts_with(&prefix), id, v) {
+            out.push(Marker {
+                record,
+                table_id,
+                version,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Remove markers whose loads' writes are accounted for.
+pub async fn unmark(session: &Session, keyspace: &str, markers: &[Marker]) -> Result<()> {
+    for m in markers {
+        session
+            .query_unpaged(
+                format!("DELETE FROM {keyspace}.{PROGRESS_TABLE} WHERE name = ?"),
+                (&m.record,),
+            )
+            .await
+            .map_err(|e| Error::scylla("removing a load-in-progress marker", e))?;
+    }
+    Ok(())
 }
 
 /// The `[applied]` column of a lightweight transaction's result.

@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 pub const SCHEMA_CQL: &str = include_str!("../../../scylla/schema.cql");
 /// The serving table of the daily aggregates.
 pub const TABLE: &str = "customer_daily_aggregates";
+/// The serving table of the customer profiles.
+pub const PROFILES_TABLE: &str = "customer_profiles";
 /// The load progress table.
 pub const PROGRESS_TABLE: &str = "pipeline_load_progress";
 /// The keyspace the schema file names.
@@ -29,6 +31,24 @@ pub const EXPECTED_COLUMNS: &[(&str, &str, &str)] = &[
     ("declined_count", "bigint", "regular"),
     ("min_amount", "decimal", "regular"),
     ("max_amount", "decimal", "regular"),
+];
+
+/// The columns the profiles serving table must have.
+pub const EXPECTED_PROFILE_COLUMNS: &[(&str, &str, &str)] = &[
+    ("customer_id", "bigint", "partition_key"),
+    ("as_of_day", "date", "regular"),
+    ("lifetime_total", "decimal", "regular"),
+    ("lifetime_count", "bigint", "regular"),
+    ("declined_count", "bigint", "regular"),
+    ("decline_rate", "double", "regular"),
+    ("first_active_day", "date", "regular"),
+    ("last_active_day", "date", "regular"),
+    ("active_days", "bigint", "regular"),
+    ("average_ticket", "decimal", "regular"),
+    ("total_last_7d", "decimal", "regular"),
+    ("total_last_30d", "decimal", "regular"),
+    ("ewm_daily_spend", "decimal", "regular"),
+    ("spend_forecast_30d", "decimal", "regular"),
 ];
 
 /// The schema statements for `keyspace` with `replication`, from [`SCHEMA_CQL`].
@@ -66,23 +86,39 @@ pub async fn init(session: &Session, o: &ScyllaOptions) -> Result<()> {
         .await_schema_agreement()
         .await
         .map_err(|e| Error::scylla("waiting for schema agreement", e))?;
-    let what = "reading the serving table's schema";
+    for (table, want) in [
+        (TABLE, EXPECTED_COLUMNS),
+        (PROFILES_TABLE, EXPECTED_PROFILE_COLUMNS),
+    ] {
+        check_columns(session, &o.keyspace, table, want).await?;
+    }
+    Ok(())
+}
+
+/// An existing serving table with another schema is an error, not a silent mess.
+async fn check_columns(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    want: &[(&str, &str, &str)],
+) -> Result<()> {
+    let what = format!("reading the schema of {keyspace}.{table}");
     let rows = session
         .query_unpaged(
             "SELECT column_name, type, kind FROM system_schema.columns \
              WHERE keyspace_name = ? AND table_name = ?",
-            (&o.keyspace, TABLE),
+            (keyspace, table),
         )
         .await
-        .map_err(|e| Error::scylla(what, e))?
+        .map_err(|e| Error::scylla(what.clone(), e))?
         .into_rows_result()
-        .map_err(|e| Error::scylla(what, e))?;
+        .map_err(|e| Error::scylla(what.clone(), e))?;
     let found: BTreeSet<(String, String, String)> = rows
         .rows::<(String, String, String)>()
-        .map_err(|e| Error::scylla(what, e))?
+        .map_err(|e| Error::scylla(what.clone(), e))?
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::scylla(what, e))?;
-    let want: BTreeSet<(String, String, String)> = EXPECTED_COLUMNS
+        .map_err(|e| Error::scylla(what.clone(), e))?;
+    let want: BTreeSet<(String, String, String)> = want
         .iter()
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
         .collect();
@@ -94,9 +130,8 @@ pub async fn init(session: &Session, o: &ScyllaOptions) -> Result<()> {
                 .join(", ")
         };
         return Err(Error::Invalid(format!(
-            "table {}.{TABLE} exists with a different schema: it has [{}], expected [{}]. \
-             Drop it or choose another keyspace with --keyspace",
-            o.keyspace,
+            "table {keyspace}.{table} exists with a different schema: it has [{}], expected \
+             [{}]. Drop it or choose another keyspace with --keyspace",
             show(&found),
             show(&want)
         )));
@@ -115,7 +150,7 @@ mod tests {
     #[test]
     fn the_schema_file_is_what_the_code_runs() {
         let stmts = statements(DEFAULT_KEYSPACE, DEFAULT_REPLICATION);
-        assert_eq!(stmts.len(), 3, "{stmts:#?}");
+        assert_eq!(stmts.len(), 4, "{stmts:#?}");
         assert_eq!(
             stmts[0],
             "CREATE KEYSPACE IF NOT EXISTS analytics WITH replication = \
@@ -136,7 +171,15 @@ mod tests {
             "{'class': 'SimpleStrategy', 'replication_factor': 3}",
         );
         assert!(other[1].starts_with("CREATE TABLE IF NOT EXISTS ks2.customer_daily_aggregates"));
-        assert!(other[2].contains("ks2.pipeline_load_progress"));
+        assert!(other[2].starts_with("CREATE TABLE IF NOT EXISTS ks2.customer_profiles"));
+        for (name, ty, _) in EXPECTED_PROFILE_COLUMNS {
+            assert!(
+                other[2].contains(&format!("{name} {ty}")),
+                "{name} in {}",
+                other[2]
+            );
+        }
+        assert!(other[3].contains("ks2.pipeline_load_progress"));
         assert!(other.iter().all(|s| !s.contains("analytics")));
     }
 }

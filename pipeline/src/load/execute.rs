@@ -15,10 +15,12 @@ use scylla::statement::prepared::PreparedStatement;
 
 use super::LoadOptions;
 use super::plan::{Plan, Work};
+use super::report::Counts;
 use super::report::{Latency, LoadReport};
 use crate::cql::codec::{self, AggRow};
+use crate::cql::profile::{self, ProfileRow};
 use crate::cql::retry;
-use crate::cql::schema::TABLE;
+use crate::cql::schema::{PROFILES_TABLE, TABLE};
 use crate::dates::{self, Day};
 use crate::delta::{self, DataFile};
 use crate::error::{Error, Result};
@@ -26,11 +28,25 @@ use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::tables::Table;
 
-/// One write to the serving table.
-enum Op {
+/// One write to a serving table.
+pub(super) enum Op {
     Upsert(AggRow),
-    DeleteRow { customer_id: i64, day: Day },
-    DeletePartition { customer_id: i64 },
+    DeleteRow {
+        customer_id: i64,
+        day: Day,
+    },
+    DeletePartition {
+        customer_id: i64,
+    },
+    UpsertProfile(Box<ProfileRow>),
+    /// Delete a profile at this version's timestamp.
+    DeleteProfile {
+        customer_id: i64,
+    },
+    /// Delete a profile just below this version's timestamp (a full load's sweep).
+    SweepProfile {
+        customer_id: i64,
+    },
 }
 
 impl Op {
@@ -59,6 +75,20 @@ impl Op {
                 "attempts": attempts,
                 "error": error,
             }),
+            Op::UpsertProfile(p) => serde_json::json!({
+                "op": "upsert_profile",
+                "profile": p,
+                "attempts": attempts,
+                "error": error,
+            }),
+            Op::DeleteProfile { customer_id } | Op::SweepProfile { customer_id } => {
+                serde_json::json!({
+                    "op": "delete_profile",
+                    "customer_id": customer_id,
+                    "attempts": attempts,
+                    "error": error,
+                })
+            }
         }
     }
 }
@@ -68,6 +98,8 @@ struct Statements {
     upsert: PreparedStatement,
     delete_row: PreparedStatement,
     delete_partition: PreparedStatement,
+    upsert_profile: PreparedStatement,
+    delete_profile: PreparedStatement,
 }
 
 impl Statements {
@@ -95,19 +127,44 @@ impl Statements {
                 "DELETE FROM {keyspace}.{TABLE} USING TIMESTAMP ? WHERE customer_id = ?"
             ))
             .await?,
+            upsert_profile: prep(format!(
+                "INSERT INTO {keyspace}.{PROFILES_TABLE} ({}) VALUES \
+                 (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                profile::COLUMNS
+            ))
+            .await?,
+            delete_profile: prep(format!(
+                "DELETE FROM {keyspace}.{PROFILES_TABLE} USING TIMESTAMP ? WHERE customer_id = ?"
+            ))
+            .await?,
         })
     }
 }
 
 /// What every request needs: the session, the statements, the version's timestamp.
-struct Shared<'a> {
+pub(super) struct Shared<'a> {
     session: &'a Session,
     statements: Statements,
     timestamp: i64,
     max_attempts: u32,
 }
 
-impl Shared<'_> {
+impl<'a> Shared<'a> {
+    /// Prepare the statements for writes at `timestamp`.
+    pub(super) async fn new(
+        session: &'a Session,
+        keyspace: &str,
+        timestamp: i64,
+        max_attempts: u32,
+    ) -> Result<Self> {
+        Ok(Shared {
+            session,
+            statements: Statements::prepare(session, keyspace).await?,
+            timestamp,
+            max_attempts,
+        })
+    }
+
     async fn send(&self, op: &Op) -> Result<(u32, std::result::Result<Duration, String>)> {
         let (s, n, ts) = (self.session, self.max_attempts.max(1), self.timestamp);
         let (attempts, r) = match op {
@@ -126,35 +183,65 @@ impl Shared<'_> {
                 let values = (ts - 1, *customer_id);
                 retry::execute(s, &self.statements.delete_partition, &values, n).await
             }
+            Op::UpsertProfile(p) => {
+                let v = p.values()?;
+                let values = (
+                    v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11, v.12, v.13, ts,
+                );
+                retry::execute(s, &self.statements.upsert_profile, &values, n).await
+            }
+            Op::DeleteProfile { customer_id } => {
+                let values = (ts, *customer_id);
+                retry::execute(s, &self.statements.delete_profile, &values, n).await
+            }
+            Op::SweepProfile { customer_id } => {
+                let values = (ts - 1, *customer_id);
+                retry::execute(s, &self.statements.delete_profile, &values, n).await
+            }
         };
         Ok((attempts, r.map_err(|e| e.to_string())))
     }
 }
 
 /// The counts, the latency histogram and the failures of the requests sent.
-struct Tally {
+pub(super) struct Tally {
     histogram: hdrhistogram::Histogram<u64>,
-    failures: Failures,
+    pub(super) failures: Failures,
     budget: u64,
 }
 
 impl Tally {
+    /// An empty tally failing the load after `budget` failures, which go to `failures_file`.
+    pub(super) fn new(failures_file: PathBuf, budget: u64) -> Self {
+        Tally {
+            histogram: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
+                .expect("valid bounds"),
+            failures: Failures {
+                path: failures_file,
+                file: None,
+            },
+            budget,
+        }
+    }
+
     /// Count one outcome; false when the error budget ran out.
     fn absorb(
         &mut self,
         op: &Op,
         attempts: u32,
         r: std::result::Result<Duration, String>,
-        report: &mut LoadReport,
+        report: &mut Counts,
     ) -> Result<bool> {
         report.retries += u64::from(attempts - 1);
         match r {
             Ok(latency) => {
                 let _ = self.histogram.record(latency.as_micros().max(1) as u64);
                 match op {
-                    Op::Upsert(_) => report.rows_written += 1,
-                    Op::DeleteRow { .. } => report.rows_deleted += 1,
-                    Op::DeletePartition { .. } => report.partitions_swept += 1,
+                    Op::Upsert(_) | Op::UpsertProfile(_) => report.rows_written += 1,
+                    Op::DeleteRow { .. } | Op::DeleteProfile { .. } => report.rows_deleted += 1,
+                    Op::DeletePartition { .. } | Op::SweepProfile { .. } => {
+                        report.partitions_swept += 1
+                    }
                 }
                 Ok(true)
             }
@@ -166,7 +253,7 @@ impl Tally {
         }
     }
 
-    fn latency(&self) -> Latency {
+    pub(super) fn latency(&self) -> Latency {
         let q = |p: f64| self.histogram.value_at_quantile(p) as f64 / 1000.0;
         Latency {
             p50: q(0.5),
@@ -178,13 +265,13 @@ impl Tally {
 }
 
 /// Send every op, `concurrency` at a time; false when the error budget ran out (the load
-/// stops early).
-async fn send_all(
+/// stops early). `midway` is the upsert count at which the `load.midway` failpoint fires.
+pub(super) async fn send_all(
     shared: &Shared<'_>,
     tally: &mut Tally,
     ops: impl Stream<Item = Result<Op>>,
     concurrency: usize,
-    report: &mut LoadReport,
+    (report, midway): (&mut Counts, u64),
     progress: &Progress,
 ) -> Result<bool> {
     let mut results = std::pin::pin!(
@@ -194,7 +281,6 @@ async fn send_all(
         })
         .try_buffer_unordered(concurrency.max(1))
     );
-    let midway = report.rows_to_load / 2;
     while let Some(item) = results.next().await {
         let (op, attempts, r) = item?;
         if !tally.absorb(&op, attempts, r, report)? {
@@ -209,13 +295,13 @@ async fn send_all(
 }
 
 /// Failed requests, written as JSON lines to a file created on the first one.
-struct Failures {
+pub(super) struct Failures {
     path: PathBuf,
     file: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl Failures {
-    fn write(&mut self, line: &serde_json::Value, report: &mut LoadReport) -> Result<()> {
+    fn write(&mut self, line: &serde_json::Value, report: &mut Counts) -> Result<()> {
         let io = |e| Error::io(format!("cannot write {}", self.path.display()), e);
         if self.file.is_none() {
             std::fs::create_dir_all(self.path.parent().expect("has a parent")).map_err(io)?;
@@ -229,7 +315,7 @@ impl Failures {
             .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))
     }
 
-    fn close(&mut self) -> Result<()> {
+    pub(super) fn close(&mut self) -> Result<()> {
         if let Some(f) = self.file.as_mut() {
             f.flush()
                 .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
@@ -254,39 +340,33 @@ pub async fn execute(
     })?;
     let timestamp = record.timestamp(plan.version);
     report.write_timestamp = Some(timestamp);
-    let shared = Shared {
-        session,
-        statements: Statements::prepare(session, keyspace).await?,
-        timestamp,
-        max_attempts: opts.max_attempts,
-    };
-    let mut tally = Tally {
-        histogram: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
-            .expect("valid bounds"),
-        failures: Failures {
-            path: layout.load_dir().join(format!(
-                "bad-rows-v{}-{}.jsonl",
-                plan.version,
-                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-            )),
-            file: None,
-        },
-        budget: opts.max_errors.allowed(report.rows_to_load),
-    };
+    let shared = Shared::new(session, keyspace, timestamp, opts.max_attempts).await?;
+    let mut tally = Tally::new(
+        failures_file(layout, "", plan.version),
+        opts.max_errors.allowed(report.rows_to_load),
+    );
     let complete = send_work(plan, opts, &shared, &mut tally, report, progress).await?;
     tally.failures.close()?;
     report.latency_ms = tally.latency();
-    if report.failures > 0 {
+    if report.counts.failures > 0 {
         return Err(Error::LoadIncomplete {
-            failed: report.failures,
+            failed: report.counts.failures,
             over_budget: !complete,
-            bad_rows_file: report.bad_rows_file.clone().unwrap_or_default(),
+            bad_rows_file: report.counts.bad_rows_file.clone().unwrap_or_default(),
             version: plan.version,
             report: Box::new(serde_json::to_value(&*report).unwrap_or_default()),
         });
     }
     crate::failpoints::hit("load.before_state");
     record_version(session, keyspace, plan, report).await
+}
+
+/// Where a load's failed requests go: `load/bad-rows[-what]-v<version>-<time>.jsonl`.
+pub(super) fn failures_file(layout: &Layout, what: &str, version: i64) -> PathBuf {
+    layout.load_dir().join(format!(
+        "bad-rows{what}-v{version}-{}.jsonl",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ))
 }
 
 /// Send the plan's writes and deletes; false when the error budget stopped it early.
@@ -299,6 +379,7 @@ async fn send_work(
     progress: &Progress,
 ) -> Result<bool> {
     let (n, session, keyspace) = (opts.concurrency, shared.session, &opts.scylla.keyspace);
+    let midway = report.rows_to_load / 2;
     Ok(match &plan.work {
         Work::Days {
             days,
@@ -307,29 +388,28 @@ async fn send_work(
         } => {
             let unchanged = AtomicU64::new(0);
             let ops = changed_rows(plan, days, old, &unchanged, progress);
-            let complete = send_all(shared, tally, ops, n, report, progress).await?;
+            let counts = (&mut report.counts, midway);
+            let complete = send_all(shared, tally, ops, n, counts, progress).await?;
             report.rows_unchanged = unchanged.into_inner();
             complete
         }
         Work::Days { days, old, .. } => {
             let rows = upserts(plan, opts.parallel_files);
-            send_all(shared, tally, rows, n, report, progress).await?
-                && send_all(
-                    shared,
-                    tally,
-                    vanished(plan, days, old),
-                    n,
-                    report,
-                    progress,
-                )
-                .await?
+            let counts = (&mut report.counts, midway);
+            send_all(shared, tally, rows, n, counts, progress).await? && {
+                let counts = (&mut report.counts, midway);
+                let gone = vanished(plan, days, old);
+                send_all(shared, tally, gone, n, counts, progress).await?
+            }
         }
         Work::Full { sweep } => {
             let rows = upserts(plan, opts.parallel_files);
-            let complete = send_all(shared, tally, rows, n, report, progress).await?;
+            let counts = (&mut report.counts, midway);
+            let complete = send_all(shared, tally, rows, n, counts, progress).await?;
             if complete && *sweep {
                 let partitions = partitions(session, keyspace);
-                send_all(shared, tally, partitions, n, report, progress).await?
+                let counts = (&mut report.counts, midway);
+                send_all(shared, tally, partitions, n, counts, progress).await?
             } else {
                 complete
             }
@@ -348,9 +428,10 @@ async fn record_version(
     let recorded = crate::cql::progress::record(
         session,
         keyspace,
+        crate::cql::progress::AGGREGATES,
         &plan.table_id,
         plan.version,
-        report.rows_written,
+        report.counts.rows_written,
     )
     .await?;
     if !recorded {

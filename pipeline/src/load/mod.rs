@@ -12,28 +12,37 @@
 mod execute;
 mod options;
 mod plan;
+mod profiles;
 mod report;
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
 pub use options::{ErrorBudget, LoadOptions};
-pub use report::{Latency, LoadReport};
+pub use profiles::ProfilesLoad;
+pub use report::{Counts, Latency, LoadReport};
 
 use crate::cql;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::progress::Progress;
 
-/// Load the aggregates changed since the last loaded version.
+/// Load the aggregates changed since the last loaded version, then the profiles.
 pub async fn run(layout: &Layout, opts: &LoadOptions, progress: &Progress) -> Result<LoadReport> {
     let session = cql::connect(&opts.scylla).await?;
     cql::schema::init(&session, &opts.scylla).await?;
-    run_on(&session, layout, opts, progress).await
+    let started = Instant::now();
+    let mut report = run_on(&session, layout, opts, progress).await?;
+    if !opts.dry_run {
+        report.profiles = serve_profiles(&session, layout, opts).await?;
+        report = report.finish(started);
+    }
+    Ok(report)
 }
 
-/// [`run`] over a session the caller keeps (connected, schema created), as `run --follow`
-/// does across micro-batches.
+/// The aggregates part of [`run`] over a session the caller keeps (connected, schema
+/// created), as `run --follow` does across micro-batches (it serves the profiles with
+/// [`serve_profiles`] after computing them, so they never delay the aggregates).
 pub async fn run_on(
     session: &scylla::client::session::Session,
     layout: &Layout,
@@ -88,10 +97,19 @@ pub async fn run_on(
     Ok(report.finish(started))
 }
 
+/// Serve `customer_profiles` (see [`profiles`]); None when there is no profiles table.
+pub async fn serve_profiles(
+    session: &scylla::client::session::Session,
+    layout: &Layout,
+    opts: &LoadOptions,
+) -> Result<Option<ProfilesLoad>> {
+    profiles::serve(session, layout, opts).await
+}
+
 impl LoadReport {
     fn finish(mut self, started: Instant) -> Self {
         self.seconds = started.elapsed().as_secs_f64();
-        self.rows_per_sec = crate::report::per_sec(self.rows_written, self.seconds);
+        self.rows_per_sec = crate::report::per_sec(self.counts.rows_written, self.seconds);
         self.peak_rss_bytes = crate::progress::peak_rss_bytes();
         self
     }

@@ -71,14 +71,21 @@ pub async fn plan(
     let table = delta::open_required(layout, Table::Aggregates, "aggregate").await?;
     let version = delta::version(&table);
     let table_id = delta::table_id(&table, Table::Aggregates)?;
-    let mut current = progress::read(session, keyspace).await?;
+    let mut current = progress::read(session, keyspace, progress::AGGREGATES).await?;
     let first_ever = current.is_none();
     if current.as_ref().is_none_or(|p| p.table_id != table_id) && !dry_run {
         if let Some(p) = &current {
             tracing::warn!(served = %p.table_id, table = %table_id,
                 "ScyllaDB serves another aggregates table: loading everything and deleting the rest");
         }
-        let claimed = progress::claim(session, keyspace, current.as_ref(), &table_id).await?;
+        let claimed = progress::claim(
+            session,
+            keyspace,
+            progress::AGGREGATES,
+            current.as_ref(),
+            &table_id,
+        )
+        .await?;
         if claimed.table_id != table_id {
             return Err(Error::Invalid(format!(
                 "another load is serving aggregates table {} into keyspace {keyspace} at the same \

@@ -28,12 +28,35 @@ pub struct LoadReport {
     pub files: u64,
     /// Rows to write.
     pub rows_to_load: u64,
-    /// Rows written.
-    pub rows_written: u64,
     /// Rows of the changed days equal in the last loaded version, not written again (only
     /// when every aggregates commit since merged appended rows).
     pub rows_unchanged: u64,
-    /// Rows deleted: gone from the aggregates since the last load.
+    /// What the requests did.
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Nothing was written (`--dry-run`).
+    pub dry_run: bool,
+    /// The write timestamp of this version's rows (µs).
+    pub write_timestamp: Option<i64>,
+    /// Request latency.
+    pub latency_ms: Latency,
+    /// Serving `customer_profiles` (after the aggregates; none without a profiles table
+    /// and in a dry run).
+    pub profiles: Option<super::ProfilesLoad>,
+    /// Wall time.
+    pub seconds: f64,
+    /// Rows written per second.
+    pub rows_per_sec: f64,
+    /// Peak RSS of the process.
+    pub peak_rss_bytes: u64,
+}
+
+/// What a load's requests did (the aggregates' or the profiles').
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// Rows written.
+    pub rows_written: u64,
+    /// Rows deleted: gone from the Delta table since the last load.
     pub rows_deleted: u64,
     /// Partitions whose older rows were deleted by a full load.
     pub partitions_swept: u64,
@@ -43,18 +66,6 @@ pub struct LoadReport {
     pub failures: u64,
     /// Rows that still failed after retries, with their errors (JSON lines).
     pub bad_rows_file: Option<PathBuf>,
-    /// Nothing was written (`--dry-run`).
-    pub dry_run: bool,
-    /// The write timestamp of this version's rows (µs).
-    pub write_timestamp: Option<i64>,
-    /// Request latency.
-    pub latency_ms: Latency,
-    /// Wall time.
-    pub seconds: f64,
-    /// Rows written per second.
-    pub rows_per_sec: f64,
-    /// Peak RSS of the process.
-    pub peak_rss_bytes: u64,
 }
 
 /// Request latency percentiles, milliseconds.
@@ -77,10 +88,52 @@ impl Report for LoadReport {
 
     /// Nothing to write: the version is loaded already (by this process or a newer one).
     fn skipped(&self) -> bool {
-        !self.dry_run && self.rows_written == 0 && self.rows_deleted == 0 && !self.full_load
+        let profiles = self.profiles.as_ref().map_or(0, |p| {
+            p.counts.rows_written + p.counts.rows_deleted + u64::from(p.full_load)
+        });
+        !self.dry_run
+            && self.counts.rows_written == 0
+            && self.counts.rows_deleted == 0
+            && !self.full_load
+            && profiles == 0
     }
 
     fn text(&self) -> String {
+        let mut s = self.aggregates_text();
+        if let Some(p) = &self.profiles {
+            s.push_str("\n  ");
+            s.push_str(&p.text());
+        }
+        s
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            rows: self.counts.rows_written,
+            files: self.files,
+            bytes: 0,
+            note: if self.skipped() {
+                "already loaded".into()
+            } else {
+                format!(
+                    "{} day(s), {} deleted, {} retries{}",
+                    self.days,
+                    self.counts.rows_deleted,
+                    self.counts.retries,
+                    self.profiles.as_ref().map_or(String::new(), |p| format!(
+                        "; {} profiles written, {} deleted",
+                        p.counts.rows_written, p.counts.rows_deleted
+                    ))
+                )
+            },
+            consumed_version: self.aggregates_version,
+            produced_version: None,
+        }
+    }
+}
+
+impl LoadReport {
+    fn aggregates_text(&self) -> String {
         let v = version(self.aggregates_version);
         if self.overtaken {
             return format!(
@@ -113,12 +166,12 @@ impl Report for LoadReport {
             "load: aggregates version {v} -> {} ({} day(s), {scope})\n  {} rows written, {} unchanged, {} deleted, {} partitions swept, {} retries, {} failures, {:.2} s ({} rows/s, peak RSS {})\n  latency ms: p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}",
             self.keyspace,
             self.days,
-            thousands(self.rows_written),
+            thousands(self.counts.rows_written),
             thousands(self.rows_unchanged),
-            thousands(self.rows_deleted),
-            thousands(self.partitions_swept),
-            self.retries,
-            self.failures,
+            thousands(self.counts.rows_deleted),
+            thousands(self.counts.partitions_swept),
+            self.counts.retries,
+            self.counts.failures,
             self.seconds,
             thousands(self.rows_per_sec as u64),
             bytes(self.peak_rss_bytes),
@@ -127,23 +180,5 @@ impl Report for LoadReport {
             self.latency_ms.p99,
             self.latency_ms.max
         )
-    }
-
-    fn summary(&self) -> Summary {
-        Summary {
-            rows: self.rows_written,
-            files: self.files,
-            bytes: 0,
-            note: if self.skipped() {
-                "already loaded".into()
-            } else {
-                format!(
-                    "{} day(s), {} deleted, {} retries",
-                    self.days, self.rows_deleted, self.retries
-                )
-            },
-            consumed_version: self.aggregates_version,
-            produced_version: None,
-        }
     }
 }

@@ -472,6 +472,15 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
         }
         b.steps.push(("profiles", t.elapsed().as_secs_f64()));
     }
+    if st.load_selected
+        && let Some(session) = &st.session
+    {
+        let t = Instant::now();
+        if let Err(e) = load::serve_profiles(session, layout, &opts.load).await {
+            survivable("load", e, st, &mut b)?;
+        }
+        b.steps.push(("load_profiles", t.elapsed().as_secs_f64()));
+    }
     b.backlog_files = (st.awaiting_aggregate.len() + st.awaiting_load.len()) as u64;
     st.metrics.backlog("load", b.backlog_files as usize);
     if b.did_work() {
@@ -605,10 +614,10 @@ async fn load_step(
     let session = st.session.as_ref().expect("connected above");
     match load::run_on(session, layout, &opts.load, &Progress::hidden()).await {
         Ok(r) => {
-            b.rows_loaded = r.rows_written;
-            b.rows_deleted = r.rows_deleted;
-            st.metrics.rows_loaded.inc_by(r.rows_written);
-            st.report.rows_loaded += r.rows_written;
+            b.rows_loaded = r.counts.rows_written;
+            b.rows_deleted = r.counts.rows_deleted;
+            st.metrics.rows_loaded.inc_by(r.counts.rows_written);
+            st.report.rows_loaded += r.counts.rows_written;
             acknowledge(st, b);
             Ok(())
         }

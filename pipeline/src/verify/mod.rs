@@ -9,7 +9,8 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::cql::codec::{self, AggRow, format_cents};
-use crate::cql::schema::TABLE;
+use crate::cql::profile::{self, ProfileRow};
+use crate::cql::schema::{PROFILES_TABLE, TABLE};
 use crate::cql::{self, ScyllaOptions};
 use crate::dates::{self, Day};
 use crate::delta;
@@ -75,6 +76,8 @@ pub struct VerifyReport {
     pub rows_scylla: u64,
     /// Days that differ.
     pub differing_days: Vec<DayDiff>,
+    /// The profiles (none when no profiles table exists and none is served).
+    pub profiles: Option<ProfilesCheck>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -82,6 +85,86 @@ pub struct VerifyReport {
 impl VerifyReport {
     fn same_table(&self) -> bool {
         self.served_table_id == self.table_id
+    }
+
+    fn profiles_match(&self) -> bool {
+        self.profiles.as_ref().is_none_or(ProfilesCheck::matches)
+    }
+}
+
+/// Row count, lifetime total and a sum of row fingerprints of a set of profiles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProfilesSum {
+    /// Profiles.
+    pub rows: u64,
+    /// Sum of `lifetime_total`, cents.
+    pub lifetime_total_cents: i128,
+    /// Sum of the rows' fingerprints.
+    pub fingerprint: u64,
+}
+
+impl ProfilesSum {
+    fn add(&mut self, r: &ProfileRow) {
+        self.rows += 1;
+        self.lifetime_total_cents += r.lifetime_total;
+        self.fingerprint = self.fingerprint.wrapping_add(r.fingerprint());
+    }
+}
+
+/// ScyllaDB's `customer_profiles` against the Delta table at the version recorded as loaded.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProfilesCheck {
+    /// The profiles version recorded as loaded (none: never loaded).
+    pub version: Option<i64>,
+    /// The Delta table id ScyllaDB serves.
+    pub served_table_id: Option<String>,
+    /// The id of the profiles table in the data dir now (none: there is none).
+    pub table_id: Option<String>,
+    /// Delta's side.
+    pub delta: ProfilesSum,
+    /// ScyllaDB's side.
+    pub scylla: ProfilesSum,
+}
+
+impl ProfilesCheck {
+    fn matches(&self) -> bool {
+        self.version.is_some() && self.served_table_id == self.table_id && self.delta == self.scylla
+    }
+
+    fn text(&self) -> String {
+        let Some(v) = self.version else {
+            return "profiles: customer_profiles exists in Delta but nothing is loaded: run \
+                    `pipeline load`"
+                .into();
+        };
+        let mut s = format!(
+            "profiles at version {v}: {} in Delta, {} in ScyllaDB",
+            thousands(self.delta.rows),
+            thousands(self.scylla.rows)
+        );
+        if self.served_table_id != self.table_id {
+            s.push_str(&format!(
+                "; ScyllaDB serves profiles table {}, but the data dir has {}: run `pipeline load`",
+                self.served_table_id.as_deref().unwrap_or("-"),
+                self.table_id.as_deref().unwrap_or("none")
+            ));
+        } else if self.delta == self.scylla {
+            s.push_str("; they match (count, lifetime total, row checksum)");
+        } else {
+            s.push_str(&format!(
+                "; they DIFFER: lifetime total {} in Delta, {} in ScyllaDB{}",
+                format_cents(self.delta.lifetime_total_cents),
+                format_cents(self.scylla.lifetime_total_cents),
+                if self.delta.rows == self.scylla.rows
+                    && self.delta.lifetime_total_cents == self.scylla.lifetime_total_cents
+                {
+                    " (same count and total, different row values)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        s
     }
 }
 
@@ -133,6 +216,10 @@ impl Report for VerifyReport {
                 ));
             }
         }
+        if let Some(p) = &self.profiles {
+            s.push_str("\n  ");
+            s.push_str(&p.text());
+        }
         s
     }
 
@@ -146,7 +233,7 @@ impl Report for VerifyReport {
     }
 
     fn exit_code(&self) -> u8 {
-        if self.differing_days.is_empty() && self.same_table() {
+        if self.differing_days.is_empty() && self.same_table() && self.profiles_match() {
             exit::OK
         } else {
             exit::VERIFY_MISMATCH
@@ -159,7 +246,7 @@ pub async fn run(layout: &Layout, o: &VerifyOptions) -> Result<VerifyReport> {
     let started = std::time::Instant::now();
     let session = cql::connect(&o.scylla).await?;
     let keyspace = &o.scylla.keyspace;
-    let Some(progress) = cql::progress::read(&session, keyspace)
+    let Some(progress) = cql::progress::read(&session, keyspace, cql::progress::AGGREGATES)
         .await?
         .filter(|p| p.version >= 0)
     else {
@@ -202,8 +289,70 @@ pub async fn run(layout: &Layout, o: &VerifyOptions) -> Result<VerifyReport> {
             });
         }
     }
+    report.profiles = profiles_check(layout, &session, keyspace).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The profiles served against Delta; None when neither side has any.
+async fn profiles_check(
+    layout: &Layout,
+    session: &scylla::client::session::Session,
+    keyspace: &str,
+) -> Result<Option<ProfilesCheck>> {
+    let record = cql::progress::read(session, keyspace, cql::progress::PROFILES)
+        .await?
+        .filter(|p| p.version >= 0);
+    let current = delta::open(layout, Table::Profiles).await?;
+    if record.is_none() && current.is_none() {
+        return Ok(None);
+    }
+    let mut check = ProfilesCheck {
+        version: record.as_ref().map(|r| r.version),
+        served_table_id: record.as_ref().map(|r| r.table_id.clone()),
+        table_id: current
+            .as_ref()
+            .map(|t| delta::table_id(t, Table::Profiles))
+            .transpose()?,
+        ..Default::default()
+    };
+    let Some(record) = record else {
+        return Ok(Some(check));
+    };
+    if check.served_table_id == check.table_id {
+        let table = delta::open_at(layout, Table::Profiles, record.version).await?;
+        let ctx = delta::query::session(256 * 1024 * 1024);
+        delta::query::register(&ctx, "p", &table, None).await?;
+        let mut s = ctx.sql("SELECT * FROM p").await?.execute_stream().await?;
+        while let Some(b) = s.next().await {
+            for r in ProfileRow::from_batch(&b?)? {
+                check.delta.add(&r);
+            }
+        }
+    }
+    let what = "scanning the served profiles";
+    let mut stmt = session
+        .prepare(format!(
+            "SELECT {} FROM {keyspace}.{PROFILES_TABLE}",
+            profile::COLUMNS
+        ))
+        .await
+        .map_err(|e| Error::scylla(what, e))?;
+    stmt.set_page_size(5000);
+    let mut rows = session
+        .execute_iter(stmt, ())
+        .await
+        .map_err(|e| Error::scylla(what, e))?
+        .rows_stream::<profile::ProfileValues>()
+        .map_err(|e| Error::scylla(what, e))?;
+    while let Some(r) = rows.next().await {
+        let values = r.map_err(|e| Error::scylla(what, e))?;
+        let customer_id = values.0;
+        let row = ProfileRow::from_values(values)
+            .map_err(|x| Error::scylla(what, format!("customer {customer_id}: {x}")))?;
+        check.scylla.add(&row);
+    }
+    Ok(Some(check))
 }
 
 async fn delta_checks(layout: &Layout, version: i64) -> Result<BTreeMap<Day, DayCheck>> {

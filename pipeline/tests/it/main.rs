@@ -11,4 +11,5 @@ mod ingest;
 mod maintain;
 mod profiles;
 mod scylla;
+mod served_profiles;
 mod sql;
