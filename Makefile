@@ -15,7 +15,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup build release run generate ingest aggregate profiles sql load lookup verify test test-crash test-scylla lint bench bench-follow clean-data docker cql-test-server
+.PHONY: help setup build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-follow clean-data docker cql-test-server
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -23,6 +23,12 @@ help: ## List the targets
 setup: ## Check the toolchain (Rust via rustup) is present; nothing else is needed
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs) and rerun"; exit 1; }
 	@cargo --version
+
+chromium: ## Install headless Chromium (Debian package) for the HTML report's rendering test, if missing and possible
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null 2>&1 \
+	    && echo "installed chromium" \
+	    || echo "WARNING: chromium could not be installed: the HTML report rendering test will be SKIPPED"; }
 
 build: setup ## Build the binaries (PROFILE=dev: target/debug/pipeline; PROFILE=release: target/release/)
 	cargo build $(CARGO_PROFILE) --locked -p pipeline -p cql-test-server
@@ -48,7 +54,7 @@ profiles: build ## Update the customer profiles from the aggregates (ARGS="--ful
 sql: build ## Ask the tables in SQL: make sql Q="SELECT count(*) FROM customer_transactions" (ARGS="--format csv")
 	$(PIPELINE) sql "$(Q)" $(ARGS)
 
-test: setup ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server)
+test: setup chromium ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server)
 	cargo test $(CARGO_PROFILE) --workspace --locked
 
 test-crash: setup ## Kill every stage at its failpoints and at 12 random times each; rerun; compare with a clean run
@@ -57,6 +63,9 @@ test-crash: setup ## Kill every stage at its failpoints and at 12 random times e
 test-scylla: setup ## The ScyllaDB tests against a real ScyllaDB: SCYLLA_URI=127.0.0.1:9042 make test-scylla
 	@[ -n "$$SCYLLA_URI" ] || { echo "set SCYLLA_URI (e.g. docker compose up -d scylla; SCYLLA_URI=127.0.0.1:9042 make test-scylla)"; exit 2; }
 	cargo test $(CARGO_PROFILE) --locked -p pipeline --test it -- scylla:: served_profiles::
+
+report: build ## One self-contained HTML file of charts over the tables (OUT=report.html)
+	$(PIPELINE) report --out $(or $(OUT),report.html)
 
 load: build ## Load changed aggregates into ScyllaDB (SCYLLA_URI, ARGS="--dry-run")
 	$(PIPELINE) load $(ARGS)

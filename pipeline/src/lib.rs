@@ -20,6 +20,7 @@ pub mod delta;
 pub mod error;
 pub mod failpoints;
 pub mod generate;
+pub mod html;
 pub mod ingest;
 pub mod layout;
 pub mod load;

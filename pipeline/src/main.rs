@@ -10,7 +10,7 @@ use pipeline::progress::Progress;
 use pipeline::report::{Report, print};
 use pipeline::{Error, Layout, Result};
 use pipeline::{
-    aggregate, cql, generate, ingest, load, lookup, maintain, profiles, run, sql, verify,
+    aggregate, cql, generate, html, ingest, load, lookup, maintain, profiles, run, sql, verify,
 };
 
 /// Lakehouse ETL: synthetic transactions -> Delta Lake -> daily aggregates -> ScyllaDB.
@@ -51,11 +51,11 @@ enum Command {
     Profiles(profiles::ProfilesOptions),
     /// Create the ScyllaDB keyspace and tables if missing (load does this too).
     InitScylla(cql::ScyllaOptions),
-    /// Write the aggregates changed since the last load into ScyllaDB.
+    /// Write the aggregates (then the profiles) changed since the last load into ScyllaDB.
     Load(load::LoadOptions),
-    /// Print a customer's daily totals from ScyllaDB.
+    /// Print a customer's daily totals (or, with --profile, profile) from ScyllaDB.
     Lookup(lookup::LookupOptions),
-    /// Compare ScyllaDB with the Delta aggregates at the last loaded version.
+    /// Compare ScyllaDB with the Delta aggregates and profiles at the last loaded versions.
     Verify(verify::VerifyOptions),
     /// Run the stages in order (ingest -> aggregate -> profiles -> load; generate with
     /// --generate), once or, with --follow, continuously.
@@ -66,6 +66,8 @@ enum Command {
     Maintain(maintain::MaintainOptions),
     /// Ask the tables a question in SQL (read-only; --as-of for an older version).
     Sql(sql::SqlOptions),
+    /// Write one self-contained HTML file of charts over the tables (--out report.html).
+    Report(html::ReportOptions),
 }
 
 fn main() -> ExitCode {
@@ -141,6 +143,7 @@ fn execute(cli: Cli) -> Result<u8> {
         }
         Command::History(o) => done(json, rt.block_on(run::history(&layout, &o))),
         Command::Maintain(o) => done(json, rt.block_on(maintain::run(&layout, &o))),
+        Command::Report(o) => done(json, rt.block_on(html::run(&layout, &o))),
         Command::Sql(o) => {
             drop(rt);
             query_runtime()?.block_on(sql::run(&layout, &o, json))

@@ -11,7 +11,7 @@
 //! reported with DataFusion's message and exit code 2.
 
 mod catalog;
-mod output;
+pub(crate) mod output;
 
 use std::path::PathBuf;
 

@@ -10,6 +10,7 @@ mod exactly_once;
 mod ingest;
 mod maintain;
 mod profiles;
+mod report;
 mod scylla;
 mod served_profiles;
 mod sql;
