@@ -56,6 +56,7 @@ pub(crate) struct World {
     aggregates: Agg,
     profiles: Profiles,
     serving: Agg,
+    served_profiles: Profiles,
 }
 
 pub(crate) fn world(d: &Data, cql: &Cql) -> World {
@@ -65,6 +66,7 @@ pub(crate) fn world(d: &Data, cql: &Cql) -> World {
         aggregates: table(d),
         profiles: profiles_table(d),
         serving: cql.contents(),
+        served_profiles: crate::served_profiles::served(cql),
     }
 }
 
@@ -185,7 +187,10 @@ fn every_kill_point_reruns_to_the_clean_result() {
     }
     let clean = world(&d, &cql);
     assert!(
-        !clean.serving.is_empty() && !clean.quarantine.is_empty() && !clean.profiles.is_empty()
+        !clean.serving.is_empty()
+            && !clean.quarantine.is_empty()
+            && !clean.profiles.is_empty()
+            && !clean.served_profiles.is_empty()
     );
     let mut rng = rand::rng();
     let mut tried = Vec::new();
@@ -199,7 +204,11 @@ fn every_kill_point_reruns_to_the_clean_result() {
             ],
             Stage::Aggregate => &["aggregate.before_commit"],
             Stage::Profiles => &["profiles.before_commit"],
-            Stage::Load => &["load.midway", "load.before_state"],
+            Stage::Load => &[
+                "load.midway",
+                "load.before_state",
+                "load.profiles_before_record",
+            ],
         };
         let mut kills: Vec<Kill> = failpoints.iter().map(|p| Kill::Failpoint(p)).collect();
         for _ in 0..random_kills {
@@ -237,6 +246,10 @@ fn every_kill_point_reruns_to_the_clean_result() {
             );
             assert_eq!(got.profiles, clean.profiles, "{stage:?}, {what}: profiles");
             assert_eq!(got.serving, clean.serving, "{stage:?}, {what}: ScyllaDB");
+            assert_eq!(
+                got.served_profiles, clean.served_profiles,
+                "{stage:?}, {what}: ScyllaDB profiles"
+            );
             // No orphaned scratch state from the killed process survives the rerun.
             let scratch = d.path().join("_scratch");
             let left = std::fs::read_dir(&scratch).map(|r| r.count()).unwrap_or(0);

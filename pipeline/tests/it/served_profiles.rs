@@ -47,7 +47,7 @@ type Row = (
 );
 
 /// Every served profile, read back through the driver.
-fn served(cql: &Cql) -> Profiles {
+pub(crate) fn served(cql: &Cql) -> Profiles {
     cql.rt.block_on(async {
         let session = SessionBuilder::new()
             .known_node(&cql.uri)
