@@ -207,7 +207,9 @@ async fn write_and_commit(
     rows_read: u64,
 ) -> Result<Executed> {
     let name = Table::Profiles.name();
-    let mut writer = RecordBatchWriter::for_table(&p.target).map_err(|e| Error::delta(name, e))?;
+    let mut writer = RecordBatchWriter::for_table(&p.target)
+        .map_err(|e| Error::delta(name, e))?
+        .with_writer_properties(crate::schema::profile_writer_properties());
     let schema = writer.arrow_schema();
     let (mut rows_written, mut customers) = (0u64, 0u64);
     while let Some(batch) = stream.next().await {
