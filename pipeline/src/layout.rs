@@ -2,6 +2,7 @@
 //! tables' own paths are facts of [`Table`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use deltalake::{DeltaTableError, ensure_table_uri};
@@ -10,53 +11,174 @@ use url::Url;
 use crate::tables::Table;
 
 /// The data directory and everything under it (`CONTRACT.md`, "Tables and where they live").
+/// The data dir is a local folder or an object store location (`s3://bucket/prefix`); the
+/// scratch space (spilled batches, downloaded landing files, failed load rows) is always on
+/// local disk.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    root: PathBuf,
+    root: Root,
+    scratch: Option<PathBuf>,
+    /// Sub-folder of the landing folder that generate writes to (`--landing-prefix`).
+    landing_prefix: String,
+}
+
+/// Where the data dir lives.
+#[derive(Debug, Clone)]
+pub enum Root {
+    /// A local folder.
+    Local(PathBuf),
+    /// An object store location.
+    Store(Arc<crate::store::StoreRoot>),
 }
 
 impl Layout {
-    /// The layout of the data dir at `root`.
+    /// The layout of the local data dir at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: Root::Local(root.into()),
+            scratch: None,
+            landing_prefix: String::new(),
+        }
     }
 
-    /// The data dir itself.
-    pub fn root(&self) -> &Path {
+    /// The layout of `data_dir`: a local path, or `s3://bucket/prefix` (credentials and
+    /// endpoint from the AWS_* environment variables).
+    pub fn parse(data_dir: &str) -> crate::error::Result<Self> {
+        if !data_dir.contains("://") {
+            return Ok(Self::new(data_dir));
+        }
+        Ok(Self {
+            root: Root::Store(Arc::new(crate::store::StoreRoot::open(data_dir)?)),
+            scratch: None,
+            landing_prefix: String::new(),
+        })
+    }
+
+    /// The same data dir with the scratch space in `dir`.
+    pub fn with_scratch(mut self, dir: Option<PathBuf>) -> Self {
+        self.scratch = dir;
+        self
+    }
+
+    /// The same data dir with generate writing under `prefix` of the landing folder.
+    pub fn with_landing_prefix(mut self, prefix: &str) -> Self {
+        self.landing_prefix = prefix.trim_matches('/').to_string();
+        self
+    }
+
+    /// Where the data dir lives.
+    pub fn root(&self) -> &Root {
         &self.root
     }
 
-    /// Landing folder of raw Parquet files.
+    /// The local data dir; `None` on an object store.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &self.root {
+            Root::Local(p) => Some(p),
+            Root::Store(_) => None,
+        }
+    }
+
+    /// The object store location; `None` for a local data dir.
+    pub fn store(&self) -> Option<&Arc<crate::store::StoreRoot>> {
+        match &self.root {
+            Root::Local(_) => None,
+            Root::Store(s) => Some(s),
+        }
+    }
+
+    /// The data dir as the user gave it, for messages.
+    pub fn shown(&self) -> String {
+        match &self.root {
+            Root::Local(p) => p.display().to_string(),
+            Root::Store(s) => s.url().to_string(),
+        }
+    }
+
+    /// Landing folder of raw Parquet files, relative to the data dir.
+    pub const LANDING: &'static str = "_raw/customer_transactions";
+
+    /// The prefix generate writes under (`""`: the landing folder itself).
+    pub fn landing_prefix(&self) -> &str {
+        &self.landing_prefix
+    }
+
+    /// Where generate writes: the landing folder, or its `--landing-prefix` sub-folder. On an
+    /// object store, a local staging folder in the scratch space that generate uploads from.
     pub fn raw_dir(&self) -> PathBuf {
-        self.root.join("_raw").join("customer_transactions")
+        let landing = match &self.root {
+            Root::Local(p) => p.join(Self::LANDING),
+            Root::Store(_) => self.scratch_dir().join("generate").join(Self::LANDING),
+        };
+        if self.landing_prefix.is_empty() {
+            landing
+        } else {
+            landing.join(&self.landing_prefix)
+        }
     }
 
-    /// The folder of a Delta table.
-    pub fn table_dir(&self, table: Table) -> PathBuf {
-        table
-            .path()
-            .split('/')
-            .fold(self.root.clone(), |p, part| p.join(part))
+    /// The whole landing folder of a local data dir (every prefix).
+    pub fn landing_dir(&self) -> Option<PathBuf> {
+        self.local_root().map(|p| p.join(Self::LANDING))
     }
 
-    /// The URI of a Delta table (created as an empty folder if missing, as delta-rs wants).
+    /// The folder of a Delta table in a local data dir; `None` on an object store.
+    pub fn table_dir(&self, table: Table) -> Option<PathBuf> {
+        self.local_root().map(|root| {
+            table
+                .path()
+                .split('/')
+                .fold(root.to_path_buf(), |p, part| p.join(part))
+        })
+    }
+
+    /// The location of a Delta table, as shown to users.
+    pub fn table_shown(&self, table: Table) -> String {
+        match &self.root {
+            Root::Local(_) => self.table_dir(table).expect("local").display().to_string(),
+            Root::Store(s) => s.url_of(table.path()).to_string(),
+        }
+    }
+
+    /// The URI of a Delta table (on local disk created as an empty folder if missing, as
+    /// delta-rs wants).
     pub fn table_uri(&self, table: Table) -> Result<Url, DeltaTableError> {
-        dir_uri(&self.table_dir(table))
+        match &self.root {
+            Root::Local(_) => dir_uri(&self.table_dir(table).expect("local")),
+            Root::Store(s) => Ok(s.url_of(table.path())),
+        }
     }
 
-    /// Scratch space for one run (spilled batches); removed when the run ends.
+    /// Scratch space (spilled batches, downloaded landing files); per-run folders under it
+    /// are removed when the run ends. `--scratch-dir`, else `DATA_DIR/_scratch` for a local
+    /// data dir and the system's temporary folder for an object store.
     pub fn scratch_dir(&self) -> PathBuf {
-        self.root.join("_scratch")
+        match (&self.scratch, &self.root) {
+            (Some(dir), _) => dir.clone(),
+            (None, Root::Local(p)) => p.join("_scratch"),
+            (None, Root::Store(_)) => std::env::temp_dir().join("pipeline-scratch"),
+        }
     }
 
-    /// Where `load` writes the rows that failed after retries.
+    /// Where `load` writes the rows that failed after retries (local disk).
     pub fn load_dir(&self) -> PathBuf {
-        self.root.join("_load")
+        match &self.root {
+            Root::Local(p) => p.join("_load"),
+            Root::Store(_) => self.scratch_dir().join("_load"),
+        }
+    }
+
+    /// The folder of per-machine locks (`maintain`'s compaction lock).
+    pub fn lock_dir(&self) -> PathBuf {
+        match &self.root {
+            Root::Local(p) => p.join("_pipeline"),
+            Root::Store(_) => self.scratch_dir().join("_pipeline"),
+        }
     }
 
     /// The folder of one generator batch: `batch-000007`.
     pub fn raw_batch_dir(&self, batch: u32) -> PathBuf {
-        self.raw_dir().join(format!("batch-{batch:06}"))
+        self.raw_dir().join(batch_name(batch))
     }
 
     /// A generated file for one day: `batch-000007/2024-01-05-0003.parquet`. Zero-padded so
@@ -70,6 +192,11 @@ impl Layout {
     pub fn raw_redelivery_file(&self, batch: u32) -> PathBuf {
         self.raw_batch_dir(batch).join("redelivered-0000.parquet")
     }
+}
+
+/// The folder name of generator batch `batch`.
+pub fn batch_name(batch: u32) -> String {
+    format!("batch-{batch:06}")
 }
 
 /// Writers put data under a temporary name first; readers skip such names, so a killed
@@ -118,11 +245,11 @@ mod tests {
     fn tables_live_where_the_contract_says() {
         let l = Layout::new("d");
         assert_eq!(
-            l.table_dir(Table::Quarantine),
+            l.table_dir(Table::Quarantine).unwrap(),
             PathBuf::from("d/_quarantine/customer_transactions")
         );
         assert_eq!(
-            l.table_dir(Table::Transactions),
+            l.table_dir(Table::Transactions).unwrap(),
             PathBuf::from("d/customer_transactions")
         );
     }

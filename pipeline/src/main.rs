@@ -20,9 +20,26 @@ use pipeline::{
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
-    /// Where the tables live (raw landing files, Delta tables, quarantine).
+    /// Where the tables live (raw landing files, Delta tables, quarantine): a local folder,
+    /// or `s3://bucket/prefix` on S3 or an S3-compatible store (credentials and endpoint from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
     #[arg(long, global = true, env = "PIPELINE_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    data_dir: String,
+    /// Local scratch space (spilled batches, landing files downloaded from an object store,
+    /// rows a load could not write). Default: DATA_DIR/_scratch, or the system's temporary
+    /// folder when the data dir is on an object store.
+    #[arg(long, global = true, env = "PIPELINE_SCRATCH_DIR")]
+    scratch_dir: Option<PathBuf>,
+    /// A sub-folder of the landing folder (e.g. `east`): generate writes there and ingest
+    /// reads only there, as its own stream with its own progress, so several ingest
+    /// processes, each on its own prefix, can commit into the same tables at once.
+    #[arg(
+        long,
+        global = true,
+        env = "PIPELINE_LANDING_PREFIX",
+        default_value = ""
+    )]
+    landing_prefix: String,
     /// Print the report as JSON on stdout instead of the text summary.
     #[arg(long, global = true)]
     json: bool,
@@ -74,6 +91,22 @@ enum Command {
     CheckStore(store::CheckStoreOptions),
 }
 
+impl Command {
+    /// Whether the command commits to the Delta tables or writes landing files (on an object
+    /// store it first checks that the store honours conditional writes).
+    fn commits(&self) -> bool {
+        matches!(
+            self,
+            Command::Generate { .. }
+                | Command::Ingest(_)
+                | Command::Aggregate(_)
+                | Command::Profiles(_)
+                | Command::Run(_)
+                | Command::Maintain(_)
+        )
+    }
+}
+
 fn main() -> ExitCode {
     pipeline::process::tune_malloc();
     let cli = match Cli::try_parse() {
@@ -99,12 +132,19 @@ fn main() -> ExitCode {
 
 /// Run the command and print its report; returns the exit code.
 fn execute(cli: Cli) -> Result<u8> {
-    let layout = Layout::new(&cli.data_dir);
+    let layout = Layout::parse(&cli.data_dir)?
+        .with_scratch(cli.scratch_dir)
+        .with_landing_prefix(&cli.landing_prefix);
     let (json, bars) = (cli.json, !cli.no_progress);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
+    // generate (synchronous) uploads to an object store through this runtime.
+    let _entered = rt.enter();
+    if let (Some(store), true) = (layout.store(), cli.command.commits()) {
+        rt.block_on(store.require_conditional_writes())?;
+    }
     let stage = |name: &str| Progress::new(name, bars);
     match cli.command {
         Command::Generate { options, follow } if follow.follow => {

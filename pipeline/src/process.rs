@@ -4,14 +4,18 @@
 /// Logs to stderr, filtered by `RUST_LOG` (default: warnings, minus known noise).
 pub fn init_logging() {
     // The Delta kernel logs a missing table (our first run) and a damaged log at ERROR, and
-    // the driver a failed first connection: our own error says the same, with what to do.
-    let quiet = "warn,buoyant_kernel=off,scylla::cluster::metadata::cc_establisher=off";
+    // the driver a failed first connection, delta-rs a commit that lost a race ("max_retries
+    // is 0"): our own error or warning says the same, with what to do.
+    let quiet = "warn,buoyant_kernel=off,scylla::cluster::metadata::cc_establisher=off,\
+                 deltalake_core::kernel::transaction=error";
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -80,6 +80,123 @@ pub async fn check(opts: &CheckStoreOptions) -> Result<CheckStoreReport> {
     })
 }
 
+/// A data dir on an object store: the store (rooted at the bucket) and the prefix in it.
+#[derive(Debug)]
+pub struct StoreRoot {
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    probed: tokio::sync::OnceCell<()>,
+}
+
+impl StoreRoot {
+    /// The data dir at `url` (`s3://bucket/prefix`). Registers S3 with delta-rs.
+    pub fn open(url: &str) -> Result<Self> {
+        let (store, prefix) = open(url)?;
+        register_with_delta();
+        let mut url = Url::parse(url).expect("parsed by open");
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        Ok(Self {
+            url,
+            store,
+            prefix,
+            probed: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The data dir's URL (ending in `/`).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The URL of `rel` (a `/`-separated path under the data dir), ending in `/`.
+    pub fn url_of(&self, rel: &str) -> Url {
+        self.url
+            .join(&format!("{}/", rel.trim_matches('/')))
+            .expect("a relative path joins")
+    }
+
+    /// The store, rooted at the bucket.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The store path of `rel` (a `/`-separated path under the data dir).
+    pub fn path_of(&self, rel: &str) -> Path {
+        rel.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.join(part))
+    }
+
+    /// The URL of an object, for messages.
+    pub fn object_url(&self, path: &Path) -> String {
+        format!(
+            "{}://{}/{path}",
+            self.url.scheme(),
+            self.url.host_str().unwrap_or("")
+        )
+    }
+
+    /// Probe once per process that the store refuses a second conditional create (see the
+    /// module docs); every stage that commits calls this before it writes anything.
+    pub async fn require_conditional_writes(&self) -> Result<()> {
+        self.probed
+            .get_or_try_init(|| {
+                probe_conditional_writes(self.store.as_ref(), &self.prefix, self.url.as_str())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Let delta-rs open `s3://` tables with the same client as the rest of the pipeline:
+/// object_store's S3 client configured from the AWS_* environment variables, and delta-rs's
+/// default log store, which commits with conditional creates (`If-None-Match: *`), as
+/// delta-rs's own `s3` feature does (its log store is that same default one; the feature adds
+/// the AWS SDK's credential chain, which this pipeline does not use).
+fn register_with_delta() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        use deltalake::logstore::{logstore_factories, object_store_factories};
+        for scheme in ["s3", "s3a"] {
+            let url = Url::parse(&format!("{scheme}://")).expect("a scheme URL");
+            object_store_factories().insert(url.clone(), Arc::new(S3Factory));
+            logstore_factories().insert(url, Arc::new(S3Factory));
+        }
+    });
+}
+
+struct S3Factory;
+
+impl deltalake::logstore::ObjectStoreFactory for S3Factory {
+    fn parse_url_opts(
+        &self,
+        url: &Url,
+        _config: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<(deltalake::logstore::ObjectStoreRef, Path)> {
+        open(url.as_str()).map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))
+    }
+}
+
+impl deltalake::logstore::LogStoreFactory for S3Factory {
+    fn with_options(
+        &self,
+        prefixed_store: deltalake::logstore::ObjectStoreRef,
+        root_store: deltalake::logstore::ObjectStoreRef,
+        location: &Url,
+        options: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(deltalake::logstore::default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
 /// The store and the path prefix of an `s3://bucket/prefix` URL.
 pub fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let parsed = Url::parse(url).map_err(|e| {

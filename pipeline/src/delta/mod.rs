@@ -7,8 +7,6 @@ pub mod log;
 pub mod query;
 pub mod read;
 
-use std::path::Path;
-
 use deltalake::arrow::array::{ArrayRef, RecordBatch};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{Schema, SchemaRef};
@@ -30,11 +28,10 @@ pub use commit::{Commit, append_operation};
 /// Open `table` if it exists. An absent table (no `_delta_log` yet) is `None`; a log that
 /// exists but cannot be read is an error ([`Error::DamagedLog`]), never mistaken for absent.
 pub async fn open(layout: &Layout, table: Table) -> Result<Option<DeltaTable>> {
-    let dir = layout.table_dir(table);
-    if !has_log(&dir) {
+    if !has_log(layout, table).await? {
         return Ok(None);
     }
-    let t = DeltaTable::try_from_url(existing_dir_url(&dir, table)?)
+    let t = DeltaTable::try_from_url(existing_url(layout, table)?)
         .await
         .map_err(|e| Error::delta(table.name(), e))?;
     if t.version().is_none() {
@@ -48,8 +45,7 @@ pub async fn open(layout: &Layout, table: Table) -> Result<Option<DeltaTable>> {
 
 /// Open `table` as of `version` (time travel). The table must exist.
 pub async fn open_at(layout: &Layout, table: Table, version: i64) -> Result<DeltaTable> {
-    let dir = layout.table_dir(table);
-    DeltaTableBuilder::from_url(existing_dir_url(&dir, table)?)
+    DeltaTableBuilder::from_url(existing_url(layout, table)?)
         .map_err(|e| Error::delta(table.name(), e))?
         .with_version(version as _)
         .load()
@@ -63,31 +59,60 @@ pub async fn open_required(layout: &Layout, table: Table, created_by: &str) -> R
         Error::Invalid(format!(
             "Delta table {} does not exist yet in {}: run `pipeline {created_by}` first",
             table.name(),
-            layout.root().display()
+            layout.shown()
         ))
     })
 }
 
-/// Whether a folder holds a Delta log with at least one commit or checkpoint (a creation
-/// killed before its first commit leaves at most an empty folder or a temporary file).
-fn has_log(dir: &Path) -> bool {
-    let Ok(rd) = std::fs::read_dir(dir.join("_delta_log")) else {
-        return false;
+/// Whether `table` has a Delta log with at least one commit or checkpoint (a creation killed
+/// before its first commit leaves at most an empty folder or a temporary file).
+pub async fn has_log(layout: &Layout, table: Table) -> Result<bool> {
+    let names: Vec<String> = match layout.store() {
+        None => {
+            let dir = layout.table_dir(table).expect("local").join("_delta_log");
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return Ok(false);
+            };
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        }
+        Some(s) => {
+            let log = s.path_of(&format!("{}/_delta_log", table.path()));
+            let listed: Vec<_> = s
+                .store()
+                .list_with_delimiter(Some(&log))
+                .await
+                .map_err(|e| {
+                    Error::io(
+                        format!("cannot list {}", layout.table_shown(table)),
+                        std::io::Error::other(e),
+                    )
+                })
+                .map(|l| l.objects)?;
+            listed
+                .into_iter()
+                .filter_map(|o| o.location.filename().map(str::to_string))
+                .collect()
+        }
     };
-    rd.flatten().any(|e| {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
+    Ok(names.iter().any(|name| {
         let stem = name.split('.').next().unwrap_or("");
         name == "_last_checkpoint"
             || (stem.len() == 20
                 && stem.bytes().all(|b| b.is_ascii_digit())
                 && (name.ends_with(".json") || name.ends_with(".parquet")))
-    })
+    }))
 }
 
-/// The URL of an existing local folder, without creating anything.
-fn existing_dir_url(dir: &Path, table: Table) -> Result<Url> {
-    let abs = std::path::absolute(dir)
+/// The URL of an existing table, without creating anything.
+fn existing_url(layout: &Layout, table: Table) -> Result<Url> {
+    let Some(dir) = layout.table_dir(table) else {
+        return layout
+            .table_uri(table)
+            .map_err(|e| Error::delta(table.name(), e));
+    };
+    let abs = std::path::absolute(&dir)
         .map_err(|e| Error::io(format!("cannot resolve {}", dir.display()), e))?;
     Url::from_directory_path(&abs).map_err(|()| {
         Error::Invalid(format!(

@@ -135,19 +135,20 @@ pub fn run(
 /// The batch after the highest one in the landing folder (complete or not).
 fn next_batch(layout: &Layout) -> Result<u32> {
     let dir = layout.raw_dir();
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(1),
-        Err(e) => return Err(Error::io(format!("cannot list {}", dir.display()), e)),
+    let names: Vec<String> = match super::upload::Upload::of(layout)? {
+        Some(up) => up.names(&dir)?,
+        None => match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(1),
+            Err(e) => return Err(Error::io(format!("cannot list {}", dir.display()), e)),
+        },
     };
-    let highest = rd
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("batch-"))
-                .and_then(|n| n.parse::<u32>().ok())
-        })
+    let highest = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("batch-").and_then(|n| n.parse::<u32>().ok()))
         .max()
         .unwrap_or(0);
     Ok(highest + 1)

@@ -10,6 +10,7 @@ mod options;
 mod plan;
 mod redeliver;
 mod report;
+mod upload;
 mod write;
 
 use std::time::Instant;
@@ -27,18 +28,29 @@ use crate::progress::Progress;
 pub fn run(layout: &Layout, opts: &GenerateOptions, progress: &Progress) -> Result<GenerateReport> {
     opts.validate()?;
     let started = Instant::now();
-    let plan = match plan::plan(layout, opts)? {
+    let upload = upload::Upload::of(layout)?;
+    let plan = match plan::plan(layout, opts, upload.as_ref())? {
         plan::Plan::Done(report) => return Ok(report.finish(started)),
         plan::Plan::Write(p) => p,
     };
     progress.set_length(opts.rows);
-    let mut report = write::write_units(opts, &plan.units, progress)?;
+    let mut report = write::write_units(opts, &plan.units, upload.as_ref(), progress)?;
     if plan.redeliver > 0 {
-        redeliver::write(opts, layout, &plan.earlier, plan.redeliver, &mut report)?;
+        redeliver::write(
+            opts,
+            layout,
+            &plan.earlier,
+            plan.redeliver,
+            upload.as_ref(),
+            &mut report,
+        )?;
         progress.inc(plan.redeliver);
     }
     let report = report.tally(opts.batch).finish(started);
-    plan::write_manifest(layout, opts, &report)?;
+    plan::write_manifest(layout, opts, &report, upload.as_ref())?;
+    if let Some(up) = &upload {
+        up.clean(&layout.raw_batch_dir(opts.batch));
+    }
     Ok(report)
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::GenerateOptions;
 use super::redeliver;
 use super::report::{Dirty, GenerateReport};
+use super::upload::Upload;
 use crate::error::{Error, Result};
 use crate::layout::{self, Layout};
 
@@ -44,9 +45,13 @@ pub(super) enum Plan {
     Write(WritePlan),
 }
 
-pub(super) fn plan(layout: &Layout, opts: &GenerateOptions) -> Result<Plan> {
+pub(super) fn plan(
+    layout: &Layout,
+    opts: &GenerateOptions,
+    upload: Option<&Upload>,
+) -> Result<Plan> {
     let batch_dir = layout.raw_batch_dir(opts.batch);
-    if let Some(done) = read_manifest(&batch_dir.join(MANIFEST))? {
+    if let Some(done) = read_manifest(&batch_dir.join(MANIFEST), upload)? {
         if done.config == *opts {
             tracing::info!(batch = opts.batch, "batch already complete; nothing to do");
             return Ok(Plan::Done(GenerateReport {
@@ -66,7 +71,7 @@ pub(super) fn plan(layout: &Layout, opts: &GenerateOptions) -> Result<Plan> {
     // Re-deliveries are copies of earlier batches' rows: decide how many, and take them from
     // the files already in the landing folder (so they are real duplicates).
     let expected_dirty = (opts.rows as f64 * opts.dirty_rate).round() as u64;
-    let earlier = redeliver::earlier_batch_files(layout, opts.batch, MANIFEST)?;
+    let earlier = redeliver::earlier_batch_files(layout, opts.batch, MANIFEST, upload)?;
     let redeliver = if earlier.is_empty() {
         0
     } else {
@@ -100,8 +105,15 @@ fn units(layout: &Layout, opts: &GenerateOptions, rows: u64) -> Vec<Unit> {
     units
 }
 
-fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
-    match std::fs::read(path) {
+fn read_manifest(path: &Path, upload: Option<&Upload>) -> Result<Option<Manifest>> {
+    let read = match upload {
+        Some(up) => match up.get(path)? {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => return Ok(None),
+        },
+        None => std::fs::read(path),
+    };
+    match read {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             Error::Invalid(format!(
                 "{} is not a valid batch manifest: {e}; delete it and rerun",
@@ -118,6 +130,7 @@ pub(super) fn write_manifest(
     layout: &Layout,
     opts: &GenerateOptions,
     report: &GenerateReport,
+    upload: Option<&Upload>,
 ) -> Result<()> {
     let path = layout.raw_batch_dir(opts.batch).join(MANIFEST);
     let body = serde_json::to_vec_pretty(&Manifest {
@@ -125,6 +138,9 @@ pub(super) fn write_manifest(
         report: report.clone(),
     })
     .expect("manifest serialises");
+    if let Some(up) = upload {
+        return up.put(&path, body);
+    }
     let tmp = layout::temp_path(&path);
     std::fs::write(&tmp, body)
         .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;

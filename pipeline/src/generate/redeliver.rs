@@ -14,6 +14,7 @@ use rand_pcg::Pcg64Mcg;
 
 use super::GenerateOptions;
 use super::report::{Dirty, GenerateReport};
+use super::upload::{self, Upload};
 use super::write::{CHUNK_ROWS, raw_writer_properties, unit_seed};
 use crate::error::{Error, Result};
 use crate::layout::{self, Layout};
@@ -26,10 +27,14 @@ pub(super) fn write(
     layout: &Layout,
     sources: &[PathBuf],
     count: u64,
+    upload: Option<&Upload>,
     report: &mut GenerateReport,
 ) -> Result<()> {
     let path = layout.raw_redelivery_file(opts.batch);
-    let (rows, bytes) = write_redelivery(opts, sources, count, &path)?;
+    let (rows, bytes) = write_redelivery(opts, sources, count, &path, upload)?;
+    if let Some(up) = upload {
+        up.put_file(&path)?;
+    }
     report.files += 1;
     report.rows += rows;
     report.bytes += bytes;
@@ -49,7 +54,11 @@ pub(super) fn earlier_batch_files(
     layout: &Layout,
     batch: u32,
     manifest: &str,
+    upload: Option<&Upload>,
 ) -> Result<Vec<PathBuf>> {
+    if let Some(up) = upload {
+        return earlier_batch_objects(layout, batch, manifest, up);
+    }
     let mut files = Vec::new();
     for b in batch.saturating_sub(WINDOW)..batch {
         let dir = layout.raw_batch_dir(b);
@@ -72,6 +81,42 @@ pub(super) fn earlier_batch_files(
     Ok(files)
 }
 
+/// [`earlier_batch_files`] on an object store: staging paths of the objects (read with
+/// [`upload::read`]). One listing of the landing folder, then one per complete batch.
+fn earlier_batch_objects(
+    layout: &Layout,
+    batch: u32,
+    manifest: &str,
+    up: &Upload,
+) -> Result<Vec<PathBuf>> {
+    let window = batch.saturating_sub(WINDOW)..batch;
+    let mut files = Vec::new();
+    for name in up.names(&layout.raw_dir())? {
+        let Some(b) = name
+            .strip_prefix("batch-")
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !window.contains(&b) {
+            continue;
+        }
+        let dir = layout.raw_batch_dir(b);
+        let names = up.names(&dir)?;
+        if !names.iter().any(|n| n == manifest) {
+            continue; // incomplete batch
+        }
+        for n in names {
+            let p = dir.join(&n);
+            if layout::is_landing_candidate(&p) && !n.starts_with("redelivered") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Copy `count` valid rows, picked at random from earlier batches' files, into one file.
 /// Reads one source file at a time, so memory stays at one file's worth.
 fn write_redelivery(
@@ -79,6 +124,7 @@ fn write_redelivery(
     sources: &[PathBuf],
     count: u64,
     path: &Path,
+    upload: Option<&Upload>,
 ) -> Result<(u64, u64)> {
     let mut rng = Pcg64Mcg::seed_from_u64(unit_seed(cfg.seed, cfg.batch, u32::MAX, u32::MAX));
     let mut per_file: BTreeMap<usize, u64> = BTreeMap::new();
@@ -95,8 +141,7 @@ fn write_redelivery(
     let mut written = 0u64;
     for (idx, want) in per_file {
         let src = &sources[idx];
-        let f =
-            File::open(src).map_err(|e| Error::io(format!("cannot open {}", src.display()), e))?;
+        let f = upload::read(upload, src)?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(f)?
             .with_batch_size(CHUNK_ROWS)
             .build()?;

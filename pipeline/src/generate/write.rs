@@ -23,6 +23,7 @@ use rand_pcg::Pcg64Mcg;
 use super::GenerateOptions;
 use super::plan::Unit;
 use super::report::{Dirty, GenerateReport};
+use super::upload::Upload;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::progress::Progress;
@@ -43,6 +44,7 @@ const MAX_CENTS: i64 = 999_999_999_999;
 pub(super) fn write_units(
     opts: &GenerateOptions,
     units: &[Unit],
+    upload: Option<&Upload>,
     progress: &Progress,
 ) -> Result<GenerateReport> {
     let next = AtomicUsize::new(0);
@@ -59,6 +61,9 @@ pub(super) fn write_units(
                             return Ok(());
                         };
                         let (bytes, dirty) = write_unit(opts, &shared, unit, progress)?;
+                        if let Some(up) = upload {
+                            up.put_file(&unit.path)?;
+                        }
                         let mut t = totals.lock().expect("no panics while locked");
                         t.files += 1;
                         t.rows += unit.rows;

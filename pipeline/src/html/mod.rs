@@ -160,7 +160,7 @@ svg {{ display: block; }}
 {figures}</body>
 </html>
 ",
-        escape(&layout.root().display().to_string()),
+        escape(&layout.shown()),
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
     )
 }

@@ -304,11 +304,35 @@ async fn check_files_exist(t: &DeltaTable, table: Table, run: i64, adds: &[Add])
 
 /// After a run: checkpoints where due, and compaction of the small bookkeeping tables.
 /// Failures are warnings: every commit has landed.
-pub async fn housekeeping(tables: &mut Tables, before: &HashMap<Table, i64>) -> Vec<String> {
+pub async fn housekeeping(
+    tables: &mut Tables,
+    before: &HashMap<Table, i64>,
+    compact: bool,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     if let Err(e) = tables.refresh().await {
         return vec![format!("housekeeping skipped ({})", e.chain())];
     }
+    if compact {
+        warnings.extend(compact_small_tables(tables).await);
+    }
+    for t in [
+        Table::Transactions,
+        Table::Quarantine,
+        Table::IngestFiles,
+        Table::TransactionIds,
+    ] {
+        let from = before.get(&t).copied().unwrap_or(0);
+        if let Some(w) = delta::commit::checkpoint_if_due(tables.get_mut(t), t, from).await {
+            warnings.push(w);
+        }
+    }
+    warnings
+}
+
+/// Merge the id index's and `ingest_files`' small files (under the compaction lock).
+async fn compact_small_tables(tables: &mut Tables) -> Vec<String> {
+    let mut warnings = Vec::new();
     match super::idindex::compact(&tables.ids).await {
         Ok(_) => {}
         Err(e) => warnings.push(format!(
@@ -323,17 +347,6 @@ pub async fn housekeeping(tables: &mut Tables, before: &HashMap<Table, i64>) -> 
             Table::IngestFiles,
             e.chain()
         ));
-    }
-    for t in [
-        Table::Transactions,
-        Table::Quarantine,
-        Table::IngestFiles,
-        Table::TransactionIds,
-    ] {
-        let from = before.get(&t).copied().unwrap_or(0);
-        if let Some(w) = delta::commit::checkpoint_if_due(tables.get_mut(t), t, from).await {
-            warnings.push(w);
-        }
     }
     warnings
 }

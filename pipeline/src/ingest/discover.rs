@@ -19,8 +19,9 @@ use futures::StreamExt;
 use super::report::ChangedFile;
 use crate::delta;
 use crate::error::{Error, Result};
-use crate::layout;
+use crate::layout::{self, Layout};
 use crate::schema::INGEST_FILES;
+use crate::store::StoreRoot;
 use crate::tables::Table;
 
 /// A landing stream: the files under one prefix of the landing folder, ingested in order.
@@ -32,16 +33,38 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// The stream of the files under `prefix` (`""`: the whole landing folder).
+    pub fn new(prefix: &str) -> Self {
+        let prefix = prefix.trim_matches('/');
+        Stream {
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+        }
+    }
+
     /// The application id under which every table records this stream's last run.
     pub fn app_id(&self) -> String {
         format!("pipeline.ingest.stream:{}", self.prefix)
     }
 }
 
+/// Where the landing folder is.
+pub enum Source {
+    /// A local folder.
+    Local(PathBuf),
+    /// `_raw/customer_transactions` of a data dir on an object store; files are downloaded
+    /// to the run's scratch folder before they are read.
+    Store(Arc<StoreRoot>),
+}
+
 /// A file in the landing folder.
 #[derive(Debug, Clone)]
 pub struct LandingFile {
-    /// Absolute path.
+    /// Local path to read it from (on an object store: of its downloaded copy, set by
+    /// [`Source::fetch`]).
     pub path: PathBuf,
     /// Path relative to the landing folder, `/`-separated: the file's name in every record.
     pub rel: String,
@@ -75,12 +98,13 @@ pub struct Discovered {
 
 /// List the stream's landing files and compare them with what was consumed.
 pub async fn discover(
-    raw_dir: &Path,
+    source: &Source,
     stream: &Stream,
     files_table: &DeltaTable,
+    scratch: &Path,
     workers: usize,
 ) -> Result<Discovered> {
-    let listed = list(raw_dir, &stream.prefix)?;
+    let listed = source.list(&stream.prefix).await?;
     let consumed = consumed(files_table, stream).await?;
     let mut new = Vec::new();
     let mut suspects = Vec::new();
@@ -90,6 +114,11 @@ pub async fn discover(
             Some(r) if r.size == f.size && r.modified_us == Some(f.modified_us) => {}
             Some(r) => suspects.push((f.clone(), r.clone())),
         }
+    }
+    let mut fetched: Vec<LandingFile> = suspects.iter().map(|(f, _)| f.clone()).collect();
+    source.fetch(&mut fetched, scratch, workers).await?;
+    for ((f, _), local) in suspects.iter_mut().zip(fetched) {
+        f.path = local.path;
     }
     let hashes = start_hashing(suspects.iter().map(|(f, _)| f.clone()).collect(), workers)
         .wait()
@@ -124,6 +153,123 @@ pub async fn discover(
         new,
         changed,
     })
+}
+
+impl Source {
+    /// Landing files under `prefix`, recursively, sorted by relative path.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<LandingFile>> {
+        match self {
+            Source::Local(dir) => list(dir, prefix),
+            Source::Store(root) => list_store(root, prefix).await,
+        }
+    }
+
+    /// Make `files` readable from local disk: on an object store, download them (at most
+    /// `workers` at once) into `scratch`, at their relative paths, and point `path` there.
+    pub async fn fetch(
+        &self,
+        files: &mut [LandingFile],
+        scratch: &Path,
+        workers: usize,
+    ) -> Result<()> {
+        let Source::Store(root) = self else {
+            return Ok(());
+        };
+        let dir = scratch.join("landing");
+        let downloads = files.iter().map(|f| {
+            let local = f.rel.split('/').fold(dir.clone(), |p, part| p.join(part));
+            let remote = root.path_of(&format!("{}/{}", Layout::LANDING, f.rel));
+            let root = root.clone();
+            async move {
+                download(&root, &remote, &local).await?;
+                Ok::<_, Error>(local)
+            }
+        });
+        let locals: Vec<PathBuf> = futures::stream::iter(downloads)
+            .buffered(workers.max(2) * 2)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        for (f, local) in files.iter_mut().zip(locals) {
+            f.path = local;
+        }
+        Ok(())
+    }
+}
+
+/// Landing files under `prefix` of the landing folder on an object store.
+async fn list_store(root: &StoreRoot, prefix: &str) -> Result<Vec<LandingFile>> {
+    let landing = root.path_of(Layout::LANDING);
+    let under = root.path_of(&format!("{}/{prefix}", Layout::LANDING));
+    let mut listing = root.store().list(Some(&under));
+    let mut out = Vec::new();
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| {
+            Error::io(
+                format!("cannot list {}", root.url_of(Layout::LANDING)),
+                std::io::Error::other(e),
+            )
+        })?;
+        let Some(parts) = meta.location.prefix_match(&landing) else {
+            continue;
+        };
+        let rel = parts
+            .map(|p| p.as_ref().to_string())
+            .collect::<Vec<_>>()
+            .join("/");
+        // Hidden or private folders on the way are skipped, as on local disk.
+        let hidden = rel
+            .split('/')
+            .any(|part| part.starts_with('.') || part.starts_with('_'));
+        if hidden || !layout::is_landing_candidate(Path::new(&rel)) || !rel.starts_with(prefix) {
+            continue;
+        }
+        out.push(LandingFile {
+            path: PathBuf::new(),
+            rel,
+            size: meta.size,
+            modified_us: meta.last_modified.timestamp_micros(),
+        });
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// Copy one object to a local file, streaming (a temporary name first).
+async fn download(root: &StoreRoot, remote: &deltalake::Path, local: &Path) -> Result<()> {
+    use object_store::ObjectStoreExt;
+    use tokio::io::AsyncWriteExt;
+    let shown = || root.object_url(remote);
+    let failed = |e: object_store::Error| {
+        Error::io(
+            format!("cannot download {}", shown()),
+            std::io::Error::other(e),
+        )
+    };
+    if let Some(dir) = local.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    }
+    let mut body = root
+        .store()
+        .get(remote)
+        .await
+        .map_err(failed)?
+        .into_stream();
+    let mut file = tokio::fs::File::create(local)
+        .await
+        .map_err(|e| Error::io(format!("cannot create {}", local.display()), e))?;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(failed)?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| Error::io(format!("cannot write {}", local.display()), e))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| Error::io(format!("cannot write {}", local.display()), e))
 }
 
 /// Landing files under `prefix`, recursively, sorted by relative path.

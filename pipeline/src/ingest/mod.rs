@@ -46,18 +46,50 @@ use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::rules::Limits;
 use crate::tables::Table;
-use discover::{Hashing, LandingFile};
+use discover::{Hashing, LandingFile, Source};
 use scratch::Scratch;
 
-/// Ingest the new landing files.
+/// Times a run is done again after losing the race to commit.
+const MAX_LOST_RACES: u32 = 8;
+
+/// Ingest the new landing files. A run that loses the race to commit to another writer
+/// (nothing of it committed) is done again from the tables' new versions: its dedup must see
+/// the ids the winner committed.
 pub async fn run(
     layout: &Layout,
     opts: &IngestOptions,
     progress: &Progress,
 ) -> Result<IngestReport> {
+    let mut lost = 0;
+    loop {
+        match run_once(layout, opts, progress).await {
+            Err(e @ Error::Conflict { .. }) if lost < MAX_LOST_RACES => {
+                lost += 1;
+                tracing::warn!(error = %e.chain(), lost, "another writer committed first; ingesting again");
+                // A little random wait, so racing writers do not collide again at once.
+                let ms = 50 + rand::random::<u64>() % (100 << lost.min(5));
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            Ok(mut report) => {
+                report.lost_races = lost;
+                return Ok(report);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn run_once(
+    layout: &Layout,
+    opts: &IngestOptions,
+    progress: &Progress,
+) -> Result<IngestReport> {
     let started = Instant::now();
-    let stream = Stream::default();
-    let raw_dir = landing_dir(layout)?;
+    let stream = Stream::new(layout.landing_prefix());
+    let source = landing(layout)?;
+    if let Some(store) = layout.store() {
+        store.require_conditional_writes().await?;
+    }
     // Scratch folders of killed runs go first, also when this run finds nothing new.
     scratch::remove_orphans(&layout.scratch_dir());
     let mut tables = Tables::open(layout).await?;
@@ -70,9 +102,14 @@ pub async fn run(
     sync_index(&mut tables, &stream, &scratch, opts, &mut report).await?;
     report.step("open", started);
     let t = Instant::now();
-    let new = discover(&raw_dir, &mut tables, &stream, opts, &mut report).await?;
+    let mut new = discover(&source, &mut tables, &stream, &scratch, opts, &mut report).await?;
     report.step("discover", t);
     if !new.is_empty() {
+        let t = Instant::now();
+        source.fetch(&mut new, &scratch.dir, opts.workers()).await?;
+        if layout.store().is_some() {
+            report.step("download", t);
+        }
         let run = Run::start(&tables, &stream, opts).await?;
         let (main_adds, record) =
             execute_setting_aside(&tables, new, &run, &scratch, opts, progress, &mut report)
@@ -85,9 +122,11 @@ pub async fn run(
         report.warnings.extend(warnings);
         report.step("commit", t);
         let t = Instant::now();
+        // Compactions only under the lock: two at once would both land (see CompactionLock).
+        let lock = crate::maintain::CompactionLock::take(layout, false)?;
         report
             .warnings
-            .extend(commit::housekeeping(&mut tables, &before).await);
+            .extend(commit::housekeeping(&mut tables, &before, lock.is_some()).await);
         report.step("housekeeping", t);
     }
     drop(scratch);
@@ -96,13 +135,15 @@ pub async fn run(
 
 /// Find the new files (and the changed ones), adopting those an earlier version consumed.
 async fn discover(
-    raw_dir: &std::path::Path,
+    source: &Source,
     tables: &mut Tables,
     stream: &Stream,
+    scratch: &Scratch,
     opts: &IngestOptions,
     report: &mut IngestReport,
 ) -> Result<Vec<LandingFile>> {
-    let found = discover::discover(raw_dir, stream, &tables.files, opts.workers()).await?;
+    let found =
+        discover::discover(source, stream, &tables.files, &scratch.dir, opts.workers()).await?;
     report.files_seen = found.seen;
     report.changed_files = found.changed;
     let new = adopt_legacy(tables, stream, found.new).await?;
@@ -302,7 +343,7 @@ async fn log_files(
         &hashes,
         &rows,
         &problems,
-        &Stream::default(),
+        &run.stream,
         run.seq,
         &run.id,
     )?;
@@ -324,16 +365,19 @@ pub async fn compact_index(t: &deltalake::DeltaTable) -> Result<u64> {
     idindex::compact(t).await
 }
 
-/// The landing folder, which must exist.
-fn landing_dir(layout: &Layout) -> Result<PathBuf> {
-    let raw_dir = layout.raw_dir();
+/// The landing folder; a local one must exist.
+fn landing(layout: &Layout) -> Result<Source> {
+    let Some(raw_dir) = layout.landing_dir() else {
+        let store = layout.store().expect("not local");
+        return Ok(Source::Store(store.clone()));
+    };
     if !raw_dir.is_dir() {
         return Err(Error::Invalid(format!(
             "landing folder {} does not exist: run `pipeline generate` first, or set --data-dir",
             raw_dir.display()
         )));
     }
-    Ok(raw_dir)
+    Ok(Source::Local(raw_dir))
 }
 
 fn versions(tables: &Tables) -> HashMap<Table, i64> {
@@ -451,6 +495,7 @@ use delta::Commit;
 
 /// One run: its number in the stream, its id and its rules' bounds.
 struct Run {
+    stream: Stream,
     seq: i64,
     id: String,
     reference: chrono::DateTime<chrono::Utc>,
@@ -467,6 +512,7 @@ impl Run {
             None => None,
         };
         Ok(Run {
+            stream: stream.clone(),
             seq: commit::seq(&tables.main, Table::Transactions, stream).await? + 1,
             id: uuid::Uuid::new_v4().to_string(),
             reference,

@@ -53,6 +53,9 @@ pub struct IngestReport {
     pub index_ids: u64,
     /// Commits that completed an earlier run's bookkeeping (after a crash between commits).
     pub caught_up_commits: u64,
+    /// Times this run lost the race to commit to another writer (another ingest process on
+    /// another landing prefix) and was done again from the tables' new versions.
+    pub lost_races: u32,
     /// Things that did not stop the run (a checkpoint not written, a compaction skipped).
     pub warnings: Vec<String>,
     /// Seconds spent in each step of the run, in order.

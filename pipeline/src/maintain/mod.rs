@@ -163,7 +163,9 @@ pub async fn run(layout: &Layout, opts: &MaintainOptions) -> Result<MaintainRepo
 /// `dataChange: false` removes, so two compactions of the same files at once both land and
 /// every row of those files is then in the table twice (reproduced with `maintain` beside
 /// `run --follow`). One compactor at a time per data dir, by an advisory lock on
-/// `DATA_DIR/_pipeline/compaction.lock` (local file systems; released with the process).
+/// `DATA_DIR/_pipeline/compaction.lock` (released with the process). On an object store the
+/// lock file is in the local scratch space, so it holds per machine only: run compactions
+/// (`maintain`, `run --follow`) from one machine.
 pub struct CompactionLock {
     _file: std::fs::File,
 }
@@ -172,10 +174,10 @@ impl CompactionLock {
     /// Take the lock; `wait: false` returns `None` at once when another process holds it.
     /// `None` too when the data dir does not exist (nothing to compact; nothing created).
     pub fn take(layout: &Layout, wait: bool) -> Result<Option<Self>> {
-        if !layout.root().is_dir() {
+        if layout.local_root().is_some_and(|root| !root.is_dir()) {
             return Ok(None);
         }
-        let dir = layout.root().join("_pipeline");
+        let dir = layout.lock_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join("compaction.lock");

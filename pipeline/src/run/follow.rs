@@ -38,7 +38,7 @@ use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::report::{Report, Summary, thousands};
 use crate::tables::Table;
-use crate::{aggregate, cql, ingest, load, maintain, profiles};
+use crate::{aggregate, cql, delta, ingest, load, maintain, profiles};
 
 /// How `run --follow` runs.
 #[derive(Debug, Clone, Args)]
@@ -465,7 +465,7 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
         acknowledge(st, &mut b);
     }
     // After load: the profiles do not hold up the rows users look up.
-    if selected.contains(&Stage::Profiles) && exists(layout, Table::Aggregates) {
+    if selected.contains(&Stage::Profiles) && exists(layout, Table::Aggregates).await {
         let t = Instant::now();
         if let Err(e) = profiles::run(layout, &opts.profiles).await {
             survivable("profiles", e, st, &mut b)?;
@@ -525,11 +525,12 @@ fn survivable(stage: &str, e: Error, st: &State, b: &mut MicroBatch) -> Result<(
 
 async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Result<()> {
     // A stream may start before its source: wait for the landing folder (said once).
-    if !layout.raw_dir().is_dir() {
+    let landing = layout.landing_dir();
+    if landing.as_ref().is_some_and(|d| !d.is_dir()) {
         if !st.waiting_said {
             eprintln!(
                 "waiting for the landing folder {} to appear",
-                layout.raw_dir().display()
+                landing.as_ref().expect("checked").display()
             );
             st.waiting_said = true;
         }
@@ -580,7 +581,7 @@ async fn aggregate_step(
     st: &mut State,
     b: &mut MicroBatch,
 ) -> Result<()> {
-    if !exists(layout, Table::Transactions) {
+    if !exists(layout, Table::Transactions).await {
         return Ok(()); // nothing ingested yet
     }
     match aggregate::run(layout, &opts.aggregate, &Progress::hidden()).await {
@@ -602,7 +603,7 @@ async fn load_step(
     st: &mut State,
     b: &mut MicroBatch,
 ) -> Result<()> {
-    if !exists(layout, Table::Aggregates) {
+    if !exists(layout, Table::Aggregates).await {
         return Ok(()); // nothing aggregated yet
     }
     if st.session.is_none() {
@@ -631,8 +632,8 @@ async fn load_step(
 
 /// Whether a stage has created `table` (its log folder is there): until then the stages
 /// after it wait rather than fail, as a stream may start before its source.
-fn exists(layout: &Layout, table: Table) -> bool {
-    layout.table_dir(table).join("_delta_log").is_dir()
+async fn exists(layout: &Layout, table: Table) -> bool {
+    delta::has_log(layout, table).await.unwrap_or(false)
 }
 
 async fn connect(opts: &RunOptions) -> Result<Session> {

@@ -135,7 +135,7 @@ impl Report for HistoryReport {
 /// an empty one.
 pub async fn history(layout: &Layout, o: &HistoryOptions) -> Result<HistoryReport> {
     let mut report = HistoryReport {
-        table: layout.table_dir(Table::RunHistory).display().to_string(),
+        table: layout.table_shown(Table::RunHistory),
         runs: Vec::new(),
     };
     let Some(table) = delta::open(layout, Table::RunHistory).await? else {

@@ -121,7 +121,7 @@ async fn latest(layout: &Layout, table: Table) -> Result<DeltaTable> {
     delta::open(layout, table).await?.ok_or_else(|| {
         Error::Invalid(format!(
             "table {table} does not exist yet in {} (run the pipeline first: `pipeline run`)",
-            layout.root().display()
+            layout.shown()
         ))
     })
 }
