@@ -74,6 +74,28 @@ fn same_seed_same_rows_different_seed_different_rows() {
     assert_eq!(ra, rb);
     assert_ne!(ra, rc);
     assert_eq!(ra.iter().map(|b| b.num_rows()).sum::<usize>(), 5_000);
+
+    // Neighbouring seeds share no row (the seed once met the file number in one XOR).
+    let d = tempfile::tempdir().unwrap();
+    generate_into(
+        d.path(),
+        &GenerateOptions {
+            seed: cfg.seed + 1,
+            ..cfg.clone()
+        },
+    );
+    let ids = |batches: &[RecordBatch]| -> std::collections::HashSet<String> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let col = b.column_by_name("transaction_id").unwrap();
+                let col = col.as_string::<i32>();
+                col.iter().flatten().map(str::to_string).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let shared = ids(&ra).intersection(&ids(&rows_of(d.path()))).count();
+    assert_eq!(shared, 0, "seeds {} and {} share rows", cfg.seed, cfg.seed + 1);
 }
 
 #[test]

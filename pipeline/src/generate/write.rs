@@ -132,11 +132,18 @@ pub fn raw_writer_properties() -> WriterProperties {
 
 pub(super) fn unit_seed(seed: u64, batch: u32, day: u32, part: u32) -> u64 {
     // SplitMix64 finaliser over the unit's coordinates: well-mixed, stable across versions.
-    let mut z = seed
+    // The seed is mixed on its own first: XORed in raw, seeds 100 and 101 gave the same
+    // files (100 ^ part 1 == 101 ^ part 0), so two "different" feeds were mostly duplicates.
+    let z = splitmix(seed)
         ^ (u64::from(batch) << 40)
         ^ (u64::from(day) << 20)
-        ^ u64::from(part)
-        ^ 0x9E37_79B9_7F4A_7C15;
+        ^ u64::from(part);
+    splitmix(z)
+}
+
+/// The SplitMix64 finaliser.
+fn splitmix(mut z: u64) -> u64 {
+    z ^= 0x9E37_79B9_7F4A_7C15;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
