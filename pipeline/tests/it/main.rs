@@ -10,6 +10,7 @@ mod exactly_once;
 mod ingest;
 mod maintain;
 mod object_store;
+mod on_s3;
 mod profiles;
 mod report;
 mod scylla;

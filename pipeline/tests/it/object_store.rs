@@ -10,21 +10,22 @@ use std::time::{Duration, Instant};
 
 use crate::common::Data;
 
-const KEY_ID: &str = "pipeline-test";
-const SECRET: &str = "pipeline-test-secret";
+pub(crate) const KEY_ID: &str = "pipeline-test";
+pub(crate) const SECRET: &str = "pipeline-test-secret";
 pub(crate) const BUCKET: &str = "lake";
 
 /// A SeaweedFS (`weed mini`) on free loopback ports, stopped when dropped.
 pub(crate) struct Seaweed {
-    child: Child,
+    child: Option<Child>,
+    bin: PathBuf,
+    args: Vec<String>,
     pub(crate) endpoint: String,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Seaweed {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -65,12 +66,15 @@ impl Seaweed {
         };
         let dir = tempfile::tempdir().unwrap();
         let s3 = free_port();
-        let mut cmd = Command::new(bin);
-        cmd.arg("mini")
-            .arg(format!("-dir={}", dir.path().display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false"])
-            .arg(format!("-bucket={BUCKET}"))
-            .arg(format!("-s3.port={s3}"));
+        let mut args = vec![
+            "mini".to_string(),
+            format!("-dir={}", dir.path().display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-webdav=false".into(),
+            format!("-bucket={BUCKET}"),
+            format!("-s3.port={s3}"),
+        ];
         for flag in [
             "admin.port",
             "admin.port.grpc",
@@ -86,24 +90,45 @@ impl Seaweed {
             "s3.port.lance",
             "metricsPort",
         ] {
-            cmd.arg(format!("-{flag}={}", free_port()));
+            args.push(format!("-{flag}={}", free_port()));
         }
-        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-        let child = cmd
+        let mut server = Seaweed {
+            child: None,
+            bin,
+            args,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            _dir: dir,
+        };
+        server.resume();
+        Some(server)
+    }
+
+    /// Stop the server (as an outage would).
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same ports and data (after [`Seaweed::stop`]).
+    pub(crate) fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path().join("weed.log"))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .args(&self.args)
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .current_dir(dir.path())
+            .current_dir(self._dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start weed mini");
-        let server = Seaweed {
-            child,
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            _dir: dir,
-        };
-        server.wait_ready();
-        Some(server)
+        self.child = Some(child);
+        self.wait_ready();
     }
 
     /// Until the bucket answers a listing.
