@@ -15,7 +15,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-follow clean-data docker cql-test-server seaweedfs
+.PHONY: help setup build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-s3 bench-follow clean-data docker cql-test-server seaweedfs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -93,8 +93,12 @@ lint: setup ## cargo fmt --check and clippy with warnings as errors
 bench-follow: release ## Continuous mode at RATE rows/s (RATE=50000) for DURATION (DURATION=120s): freshness, RSS, file counts
 	bench/follow.sh $(or $(RATE),50000) $(or $(DURATION),120s)
 
-bench: release ## Benchmark the stages at N rows (N=10000000) in a fresh temp dir (release build)
+bench: release seaweedfs ## Benchmark the stages at N rows (N=10000000) in a fresh temp dir (release build), then generate/ingest/aggregate on S3 (SeaweedFS) beside local disk
 	bench/run.sh $(N)
+	@if [ -x target/seaweedfs-venv/bin/weed ]; then bench/s3.sh $(N); else echo "WARNING: SeaweedFS not installed: no S3 variant"; fi
+
+bench-s3: release seaweedfs ## generate/ingest/aggregate at N rows (N=10000000; several: N="1000000 10000000") on S3 (a local SeaweedFS) beside local disk: ratio and peak RSS
+	bench/s3.sh $(or $(N),10000000)
 
 cql-test-server: setup ## Run the in-memory CQL test server on PORT (9042) to try load/lookup by hand; not a database
 	cargo run $(CARGO_PROFILE) --locked -p cql-test-server -- --port $(PORT)
