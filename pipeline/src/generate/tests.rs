@@ -95,7 +95,13 @@ fn same_seed_same_rows_different_seed_different_rows() {
             .collect()
     };
     let shared = ids(&ra).intersection(&ids(&rows_of(d.path()))).count();
-    assert_eq!(shared, 0, "seeds {} and {} share rows", cfg.seed, cfg.seed + 1);
+    assert_eq!(
+        shared,
+        0,
+        "seeds {} and {} share rows",
+        cfg.seed,
+        cfg.seed + 1
+    );
 }
 
 #[test]

@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::store::StoreRoot;
 
+/// Bytes per upload request of a generated file.
+const UPLOAD_PART: usize = 8 << 20;
+
 /// Uploads from the staging folder to the landing folder on the store.
 pub(super) struct Upload {
     root: Arc<StoreRoot>,
@@ -96,11 +99,30 @@ impl Upload {
             .map_err(|e| self.failed("upload", local, e))
     }
 
-    /// Upload the staged file `local` to its object, then remove the local copy.
+    /// Upload the staged file `local` to its object, then remove the local copy. Streamed:
+    /// one `PUT` up to [`UPLOAD_PART`] bytes, a multipart upload (completed last, so the object
+    /// is still whole or absent) above it; memory stays at a few parts whatever the file size.
     pub(super) fn put_file(&self, local: &Path) -> Result<()> {
-        let body = std::fs::read(local)
-            .map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?;
-        self.put(local, body)?;
+        use tokio::io::AsyncWriteExt;
+        let store = self.root.store().clone();
+        let object = self.object(local);
+        let cannot_read = |e| Error::io(format!("cannot read {}", local.display()), e);
+        self.block_on(async {
+            let mut file = tokio::fs::File::open(local).await.map_err(cannot_read)?;
+            let mut up =
+                object_store::buffered::BufWriter::with_capacity(store, object, UPLOAD_PART)
+                    .with_max_concurrency(2);
+            let sent = async {
+                tokio::io::copy(&mut file, &mut up).await?;
+                up.shutdown().await
+            }
+            .await;
+            if let Err(e) = sent {
+                let _ = up.abort().await;
+                return Err(Error::io(format!("cannot upload {}", self.shown(local)), e));
+            }
+            Ok(())
+        })?;
         let _ = std::fs::remove_file(local);
         Ok(())
     }

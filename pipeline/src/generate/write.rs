@@ -134,10 +134,7 @@ pub(super) fn unit_seed(seed: u64, batch: u32, day: u32, part: u32) -> u64 {
     // SplitMix64 finaliser over the unit's coordinates: well-mixed, stable across versions.
     // The seed is mixed on its own first: XORed in raw, seeds 100 and 101 gave the same
     // files (100 ^ part 1 == 101 ^ part 0), so two "different" feeds were mostly duplicates.
-    let z = splitmix(seed)
-        ^ (u64::from(batch) << 40)
-        ^ (u64::from(day) << 20)
-        ^ u64::from(part);
+    let z = splitmix(seed) ^ (u64::from(batch) << 40) ^ (u64::from(day) << 20) ^ u64::from(part);
     splitmix(z)
 }
 

@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::{ObjectStore, ObjectStoreExt};
 use rand::Rng;
 
 use crate::aggregate::table;
@@ -62,9 +62,17 @@ fn mirror(s3: &Seaweed, name: &str) -> Data {
                 .unwrap()
                 .map(|p| p.as_ref().to_string())
                 .collect();
-            let local = rel.iter().fold(d.path().to_path_buf(), |p, part| p.join(part));
+            let local = rel
+                .iter()
+                .fold(d.path().to_path_buf(), |p, part| p.join(part));
             std::fs::create_dir_all(local.parent().unwrap()).unwrap();
-            let body = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+            let body = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             std::fs::write(local, body).unwrap();
         }
     });
@@ -85,7 +93,8 @@ fn copy(s3: &Seaweed, from: &str, to: &str) {
 /// The landing files of `name` under `prefix` (relative to the data dir).
 fn landed(s3: &Seaweed, name: &str, prefix: &str) -> Vec<String> {
     let store = client(s3);
-    let under = object_store::path::Path::from(format!("{name}/_raw/customer_transactions/{prefix}"));
+    let under =
+        object_store::path::Path::from(format!("{name}/_raw/customer_transactions/{prefix}"));
     let mut out: Vec<String> = rt().block_on(async {
         store
             .list(Some(&under))
@@ -154,7 +163,10 @@ fn the_pipeline_on_s3_equals_a_local_run_and_other_readers_read_it() {
     let m = mirror(&s3, "whole");
     let (expected, got) = (world(&local, &cl), world(&m, &cr));
     assert!(rows(&local.table(TX)).len() > 15_000, "a real run");
-    assert_eq!(got, expected, "the tables and ScyllaDB on S3 equal a local run's");
+    assert_eq!(
+        got, expected,
+        "the tables and ScyllaDB on S3 equal a local run's"
+    );
     // Nothing of the local scratch space went to the store, and the landing files did.
     assert!(!m.path().join("_scratch").exists());
     let landing = |d: &Data| {
@@ -163,7 +175,11 @@ fn the_pipeline_on_s3_equals_a_local_run_and_other_readers_read_it() {
         files.retain(|f| f.extension().is_some_and(|e| e == "parquet"));
         files.len()
     };
-    assert_eq!(landed(&s3, "whole", "").len(), landing(&local), "the landing files");
+    assert_eq!(
+        landed(&s3, "whole", "").len(),
+        landing(&local),
+        "the landing files"
+    );
 
     // Another Delta reader (delta-rs's Python binding) reads the tables from S3.
     let Some(python) = python_with_deltalake() else {
@@ -263,13 +279,21 @@ fn three_ingest_processes_on_three_prefixes_commit_every_row_exactly_once() {
     }
     // The same file delivered to two prefixes: its rows must be committed once.
     let east = landed(&s3, "three", "east");
-    let twin = east[0].replace("/east/", "/west/").replace(".parquet", "-twin.parquet");
+    let twin = east[0]
+        .replace("/east/", "/west/")
+        .replace(".parquet", "-twin.parquet");
     copy(&s3, &east[0], &twin);
     let raw = local.path().join("_raw/customer_transactions");
-    let rel = east[0].split_once("/_raw/customer_transactions/").unwrap().1;
+    let rel = east[0]
+        .split_once("/_raw/customer_transactions/")
+        .unwrap()
+        .1;
     std::fs::copy(
         raw.join(rel),
-        raw.join(rel.replace("east/", "west/").replace(".parquet", "-twin.parquet")),
+        raw.join(
+            rel.replace("east/", "west/")
+                .replace(".parquet", "-twin.parquet"),
+        ),
     )
     .unwrap();
 
@@ -302,7 +326,10 @@ fn three_ingest_processes_on_three_prefixes_commit_every_row_exactly_once() {
         started.elapsed().as_secs_f64()
     );
     let landed_files: usize = PREFIXES.iter().map(|p| landed(&s3, "three", p).len()).sum();
-    assert_eq!(files, landed_files as u64, "every landing file ingested by its prefix's process");
+    assert_eq!(
+        files, landed_files as u64,
+        "every landing file ingested by its prefix's process"
+    );
     for p in PREFIXES {
         local.ok(&["--landing-prefix", p, "ingest"]);
     }
@@ -318,7 +345,11 @@ fn three_ingest_processes_on_three_prefixes_commit_every_row_exactly_once() {
     assert_eq!(got.len(), distinct.len(), "no row committed twice");
     let expected: BTreeSet<_> = rows(&local.table(TX)).into_iter().collect();
     assert!(expected.len() > 40_000, "{}", expected.len());
-    assert_eq!(distinct, expected.iter().collect(), "every row exactly once");
+    assert_eq!(
+        distinct,
+        expected.iter().collect(),
+        "every row exactly once"
+    );
 }
 
 /// Files of one batch big enough that ingest takes a moment.
@@ -363,7 +394,10 @@ fn a_store_outage_mid_ingest_commits_nothing_and_the_rerun_completes() {
     let reached = PathBuf::from(format!("{}.reached", gate.display()));
     let t = Instant::now();
     while !reached.exists() {
-        assert!(t.elapsed() < Duration::from_secs(120), "ingest never reached its commit");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "ingest never reached its commit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The store goes away just as ingest commits.
@@ -372,7 +406,10 @@ fn a_store_outage_mid_ingest_commits_nothing_and_the_rerun_completes() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the commit cannot succeed: {err}");
-    assert!(err.contains("customer_transactions"), "says which table: {err}");
+    assert!(
+        err.contains("customer_transactions"),
+        "says which table: {err}"
+    );
     assert!(!err.contains(SECRET), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
@@ -404,7 +441,13 @@ fn kills_at_random_moments_on_s3_rerun_to_a_clean_runs_result() {
     for args in steps {
         let delay = Duration::from_millis(rng.random_range(150..2500));
         let mut child = remote
-            .command(args, &cr.env().iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())
+            .command(
+                args,
+                &cr.env()
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect::<Vec<_>>(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
