@@ -74,9 +74,28 @@ pub async fn run(
                 report.lost_races = lost;
                 return Ok(report);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(named_as_landed(layout, e)),
         }
     }
+}
+
+/// A bad file read from its downloaded copy is named by its object's URL, where the user can
+/// fix or remove it.
+fn named_as_landed(layout: &Layout, e: Error) -> Error {
+    let (Some(root), Error::BadInput { path, problem }) = (layout.store(), &e) else {
+        return e;
+    };
+    let Ok(under) = path.strip_prefix(layout.scratch_dir()) else {
+        return e;
+    };
+    // <scratch>/ingest-<pid>-<uuid>/landing/<rel>
+    let rel: Vec<String> = under
+        .components()
+        .skip(2)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let object = root.path_of(&format!("{}/{}", Layout::LANDING, rel.join("/")));
+    Error::bad_input(root.object_url(&object), problem.clone())
 }
 
 async fn run_once(

@@ -467,3 +467,34 @@ fn kills_at_random_moments_on_s3_rerun_to_a_clean_runs_result() {
     let m = mirror(&s3, "kills");
     assert_eq!(world(&m, &cr), world(&local, &cl), "kills: {kills:?}");
 }
+
+#[test]
+fn a_bad_landing_file_on_s3_is_named_by_its_url_and_nothing_is_committed() {
+    let Some(s3) = Seaweed::start("a bad landing file on S3") else {
+        return;
+    };
+    let remote = on_store(&s3, "bad");
+    outage_batch(&remote);
+    let bad = "bad/_raw/customer_transactions/batch-000001/zz-bad.parquet";
+    rt().block_on(async {
+        client(&s3)
+            .put(&bad.into(), b"not parquet".to_vec().into())
+            .await
+            .unwrap();
+    });
+    let out = remote.run_env(&["ingest"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("s3://{BUCKET}/{bad}: not a readable Parquet file")),
+        "names the object, not its downloaded copy: {err}"
+    );
+    assert!(
+        rows(&mirror(&s3, "bad").table(TX)).is_empty(),
+        "nothing committed"
+    );
+    // No downloaded copy is left in the scratch space.
+    let mut left = Vec::new();
+    crate::common::walk(remote.path(), &mut left);
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+}
