@@ -333,6 +333,29 @@ pub fn list(dir: &Path, prefix: &str) -> Result<Vec<LandingFile>> {
 }
 
 /// The stream's consumed files, from `ingest_files`.
+/// Every stream with a file recorded in `ingest_files`.
+pub async fn streams(t: &DeltaTable) -> Result<std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeSet::new();
+    let store = t.object_store();
+    for f in delta::files(t, Table::IngestFiles, None)? {
+        let mut batches = delta::read::columns(store.clone(), &f.path, &["stream"]).await?;
+        while let Some(b) = batches.next().await {
+            let b = b?;
+            let col = b
+                .column_by_name("stream")
+                .and_then(|c| c.as_string_opt::<i32>());
+            let Some(col) = col else {
+                return Err(Error::DamagedLog {
+                    table: Table::IngestFiles.name().into(),
+                    what: "a data file has no string column stream".into(),
+                });
+            };
+            out.extend(col.iter().flatten().map(str::to_string));
+        }
+    }
+    Ok(out)
+}
+
 async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<HashMap<String, Recorded>> {
     let mut out = HashMap::new();
     let store = t.object_store();

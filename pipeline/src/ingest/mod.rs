@@ -369,14 +369,22 @@ async fn log_files(
     write_batch(&tables.files, Table::IngestFiles, batch).await
 }
 
-/// Complete ingest runs interrupted between their commits (`maintain` does this before it
-/// removes any file). Returns the commits made.
+/// Complete ingest runs interrupted between their commits, of every landing stream
+/// (`maintain` does this before it removes any file). Returns the commits made.
 pub async fn complete_interrupted_runs(layout: &Layout) -> Result<u64> {
     if delta::open(layout, Table::Transactions).await?.is_none() {
         return Ok(0);
     }
     let mut tables = Tables::open(layout).await?;
-    catch_up(&mut tables, &Stream::default()).await
+    // Every stream that has recorded a file (a stream whose first run was interrupted has
+    // none yet: its own next ingest completes it).
+    let mut streams = discover::streams(&tables.files).await?;
+    streams.insert(String::new());
+    let mut commits = 0;
+    for prefix in streams {
+        commits += catch_up(&mut tables, &Stream { prefix }).await?;
+    }
+    Ok(commits)
 }
 
 /// Merge the id index's files of similar size (`maintain`); returns the files merged.

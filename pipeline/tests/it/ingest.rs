@@ -353,3 +353,46 @@ fn a_wrong_column_type_is_a_clear_error_and_commits_nothing() {
         "the good files of the same run were not committed either"
     );
 }
+
+#[test]
+fn maintain_completes_an_interrupted_run_of_every_landing_prefix() {
+    let d = Data::new();
+    for (prefix, batch, seed) in [("east", "1", "1"), ("west", "1", "2"), ("east", "2", "3")] {
+        generate(
+            &d,
+            &[
+                "--landing-prefix",
+                prefix,
+                "--batch",
+                batch,
+                "--seed",
+                seed,
+                "--rows",
+                "3000",
+                "--days",
+                "2",
+            ],
+        );
+        if batch == "1" {
+            d.ok(&["--landing-prefix", prefix, "ingest"]);
+        }
+    }
+    // East's second run is killed after its main commit, before its bookkeeping commits.
+    let crashed = d.run_env(
+        &["--landing-prefix", "east", "ingest"],
+        &[("PIPELINE_FAILPOINTS", "ingest.between_commits")],
+    );
+    assert!(!crashed.status.success());
+    let before = version(&d.table("_pipeline/ingest_files")).unwrap();
+    let r = d.ok(&["maintain"]);
+    assert!(u(&r, "caught_up_commits") >= 3, "{r}");
+    assert!(version(&d.table("_pipeline/ingest_files")).unwrap() > before);
+    // Nothing is left for east's next run to complete, and it reads no file again.
+    let r = d.ok(&["--landing-prefix", "east", "ingest"]);
+    assert_eq!(u(&r, "caught_up_commits"), 0, "{r}");
+    assert_eq!(u(&r, "files_ingested"), 0, "{r}");
+    let ids = rows(&d.table(TX));
+    let distinct: HashSet<_> = ids.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), distinct.len());
+    assert!(ids.len() > 8_000, "{}", ids.len());
+}
