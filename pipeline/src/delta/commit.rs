@@ -11,6 +11,7 @@
 //! logs are cleaned by `maintain`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use deltalake::DeltaTable;
 use deltalake::DeltaTableError;
@@ -42,7 +43,13 @@ pub struct Commit {
     operation: DeltaOperation,
     metadata: HashMap<String, Value>,
     retries: usize,
+    land_over: Option<LandOver>,
 }
+
+/// Decides from a newer commit's actions (raw log JSON) whether a commit that lost the race
+/// to it may still land on top of it unchanged.
+pub type LandOver =
+    Arc<dyn Fn(Vec<Value>) -> futures::future::BoxFuture<'static, Result<bool>> + Send + Sync>;
 
 impl Commit {
     /// A commit to `table` of the given kind.
@@ -54,6 +61,7 @@ impl Commit {
             operation,
             metadata: HashMap::new(),
             retries: 0,
+            land_over: None,
         }
     }
 
@@ -82,6 +90,12 @@ impl Commit {
     /// Add `key: value` to the commit's `commitInfo` (shown by `DESCRIBE HISTORY`).
     pub fn meta(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.metadata.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Besides compactions, let the commit land on top of newer commits that `check` accepts.
+    pub fn land_over_if(mut self, check: LandOver) -> Self {
+        self.land_over = Some(check);
         self
     }
 
@@ -117,7 +131,8 @@ impl Commit {
         self.attempt(&t, &commit_id).await
     }
 
-    /// Whether every commit after `t`'s version changed no data; `t` is then moved to the
+    /// Whether every commit after `t`'s version changed no data (or is accepted by the
+    /// commit's [`LandOver`] check); `t` is then moved to the
     /// latest version.
     async fn only_data_neutral_since(&self, t: &mut DeltaTable) -> Result<bool> {
         let name = self.table.name();
@@ -135,15 +150,19 @@ impl Commit {
             let Some(actions) = log::actions(&latest, self.table, v).await? else {
                 return Ok(false);
             };
-            if !actions.iter().all(log::is_data_neutral) {
-                return Ok(false);
+            if actions.iter().all(log::is_data_neutral) {
+                continue;
+            }
+            match &self.land_over {
+                Some(check) if check(actions).await? => {}
+                _ => return Ok(false),
             }
         }
         tracing::info!(
             table = name,
             from,
             to,
-            "landing on top of compaction commits"
+            "landing on top of newer commits that do not touch this one's decisions"
         );
         *t = latest;
         Ok(true)

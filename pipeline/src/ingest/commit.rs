@@ -97,6 +97,9 @@ pub struct RunRecord {
     pub info: Vec<(&'static str, Value)>,
     /// The derived tables' files, by table.
     pub derived: BTreeMap<Table, Vec<Add>>,
+    /// Whether the commit may land on top of other streams' runs whose ids it does not share
+    /// ([`disjoint_runs`]) instead of losing the race.
+    pub lands_over_other_streams: bool,
 }
 
 /// Commit a run: the main table, then the derived tables. Returns the main version and the
@@ -122,6 +125,14 @@ pub async fn commit_run(
         .meta(DERIVED_KEY, Value::Object(derived_json));
     for (k, v) in &run.info {
         commit = commit.meta(k, v.clone());
+    }
+    if run.lands_over_other_streams {
+        let ours = run
+            .derived
+            .get(&Table::TransactionIds)
+            .cloned()
+            .unwrap_or_default();
+        commit = commit.land_over_if(disjoint_runs(tables.ids.clone(), stream, ours));
     }
     crate::failpoints::hit("ingest.before_commit");
     crate::failpoints::pause("ingest.before_commit");
@@ -155,6 +166,47 @@ pub async fn commit_run(
         }
     }
     Ok((version, quarantine_version, warnings))
+}
+
+/// The check that lets a run's main commit land on top of a newer commit instead of doing
+/// the run again: the newer commit is another stream's ingest run (never this stream's, a
+/// compaction or anything else) and none of its accepted ids (its `transaction_ids` files,
+/// named in its commit) is among this run's. This run's dedup then decided exactly as it would
+/// have after that commit: the ids it accepted are still new, and the rows it called
+/// duplicates still are. Reads the two runs' index files one id range at a time.
+fn disjoint_runs(ids: DeltaTable, stream: &Stream, ours: Vec<Add>) -> delta::commit::LandOver {
+    let prefix = stream.prefix.clone();
+    std::sync::Arc::new(move |actions: Vec<Value>| {
+        let (ids, prefix, ours) = (ids.clone(), prefix.clone(), ours.clone());
+        Box::pin(async move {
+            let Some(info) = delta::log::commit_info(&actions) else {
+                return Ok(false);
+            };
+            let text = |k: &str| info.get(k).and_then(Value::as_str);
+            if text("pipeline.stage") != Some("ingest") || text("pipeline.stream") == Some(&prefix)
+            {
+                return Ok(false);
+            }
+            let Some(theirs) = info
+                .get(DERIVED_KEY)
+                .and_then(|d| d.get(Table::TransactionIds.name()))
+                .and_then(|a| serde_json::from_value::<Vec<Add>>(a.clone()).ok())
+            else {
+                return Ok(false);
+            };
+            let (a, b) = (
+                super::idindex::IdIndex::of_adds(&ids, &ours).await?,
+                super::idindex::IdIndex::of_adds(&ids, &theirs).await?,
+            );
+            let shared = a.shares_any_with(&b).await?;
+            if shared {
+                tracing::info!(
+                    "another stream's run committed some of the same ids: redoing this run"
+                );
+            }
+            Ok(!shared)
+        })
+    })
 }
 
 /// Commit one derived table's files of run `seq` with the run number as its `txn`, unless

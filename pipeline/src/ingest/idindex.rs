@@ -89,11 +89,28 @@ pub struct IdIndex {
 impl IdIndex {
     /// Load the footers of every index file.
     pub async fn open(t: &DeltaTable) -> Result<Self> {
+        let files = delta::files(t, Table::TransactionIds, None)?
+            .into_iter()
+            .map(|f| (f.path, f.size))
+            .collect();
+        Self::of_files(t, files).await
+    }
+
+    /// The index made of just these files of `t` (committed or not).
+    pub async fn of_adds(t: &DeltaTable, adds: &[Add]) -> Result<Self> {
+        let files = adds
+            .iter()
+            .map(|a| (deltalake::Path::from(a.path.as_str()), a.size.max(0) as u64))
+            .collect();
+        Self::of_files(t, files).await
+    }
+
+    async fn of_files(t: &DeltaTable, list: Vec<(deltalake::Path, u64)>) -> Result<Self> {
         let store = t.object_store();
         let mut files = Vec::new();
-        for f in delta::files(t, Table::TransactionIds, None)? {
+        for (path, size) in list {
             #[allow(deprecated)]
-            let mut reader = ParquetObjectReader::new(store.clone(), f.path.clone());
+            let mut reader = ParquetObjectReader::new(store.clone(), path.clone());
             let meta = ArrowReaderMetadata::load_async(&mut reader, Default::default()).await?;
             let ranges = meta
                 .metadata()
@@ -111,14 +128,42 @@ impl IdIndex {
                 })
                 .collect();
             files.push(IndexFile {
-                path: f.path,
+                path,
                 ids: meta.metadata().file_metadata().num_rows().max(0) as u64,
-                size: f.size,
+                size,
                 meta,
                 ranges,
             });
         }
         Ok(IdIndex { store, files })
+    }
+
+    /// Whether this index and `other` have an id in common. Reads both one id range at a
+    /// time (a 64th of the id space), so memory stays at a range's ids.
+    pub async fn shares_any_with(&self, other: &IdIndex) -> Result<bool> {
+        if self.len() == 0 || other.len() == 0 {
+            return Ok(false);
+        }
+        const PARTS: u128 = 64;
+        let step = u128::MAX / PARTS;
+        for i in 0..PARTS {
+            let lo = i * step;
+            let hi = if i == PARTS - 1 {
+                u128::MAX
+            } else {
+                lo + step - 1
+            };
+            let (a, b) = (self.ids_in(lo, hi).await?, other.ids_in(lo, hi).await?);
+            let (mut x, mut y) = (0, 0);
+            while x < a.len() && y < b.len() {
+                match a[x].cmp(&b[y]) {
+                    std::cmp::Ordering::Less => x += 1,
+                    std::cmp::Ordering::Greater => y += 1,
+                    std::cmp::Ordering::Equal => return Ok(true),
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Ids in the index.

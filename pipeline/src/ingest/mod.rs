@@ -297,6 +297,9 @@ async fn execute(
         ]
         .into_iter()
         .collect(),
+        // With a watermark, another stream's rows can move it: this run's decisions would
+        // then depend on the order, so it is done again instead.
+        lands_over_other_streams: run.limits.open_from_us == i64::MIN,
     };
     Ok((written.main_adds, record))
 }

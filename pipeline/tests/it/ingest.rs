@@ -396,3 +396,78 @@ fn maintain_completes_an_interrupted_run_of_every_landing_prefix() {
     assert_eq!(ids.len(), distinct.len());
     assert!(ids.len() > 8_000, "{}", ids.len());
 }
+
+/// East's ingest paused at its commit while west's ingest commits; returns east's report.
+fn east_commits_after_west(d: &Data) -> serde_json::Value {
+    let gate = d.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let pause = format!("ingest.before_commit:{}", gate.display());
+    let east = d
+        .command(
+            &["--landing-prefix", "east", "ingest"],
+            &[("PIPELINE_PAUSE", &pause)],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reached = d.path().join("gate.reached");
+    let t = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(t.elapsed().as_secs() < 60, "east never reached its commit");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    d.ok(&["--landing-prefix", "west", "ingest"]);
+    std::fs::remove_file(&gate).unwrap();
+    let out = east.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_run_that_loses_the_race_to_another_prefix_lands_on_top_unless_they_share_ids() {
+    for twin in [false, true] {
+        let d = Data::new();
+        for (prefix, seed) in [("east", "1"), ("west", "2")] {
+            generate(
+                &d,
+                &[
+                    "--landing-prefix",
+                    prefix,
+                    "--seed",
+                    seed,
+                    "--rows",
+                    "4000",
+                    "--days",
+                    "2",
+                ],
+            );
+        }
+        let raw = d.path().join("_raw/customer_transactions");
+        if twin {
+            // One of east's files delivered to west too: west commits its rows first.
+            std::fs::copy(
+                raw.join("east/batch-000001/2024-01-01-0000.parquet"),
+                raw.join("west/batch-000001/2024-01-01-twin.parquet"),
+            )
+            .unwrap();
+        }
+        let east = east_commits_after_west(&d);
+        // Without shared ids east's decisions stand and its files go on top of west's
+        // commit; with them, east is done again and drops the rows west committed.
+        assert_eq!(
+            u(&east, "lost_races"),
+            u64::from(twin),
+            "twin {twin}: {east}"
+        );
+        assert_eq!(u(&east, "duplicates") > 1_000, twin, "twin {twin}: {east}");
+        let ids = rows(&d.table(TX));
+        let distinct: HashSet<_> = ids.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), distinct.len(), "twin {twin}: no row twice");
+        assert!(ids.len() > 7_500, "twin {twin}: {}", ids.len());
+    }
+}
