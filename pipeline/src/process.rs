@@ -7,7 +7,7 @@ pub fn init_logging() {
     // the driver a failed first connection, delta-rs a commit that lost a race ("max_retries
     // is 0"): our own error or warning says the same, with what to do.
     let quiet = "warn,buoyant_kernel=off,scylla::cluster::metadata::cc_establisher=off,\
-                 deltalake_core::kernel::transaction=error";
+                 deltalake_core::kernel::transaction=off";
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
