@@ -45,6 +45,16 @@ impl Layout {
     /// endpoint from the AWS_* environment variables).
     pub fn parse(data_dir: &str) -> crate::error::Result<Self> {
         if !data_dir.contains("://") {
+            // `s3:/bucket` or `s3:bucket` is a mistyped URL, not a folder named `s3:`.
+            if let Some((scheme, _)) = data_dir.split_once(':')
+                && scheme.len() > 1
+                && scheme.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return Err(crate::error::Error::Invalid(format!(
+                    "--data-dir `{data_dir}` looks like a mistyped URL: write \
+                     s3://bucket/prefix for an object store, or ./{data_dir} for a local folder"
+                )));
+            }
             return Ok(Self::new(data_dir));
         }
         Ok(Self {
@@ -60,10 +70,24 @@ impl Layout {
         self
     }
 
-    /// The same data dir with generate writing under `prefix` of the landing folder.
-    pub fn with_landing_prefix(mut self, prefix: &str) -> Self {
-        self.landing_prefix = prefix.trim_matches('/').to_string();
-        self
+    /// The same data dir with generate writing (and ingest reading) under `prefix` of the
+    /// landing folder: `/`-separated names, none empty, `.`/`..`, or hidden (`.x`, `_x`: the
+    /// landing listing skips those).
+    pub fn with_landing_prefix(mut self, prefix: &str) -> crate::error::Result<Self> {
+        let trimmed = prefix.trim_matches('/');
+        if !trimmed.is_empty()
+            && trimmed
+                .split('/')
+                .any(|part| part.is_empty() || part.starts_with('.') || part.starts_with('_'))
+        {
+            return Err(crate::error::Error::Invalid(format!(
+                "--landing-prefix `{prefix}`: use sub-folder names like `east` or `eu/west`; \
+                 a name may not be empty or start with `.` or `_` (`..` would leave the \
+                 landing folder, and hidden names are not listed)"
+            )));
+        }
+        self.landing_prefix = trimmed.to_string();
+        Ok(self)
     }
 
     /// Where the data dir lives.
@@ -252,6 +276,22 @@ mod tests {
             l.table_dir(Table::Transactions).unwrap(),
             PathBuf::from("d/customer_transactions")
         );
+    }
+
+    #[test]
+    fn landing_prefixes_stay_inside_the_landing_folder_and_urls_are_not_folders() {
+        for bad in ["..", "../evil", "east/../..", "_x", ".hidden", "a//b"] {
+            assert!(Layout::new("d").with_landing_prefix(bad).is_err(), "{bad}");
+        }
+        let l = Layout::new("d").with_landing_prefix("/eu/west/").unwrap();
+        assert_eq!(
+            l.raw_dir(),
+            PathBuf::from("d/_raw/customer_transactions/eu/west")
+        );
+        for typo in ["s3:/lake/x", "s3:lake", "S3:/lake"] {
+            assert!(Layout::parse(typo).is_err(), "{typo}");
+        }
+        assert!(Layout::parse("data").is_ok() && Layout::parse("./s3:x").is_ok());
     }
 
     #[test]

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
 fn execute(cli: Cli) -> Result<u8> {
     let layout = Layout::parse(&cli.data_dir)?
         .with_scratch(cli.scratch_dir)
-        .with_landing_prefix(&cli.landing_prefix);
+        .with_landing_prefix(&cli.landing_prefix)?;
     let (json, bars) = (cli.json, !cli.no_progress);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
