@@ -9,14 +9,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{ObjectStore, ObjectStoreExt};
 use rand::Rng;
 
 use crate::aggregate::table;
 use crate::common::{Data, rows};
 use crate::crash::world;
-use crate::object_store::{BUCKET, KEY_ID, SECRET, Seaweed};
+use crate::object_store::{BUCKET, SECRET, Seaweed};
 use crate::profiles::profiles_table;
 use crate::scylla::Cql;
 
@@ -25,18 +24,6 @@ const TX: &str = "customer_transactions";
 /// A data dir at `s3://lake/<name>` on `s3`.
 fn on_store(s3: &Seaweed, name: &str) -> Data {
     Data::on_store(format!("s3://{BUCKET}/{name}"), s3.env())
-}
-
-fn client(s3: &Seaweed) -> AmazonS3 {
-    AmazonS3Builder::new()
-        .with_endpoint(&s3.endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_bucket_name(BUCKET)
-        .with_access_key_id(KEY_ID)
-        .with_secret_access_key(SECRET)
-        .build()
-        .unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -50,7 +37,7 @@ fn rt() -> tokio::runtime::Runtime {
 /// read by the same independent helpers as the local runs' (Parquet files named by the log).
 fn mirror(s3: &Seaweed, name: &str) -> Data {
     let d = Data::new();
-    let store = client(s3);
+    let store = s3.client();
     let prefix = object_store::path::Path::from(name);
     rt().block_on(async {
         let mut listing = store.list(Some(&prefix));
@@ -81,7 +68,7 @@ fn mirror(s3: &Seaweed, name: &str) -> Data {
 
 /// Copy one object (a landing file delivered to two prefixes).
 fn copy(s3: &Seaweed, from: &str, to: &str) {
-    let store = client(s3);
+    let store = s3.client();
     rt().block_on(async {
         store
             .copy(&from.into(), &to.into())
@@ -92,7 +79,7 @@ fn copy(s3: &Seaweed, from: &str, to: &str) {
 
 /// The landing files of `name` under `prefix` (relative to the data dir).
 fn landed(s3: &Seaweed, name: &str, prefix: &str) -> Vec<String> {
-    let store = client(s3);
+    let store = s3.client();
     let under =
         object_store::path::Path::from(format!("{name}/_raw/customer_transactions/{prefix}"));
     let mut out: Vec<String> = rt().block_on(async {
@@ -477,7 +464,7 @@ fn a_bad_landing_file_on_s3_is_named_by_its_url_and_nothing_is_committed() {
     outage_batch(&remote);
     let bad = "bad/_raw/customer_transactions/batch-000001/zz-bad.parquet";
     rt().block_on(async {
-        client(&s3)
+        s3.client()
             .put(&bad.into(), b"not parquet".to_vec().into())
             .await
             .unwrap();
