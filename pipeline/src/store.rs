@@ -221,8 +221,18 @@ pub fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
 /// nothing half-way, and a rerun resumes.
 pub const RETRY_SECS_ENV: &str = "PIPELINE_STORE_RETRY_SECS";
 
+/// The time window governs, not a count: object_store's default of 10 retries with jittered
+/// backoff gives up after about 3 s, so a store restarting for longer failed the command (seen
+/// in CI). Backoff is capped at 5 s so the command notices the store is back soon after.
 fn retry() -> Result<object_store::RetryConfig> {
-    let mut config = object_store::RetryConfig::default();
+    let mut config = object_store::RetryConfig {
+        max_retries: usize::MAX,
+        backoff: object_store::BackoffConfig {
+            max_backoff: std::time::Duration::from_secs(5),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     if let Ok(v) = std::env::var(RETRY_SECS_ENV) {
         let secs: u64 = v.parse().map_err(|_| {
             Error::Invalid(format!("{RETRY_SECS_ENV}={v:?} is not a number of seconds"))

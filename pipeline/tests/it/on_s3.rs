@@ -403,7 +403,25 @@ fn a_store_outage_mid_ingest_commits_nothing_and_the_rerun_completes() {
     s3.resume();
     let m = mirror(&s3, "outage");
     assert!(rows(&m.table(TX)).is_empty(), "nothing half-committed");
-    let r = remote.ok(&["ingest"]);
+
+    // An outage shorter than the retry window is ridden through: the rerun starts while the
+    // store is down and completes once it is back (10 quick retries gave up after ~3 s).
+    s3.stop();
+    let child = remote
+        .command(&["ingest"], &[("PIPELINE_STORE_RETRY_SECS", "120")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    s3.resume();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "an 8 s outage fails the command: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["rows_out"].as_u64().unwrap() > 25_000, "{r}");
 
     let local = Data::new();
