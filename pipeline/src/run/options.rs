@@ -105,27 +105,26 @@ impl Default for RunOptions {
 }
 
 impl RunOptions {
-    /// The stages to run, in pipeline order.
+    /// The stages to run, in pipeline order: `--stages`, or `--from`..`--to` (from ingest by
+    /// default); `--generate` adds generate to either (it was dropped beside `--stages`, so
+    /// `run --generate --stages ingest,...` ingested nothing and exited 0).
     pub fn selected(&self) -> Vec<Stage> {
-        if !self.stages.is_empty() {
-            let mut v = self.stages.clone();
-            v.sort();
-            v.dedup();
-            return v;
-        }
-        let from = self.from.unwrap_or(if self.generate {
-            Stage::Generate
+        let mut v: Vec<Stage> = if self.stages.is_empty() {
+            let from = self.from.unwrap_or(Stage::Ingest);
+            let to = self.to.unwrap_or(Stage::Load);
+            Stage::ALL
+                .into_iter()
+                .filter(|s| *s >= from && *s <= to)
+                .collect()
         } else {
-            Stage::Ingest
-        });
-        let to = self.to.unwrap_or(Stage::Load);
-        Stage::ALL
-            .into_iter()
-            .filter(|s| *s >= from && *s <= to)
-            .filter(|s| {
-                *s != Stage::Generate || self.generate || self.from == Some(Stage::Generate)
-            })
-            .collect()
+            self.stages.clone()
+        };
+        if self.generate {
+            v.push(Stage::Generate);
+        }
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Load was asked for explicitly (otherwise it is skipped when ScyllaDB does not answer).
@@ -133,5 +132,44 @@ impl RunOptions {
         self.stages.contains(&Stage::Load)
             || self.to == Some(Stage::Load)
             || std::env::var_os("SCYLLA_URI").is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunOptions,
+    }
+
+    fn selected(args: &[&str]) -> Vec<&'static str> {
+        let cli = Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).unwrap();
+        cli.run.selected().iter().map(|s| s.name()).collect()
+    }
+
+    #[test]
+    fn generate_is_added_to_any_selection() {
+        assert_eq!(selected(&[]), ["ingest", "aggregate", "profiles", "load"]);
+        assert_eq!(
+            selected(&["--generate"]),
+            ["generate", "ingest", "aggregate", "profiles", "load"]
+        );
+        assert_eq!(
+            selected(&["--generate", "--stages", "ingest,aggregate"]),
+            ["generate", "ingest", "aggregate"]
+        );
+        assert_eq!(
+            selected(&["--generate", "--from", "aggregate", "--to", "profiles"]),
+            ["generate", "aggregate", "profiles"]
+        );
+        assert_eq!(
+            selected(&["--from", "generate", "--to", "ingest"]),
+            ["generate", "ingest"]
+        );
+        assert_eq!(selected(&["--stages", "load,ingest"]), ["ingest", "load"]);
     }
 }
