@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use deltalake::kernel::Add;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::StreamExt;
 use serde_json::json;
 
 pub use commit::{DERIVED, Tables, catch_up};
@@ -105,7 +106,7 @@ async fn run_once(
 ) -> Result<IngestReport> {
     let started = Instant::now();
     let stream = Stream::new(layout.landing_prefix());
-    let source = landing(layout)?;
+    let source = landing(layout).await?;
     if let Some(store) = layout.store() {
         store.require_conditional_writes().await?;
     }
@@ -395,19 +396,48 @@ pub async fn compact_index(t: &deltalake::DeltaTable) -> Result<u64> {
     idindex::compact(t).await
 }
 
-/// The landing folder; a local one must exist.
-fn landing(layout: &Layout) -> Result<Source> {
-    let Some(raw_dir) = layout.landing_dir() else {
-        let store = layout.store().expect("not local");
-        return Ok(Source::Store(store.clone()));
-    };
-    if !raw_dir.is_dir() {
+/// The landing folder; it must exist (see [`landing_exists`]).
+async fn landing(layout: &Layout) -> Result<Source> {
+    if !landing_exists(layout).await? {
         return Err(Error::Invalid(format!(
             "landing folder {} does not exist: run `pipeline generate` first, or set --data-dir",
-            raw_dir.display()
+            landing_shown(layout)
         )));
     }
-    Ok(Source::Local(raw_dir))
+    Ok(match layout.landing_dir() {
+        Some(dir) => Source::Local(dir),
+        None => Source::Store(layout.store().expect("not local").clone()),
+    })
+}
+
+/// Whether there is a landing folder to ingest from. An object store has no folders: there
+/// it exists once any object is under it or the table exists. So a mistyped prefix fails
+/// like a missing local folder (it exited 0 having created empty tables there), and landing
+/// files expired after their ingest do not make it vanish.
+pub async fn landing_exists(layout: &Layout) -> Result<bool> {
+    let Some(store) = layout.store() else {
+        return Ok(layout.landing_dir().expect("local").is_dir());
+    };
+    let landing = store.path_of(Layout::LANDING);
+    if let Some(first) = store.store().list(Some(&landing)).next().await {
+        first.map_err(|e| {
+            Error::io(
+                format!("cannot list {}", landing_shown(layout)),
+                std::io::Error::other(e),
+            )
+        })?;
+        return Ok(true);
+    }
+    delta::has_log(layout, Table::Transactions).await
+}
+
+/// The landing folder as users name it: a local path or the object store's URL.
+pub fn landing_shown(layout: &Layout) -> String {
+    match (layout.landing_dir(), layout.store()) {
+        (Some(dir), _) => dir.display().to_string(),
+        (None, Some(store)) => store.object_url(&store.path_of(Layout::LANDING)),
+        (None, None) => unreachable!("a layout is local or on a store"),
+    }
 }
 
 fn versions(tables: &Tables) -> HashMap<Table, i64> {

@@ -525,12 +525,15 @@ fn survivable(stage: &str, e: Error, st: &State, b: &mut MicroBatch) -> Result<(
 
 async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Result<()> {
     // A stream may start before its source: wait for the landing folder (said once).
-    let landing = layout.landing_dir();
-    if landing.as_ref().is_some_and(|d| !d.is_dir()) {
+    let exists = match ingest::landing_exists(layout).await {
+        Ok(exists) => exists,
+        Err(e) => return survivable("ingest", e, st, b),
+    };
+    if !exists {
         if !st.waiting_said {
             eprintln!(
                 "waiting for the landing folder {} to appear",
-                landing.as_ref().expect("checked").display()
+                ingest::landing_shown(layout)
             );
             st.waiting_said = true;
         }

@@ -502,4 +502,20 @@ fn a_bad_landing_file_on_s3_is_named_by_its_url_and_nothing_is_committed() {
     let mut left = Vec::new();
     crate::common::walk(remote.path(), &mut left);
     assert!(left.is_empty(), "scratch left behind: {left:?}");
+
+    // A mistyped prefix: nothing landed there and no table: exit 2 like a missing local
+    // folder, and nothing written there (it exited 0 having created four empty tables).
+    let typo = on_store(&s3, "bda");
+    let out = typo.run_env(&["ingest"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "landing folder s3://{BUCKET}/bda/_raw/customer_transactions does not exist"
+        )),
+        "{err}"
+    );
+    let mut written = Vec::new();
+    crate::common::walk(mirror(&s3, "bda").path(), &mut written);
+    assert!(written.is_empty(), "written under the typo: {written:?}");
 }
