@@ -42,13 +42,19 @@ pub struct Tables {
 }
 
 impl Tables {
-    /// Open (or create) the four tables.
+    /// Open (or create) the four tables: the derived ones first, so that the main table is
+    /// at least as new as any run they show (a run commits to the main table first). Opened
+    /// the other way round while another stream committed, the index could hold more ids
+    /// than the main table rows.
     pub async fn open(layout: &Layout) -> Result<Self> {
+        let quarantine = delta::open_or_create(layout, Table::Quarantine).await?;
+        let files = delta::open_or_create(layout, Table::IngestFiles).await?;
+        let ids = delta::open_or_create(layout, Table::TransactionIds).await?;
         Ok(Tables {
             main: delta::open_or_create(layout, Table::Transactions).await?,
-            quarantine: delta::open_or_create(layout, Table::Quarantine).await?,
-            files: delta::open_or_create(layout, Table::IngestFiles).await?,
-            ids: delta::open_or_create(layout, Table::TransactionIds).await?,
+            quarantine,
+            files,
+            ids,
         })
     }
 
@@ -63,13 +69,13 @@ impl Tables {
         }
     }
 
-    /// Bring every table to its latest version.
+    /// Bring every table to its latest version, the main table last (see [`Tables::open`]).
     pub async fn refresh(&mut self) -> Result<()> {
         for t in [
-            Table::Transactions,
             Table::Quarantine,
             Table::IngestFiles,
             Table::TransactionIds,
+            Table::Transactions,
         ] {
             self.get_mut(t)
                 .update_incremental(None)
@@ -149,6 +155,7 @@ pub async fn commit_run(
         }
     };
     crate::failpoints::hit("ingest.between_commits");
+    crate::failpoints::pause("ingest.between_commits");
     let mut warnings = Vec::new();
     let mut quarantine_version = None;
     for (t, adds) in run.derived {
@@ -268,10 +275,12 @@ pub async fn catch_up(tables: &mut Tables, stream: &Stream) -> Result<u64> {
                 .cloned()
                 .unwrap_or_default();
             check_files_exist(tables.get_mut(t), t, run, &adds).await?;
-            tracing::warn!(
+            tracing::info!(
                 table = t.name(),
+                stream = stream.prefix,
                 run,
-                "completing the record of an interrupted ingest run"
+                "completing the record of an ingest run (interrupted, or in flight in another \
+                 process)"
             );
             if commit_derived(tables.get_mut(t), t, stream, run, adds)
                 .await?
@@ -285,6 +294,72 @@ pub async fn catch_up(tables: &mut Tables, stream: &Stream) -> Result<u64> {
         tables.refresh().await?;
     }
     Ok(commits)
+}
+
+/// How far back [`streams_behind`] walks the main table's log.
+const MAX_WALK: i64 = 1000;
+
+/// The streams whose runs the main table has and the id index lacks (runs in flight: their
+/// main commit landed, their derived ones not yet), found by walking the main table's log
+/// back from its latest version until those runs account for the `missing` rows. None when
+/// they do not (within [`MAX_WALK`] versions): the index differs from the table otherwise.
+pub async fn streams_behind(
+    tables: &Tables,
+    missing: u64,
+) -> Result<Option<std::collections::BTreeSet<String>>> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut index_seq: HashMap<String, i64> = HashMap::new();
+    let mut accounted = 0u64;
+    let latest = delta::version(&tables.main);
+    let mut v = latest;
+    while v > (latest - MAX_WALK).max(0) && accounted < missing {
+        let Some(actions) = delta::log::actions(&tables.main, Table::Transactions, v).await? else {
+            break;
+        };
+        v -= 1;
+        let Some(info) = delta::log::commit_info(&actions) else {
+            continue;
+        };
+        let run = info.get("pipeline.run_seq").and_then(Value::as_i64);
+        let prefix = info.get("pipeline.stream").and_then(Value::as_str);
+        let (Some(run), Some(prefix), Some("ingest")) = (
+            run,
+            prefix,
+            info.get("pipeline.stage").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let indexed = match index_seq.get(prefix) {
+            Some(s) => *s,
+            None => {
+                let stream = Stream {
+                    prefix: prefix.to_string(),
+                };
+                let s = seq(&tables.ids, Table::TransactionIds, &stream).await?;
+                index_seq.insert(prefix.to_string(), s);
+                s
+            }
+        };
+        if run > indexed {
+            accounted += rows_added(&actions);
+            found.insert(prefix.to_string());
+        }
+    }
+    Ok((accounted == missing).then_some(found))
+}
+
+/// Rows a commit added (its `add` actions' statistics).
+fn rows_added(actions: &[Value]) -> u64 {
+    actions
+        .iter()
+        .filter_map(|a| a.get("add")?.get("stats")?.as_str())
+        .filter_map(|s| {
+            serde_json::from_str::<Value>(s)
+                .ok()?
+                .get("numRecords")?
+                .as_u64()
+        })
+        .sum()
 }
 
 /// The derived tables' actions recorded by the stream's runs `(after, upto]`, read from the

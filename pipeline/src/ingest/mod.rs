@@ -462,10 +462,31 @@ async fn sync_index(
     opts: &IngestOptions,
     report: &mut IngestReport,
 ) -> Result<()> {
-    let main_rows = idindex::rows_of(&tables.main, Table::Transactions)?;
-    let index_rows = idindex::rows_of(&tables.ids, Table::TransactionIds)?;
-    if main_rows.is_some() && main_rows == index_rows {
-        return Ok(());
+    // Other streams' runs in flight are the usual reason the counts differ: their main
+    // commit is seen, their index commit not yet. Those are completed here (as their owners
+    // do: the commits are idempotent), so this run's deduplication sees their ids.
+    let (mut main_rows, mut index_rows) = (None, None);
+    for _ in 0..5 {
+        main_rows = idindex::rows_of(&tables.main, Table::Transactions)?;
+        index_rows = idindex::rows_of(&tables.ids, Table::TransactionIds)?;
+        if main_rows.is_some() && main_rows == index_rows {
+            return Ok(());
+        }
+        let (Some(m), Some(i)) = (main_rows, index_rows) else {
+            break;
+        };
+        if m < i {
+            // A run committed between the two tables' reads: see it in the main table too.
+            tables.refresh().await?;
+            continue;
+        }
+        let Some(behind) = commit::streams_behind(tables, m - i).await? else {
+            break;
+        };
+        for prefix in behind {
+            report.caught_up_commits += catch_up(tables, &Stream { prefix }).await?;
+        }
+        tables.refresh().await?;
     }
     if main_rows == Some(0) && delta::files(&tables.ids, Table::TransactionIds, None)?.is_empty() {
         return Ok(());
