@@ -192,11 +192,22 @@ impl Layout {
         }
     }
 
-    /// The folder of per-machine locks (`maintain`'s compaction lock).
+    /// The folder of per-machine locks (`maintain`'s compaction lock). On an object store,
+    /// one per data dir under the scratch folder (shared by every data dir on the machine by
+    /// default): `s3://lake/prod` locks in `_pipeline/s3___lake_prod`.
     pub fn lock_dir(&self) -> PathBuf {
         match &self.root {
             Root::Local(p) => p.join("_pipeline"),
-            Root::Store(_) => self.scratch_dir().join("_pipeline"),
+            Root::Store(s) => {
+                let name: String = s
+                    .url()
+                    .as_str()
+                    .trim_end_matches('/')
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                self.scratch_dir().join("_pipeline").join(name)
+            }
         }
     }
 
@@ -263,6 +274,22 @@ mod tests {
             a,
             PathBuf::from("d/_raw/customer_transactions/batch-000002/2024-01-09-0003.parquet")
         );
+    }
+
+    #[test]
+    fn each_data_dir_on_a_store_has_its_own_lock_folder() {
+        let lock = |url: &str| {
+            Layout::parse(url)
+                .unwrap()
+                .with_scratch(Some(PathBuf::from("/scratch")))
+                .lock_dir()
+        };
+        assert_eq!(
+            lock("s3://lake/prod"),
+            PathBuf::from("/scratch/_pipeline/s3___lake_prod")
+        );
+        assert_ne!(lock("s3://lake/prod"), lock("s3://lake/test"));
+        assert_eq!(Layout::new("d").lock_dir(), PathBuf::from("d/_pipeline"));
     }
 
     #[test]
