@@ -242,6 +242,10 @@ fn retry() -> Result<object_store::RetryConfig> {
     Ok(config)
 }
 
+/// What to check when a store cannot be read or written, in every such message.
+pub const ACCESS_HINT: &str =
+    "check the AWS_* environment variables (credentials, AWS_ENDPOINT_URL) and the bucket name";
+
 /// Create a probe key twice under `prefix`; an error unless the second create is refused.
 /// The key is removed afterwards.
 pub async fn probe_conditional_writes(
@@ -259,7 +263,7 @@ pub async fn probe_conditional_writes(
     };
     let unreachable = |e: object_store::Error| {
         Error::io(
-            format!("cannot write to {shown_as} (check the AWS_* environment variables)"),
+            format!("cannot write to {shown_as} ({ACCESS_HINT})"),
             std::io::Error::other(e),
         )
     };

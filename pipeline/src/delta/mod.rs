@@ -85,7 +85,11 @@ pub async fn has_log(layout: &Layout, table: Table) -> Result<bool> {
                 .await
                 .map_err(|e| {
                     Error::io(
-                        format!("cannot list {}", layout.table_shown(table)),
+                        format!(
+                            "cannot list {} ({})",
+                            layout.table_shown(table),
+                            crate::store::ACCESS_HINT
+                        ),
                         std::io::Error::other(e),
                     )
                 })

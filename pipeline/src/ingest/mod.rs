@@ -422,7 +422,11 @@ pub async fn landing_exists(layout: &Layout) -> Result<bool> {
     if let Some(first) = store.store().list(Some(&landing)).next().await {
         first.map_err(|e| {
             Error::io(
-                format!("cannot list {}", landing_shown(layout)),
+                format!(
+                    "cannot list {} ({})",
+                    landing_shown(layout),
+                    crate::store::ACCESS_HINT
+                ),
                 std::io::Error::other(e),
             )
         })?;

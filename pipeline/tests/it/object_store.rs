@@ -325,5 +325,19 @@ fn seaweedfs_honours_conditional_writes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot write to s3://lake/lake"), "{err}");
+    assert!(
+        err.contains("check the AWS_* environment variables"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-secret"), "{err}");
+    // A command that only reads says what to check too.
+    let on_s3 = Data::on_store(format!("s3://{BUCKET}/lake"), env.clone());
+    let out = on_s3.run_env(&["sql", "SELECT count(*) FROM customer_transactions"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("check the AWS_* environment variables"),
+        "{err}"
+    );
     assert!(!err.contains("not-the-secret"), "{err}");
 }
