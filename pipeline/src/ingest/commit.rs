@@ -290,29 +290,24 @@ pub async fn catch_up(tables: &mut Tables, stream: &Stream) -> Result<u64> {
             }
         }
     }
-    if commits > 0 {
-        tables.refresh().await?;
-    }
+    // Also without a commit of ours: a derived commit that lost to another process
+    // completing the same run refreshed only its table, which is then newer than the main
+    // one (see [`Tables::open`]).
+    tables.refresh().await?;
     Ok(commits)
 }
 
-/// How far back [`streams_behind`] walks the main table's log.
-const MAX_WALK: i64 = 1000;
+/// How many of the main table's latest commits [`streams_with_runs`] reads.
+const RECENT_COMMITS: i64 = 100;
 
-/// The streams whose runs the main table has and the id index lacks (runs in flight: their
-/// main commit landed, their derived ones not yet), found by walking the main table's log
-/// back from its latest version until those runs account for the `missing` rows. None when
-/// they do not (within [`MAX_WALK`] versions): the index differs from the table otherwise.
-pub async fn streams_behind(
-    tables: &Tables,
-    missing: u64,
-) -> Result<Option<std::collections::BTreeSet<String>>> {
-    let mut found = std::collections::BTreeSet::new();
-    let mut index_seq: HashMap<String, i64> = HashMap::new();
-    let mut accounted = 0u64;
+/// The streams whose runs the derived tables may lack: every stream `ingest_files` has a
+/// run of, and those of the main table's [`RECENT_COMMITS`] latest commits (a stream whose
+/// first run is in flight is in no derived table yet).
+pub async fn streams_with_runs(tables: &Tables) -> Result<std::collections::BTreeSet<String>> {
+    let mut out = super::discover::streams(&tables.files).await?;
     let latest = delta::version(&tables.main);
     let mut v = latest;
-    while v > (latest - MAX_WALK).max(0) && accounted < missing {
+    while v > (latest - RECENT_COMMITS).max(0) {
         let Some(actions) = delta::log::actions(&tables.main, Table::Transactions, v).await? else {
             break;
         };
@@ -320,46 +315,13 @@ pub async fn streams_behind(
         let Some(info) = delta::log::commit_info(&actions) else {
             continue;
         };
-        let run = info.get("pipeline.run_seq").and_then(Value::as_i64);
-        let prefix = info.get("pipeline.stream").and_then(Value::as_str);
-        let (Some(run), Some(prefix), Some("ingest")) = (
-            run,
-            prefix,
-            info.get("pipeline.stage").and_then(Value::as_str),
-        ) else {
-            continue;
-        };
-        let indexed = match index_seq.get(prefix) {
-            Some(s) => *s,
-            None => {
-                let stream = Stream {
-                    prefix: prefix.to_string(),
-                };
-                let s = seq(&tables.ids, Table::TransactionIds, &stream).await?;
-                index_seq.insert(prefix.to_string(), s);
-                s
-            }
-        };
-        if run > indexed {
-            accounted += rows_added(&actions);
-            found.insert(prefix.to_string());
+        if info.get("pipeline.stage").and_then(Value::as_str) == Some("ingest")
+            && let Some(prefix) = info.get("pipeline.stream").and_then(Value::as_str)
+        {
+            out.insert(prefix.to_string());
         }
     }
-    Ok((accounted == missing).then_some(found))
-}
-
-/// Rows a commit added (its `add` actions' statistics).
-fn rows_added(actions: &[Value]) -> u64 {
-    actions
-        .iter()
-        .filter_map(|a| a.get("add")?.get("stats")?.as_str())
-        .filter_map(|s| {
-            serde_json::from_str::<Value>(s)
-                .ok()?
-                .get("numRecords")?
-                .as_u64()
-        })
-        .sum()
+    Ok(out)
 }
 
 /// The derived tables' actions recorded by the stream's runs `(after, upto]`, read from the

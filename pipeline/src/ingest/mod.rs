@@ -467,10 +467,11 @@ async fn sync_index(
     report: &mut IngestReport,
 ) -> Result<()> {
     // Other streams' runs in flight are the usual reason the counts differ: their main
-    // commit is seen, their index commit not yet. Those are completed here (as their owners
-    // do: the commits are idempotent), so this run's deduplication sees their ids.
+    // commit is seen, their index commit not yet. Every stream's missing records are
+    // completed here (as their owners do: the commits are idempotent), so this run's
+    // deduplication sees their ids; a difference that remains is repaired by a rebuild.
     let (mut main_rows, mut index_rows) = (None, None);
-    for _ in 0..5 {
+    for round in 0..3 {
         main_rows = idindex::rows_of(&tables.main, Table::Transactions)?;
         index_rows = idindex::rows_of(&tables.ids, Table::TransactionIds)?;
         if main_rows.is_some() && main_rows == index_rows {
@@ -479,17 +480,13 @@ async fn sync_index(
         let (Some(m), Some(i)) = (main_rows, index_rows) else {
             break;
         };
-        if m < i {
-            // A run committed between the two tables' reads: see it in the main table too.
-            tables.refresh().await?;
-            continue;
-        }
-        let Some(behind) = commit::streams_behind(tables, m - i).await? else {
+        if round == 2 {
             break;
-        };
-        for prefix in behind {
-            report.caught_up_commits += catch_up(tables, &Stream { prefix }).await?;
         }
+        if m > i {
+            report.caught_up_commits += complete_other_streams(tables).await;
+        }
+        // Derived tables first, the main one last: a run they show is in the main one.
         tables.refresh().await?;
     }
     if main_rows == Some(0) && delta::files(&tables.ids, Table::TransactionIds, None)?.is_empty() {
@@ -520,6 +517,26 @@ async fn sync_index(
         .map_err(|e| Error::delta(Table::TransactionIds.name(), e))?;
     report.warnings.push(w);
     Ok(())
+}
+
+/// Complete the records of every stream's runs the derived tables lack; best effort (a
+/// failure is logged, and the index is then rebuilt from the table). Returns the commits.
+async fn complete_other_streams(tables: &mut Tables) -> u64 {
+    let streams = match commit::streams_with_runs(tables).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!("cannot list the streams to complete ({})", e.chain());
+            return 0;
+        }
+    };
+    let mut commits = 0;
+    for prefix in streams {
+        match catch_up(tables, &Stream { prefix }).await {
+            Ok(n) => commits += n,
+            Err(e) => tracing::info!("cannot complete another stream's run ({})", e.chain()),
+        }
+    }
+    commits
 }
 
 /// Files a table written by an earlier version of the pipeline consumed (it marked each
