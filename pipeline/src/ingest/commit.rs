@@ -297,17 +297,17 @@ pub async fn catch_up(tables: &mut Tables, stream: &Stream) -> Result<u64> {
     Ok(commits)
 }
 
-/// How many of the main table's latest commits [`streams_with_runs`] reads.
-const RECENT_COMMITS: i64 = 100;
-
 /// The streams whose runs the derived tables may lack: every stream `ingest_files` has a
-/// run of, and those of the main table's [`RECENT_COMMITS`] latest commits (a stream whose
-/// first run is in flight is in no derived table yet).
-pub async fn streams_with_runs(tables: &Tables) -> Result<std::collections::BTreeSet<String>> {
+/// run of, and those of the main table's `recent` latest commits (a stream whose first run
+/// is in flight is in no derived table yet).
+pub async fn streams_with_runs(
+    tables: &Tables,
+    recent: i64,
+) -> Result<std::collections::BTreeSet<String>> {
     let mut out = super::discover::streams(&tables.files).await?;
     let latest = delta::version(&tables.main);
     let mut v = latest;
-    while v > (latest - RECENT_COMMITS).max(0) {
+    while v > (latest - recent).max(0) {
         let Some(actions) = delta::log::actions(&tables.main, Table::Transactions, v).await? else {
             break;
         };

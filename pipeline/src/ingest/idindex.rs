@@ -439,16 +439,15 @@ pub fn rows_of(t: &DeltaTable, table: Table) -> Result<Option<u64>> {
 }
 
 /// Rebuild the index from `customer_transactions`: every id, sorted, replacing the index's
-/// files in one commit that records `seq` for the stream `app_id` (the index then reflects
-/// the main table as of `main`'s snapshot). Ids are split by range into scratch files when
+/// files in one commit that records `txns` (every stream's run number in `main`'s snapshot:
+/// the index then reflects the main table as of it). Ids are split by range into scratch files when
 /// there are more than `bucket_ids`, so memory stays bounded.
 pub async fn rebuild(
     main: &DeltaTable,
     ids_table: &DeltaTable,
     scratch: &std::path::Path,
     bucket_ids: u64,
-    app_id: &str,
-    seq: i64,
+    txns: &[(String, i64)],
 ) -> Result<i64> {
     let rows = rows_of(main, Table::Transactions)?.unwrap_or(u64::MAX / 2);
     let buckets = rows.div_ceil(bucket_ids.max(1)).clamp(1, 512) as usize;
@@ -488,9 +487,11 @@ pub async fn rebuild(
     )
     .actions(removes(&old, true))
     .adds(add.clone())
-    .txn(app_id, seq)
     .meta("pipeline.stage", "ingest.index_rebuild")
     .meta("pipeline.main_version", delta::version(main));
+    let commit = txns
+        .iter()
+        .fold(commit, |c, (app_id, seq)| c.txn(app_id.clone(), *seq));
     commit_or_discard(commit, ids_table, add).await
 }
 

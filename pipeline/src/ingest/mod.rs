@@ -492,7 +492,7 @@ async fn sync_index(
     if main_rows == Some(0) && delta::files(&tables.ids, Table::TransactionIds, None)?.is_empty() {
         return Ok(());
     }
-    let seq = commit::seq(&tables.main, Table::Transactions, stream).await?;
+    let txns = rebuilt_runs(tables, stream).await?;
     let w = format!(
         "{} holds {} rows but {} holds {} ids: rebuilt the index from the table",
         Table::Transactions,
@@ -506,8 +506,7 @@ async fn sync_index(
         &tables.ids,
         &scratch.dir,
         opts.dedup_bucket_ids,
-        &stream.app_id(),
-        seq,
+        &txns,
     )
     .await?;
     tables
@@ -519,10 +518,33 @@ async fn sync_index(
     Ok(())
 }
 
+/// The runs a rebuild from the main table's snapshot includes, as the index's `txn`s: every
+/// stream's run number there, so that a run in flight whose ids the rebuild took from the
+/// main table does not add them to the index a second time when its record is completed.
+async fn rebuilt_runs(tables: &Tables, stream: &Stream) -> Result<Vec<(String, i64)>> {
+    let mut streams = match commit::streams_with_runs(tables, 1000).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!("cannot list the streams of the table ({})", e.chain());
+            Default::default()
+        }
+    };
+    streams.insert(stream.prefix.clone());
+    let mut txns = Vec::new();
+    for prefix in streams {
+        let s = Stream { prefix };
+        let seq = commit::seq(&tables.main, Table::Transactions, &s).await?;
+        if seq > 0 || s.prefix == stream.prefix {
+            txns.push((s.app_id(), seq));
+        }
+    }
+    Ok(txns)
+}
+
 /// Complete the records of every stream's runs the derived tables lack; best effort (a
 /// failure is logged, and the index is then rebuilt from the table). Returns the commits.
 async fn complete_other_streams(tables: &mut Tables) -> u64 {
-    let streams = match commit::streams_with_runs(tables).await {
+    let streams = match commit::streams_with_runs(tables, 100).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!("cannot list the streams to complete ({})", e.chain());

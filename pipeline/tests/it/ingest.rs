@@ -550,3 +550,75 @@ fn another_streams_run_in_flight_is_completed_not_a_reason_to_rebuild_the_index(
     let next = d.ok(&["--landing-prefix", "west", "ingest"]);
     assert!(!next.to_string().contains("rebuilt the index"), "{next}");
 }
+
+/// An index rebuild (here forced by another engine deleting a day) while east's run is in
+/// flight takes east's ids from the main table: it records east's run too, so completing
+/// east's record does not add its ids a second time (a surplus that could later offset a
+/// missing run and let a duplicate in).
+#[test]
+fn a_rebuild_during_another_streams_flight_records_its_run() {
+    let d = Data::new();
+    for (prefix, seed, rows) in [("north", "3", "4000"), ("east", "1", "1000")] {
+        generate(
+            &d,
+            &[
+                "--landing-prefix",
+                prefix,
+                "--seed",
+                seed,
+                "--rows",
+                rows,
+                "--days",
+                "2",
+            ],
+        );
+    }
+    d.ok(&["--landing-prefix", "north", "ingest"]);
+    let gate = d.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let pause = format!("ingest.between_commits:{}", gate.display());
+    let east = d
+        .command(
+            &["--landing-prefix", "east", "ingest"],
+            &[("PIPELINE_PAUSE", &pause)],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reached = d.path().join("gate.reached");
+    let t = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(t.elapsed().as_secs() < 60, "east never reached its commits");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Then another engine deletes a day: the index holds more ids than the table, and north
+    // rebuilds it with east in flight.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = url::Url::from_directory_path(d.table(TX)).unwrap();
+        let t = deltalake::open_table(url).await.unwrap();
+        t.delete()
+            .with_predicate("transaction_date = '2024-01-01'")
+            .await
+            .unwrap();
+    });
+    let north = d.ok(&["--landing-prefix", "north", "ingest"]);
+    assert!(
+        north.to_string().contains("rebuilt the index"),
+        "the deletion forces a rebuild: {north}"
+    );
+    std::fs::remove_file(&gate).unwrap();
+    let out = east.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The index holds exactly the table's ids: nothing to repair.
+    let next = d.ok(&["--landing-prefix", "north", "ingest"]);
+    assert!(
+        !next.to_string().contains("rebuilt the index"),
+        "east's ids were added twice: {next}"
+    );
+}
