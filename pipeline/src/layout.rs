@@ -164,6 +164,14 @@ impl Layout {
         }
     }
 
+    /// The landing folder as users name it: a local path or the object's URL.
+    pub fn landing_shown(&self) -> String {
+        match &self.root {
+            Root::Local(_) => self.landing_dir().expect("local").display().to_string(),
+            Root::Store(s) => s.object_url(&s.path_of(Self::LANDING)),
+        }
+    }
+
     /// The URI of a Delta table (on local disk created as an empty folder if missing, as
     /// delta-rs wants).
     pub fn table_uri(&self, table: Table) -> Result<Url, DeltaTableError> {

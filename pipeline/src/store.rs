@@ -243,8 +243,13 @@ fn retry() -> Result<object_store::RetryConfig> {
 }
 
 /// What to check when a store cannot be read or written, in every such message.
-pub const ACCESS_HINT: &str =
+const ACCESS_HINT: &str =
     "check the AWS_* environment variables (credentials, AWS_ENDPOINT_URL) and the bucket name";
+
+/// A store request that failed: `what` was tried (e.g. "cannot list s3://…"), with the hint.
+pub fn access_error(what: impl std::fmt::Display, e: object_store::Error) -> Error {
+    Error::io(format!("{what} ({ACCESS_HINT})"), std::io::Error::other(e))
+}
 
 /// Create a probe key twice under `prefix`; an error unless the second create is refused.
 /// The key is removed afterwards.
@@ -261,12 +266,7 @@ pub async fn probe_conditional_writes(
         mode: PutMode::Create,
         ..Default::default()
     };
-    let unreachable = |e: object_store::Error| {
-        Error::io(
-            format!("cannot write to {shown_as} ({ACCESS_HINT})"),
-            std::io::Error::other(e),
-        )
-    };
+    let unreachable = |e| access_error(format!("cannot write to {shown_as}"), e);
     store
         .put_opts(&key, PutPayload::from_static(b"first"), create())
         .await

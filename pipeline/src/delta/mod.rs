@@ -84,13 +84,9 @@ pub async fn has_log(layout: &Layout, table: Table) -> Result<bool> {
                 .list_with_delimiter(Some(&log))
                 .await
                 .map_err(|e| {
-                    Error::io(
-                        format!(
-                            "cannot list {} ({})",
-                            layout.table_shown(table),
-                            crate::store::ACCESS_HINT
-                        ),
-                        std::io::Error::other(e),
+                    crate::store::access_error(
+                        format_args!("cannot list {}", layout.table_shown(table)),
+                        e,
                     )
                 })
                 .map(|l| l.objects)?;

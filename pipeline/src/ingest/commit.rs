@@ -11,7 +11,7 @@
 //! first ([`catch_up`]), reading the recorded actions back from the log. Nothing is
 //! recomputed, so a rerun cannot decide differently from the run it completes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use deltalake::DeltaTable;
 use deltalake::kernel::Add;
@@ -299,17 +299,25 @@ pub async fn catch_up(tables: &mut Tables, stream: &Stream) -> Result<u64> {
 
 /// The streams whose runs the derived tables may lack: every stream `ingest_files` has a
 /// run of, and those of the main table's `recent` latest commits (a stream whose first run
-/// is in flight is in no derived table yet).
-pub async fn streams_with_runs(
-    tables: &Tables,
-    recent: i64,
-) -> Result<std::collections::BTreeSet<String>> {
-    let mut out = super::discover::streams(&tables.files).await?;
+/// is in flight is in no derived table yet). Best effort: what cannot be read is logged and
+/// left out (the callers then rebuild the index, as without this list).
+pub async fn streams_with_runs(tables: &Tables, recent: i64) -> BTreeSet<String> {
+    let mut out = super::discover::streams(&tables.files)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::info!("cannot read the streams of ingest_files ({})", e.chain());
+            BTreeSet::new()
+        });
     let latest = delta::version(&tables.main);
     let mut v = latest;
     while v > (latest - recent).max(0) {
-        let Some(actions) = delta::log::actions(&tables.main, Table::Transactions, v).await? else {
-            break;
+        let actions = match delta::log::actions(&tables.main, Table::Transactions, v).await {
+            Ok(Some(a)) => a,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::info!("cannot read version {v} of the main table ({})", e.chain());
+                break;
+            }
         };
         v -= 1;
         let Some(info) = delta::log::commit_info(&actions) else {
@@ -321,7 +329,7 @@ pub async fn streams_with_runs(
             out.insert(prefix.to_string());
         }
     }
-    Ok(out)
+    out
 }
 
 /// The derived tables' actions recorded by the stream's runs `(after, upto]`, read from the

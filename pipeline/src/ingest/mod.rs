@@ -401,7 +401,7 @@ async fn landing(layout: &Layout) -> Result<Source> {
     if !landing_exists(layout).await? {
         return Err(Error::Invalid(format!(
             "landing folder {} does not exist: run `pipeline generate` first, or set --data-dir",
-            landing_shown(layout)
+            layout.landing_shown()
         )));
     }
     Ok(match layout.landing_dir() {
@@ -421,27 +421,11 @@ pub async fn landing_exists(layout: &Layout) -> Result<bool> {
     let landing = store.path_of(Layout::LANDING);
     if let Some(first) = store.store().list(Some(&landing)).next().await {
         first.map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot list {} ({})",
-                    landing_shown(layout),
-                    crate::store::ACCESS_HINT
-                ),
-                std::io::Error::other(e),
-            )
+            crate::store::access_error(format_args!("cannot list {}", layout.landing_shown()), e)
         })?;
         return Ok(true);
     }
     delta::has_log(layout, Table::Transactions).await
-}
-
-/// The landing folder as users name it: a local path or the object store's URL.
-pub fn landing_shown(layout: &Layout) -> String {
-    match (layout.landing_dir(), layout.store()) {
-        (Some(dir), _) => dir.display().to_string(),
-        (None, Some(store)) => store.object_url(&store.path_of(Layout::LANDING)),
-        (None, None) => unreachable!("a layout is local or on a store"),
-    }
 }
 
 fn versions(tables: &Tables) -> HashMap<Table, i64> {
@@ -522,13 +506,7 @@ async fn sync_index(
 /// stream's run number there, so that a run in flight whose ids the rebuild took from the
 /// main table does not add them to the index a second time when its record is completed.
 async fn rebuilt_runs(tables: &Tables, stream: &Stream) -> Result<Vec<(String, i64)>> {
-    let mut streams = match commit::streams_with_runs(tables, 1000).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!("cannot list the streams of the table ({})", e.chain());
-            Default::default()
-        }
-    };
+    let mut streams = commit::streams_with_runs(tables, 1000).await;
     streams.insert(stream.prefix.clone());
     let mut txns = Vec::new();
     for prefix in streams {
@@ -544,15 +522,8 @@ async fn rebuilt_runs(tables: &Tables, stream: &Stream) -> Result<Vec<(String, i
 /// Complete the records of every stream's runs the derived tables lack; best effort (a
 /// failure is logged, and the index is then rebuilt from the table). Returns the commits.
 async fn complete_other_streams(tables: &mut Tables) -> u64 {
-    let streams = match commit::streams_with_runs(tables, 100).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!("cannot list the streams to complete ({})", e.chain());
-            return 0;
-        }
-    };
     let mut commits = 0;
-    for prefix in streams {
+    for prefix in commit::streams_with_runs(tables, 100).await {
         match catch_up(tables, &Stream { prefix }).await {
             Ok(n) => commits += n,
             Err(e) => tracing::info!("cannot complete another stream's run ({})", e.chain()),

@@ -533,7 +533,7 @@ async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Res
         if !st.waiting_said {
             eprintln!(
                 "waiting for the landing folder {} to appear",
-                ingest::landing_shown(layout)
+                layout.landing_shown()
             );
             st.waiting_said = true;
         }
