@@ -18,6 +18,20 @@ pub struct Data {
     pub remote: Option<(String, Vec<(&'static str, String)>)>,
 }
 
+/// A pipeline process waiting at a pause point ([`Data::paused_at`]).
+pub struct Paused {
+    child: std::process::Child,
+    gate: PathBuf,
+}
+
+impl Paused {
+    /// Let it go on, and wait for it to end.
+    pub fn go_on(self) -> Output {
+        std::fs::remove_file(&self.gate).unwrap();
+        self.child.wait_with_output().unwrap()
+    }
+}
+
 impl Data {
     pub fn new() -> Self {
         Self {
@@ -39,6 +53,32 @@ impl Data {
     }
 
     /// Run `pipeline --data-dir <dir> --json <args>` with extra environment variables.
+    /// `pipeline <args>` (stdout and stderr piped), once it has reached the pause point
+    /// `point` (`PIPELINE_PAUSE`); it waits there until [`Paused::go_on`].
+    pub fn paused_at(&self, point: &str, args: &[&str], env: &[(&str, &str)]) -> Paused {
+        let gate = self.path().join(format!("gate-{point}"));
+        std::fs::write(&gate, "").unwrap();
+        let pause = format!("{point}:{}", gate.display());
+        let mut env = env.to_vec();
+        env.push(("PIPELINE_PAUSE", &pause));
+        let child = self
+            .command(args, &env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run pipeline");
+        let reached = PathBuf::from(format!("{}.reached", gate.display()));
+        let t = std::time::Instant::now();
+        while !reached.exists() {
+            assert!(
+                t.elapsed().as_secs() < 120,
+                "pipeline {args:?} never reached {point}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Paused { child, gate }
+    }
+
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         self.command(args, env).output().expect("run pipeline")
     }
@@ -282,4 +322,17 @@ pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p);
         }
     }
+}
+
+/// Another engine (delta-rs itself) deletes every row of `day` from the Delta table at `table`.
+pub fn delete_day(table: &Path, day: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = url::Url::from_directory_path(table).unwrap();
+        let t = deltalake::open_table(url).await.unwrap();
+        t.delete()
+            .with_predicate(format!("transaction_date = '{day}'"))
+            .await
+            .unwrap();
+    });
 }

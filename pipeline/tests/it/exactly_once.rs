@@ -390,15 +390,7 @@ fn an_id_index_out_of_step_with_the_table_is_rebuilt_and_still_finds_duplicates(
         generate(&d, &["--rows", "3000", "--days", "2"]);
         d.ok(&["ingest"]);
         // Another engine deletes a day (an erasure): the index now holds ids the table lacks.
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let url = url::Url::from_directory_path(d.table(TX)).unwrap();
-            let t = deltalake::open_table(url).await.unwrap();
-            t.delete()
-                .with_predicate("transaction_date = '2024-01-01'")
-                .await
-                .unwrap();
-        });
+        crate::common::delete_day(&d.table(TX), "2024-01-01");
         // Both days' files delivered again under new names.
         for day in ["2024-01-01", "2024-01-02"] {
             let landed = landing(&d).join(format!("batch-000001/{day}-0000.parquet"));

@@ -399,27 +399,13 @@ fn maintain_completes_an_interrupted_run_of_every_landing_prefix() {
 
 /// East's ingest paused at its commit while west's ingest commits; returns east's report.
 fn east_commits_after_west(d: &Data) -> serde_json::Value {
-    let gate = d.path().join("gate");
-    std::fs::write(&gate, "").unwrap();
-    let pause = format!("ingest.before_commit:{}", gate.display());
-    let east = d
-        .command(
-            &["--landing-prefix", "east", "ingest"],
-            &[("PIPELINE_PAUSE", &pause)],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let reached = d.path().join("gate.reached");
-    let t = std::time::Instant::now();
-    while !reached.exists() {
-        assert!(t.elapsed().as_secs() < 60, "east never reached its commit");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let east = d.paused_at(
+        "ingest.before_commit",
+        &["--landing-prefix", "east", "ingest"],
+        &[],
+    );
     d.ok(&["--landing-prefix", "west", "ingest"]);
-    std::fs::remove_file(&gate).unwrap();
-    let out = east.wait_with_output().unwrap();
+    let out = east.go_on();
     assert!(
         out.status.success(),
         "{}",
@@ -501,27 +487,13 @@ fn another_streams_run_in_flight_is_completed_not_a_reason_to_rebuild_the_index(
     )
     .unwrap();
 
-    let gate = d.path().join("gate");
-    std::fs::write(&gate, "").unwrap();
-    let pause = format!("ingest.between_commits:{}", gate.display());
-    let east = d
-        .command(
-            &["--landing-prefix", "east", "ingest"],
-            &[("PIPELINE_PAUSE", &pause)],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let reached = d.path().join("gate.reached");
-    let t = std::time::Instant::now();
-    while !reached.exists() {
-        assert!(t.elapsed().as_secs() < 60, "east never reached its commits");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let east = d.paused_at(
+        "ingest.between_commits",
+        &["--landing-prefix", "east", "ingest"],
+        &[],
+    );
     let west = d.ok(&["--landing-prefix", "west", "ingest"]);
-    std::fs::remove_file(&gate).unwrap();
-    let out = east.wait_with_output().unwrap();
+    let out = east.go_on();
     assert!(
         out.status.success(),
         "{}",
@@ -574,42 +546,20 @@ fn a_rebuild_during_another_streams_flight_records_its_run() {
         );
     }
     d.ok(&["--landing-prefix", "north", "ingest"]);
-    let gate = d.path().join("gate");
-    std::fs::write(&gate, "").unwrap();
-    let pause = format!("ingest.between_commits:{}", gate.display());
-    let east = d
-        .command(
-            &["--landing-prefix", "east", "ingest"],
-            &[("PIPELINE_PAUSE", &pause)],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let reached = d.path().join("gate.reached");
-    let t = std::time::Instant::now();
-    while !reached.exists() {
-        assert!(t.elapsed().as_secs() < 60, "east never reached its commits");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let east = d.paused_at(
+        "ingest.between_commits",
+        &["--landing-prefix", "east", "ingest"],
+        &[],
+    );
     // Then another engine deletes a day: the index holds more ids than the table, and north
     // rebuilds it with east in flight.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let url = url::Url::from_directory_path(d.table(TX)).unwrap();
-        let t = deltalake::open_table(url).await.unwrap();
-        t.delete()
-            .with_predicate("transaction_date = '2024-01-01'")
-            .await
-            .unwrap();
-    });
+    crate::common::delete_day(&d.table(TX), "2024-01-01");
     let north = d.ok(&["--landing-prefix", "north", "ingest"]);
     assert!(
         north.to_string().contains("rebuilt the index"),
         "the deletion forces a rebuild: {north}"
     );
-    std::fs::remove_file(&gate).unwrap();
-    let out = east.wait_with_output().unwrap();
+    let out = east.go_on();
     assert!(
         out.status.success(),
         "{}",

@@ -363,34 +363,14 @@ fn a_store_outage_mid_ingest_commits_nothing_and_the_rerun_completes() {
     };
     let remote = on_store(&s3, "outage");
     outage_batch(&remote);
-    let gate = remote.path().join("gate");
-    std::fs::write(&gate, "").unwrap();
-    let pause = format!("ingest.before_commit:{}", gate.display());
-    let child = remote
-        .command(
-            &["ingest"],
-            &[
-                ("PIPELINE_PAUSE", &pause),
-                ("PIPELINE_STORE_RETRY_SECS", "2"),
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let reached = PathBuf::from(format!("{}.reached", gate.display()));
-    let t = Instant::now();
-    while !reached.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "ingest never reached its commit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ingest = remote.paused_at(
+        "ingest.before_commit",
+        &["ingest"],
+        &[("PIPELINE_STORE_RETRY_SECS", "2")],
+    );
     // The store goes away just as ingest commits.
     s3.stop();
-    std::fs::remove_file(&gate).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = ingest.go_on();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the commit cannot succeed: {err}");
     assert!(
