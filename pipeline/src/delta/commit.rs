@@ -5,6 +5,14 @@
 //! written (delta-rs reads the new version back, or a hook fails) does not mean it did not
 //! land. Only a commit known not to have landed lets a caller delete the files it wrote.
 //!
+//! An object store can apply a commit and lose the answer (a proxy or load balancer closing the
+//! connection, a store restarting right after the write). object_store then retries the
+//! conditional PUT, the retry gets `412 Precondition Failed`, and delta-rs would take that for
+//! another writer's commit (`VersionAlreadyExists`): it would retry at the next version (a
+//! second copy of the commit) or fail, and the caller would delete the files of a commit that
+//! is in the log. So every commit goes through [`OwnCommits`], a log store that reads back a
+//! version it was refused and, when that version is this commit (its id), reports it written.
+//!
 //! Post-commit hooks (checkpoints, expired-log cleanup) are off in every commit, for the same
 //! reason: their failure would be reported as the commit's. Checkpoints are written by
 //! [`checkpoint_if_due`] after a stage's commits, where a failure is only a warning; expired
@@ -178,24 +186,30 @@ impl Commit {
             .with_max_retries(self.retries)
             .with_create_checkpoint(false)
             .with_cleanup_expired_logs(Some(false));
+        let store = OwnCommits::wrap(t.log_store(), commit_id);
         let result = CommitBuilder::from(props)
             .with_actions(self.actions.clone())
-            .build(Some(snapshot), t.log_store(), self.operation.clone())
+            .build(Some(snapshot), store, self.operation.clone())
             .await;
         let error = match result {
             Ok(done) => return Ok(done.version() as i64),
             Err(e) => e,
         };
-        if certainly_not_written(&error) {
-            return Err(Error::delta(name, error));
-        }
-        // The call failed, but maybe after the log entry was written: look for it.
+        // Whatever the error, the commit may be in the log (an answer lost after the store
+        // applied it, a failure reading the new version back): look for it before anyone
+        // deletes a file.
         match log::find_commit(t, self.table, read_version, commit_id).await {
             Ok(Some(v)) => {
                 tracing::warn!(table = name, version = v, error = %error,
                     "the commit call reported an error, but the commit is in the log: it landed");
                 Ok(v)
             }
+            // Not in the log after a failed request to the store: it may still be applied (a
+            // timeout, a dropped connection), so its files are kept.
+            Ok(None) if store_failed(&error) => Err(Error::CommitUnknown {
+                table: name.to_string(),
+                source: Box::new(Error::delta(name, error)),
+            }),
             Ok(None) => Err(Error::delta(name, error)),
             Err(check) => Err(Error::CommitUnknown {
                 table: name.to_string(),
@@ -205,16 +219,156 @@ impl Commit {
     }
 }
 
-/// Errors raised before anything was written to the log.
-fn certainly_not_written(e: &DeltaTableError) -> bool {
+/// A request to the store failed: it may have been applied anyway. (Other errors, such as
+/// another writer's commit holding the version, or a conflict, are decided before or without
+/// this commit's write; with its id not in the log, it did not land.)
+fn store_failed(e: &DeltaTableError) -> bool {
     matches!(
         e,
-        DeltaTableError::Transaction {
-            source: TransactionError::VersionAlreadyExists(_)
-                | TransactionError::CommitConflict(_)
-                | TransactionError::MaxCommitAttempts(_)
-        }
+        DeltaTableError::ObjectStore { .. }
+            | DeltaTableError::Io { .. }
+            | DeltaTableError::Transaction {
+                source: TransactionError::ObjectStore { .. }
+                    | TransactionError::LogStoreError { .. }
+            }
     )
+}
+
+/// A log store that recognises its own commit in a version it was refused.
+///
+/// A conditional create refused with "already exists" after a retry (object_store retries a
+/// `PUT` whose connection failed: `HttpErrorKind::Request`, or an answer of 5xx) may be this
+/// very commit, applied by the first try whose answer was lost. The version is read back and
+/// compared by the commit's id (`pipeline.commit_id`, unique per commit); if it is ours, the
+/// write succeeded. Without this, delta-rs would write the same actions again at the next
+/// version, or give up, and the caller would delete the files of a commit that landed.
+#[derive(Debug)]
+struct OwnCommits {
+    inner: deltalake::logstore::LogStoreRef,
+    commit_id: String,
+}
+
+impl OwnCommits {
+    fn wrap(
+        inner: deltalake::logstore::LogStoreRef,
+        commit_id: &str,
+    ) -> deltalake::logstore::LogStoreRef {
+        Arc::new(OwnCommits {
+            inner,
+            commit_id: commit_id.to_string(),
+        })
+    }
+
+    /// Whether version `v` in the log is this commit.
+    async fn is_ours(&self, v: deltalake::kernel::Version) -> bool {
+        // The id is a UUID: its text appears in no other commit.
+        matches!(self.inner.read_commit_entry(v).await,
+            Ok(Some(bytes)) if bytes.windows(self.commit_id.len()).any(|w| w == self.commit_id.as_bytes()))
+    }
+}
+
+#[async_trait::async_trait]
+impl deltalake::logstore::LogStore for OwnCommits {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    async fn refresh(&self) -> deltalake::DeltaResult<()> {
+        self.inner.refresh().await
+    }
+
+    async fn read_commit_entry(
+        &self,
+        version: deltalake::kernel::Version,
+    ) -> deltalake::DeltaResult<Option<bytes::Bytes>> {
+        self.inner.read_commit_entry(version).await
+    }
+
+    async fn write_commit_entry(
+        &self,
+        version: deltalake::kernel::Version,
+        commit_or_bytes: deltalake::logstore::CommitOrBytes,
+        operation_id: uuid::Uuid,
+    ) -> std::result::Result<(), TransactionError> {
+        match self
+            .inner
+            .write_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if self.is_ours(version).await => {
+                tracing::warn!(version, error = %e,
+                    "the store refused or failed a commit that it had applied (its answer was lost): \
+                     the version is this commit");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn abort_commit_entry(
+        &self,
+        version: deltalake::kernel::Version,
+        commit_or_bytes: deltalake::logstore::CommitOrBytes,
+        operation_id: uuid::Uuid,
+    ) -> std::result::Result<(), TransactionError> {
+        self.inner
+            .abort_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+    }
+
+    async fn get_latest_version(
+        &self,
+        start_version: deltalake::kernel::Version,
+    ) -> deltalake::DeltaResult<deltalake::kernel::Version> {
+        self.inner.get_latest_version(start_version).await
+    }
+
+    fn object_store(&self, operation_id: Option<uuid::Uuid>) -> Arc<dyn deltalake::ObjectStore> {
+        self.inner.object_store(operation_id)
+    }
+
+    fn root_object_store(
+        &self,
+        operation_id: Option<uuid::Uuid>,
+    ) -> Arc<dyn deltalake::ObjectStore> {
+        self.inner.root_object_store(operation_id)
+    }
+
+    fn engine(&self, operation_id: Option<uuid::Uuid>) -> Arc<dyn delta_kernel::Engine> {
+        self.inner.engine(operation_id)
+    }
+
+    fn to_uri(&self, location: &deltalake::Path) -> String {
+        self.inner.to_uri(location)
+    }
+
+    fn root_url(&self) -> &url::Url {
+        self.inner.root_url()
+    }
+
+    fn log_path(&self) -> &deltalake::Path {
+        self.inner.log_path()
+    }
+
+    fn transaction_url(
+        &self,
+        operation_id: Option<uuid::Uuid>,
+    ) -> deltalake::DeltaResult<url::Url> {
+        self.inner.transaction_url(operation_id)
+    }
+
+    async fn is_delta_table_location(&self) -> deltalake::DeltaResult<bool> {
+        self.inner.is_delta_table_location().await
+    }
+
+    fn config(&self) -> &deltalake::logstore::LogStoreConfig {
+        self.inner.config()
+    }
+
+    fn object_store_url(&self) -> deltalake::datafusion::execution::object_store::ObjectStoreUrl {
+        self.inner.object_store_url()
+    }
 }
 
 /// The operation of an append to `table`.

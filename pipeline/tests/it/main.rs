@@ -7,6 +7,7 @@ mod common;
 mod continuous;
 mod crash;
 mod exactly_once;
+mod faulty_proxy;
 mod ingest;
 mod maintain;
 mod object_store;

@@ -499,3 +499,98 @@ fn a_bad_landing_file_on_s3_is_named_by_its_url_and_nothing_is_committed() {
     crate::common::walk(mirror(&s3, "bda").path(), &mut written);
     assert!(written.is_empty(), "written under the typo: {written:?}");
 }
+
+const SMALL: &[&str] = &[
+    "run",
+    "--generate",
+    "--rows",
+    "3000",
+    "--days",
+    "3",
+    "--customers",
+    "100",
+    "--dirty-rate",
+    "0.03",
+    "--rows-per-file",
+    "1000",
+];
+
+/// Every table we commit to, by its path under the data dir.
+const COMMITTED_TABLES: &[&str] = &[
+    "customer_transactions",
+    "_quarantine/customer_transactions",
+    "_pipeline/ingest_files",
+    "_pipeline/transaction_ids",
+    "customer_daily_aggregates",
+    "customer_profiles",
+    "_pipeline/run_history",
+];
+
+/// A commit the store applied but whose answer was lost (the connection dropped, or a 502
+/// from a proxy): object_store retries the conditional PUT, the retry is refused with 412, and
+/// the run must recognise its own commit instead of taking it for another writer's (before,
+/// ingest deleted the files of a commit in the log, and every later run failed on a missing
+/// file). For every table we commit to: the run succeeds, a rerun finds nothing new, and the
+/// tables and ScyllaDB equal a clean local run's.
+#[test]
+fn a_commit_whose_answer_is_lost_is_recognised_as_landed_on_every_table() {
+    let Some(s3) = Seaweed::start("commits whose answer is lost") else {
+        return;
+    };
+    let cl = Cql::new();
+    let local = Data::new();
+    cl.ok(&local, SMALL);
+    let expected = world(&local, &cl);
+    let proxy = crate::faulty_proxy::FaultyProxy::start(&s3.endpoint);
+    let mut env = s3.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = proxy.endpoint.clone();
+        }
+    }
+    for (i, table) in COMMITTED_TABLES.iter().enumerate() {
+        let name = format!("lost-{i}");
+        let lost = if i % 2 == 0 {
+            crate::faulty_proxy::Lost::Dropped
+        } else {
+            crate::faulty_proxy::Lost::BadGateway
+        };
+        // Version 0 creates the table; version 1 is the stage's first commit.
+        proxy.add(crate::faulty_proxy::Rule::new(
+            "PUT",
+            &format!("/{BUCKET}/{name}/{table}/_delta_log/"),
+            "00000000000000000001.json",
+            lost,
+        ));
+        let remote = Data::on_store(format!("s3://{BUCKET}/{name}"), env.clone());
+        let cr = Cql::new();
+        let out = cr.run(&remote, SMALL, &[]);
+        let log = proxy.log_of(&format!("/{name}/{table}/_delta_log/"));
+        assert_eq!(
+            proxy.hits(),
+            1,
+            "{table}: the answer was lost once: {log:#?}"
+        );
+        assert!(
+            out.status.success(),
+            "{table}: a commit whose answer was lost ({lost:?}) is the run's own: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        proxy.clear();
+        let again = cr.ok(&remote, &["run"]);
+        assert!(
+            again["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["skipped"] == true),
+            "{table}: the rerun finds nothing new: {again}"
+        );
+        let m = mirror(&s3, &name);
+        assert_eq!(
+            world(&m, &cr),
+            expected,
+            "{table}: the tables and ScyllaDB equal a clean local run's"
+        );
+    }
+}
