@@ -58,6 +58,19 @@ pub enum Error {
         problem: String,
     },
 
+    /// A landing file changed while a run read it (a producer still writing it in place, or
+    /// replacing it): ingest defers it to a later run; it surfaces only if something else
+    /// reads landing files.
+    #[error(
+        "raw file {}: it changed while it was being read (is it still being written?). Nothing of \
+         this run was committed; rerun once it is complete",
+        path.display()
+    )]
+    Unsettled {
+        /// The raw file.
+        path: PathBuf,
+    },
+
     /// A user-facing precondition that does not hold (missing folder, bad option value).
     #[error("{0}")]
     Invalid(String),
@@ -273,7 +286,7 @@ impl Error {
     /// The process exit code for this error (see [`exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::BadInput { .. } => exit::BAD_INPUT,
+            Error::BadInput { .. } | Error::Unsettled { .. } => exit::BAD_INPUT,
             Error::Invalid(_) | Error::Sql(_) => exit::USAGE,
             Error::Conflict { .. } => exit::CONFLICT,
             Error::Scylla { .. } => exit::SCYLLA,

@@ -5,6 +5,27 @@
 //! is one listing and one small table scan, whatever the number of files landed so far. A
 //! listed file with the recorded size and time is taken as unchanged; otherwise its content
 //! is hashed, and a different hash is reported (it is not ingested again).
+//!
+//! **Which files.** One rule for local disk and object stores, Spark's (Hadoop's) convention
+//! for data folders (`HadoopFSUtils.shouldFilterOutPathName` in Apache Spark): a path under
+//! the landing folder with a component that starts with `.` or with `_` (unless it contains
+//! `=`, a partition folder) is not a landing file, so the staging folders of writers
+//! (`_temporary/0/_temporary/attempt_1/`, `.staging/`, `.spark-staging-…`) and hidden files are
+//! not read; and only `*.parquet` files are. Symbolic links are followed, to files and to
+//! folders (`landing/east -> /mnt/east`); a link to a folder it is inside (a loop) and a
+//! broken link are reported (the report's `warnings`), never skipped silently.
+//!
+//! **Files still being written.** A producer may write a file in place (not written under
+//! another name and renamed). A file is ingested only when what this run read is what is
+//! recorded: its content hash is taken with its size and modification time read before and
+//! after hashing, and before the run commits every new file is looked at again; a file whose
+//! size or time moved since the listing is *deferred* (`deferred_files` in the report): not
+//! ingested, not set aside, nothing recorded, so the next run takes it as new. A file found
+//! unreadable is set aside (or stops the run) only if it did not change meanwhile; its record
+//! then holds the size, time and hash of the same content, so once the producer completes
+//! it, its size, time and hash differ and it is ingested. On an object store an object is
+//! whole or absent (a PUT is atomic); an object replaced between the listing and its download
+//! is deferred the same way.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -68,10 +89,72 @@ pub struct LandingFile {
     pub path: PathBuf,
     /// Path relative to the landing folder, `/`-separated: the file's name in every record.
     pub rel: String,
+    /// Bytes, when listed.
+    pub size: u64,
+    /// Modification time when listed, µs since the epoch.
+    pub modified_us: i64,
+    /// `path` is a downloaded copy (of an object, which cannot change in place).
+    pub downloaded: bool,
+}
+
+/// A file's size and modification time (of its target, for a symbolic link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
     /// Bytes.
     pub size: u64,
     /// Modification time, µs since the epoch.
     pub modified_us: i64,
+}
+
+impl Stat {
+    fn of(meta: &std::fs::Metadata) -> Stat {
+        Stat {
+            size: meta.len(),
+            modified_us: meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_micros() as i64),
+        }
+    }
+}
+
+impl LandingFile {
+    /// Its size and time when listed.
+    pub fn listed(&self) -> Stat {
+        Stat {
+            size: self.size,
+            modified_us: self.modified_us,
+        }
+    }
+
+    /// Whether a local file's size or time is no longer what was listed (it is being written,
+    /// or was replaced): the run must not record what it read of it. `seen` is a stat taken
+    /// while reading it; without one it is looked at now (a file gone is not "moved": it is
+    /// missing, which the reader reports). A downloaded copy does not change.
+    pub fn moved(&self, seen: Option<Stat>) -> bool {
+        if self.downloaded {
+            return false;
+        }
+        let now = match seen {
+            Some(s) => s,
+            None => match std::fs::metadata(&self.path) {
+                Ok(m) => Stat::of(&m),
+                Err(_) => return false,
+            },
+        };
+        now != self.listed()
+    }
+
+    /// [`Error::Unsettled`] if the file moved since it was listed.
+    pub fn check_settled(&self, seen: Option<Stat>) -> Result<()> {
+        if self.moved(seen) {
+            return Err(Error::Unsettled {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What ingest recorded about a consumed file.
@@ -94,6 +177,10 @@ pub struct Discovered {
     pub new: Vec<LandingFile>,
     /// Consumed, but their content is not what was ingested.
     pub changed: Vec<ChangedFile>,
+    /// Files changing while they were looked at (being written): for a later run.
+    pub deferred: Vec<String>,
+    /// What the listing could not use (broken or looping symbolic links).
+    pub warnings: Vec<String>,
 }
 
 /// List the stream's landing files and compare them with what was consumed.
@@ -104,11 +191,11 @@ pub async fn discover(
     scratch: &Path,
     workers: usize,
 ) -> Result<Discovered> {
-    let listed = source.list(&stream.prefix).await?;
+    let listing = source.list(&stream.prefix).await?;
     let consumed = consumed(files_table, stream).await?;
     let mut new = Vec::new();
     let mut suspects = Vec::new();
-    for f in listed.iter() {
+    for f in listing.files.iter() {
         match consumed.get(&f.rel) {
             None => new.push(f.clone()),
             Some(r) if r.size == f.size && r.modified_us == Some(f.modified_us) => {}
@@ -116,22 +203,37 @@ pub async fn discover(
         }
     }
     let mut fetched: Vec<LandingFile> = suspects.iter().map(|(f, _)| f.clone()).collect();
-    source.fetch(&mut fetched, scratch, workers).await?;
+    let mut deferred: Vec<String> = source
+        .fetch(&mut fetched, scratch, workers)
+        .await?
+        .into_iter()
+        .map(|f| f.rel)
+        .collect();
+    suspects.retain(|(f, _)| !deferred.contains(&f.rel));
     for ((f, _), local) in suspects.iter_mut().zip(fetched) {
         f.path = local.path;
+        f.downloaded = local.downloaded;
     }
-    let hashes = start_hashing(suspects.iter().map(|(f, _)| f.clone()).collect(), workers)
-        .wait()
-        .await?;
     let mut changed = Vec::new();
-    for ((f, r), hash) in suspects.into_iter().zip(hashes) {
+    for (f, r) in suspects {
+        let hash = match hash_file(&f.path).and_then(|h| {
+            f.check_settled(Some(h.stat))?;
+            Ok(h.hash)
+        }) {
+            Ok(h) => h,
+            Err(Error::Unsettled { .. }) => {
+                deferred.push(f.rel.clone());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let same = match &r.hash {
             Some(h) => *h == hash,
             // Recorded before content hashes: the size is all there is to compare.
             None => r.size == f.size,
         };
         if r.set_aside {
-            // A set-aside file whose content changed was fixed: it is new again.
+            // A set-aside file whose content changed was fixed (or completed): it is new again.
             if !same {
                 new.push(f);
             }
@@ -149,15 +251,17 @@ pub async fn discover(
     }
     new.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(Discovered {
-        seen: listed.len() as u64,
+        seen: listing.files.len() as u64,
         new,
         changed,
+        deferred,
+        warnings: listing.warnings,
     })
 }
 
 impl Source {
     /// Landing files under `prefix`, recursively, sorted by relative path.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<LandingFile>> {
+    pub async fn list(&self, prefix: &str) -> Result<Listing> {
         match self {
             Source::Local(dir) => list(dir, prefix),
             Source::Store(root) => list_store(root, prefix).await,
@@ -166,40 +270,77 @@ impl Source {
 
     /// Make `files` readable from local disk: on an object store, download them (at most
     /// `workers` at once) into `scratch`, at their relative paths, and point `path` there.
+    /// Objects replaced since they were listed are taken out of `files` and returned: they
+    /// are for a later run.
     pub async fn fetch(
         &self,
-        files: &mut [LandingFile],
+        files: &mut Vec<LandingFile>,
         scratch: &Path,
         workers: usize,
-    ) -> Result<()> {
+    ) -> Result<Vec<LandingFile>> {
         let Source::Store(root) = self else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let dir = scratch.join("landing");
         let downloads = files.iter().map(|f| {
             let local = f.rel.split('/').fold(dir.clone(), |p, part| p.join(part));
             let remote = root.path_of(&format!("{}/{}", Layout::LANDING, f.rel));
-            let root = root.clone();
+            let (root, listed) = (root.clone(), f.listed());
             async move {
-                download(&root, &remote, &local).await?;
-                Ok::<_, Error>(local)
+                match download(&root, &remote, &local, listed).await {
+                    Ok(()) => Ok(Some(local)),
+                    Err(Error::Unsettled { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
         });
-        let locals: Vec<PathBuf> = futures::stream::iter(downloads)
+        let locals: Vec<Option<PathBuf>> = futures::stream::iter(downloads)
             .buffered(workers.max(2) * 2)
             .collect::<Vec<_>>()
             .await
             .into_iter()
             .collect::<Result<_>>()?;
-        for (f, local) in files.iter_mut().zip(locals) {
-            f.path = local;
+        let mut replaced = Vec::new();
+        let mut kept = Vec::new();
+        for (mut f, local) in std::mem::take(files).into_iter().zip(locals) {
+            match local {
+                Some(local) => {
+                    f.path = local;
+                    kept.push(f);
+                }
+                None => replaced.push(f),
+            }
         }
-        Ok(())
+        *files = kept;
+        Ok(replaced)
     }
 }
 
+/// Whether a path component under the landing folder hides what is below it: Spark's rule
+/// for data folders (`HadoopFSUtils.shouldFilterOutPathName`): a name that starts with `.`,
+/// or with `_` and is not a partition folder (`_x=1`). Writers stage their output under such
+/// names (Hadoop's `_temporary/`, Spark's `.spark-staging-*`, `.staging/`) before committing it.
+pub fn hidden_name(name: &str) -> bool {
+    name.starts_with('.') || (name.starts_with('_') && !name.contains('='))
+}
+
+/// A landing file's relative path: no hidden component, a `.parquet` file name.
+fn is_landing_path(rel: &str) -> bool {
+    !rel.split('/').any(hidden_name) && layout::is_landing_candidate(Path::new(rel))
+}
+
+/// The landing files found, and what was found but could not be used as one (a broken
+/// symbolic link, a link looping back to a folder it is in).
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The files, sorted by relative path.
+    pub files: Vec<LandingFile>,
+    /// One line per thing skipped that the user must know of.
+    pub warnings: Vec<String>,
+}
+
 /// Landing files under `prefix` of the landing folder on an object store.
-async fn list_store(root: &StoreRoot, prefix: &str) -> Result<Vec<LandingFile>> {
+async fn list_store(root: &StoreRoot, prefix: &str) -> Result<Listing> {
     let landing = root.path_of(Layout::LANDING);
     let under = root.path_of(&format!("{}/{prefix}", Layout::LANDING));
     let mut listing = root.store().list(Some(&under));
@@ -218,11 +359,7 @@ async fn list_store(root: &StoreRoot, prefix: &str) -> Result<Vec<LandingFile>> 
             .map(|p| p.as_ref().to_string())
             .collect::<Vec<_>>()
             .join("/");
-        // Hidden or private folders on the way are skipped, as on local disk.
-        let hidden = rel
-            .split('/')
-            .any(|part| part.starts_with('.') || part.starts_with('_'));
-        if hidden || !layout::is_landing_candidate(Path::new(&rel)) || !rel.starts_with(prefix) {
+        if !is_landing_path(&rel) || !rel.starts_with(prefix) {
             continue;
         }
         out.push(LandingFile {
@@ -230,14 +367,24 @@ async fn list_store(root: &StoreRoot, prefix: &str) -> Result<Vec<LandingFile>> 
             rel,
             size: meta.size,
             modified_us: meta.last_modified.timestamp_micros(),
+            downloaded: true,
         });
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(out)
+    Ok(Listing {
+        files: out,
+        warnings: Vec::new(),
+    })
 }
 
-/// Copy one object to a local file, streaming (a temporary name first).
-async fn download(root: &StoreRoot, remote: &deltalake::Path, local: &Path) -> Result<()> {
+/// Copy one object to a local file, streaming (a temporary name first). `Unsettled` when
+/// the object is not the one listed any more (replaced since: its size or time differ).
+async fn download(
+    root: &StoreRoot,
+    remote: &deltalake::Path,
+    local: &Path,
+    listed: Stat,
+) -> Result<()> {
     use object_store::ObjectStoreExt;
     use tokio::io::AsyncWriteExt;
     let shown = || root.object_url(remote);
@@ -252,12 +399,17 @@ async fn download(root: &StoreRoot, remote: &deltalake::Path, local: &Path) -> R
             .await
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
-    let mut body = root
-        .store()
-        .get(remote)
-        .await
-        .map_err(failed)?
-        .into_stream();
+    let got = root.store().get(remote).await.map_err(failed)?;
+    let now = Stat {
+        size: got.meta.size,
+        modified_us: got.meta.last_modified.timestamp_micros(),
+    };
+    if now != listed {
+        return Err(Error::Unsettled {
+            path: local.to_path_buf(),
+        });
+    }
+    let mut body = got.into_stream();
     let mut file = tokio::fs::File::create(local)
         .await
         .map_err(|e| Error::io(format!("cannot create {}", local.display()), e))?;
@@ -272,64 +424,90 @@ async fn download(root: &StoreRoot, remote: &deltalake::Path, local: &Path) -> R
         .map_err(|e| Error::io(format!("cannot write {}", local.display()), e))
 }
 
-/// Landing files under `prefix`, recursively, sorted by relative path.
-pub fn list(dir: &Path, prefix: &str) -> Result<Vec<LandingFile>> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<LandingFile>) -> Result<()> {
-        let rd = match std::fs::read_dir(dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => return Ok(()),
-            Err(e) => return Err(Error::io(format!("cannot list {}", dir.display()), e)),
-        };
-        for entry in rd {
-            let entry =
-                entry.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
-            let path = entry.path();
-            let ft = entry
-                .file_type()
-                .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
-            if ft.is_dir() {
-                walk(root, &path, out)?;
-            } else if layout::is_landing_candidate(&path) {
-                let meta = match entry.metadata() {
-                    Ok(m) => m,
-                    // Gone between listing and stat: a later run sees it if it comes back.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(Error::io(format!("cannot stat {}", path.display()), e));
-                    }
-                };
-                let modified_us = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_micros() as i64);
-                let rel = path
-                    .strip_prefix(root)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                out.push(LandingFile {
-                    path,
-                    rel,
-                    size: meta.len(),
-                    modified_us,
-                });
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
+/// Landing files under `prefix`, recursively, sorted by relative path. Symbolic links are
+/// followed; a link to a folder the walk is already in (a loop) and a broken link are
+/// warnings.
+pub fn list(dir: &Path, prefix: &str) -> Result<Listing> {
+    let mut out = Listing::default();
     let start = if prefix.is_empty() {
         dir.to_path_buf()
     } else {
         dir.join(prefix)
     };
     if start.is_dir() {
-        walk(dir, &start, &mut out)?;
+        let mut ancestors = Vec::new();
+        walk(dir, &start, &mut ancestors, &mut out)?;
     }
-    out.retain(|f| f.rel.starts_with(prefix));
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    out.files.retain(|f| f.rel.starts_with(prefix));
+    out.files.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(out)
+}
+
+/// (device, inode) of a folder: how a loop of symbolic links is recognised.
+fn folder_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+fn walk(root: &Path, dir: &Path, ancestors: &mut Vec<(u64, u64)>, out: &mut Listing) -> Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => return Ok(()),
+        Err(e) => return Err(Error::io(format!("cannot list {}", dir.display()), e)),
+    };
+    let here = std::fs::metadata(dir)
+        .map_err(|e| Error::io(format!("cannot stat {}", dir.display()), e))?;
+    ancestors.push(folder_id(&here));
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if hidden_name(&name) {
+            continue;
+        }
+        let link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        // Follows a symbolic link to what it points to.
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && link => {
+                out.warnings.push(format!(
+                    "landing {rel} is a symbolic link to something that does not exist ({}): skipped",
+                    std::fs::read_link(&path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
+                ));
+                continue;
+            }
+            // Gone between listing and stat: a later run sees it if it comes back.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("cannot stat {}", path.display()), e)),
+        };
+        if meta.is_dir() {
+            if ancestors.contains(&folder_id(&meta)) {
+                out.warnings.push(format!(
+                    "landing {rel} is a symbolic link to a folder it is inside (a loop): not followed"
+                ));
+                continue;
+            }
+            walk(root, &path, ancestors, out)?;
+        } else if meta.is_file() && is_landing_path(&rel) {
+            let stat = Stat::of(&meta);
+            out.files.push(LandingFile {
+                path,
+                rel,
+                size: stat.size,
+                modified_us: stat.modified_us,
+                downloaded: false,
+            });
+        }
+    }
+    ancestors.pop();
+    Ok(())
 }
 
 /// The stream's consumed files, from `ingest_files`.
@@ -442,7 +620,16 @@ fn record_batch(
 
 /// Content hashes being computed in the background (new files are hashed while the run
 /// reads them; the hashes are needed only when its `ingest_files` rows are written).
-pub struct Hashing(Vec<tokio::task::JoinHandle<Result<Vec<String>>>>);
+pub struct Hashing(Vec<tokio::task::JoinHandle<Result<Vec<Hashed>>>>);
+
+/// A file's content hash, and its size and time while it was hashed.
+#[derive(Debug, Clone)]
+pub struct Hashed {
+    /// BLAKE3, hex.
+    pub hash: String,
+    /// Size and time, the same before and after hashing.
+    pub stat: Stat,
+}
 
 /// Hash files on `workers` blocking threads, in the background.
 pub fn start_hashing(files: Vec<LandingFile>, workers: usize) -> Hashing {
@@ -467,7 +654,7 @@ pub fn start_hashing(files: Vec<LandingFile>, workers: usize) -> Hashing {
 
 impl Hashing {
     /// The hashes, in the files' order.
-    pub async fn wait(self) -> Result<Vec<String>> {
+    pub async fn wait(self) -> Result<Vec<Hashed>> {
         let mut out = Vec::new();
         for t in self.0 {
             out.extend(t.await??);
@@ -476,8 +663,9 @@ impl Hashing {
     }
 }
 
-/// BLAKE3 of a file's content, hex.
-pub fn hash_file(path: &Path) -> Result<String> {
+/// BLAKE3 of a file's content, with its size and time, which must not move while it is read
+/// (else [`Error::Unsettled`]: the file is being written).
+pub fn hash_file(path: &Path) -> Result<Hashed> {
     let mut f = std::fs::File::open(path).map_err(|e| {
         Error::bad_input(
             path,
@@ -486,6 +674,12 @@ pub fn hash_file(path: &Path) -> Result<String> {
             ),
         )
     })?;
+    let stat = |f: &std::fs::File| {
+        f.metadata()
+            .map(|m| Stat::of(&m))
+            .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))
+    };
+    let before = stat(&f)?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -497,13 +691,21 @@ pub fn hash_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().to_hex().to_string())
+    if stat(&f)? != before {
+        return Err(Error::Unsettled {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Hashed {
+        hash: h.finalize().to_hex().to_string(),
+        stat: before,
+    })
 }
 
 /// The `ingest_files` rows of this run's files.
 pub fn log_batch(
     files: &[LandingFile],
-    hashes: &[String],
+    hashes: &[Hashed],
     rows: &[u64],
     set_aside: &[Option<String>],
     stream: &Stream,
@@ -525,7 +727,7 @@ pub fn log_batch(
                 .with_timezone("UTC"),
         ),
         Arc::new(StringArray::from_iter_values(
-            hashes.iter().map(String::as_str),
+            hashes.iter().map(|h| h.hash.as_str()),
         )),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| *r as i64))),
         Arc::new(StringArray::from_iter_values(std::iter::repeat_n(

@@ -126,14 +126,21 @@ async fn run_once(
     report.step("discover", t);
     if !new.is_empty() {
         let t = Instant::now();
-        source.fetch(&mut new, &scratch.dir, opts.workers()).await?;
+        let replaced = source.fetch(&mut new, &scratch.dir, opts.workers()).await?;
+        report.defer(replaced.iter().map(|f| f.rel.clone()));
+        report.count_files(&new);
         if layout.store().is_some() {
             report.step("download", t);
         }
         let run = Run::start(&tables, &stream, opts).await?;
-        let (main_adds, record) =
+        let Some((main_adds, record)) =
             execute_setting_aside(&tables, new, &run, &scratch, opts, progress, &mut report)
-                .await?;
+                .await?
+        else {
+            // Every new file was deferred: nothing to commit.
+            drop(scratch);
+            return Ok(report.finish(started));
+        };
         let t = Instant::now();
         let (version, quarantine_version, warnings) =
             commit::commit_run(&mut tables, &stream, main_adds, record).await?;
@@ -166,15 +173,29 @@ async fn discover(
         discover::discover(source, stream, &tables.files, &scratch.dir, opts.workers()).await?;
     report.files_seen = found.seen;
     report.changed_files = found.changed;
-    let new = adopt_legacy(tables, stream, found.new).await?;
-    report.files_ingested = new.len() as u64;
-    report.bytes_read = new.iter().map(|f| f.size).sum();
+    report.defer(found.deferred);
+    for w in found.warnings {
+        tracing::warn!("{w}");
+        report.warnings.push(w);
+    }
+    let mut new = adopt_legacy(tables, stream, found.new).await?;
+    if let Some(age) = opts.min_file_age {
+        // NiFi's "Minimum File Age": a file modified this recently may still be written.
+        let newest = chrono::Utc::now().timestamp_micros() - age.as_micros() as i64;
+        let (waiting, ready): (Vec<_>, Vec<_>) =
+            new.into_iter().partition(|f| f.modified_us > newest);
+        report.defer(waiting.into_iter().map(|f| f.rel));
+        new = ready;
+    }
+    report.count_files(&new);
     Ok(new)
 }
 
 /// [`execute`] the run; with `--on-bad-file skip`, a file found unusable is set aside and
 /// the run done again without it (nothing is committed before), until every file left is
-/// good. Set-aside files are recorded in `ingest_files` with their problem.
+/// good. Set-aside files are recorded in `ingest_files` with their problem. A file that
+/// changed while the run read it (being written in place) is neither: it is deferred to a
+/// later run, and the run done again without it.
 async fn execute_setting_aside(
     tables: &Tables,
     mut files: Vec<LandingFile>,
@@ -183,10 +204,11 @@ async fn execute_setting_aside(
     opts: &IngestOptions,
     progress: &Progress,
     report: &mut IngestReport,
-) -> Result<(Vec<Add>, commit::RunRecord)> {
+) -> Result<Option<(Vec<Add>, commit::RunRecord)>> {
     let skip = opts.on_bad_file(OnBadFile::Stop) == OnBadFile::Skip;
     let before = report.clone();
     let mut set_aside: Vec<(LandingFile, String)> = Vec::new();
+    let mut deferred: Vec<String> = Vec::new();
     loop {
         // Content hashes are needed only for the record: computed while the run reads.
         let hashing = discover::start_hashing(files.clone(), opts.workers());
@@ -195,18 +217,40 @@ async fn execute_setting_aside(
         )
         .await;
         let (path, problem) = match attempt {
-            Err(Error::BadInput { path, problem }) if skip => (path, problem),
-            other => return other,
+            Err(Error::BadInput { path, problem }) => (path, Some(problem)),
+            Err(Error::Unsettled { path }) => (path, None),
+            other => return other.map(Some),
         };
-        let Some(i) = files.iter().position(|f| f.path == path) else {
-            return Err(Error::BadInput { path, problem });
+        let in_files = files.iter().position(|f| f.path == path);
+        let in_set_aside = set_aside.iter().position(|(f, _)| f.path == path);
+        let file = match (in_files, in_set_aside) {
+            (Some(i), _) => files.remove(i),
+            (None, Some(i)) if problem.is_none() => set_aside.remove(i).0,
+            _ => {
+                return Err(match problem {
+                    Some(problem) => Error::BadInput { path, problem },
+                    None => Error::Unsettled { path },
+                });
+            }
         };
-        let file = files.remove(i);
-        tracing::warn!(file = %file.rel, %problem, "setting aside an unusable raw file");
-        set_aside.push((file, problem));
+        // Unreadable because it is still being written: not a bad file.
+        let unsettled = problem.is_none() || file.moved(None);
+        match problem {
+            _ if unsettled => {
+                tracing::warn!(file = %file.rel,
+                    "a raw file changed while this run read it (still being written?): left for the next run");
+                deferred.push(file.rel.clone());
+            }
+            Some(problem) if skip => {
+                tracing::warn!(file = %file.rel, %problem, "setting aside an unusable raw file");
+                set_aside.push((file, problem));
+            }
+            Some(problem) => return Err(Error::BadInput { path, problem }),
+            None => unreachable!("an unsettled file is deferred"),
+        }
         *report = before.clone();
-        report.files_ingested = files.len() as u64;
-        report.bytes_read = files.iter().map(|f| f.size).sum();
+        report.count_files(&files);
+        report.defer(deferred.iter().cloned());
         report.set_aside_files = set_aside
             .iter()
             .map(|(f, problem)| SetAsideFile {
@@ -214,6 +258,9 @@ async fn execute_setting_aside(
                 problem: problem.clone(),
             })
             .collect();
+        if files.is_empty() && set_aside.is_empty() {
+            return Ok(None);
+        }
     }
 }
 
@@ -352,11 +399,19 @@ async fn log_files(
     run: &Run,
 ) -> Result<Vec<Add>> {
     let mut hashes = hashing.wait().await?;
+    // What is recorded must be what was read: every file's size and time, while hashed and
+    // now that the run has read it, are still those it was listed with.
+    for (f, h) in new.iter().zip(&hashes) {
+        f.check_settled(Some(h.stat))?;
+        f.check_settled(None)?;
+    }
     let mut files = new.to_vec();
     let mut rows = file_rows.to_vec();
     let mut problems = vec![None; new.len()];
     for (f, problem) in set_aside {
-        hashes.push(discover::hash_file(&f.path)?);
+        let h = discover::hash_file(&f.path)?;
+        f.check_settled(Some(h.stat))?;
+        hashes.push(h);
         files.push(f.clone());
         rows.push(0);
         problems.push(Some(problem.clone()));

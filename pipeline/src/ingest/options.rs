@@ -28,6 +28,12 @@ pub struct IngestOptions {
     /// and exits 9. Default: `stop`, and `skip` in `run --follow`.
     #[arg(long, value_enum, value_name = "stop|skip")]
     pub on_bad_file: Option<OnBadFile>,
+    /// Leave files modified less than this long ago (e.g. `5s`) for a later run, for
+    /// producers that write files in place rather than under another name and rename them
+    /// (NiFi's "Minimum File Age"). Without it such a file is still never ingested
+    /// half-written: a file that changes while a run reads it is deferred. Default: none.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub min_file_age: Option<std::time::Duration>,
     /// Ids held in memory per dedup bucket: a run with more ids (its own plus the index's)
     /// is split by id range and spilled to scratch, bounding memory. For tests and tuning.
     #[arg(long, hide = true, default_value_t = super::verdicts::DEFAULT_BUCKET_IDS)]

@@ -19,6 +19,10 @@ pub struct IngestReport {
     pub changed_files: Vec<ChangedFile>,
     /// Files set aside as unusable (`--on-bad-file skip`), recorded in `ingest_files`.
     pub set_aside_files: Vec<SetAsideFile>,
+    /// New files left for a later run: changing while this run looked at them (a producer
+    /// still writing them in place), or younger than `--min-file-age`. Nothing of them is
+    /// recorded; the next run takes them as new.
+    pub deferred_files: Vec<String>,
     /// When each ingested file landed (modification time, µs since the epoch): the start of
     /// its freshness in `run --follow`.
     #[serde(skip)]
@@ -101,6 +105,23 @@ pub const CHANGED_ADVICE: &str = "landing files are immutable: their new content
      To ingest it, land it under a new name (rows already ingested are then counted as \
      duplicates); otherwise restore the original file or move it out of the landing folder";
 
+impl IngestReport {
+    /// Count `files` as the run's files (read and committed).
+    pub(super) fn count_files(&mut self, files: &[super::discover::LandingFile]) {
+        self.files_ingested = files.len() as u64;
+        self.bytes_read = files.iter().map(|f| f.size).sum();
+    }
+
+    /// Add files left for a later run.
+    pub(super) fn defer(&mut self, rels: impl IntoIterator<Item = String>) {
+        for rel in rels {
+            if !self.deferred_files.contains(&rel) {
+                self.deferred_files.push(rel);
+            }
+        }
+    }
+}
+
 impl Report for IngestReport {
     fn stage(&self) -> &'static str {
         "ingest"
@@ -150,6 +171,14 @@ impl Report for IngestReport {
         if !self.set_aside_files.is_empty() {
             s.push_str(&format!("\n  {SET_ASIDE_ADVICE}"));
         }
+        if !self.deferred_files.is_empty() {
+            s.push_str(&format!(
+                "\n  {} new file(s) left for the next run (still being written, or younger than \
+                 --min-file-age): {}",
+                self.deferred_files.len(),
+                self.deferred_files.join(", ")
+            ));
+        }
         if !self.changed_files.is_empty() {
             s.push_str(&format!(
                 "\n  {} file(s) changed after they were ingested: {}\n  {CHANGED_ADVICE}",
@@ -184,6 +213,13 @@ impl Report for IngestReport {
                 String::new()
             } else {
                 format!("; {} file(s) set aside", self.set_aside_files.len())
+            } + &if self.deferred_files.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} file(s) left for the next run",
+                    self.deferred_files.len()
+                )
             },
             consumed_version: None,
             produced_version: self.table_version,

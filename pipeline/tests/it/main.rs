@@ -9,6 +9,7 @@ mod crash;
 mod exactly_once;
 mod faulty_proxy;
 mod ingest;
+mod landing;
 mod maintain;
 mod object_store;
 mod on_s3;
