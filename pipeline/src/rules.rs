@@ -41,6 +41,10 @@ pub enum Reason {
     AmountNull,
     /// `amount` ≤ 0.
     AmountNotPositive,
+    /// `amount` has more digits than the contract's `Decimal(12, 2)` holds (≥ 10,000,000,000):
+    /// a Parquet decimal column can store more than its declared precision, and nothing checks
+    /// that on read.
+    AmountOutOfRange,
     /// Not one of the known categories.
     CategoryUnknown,
     /// Not one of the known channels.
@@ -67,6 +71,7 @@ impl Reason {
             Reason::LateBeyondWatermark => "late_beyond_watermark",
             Reason::AmountNull => "amount_null",
             Reason::AmountNotPositive => "amount_not_positive",
+            Reason::AmountOutOfRange => "amount_out_of_range",
             Reason::CategoryUnknown => "category_unknown",
             Reason::ChannelUnknown => "channel_unknown",
             Reason::StatusUnknown => "status_unknown",
@@ -74,6 +79,9 @@ impl Reason {
         }
     }
 }
+
+/// The largest amount `Decimal(12, 2)` holds, in cents: 9,999,999,999.99.
+pub const MAX_AMOUNT_UNSCALED: i128 = 10i128.pow(crate::schema::AMOUNT_PRECISION as u32) - 1;
 
 /// A timestamp may be at most this far ahead of the run's clock (clock skew allowance).
 pub const MAX_FUTURE_MICROS: i64 = 24 * 3600 * 1_000_000;
@@ -210,6 +218,8 @@ fn check_row(
         Some(AmountNull)
     } else if amount.value(i) <= 0 {
         Some(AmountNotPositive)
+    } else if amount.value(i) > MAX_AMOUNT_UNSCALED {
+        Some(AmountOutOfRange)
     } else if category.is_null(i) || !CATEGORIES.contains(&category.value(i)) {
         Some(CategoryUnknown)
     } else if channel.is_null(i) || !CHANNELS.contains(&channel.value(i)) {
@@ -402,6 +412,21 @@ mod tests {
                     ..good()
                 },
                 AmountNotPositive,
+            ),
+            (
+                Row {
+                    amount: Some(MAX_AMOUNT_UNSCALED + 1),
+                    ..good()
+                },
+                AmountOutOfRange,
+            ),
+            (
+                Row {
+                    // 6e15 in units: what an INT64 decimal(12, 2) column can hold.
+                    amount: Some(600_000_000_000_000_000),
+                    ..good()
+                },
+                AmountOutOfRange,
             ),
             (
                 Row {

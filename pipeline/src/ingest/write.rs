@@ -260,7 +260,7 @@ impl DayWriters {
             self.write_main(&kept, src).await?;
         }
         if !rejected.is_empty() {
-            let bad = take_record_batch(batch, &UInt32Array::from(rejected))?;
+            let bad = within_precision(take_record_batch(batch, &UInt32Array::from(rejected))?)?;
             let m = bad.num_rows();
             let extra: Vec<ArrayRef> =
                 vec![Arc::new(StringArray::from(reasons)), repeat_str(src, m)];
@@ -306,6 +306,35 @@ impl DayWriters {
             .map_err(|e| Error::delta(Table::Quarantine.name(), e))?;
         Ok(())
     }
+}
+
+/// Rejected rows with an amount beyond `Decimal(12, 2)` (quarantined as
+/// `amount_out_of_range`) keep it as null: a value the column's type cannot hold would be
+/// read wrongly (or refused) by other readers of the quarantine table. The row's file and
+/// reason say where it came from.
+fn within_precision(bad: RecordBatch) -> Result<RecordBatch> {
+    use deltalake::arrow::array::{Array, Decimal128Array};
+    let i = bad
+        .schema()
+        .index_of(crate::schema::col::AMOUNT)
+        .map_err(|e| Error::Invalid(format!("internal error: {e}")))?;
+    let amounts = bad
+        .column(i)
+        .as_any()
+        .downcast_ref::<Decimal128Array>()
+        .ok_or_else(|| Error::Invalid("internal error: amount is not a decimal".into()))?;
+    let max = crate::rules::MAX_AMOUNT_UNSCALED;
+    if !amounts.iter().flatten().any(|v| v.abs() > max) {
+        return Ok(bad);
+    }
+    let fitted: Decimal128Array = amounts
+        .iter()
+        .map(|v| v.filter(|v| v.abs() <= max))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(crate::schema::AMOUNT_PRECISION, crate::schema::AMOUNT_SCALE)?;
+    let mut cols = bad.columns().to_vec();
+    cols[i] = Arc::new(fitted);
+    Ok(RecordBatch::try_new(bad.schema(), cols)?)
 }
 
 /// `value` `n` times (sized up front: growing it row by row showed up in profiles).

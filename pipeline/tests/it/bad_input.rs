@@ -398,3 +398,43 @@ fn every_command_names_a_damaged_log_as_damaged_never_as_absent() {
         assert!(!e.contains("does not exist yet"), "{args:?}: {e}");
     }
 }
+
+/// An amount beyond the contract's Decimal(12, 2) (a Parquet INT64 decimal(12, 2) column can
+/// hold 6e15; nothing checks precision on read): quarantined as `amount_out_of_range`, with
+/// the amount left null there (the column's type cannot hold it); the stages after ingest go
+/// on. Before, it was accepted, shown wrongly by `sql`, and every later aggregate failed
+/// ("too large to store in a Decimal128 of precision 18") naming no file, row or column.
+#[test]
+fn an_amount_beyond_the_contracts_precision_is_quarantined() {
+    use crate::common::{noon, quarantine, raw, write_raw};
+    let d = Data::new();
+    let mut huge = raw("00000000-0000-4000-8000-000000000001", noon("2024-02-01"));
+    huge.cents = 600_000_000_000_000_000; // 6e15 in units
+    let ok = raw("00000000-0000-4000-8000-000000000002", noon("2024-02-01"));
+    write_raw(&landing(&d).join("a.parquet"), &[huge, ok]);
+    let r = d.ok(&["run", "--stages", "ingest,aggregate,profiles"]);
+    let ingest = &r["stages"][0]["report"];
+    assert_eq!(u(ingest, "rows_quarantined"), 1, "{r}");
+    assert_eq!(
+        ingest["quarantine_reasons"]["amount_out_of_range"], 1,
+        "{r}"
+    );
+    assert_eq!(
+        quarantine(&d),
+        vec![(
+            "00000000-0000-4000-8000-000000000001".to_string(),
+            "2024-02-01".to_string(),
+            "amount_out_of_range".to_string()
+        )]
+    );
+    let out = d.ok(&[
+        "sql",
+        "SELECT amount IS NULL AS null_amount FROM customer_transactions_quarantine",
+    ]);
+    assert!(out.to_string().contains("true"), "{out}");
+    let total = d.ok(&[
+        "sql",
+        "SELECT CAST(sum(total_amount) AS VARCHAR) AS t FROM customer_daily_aggregates",
+    ]);
+    assert!(total.to_string().contains("10.00"), "{total}");
+}
