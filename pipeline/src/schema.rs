@@ -56,6 +56,17 @@ pub fn amount_type() -> DataType {
     DataType::Decimal128(AMOUNT_PRECISION, AMOUNT_SCALE)
 }
 
+/// Precision of a sum of amounts (`total_amount`, the profiles' totals): the widest
+/// `Decimal128`. A sum of at most `i64::MAX` rows of at most 9,999,999,999.99 is below 10^29,
+/// so no sum of valid rows can overflow it: a customer-day of a million maximal rows
+/// (1.0e16) overflowed the earlier Decimal(18, 2) and stopped every aggregate run.
+pub const SUM_PRECISION: u8 = 38;
+
+/// `Decimal128(38, 2)`: a sum of amounts.
+pub fn sum_type() -> DataType {
+    DataType::Decimal128(SUM_PRECISION, AMOUNT_SCALE)
+}
+
 /// The raw landing schema, in column order. `not_null` is the contract's nullability;
 /// quarantine relaxes it so rejected rows keep whatever they had.
 fn raw_fields(not_null: bool) -> Vec<Field> {
@@ -108,7 +119,7 @@ pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new(col::CUSTOMER_ID, DataType::Int64, false),
         Field::new(col::TRANSACTION_DATE, DataType::Date32, false),
-        Field::new("total_amount", DataType::Decimal128(18, 2), false),
+        Field::new("total_amount", sum_type(), false),
         Field::new("transaction_count", DataType::Int64, false),
         Field::new("declined_count", DataType::Int64, false),
         Field::new("min_amount", amount_type(), true),
@@ -121,7 +132,7 @@ pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// per day, 14 decimals); `decline_rate` is floating point; `spend_forecast_30d` is an
 /// estimate rounded to the cent.
 pub static PROFILES: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let money = || DataType::Decimal128(18, 2);
+    let money = sum_type;
     Arc::new(Schema::new(vec![
         Field::new(col::CUSTOMER_ID, DataType::Int64, false),
         Field::new("as_of_day", DataType::Date32, false),

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::DeltaWriter;
 use futures::StreamExt;
 
 use super::plan::Plan;
@@ -19,14 +19,13 @@ use crate::tables::Table;
 
 /// The business logic, in one place, over the days being recomputed (the table it reads is
 /// `customer_transactions` restricted to those days, so partition pruning applies). Money
-/// stays decimal throughout: the sum of `Decimal128(12, 2)` is widened by DataFusion and cast
-/// to the contract's (18, 2), which fails loudly rather than wrapping if a customer-day ever
-/// exceeded it.
+/// stays decimal throughout: amounts are summed as the contract's `Decimal(38, 2)`
+/// (`schema::SUM_PRECISION`), which no sum of valid rows can overflow.
 pub const QUERY: &str = "
 SELECT
     customer_id,
     transaction_date,
-    CAST(COALESCE(SUM(amount) FILTER (WHERE status = 'approved'), 0) AS DECIMAL(18, 2)) AS total_amount,
+    COALESCE(SUM(CAST(amount AS DECIMAL(38, 2))) FILTER (WHERE status = 'approved'), CAST(0 AS DECIMAL(38, 2))) AS total_amount,
     COUNT(*) FILTER (WHERE status = 'approved') AS transaction_count,
     COUNT(*) FILTER (WHERE status = 'declined') AS declined_count,
     MIN(amount) FILTER (WHERE status = 'approved') AS min_amount,
@@ -122,14 +121,14 @@ pub async fn merge(
 
 /// The merge, in one place beside [`QUERY`]: the aggregates of the new rows (`QUERY` over
 /// the added files) and the current aggregates of their days, combined per customer and day.
-/// Exact: sums of decimals stay decimal and are cast back to (18, 2), loudly on overflow.
+/// Exact: sums of decimals stay decimal, `Decimal(38, 2)`.
 fn merge_query() -> String {
     format!(
         "WITH new_rows AS ({QUERY})
 SELECT
     customer_id,
     transaction_date,
-    CAST(SUM(total_amount) AS DECIMAL(18, 2)) AS total_amount,
+    CAST(SUM(total_amount) AS DECIMAL(38, 2)) AS total_amount,
     CAST(SUM(transaction_count) AS BIGINT) AS transaction_count,
     CAST(SUM(declined_count) AS BIGINT) AS declined_count,
     MIN(min_amount) AS min_amount,
@@ -155,7 +154,7 @@ async fn replace_days(
     mode: &str,
 ) -> Result<Recomputed> {
     let name = Table::Aggregates.name();
-    let mut writer = RecordBatchWriter::for_table(&p.target).map_err(|e| Error::delta(name, e))?;
+    let mut writer = delta::writer(&p.target, Table::Aggregates, p.widen.is_some())?;
     let schema = writer.arrow_schema();
     let mut rows_written = 0u64;
     while let Some(batch) = stream.next().await {
@@ -191,6 +190,7 @@ async fn replace_days(
             predicate,
         },
     )
+    .actions(p.widen.clone())
     .actions(removes)
     .adds(adds.clone())
     .txn(p.app_id(), p.version)

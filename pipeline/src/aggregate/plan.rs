@@ -51,6 +51,9 @@ pub struct Plan {
     pub previous: Option<i64>,
     /// What to do.
     pub work: Work,
+    /// The table was made with narrower sums by an earlier version: the `metaData` action
+    /// that widens them, committed with a full rebuild.
+    pub widen: Option<deltalake::kernel::Action>,
 }
 
 impl Plan {
@@ -95,8 +98,12 @@ pub async fn plan(layout: &Layout, opts: &AggregateOptions) -> Result<Plan> {
     if version != latest {
         source = delta::open_at(layout, Table::Transactions, version).await?;
     }
+    let widen = delta::widening(&target, Table::Aggregates)?;
+    if widen.is_some() {
+        tracing::info!("the aggregates' sums are widened to Decimal(38, 2): rebuilding every day");
+    }
     let work = match previous {
-        _ if opts.full || opts.source_version.is_some() => Work::Recompute(None),
+        _ if opts.full || opts.source_version.is_some() || widen.is_some() => Work::Recompute(None),
         None => Work::Recompute(None),
         Some(p) if p == version => Work::Nothing,
         Some(p) if p > version => Work::Recompute(None),
@@ -122,5 +129,6 @@ pub async fn plan(layout: &Layout, opts: &AggregateOptions) -> Result<Plan> {
         version,
         previous,
         work,
+        widen,
     })
 }

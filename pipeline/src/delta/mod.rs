@@ -230,6 +230,10 @@ fn check_schema(table: &DeltaTable, name: &str, expected: &Schema) -> Result<()>
         .map_err(|e| Error::delta(name, e))?
         .snapshot()
         .arrow_schema();
+    if only_narrower_decimals(&actual, expected) {
+        // The stage that writes it widens it in its next commit (see [`widening`]).
+        return Ok(());
+    }
     let describe = |s: &Schema| {
         s.fields()
             .iter()
@@ -253,6 +257,84 @@ fn check_schema(table: &DeltaTable, name: &str, expected: &Schema) -> Result<()>
             describe(expected)
         )))
     }
+}
+
+/// Whether `actual` is `expected` with some decimal columns of a smaller precision (same
+/// scale): a table written before its sums were widened to `Decimal(38, 2)`.
+fn only_narrower_decimals(actual: &Schema, expected: &Schema) -> bool {
+    use deltalake::arrow::datatypes::DataType::Decimal128;
+    let mut narrower = false;
+    let same = actual.fields().len() == expected.fields().len()
+        && actual.fields().iter().zip(expected.fields()).all(|(a, e)| {
+            a.name() == e.name()
+                && a.is_nullable() == e.is_nullable()
+                && match (a.data_type(), e.data_type()) {
+                    (Decimal128(pa, sa), Decimal128(pe, se)) if sa == se && pa < pe => {
+                        narrower = true;
+                        true
+                    }
+                    (x, y) => x == y,
+                }
+        });
+    same && narrower
+}
+
+/// A derived table (aggregates, profiles) made by an earlier version, whose sums were
+/// narrower: the `metaData` action that widens them to today's schema, same table id. The
+/// stage commits it together with a rewrite of every file, so no reader ever sees old files
+/// under the new types (no Delta table feature is needed).
+pub fn widening(t: &DeltaTable, table: Table) -> Result<Option<deltalake::kernel::Action>> {
+    use deltalake::kernel::MetadataExt;
+    let name = table.name();
+    let snapshot = t.snapshot().map_err(|e| Error::delta(name, e))?;
+    let actual = snapshot.snapshot().arrow_schema();
+    if !only_narrower_decimals(&actual, &table.schema()) {
+        return Ok(None);
+    }
+    let kernel: StructType = table.schema().as_ref().try_into_kernel().map_err(|e| {
+        Error::delta(
+            name,
+            DeltaTableError::Generic(format!("schema conversion: {e}")),
+        )
+    })?;
+    let widened = snapshot
+        .metadata()
+        .clone()
+        .with_schema(&kernel)
+        .map_err(|e| {
+            Error::delta(
+                name,
+                DeltaTableError::Generic(format!("widening the schema: {e}")),
+            )
+        })?;
+    Ok(Some(deltalake::kernel::Action::Metadata(widened)))
+}
+
+/// A writer of new files for `t`: of its schema, or (when `widen`) of today's schema for
+/// `table` (see [`widening`]).
+pub fn writer(
+    t: &DeltaTable,
+    table: Table,
+    widen: bool,
+) -> Result<deltalake::writer::RecordBatchWriter> {
+    use deltalake::writer::RecordBatchWriter;
+    let name = table.name();
+    if !widen {
+        return RecordBatchWriter::for_table(t).map_err(|e| Error::delta(name, e));
+    }
+    RecordBatchWriter::try_new(
+        t.log_store().root_url().as_str(),
+        table.schema(),
+        Some(
+            table
+                .partition_columns()
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+        ),
+        None,
+    )
+    .map_err(|e| Error::delta(name, e))
 }
 
 /// The table's identity: the `id` of its `metaData` action, new whenever a table is created

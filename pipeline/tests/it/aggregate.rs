@@ -29,7 +29,7 @@ pub(crate) fn table(d: &Data) -> Agg {
             let cust = cust.as_primitive::<Int64Type>();
             let total = col("total_amount");
             let total = total.as_primitive::<Decimal128Type>();
-            assert_eq!(total.precision(), 18);
+            assert_eq!(total.precision(), 38, "the contract's sum type");
             assert_eq!(total.scale(), 2);
             let count = col("transaction_count");
             let declined = col("declined_count");
@@ -349,4 +349,116 @@ proptest! {
         prop_assert_eq!(&incremental, &table(&d));
         prop_assert_eq!(&incremental, &oracle(&d));
     }
+}
+
+/// A file of `n` approved rows of the largest valid amount for customer 7 on 2024-05-02.
+fn maximal_rows(d: &Data, n: usize) {
+    let max = 999_999_999_999i128;
+    let ts = 1_714_608_000_000_000i64 + 3_600_000_000; // 2024-05-02T01:00:00Z
+    let cols: Vec<Arc<dyn Array>> = vec![
+        Arc::new(StringArray::from_iter_values(
+            (0..n).map(|i| format!("00000000-0000-4000-8000-{i:012}")),
+        )),
+        Arc::new(Int64Array::from_iter_values((0..n).map(|_| 7))),
+        Arc::new(Int64Array::from_iter_values((0..n).map(|_| 9))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values((0..n).map(|i| ts + i as i64))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(
+            Decimal128Array::from_iter_values((0..n).map(|_| max))
+                .with_precision_and_scale(12, 2)
+                .unwrap(),
+        ),
+        Arc::new(StringArray::from_iter_values((0..n).map(|_| "travel"))),
+        Arc::new(StringArray::from_iter_values((0..n).map(|_| "online"))),
+        Arc::new(StringArray::from_iter_values((0..n).map(|_| "approved"))),
+    ];
+    let b = RecordBatch::try_new(pipeline::schema::RAW.clone(), cols).unwrap();
+    let path = d.path().join("_raw/customer_transactions/max.parquet");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), b.schema(), None).unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+}
+
+/// 1,000,001 valid rows of 9,999,999,999.99 for one customer and day: their sum,
+/// 10,000,009,999,989,999.99, is beyond the Decimal(18, 2) the aggregates had, which
+/// stopped every later aggregate (and run) for every customer. The sums are Decimal(38, 2):
+/// exact, and served as such.
+#[test]
+fn a_customer_day_beyond_the_old_decimal_18_2_is_summed_exactly() {
+    let d = Data::new();
+    let n = 1_000_001usize;
+    maximal_rows(&d, n);
+    d.ok(&["ingest"]);
+    d.ok(&["aggregate"]);
+    let p = d.ok(&["profiles"]);
+    let want = 999_999_999_999i128 * n as i128;
+    assert_eq!(want, 1_000_000_999_998_999_999i128, "cents");
+    let got = table(&d);
+    assert_eq!(
+        got[&(7, "2024-05-02".to_string())],
+        (
+            want,
+            n as i64,
+            0,
+            Some(999_999_999_999),
+            Some(999_999_999_999)
+        )
+    );
+    assert_eq!(p["customers_recomputed"], 1, "{p}");
+    let out = d.ok(&[
+        "sql",
+        "SELECT CAST(lifetime_total AS VARCHAR) AS t, CAST(average_ticket AS VARCHAR) AS a FROM customer_profiles",
+    ]);
+    let text = out.to_string();
+    assert!(
+        text.contains("10000009999989999.99") && text.contains("9999999999.99"),
+        "{text}"
+    );
+}
+
+/// A data dir whose aggregates and profiles were written with the earlier, narrower sums
+/// (Decimal(18, 2)): the next run widens them, in one commit per table that rewrites every
+/// file (same table, same id), and the result equals a fresh run's.
+#[test]
+fn tables_with_the_earlier_narrower_sums_are_widened_by_the_next_run() {
+    let d = Data::new();
+    batch(&d, 1, 3000, 3, "2024-03-01", 0.02);
+    d.ok(&["run", "--stages", "ingest,aggregate,profiles"]);
+    let expected = (table(&d), crate::profiles::profiles_table(&d));
+    // As an earlier version wrote them: every commit's schema says decimal(18,2).
+    for t in ["customer_daily_aggregates", "customer_profiles"] {
+        for e in std::fs::read_dir(d.table(t).join("_delta_log")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                std::fs::write(&p, text.replace("decimal(38,2)", "decimal(18,2)")).unwrap();
+            }
+        }
+    }
+    let id_before = crate::common::table_id(&d.table(AGG));
+    let r = d.ok(&["run", "--stages", "aggregate,profiles"]);
+    let agg = &r["stages"][0]["report"];
+    assert_eq!(agg["full_rebuild"], true, "{r}");
+    assert_eq!(
+        crate::common::table_id(&d.table(AGG)),
+        id_before,
+        "same table"
+    );
+    assert_eq!((table(&d), crate::profiles::profiles_table(&d)), expected);
+    let log = std::fs::read_to_string(d.table(AGG).join("_delta_log").join(format!(
+        "{:020}.json",
+        crate::common::version(&d.table(AGG)).unwrap()
+    )))
+    .unwrap();
+    assert!(
+        log.contains("decimal(38,2)") && log.contains("metaData"),
+        "{log}"
+    );
+    // Nothing more to do afterwards.
+    let again = d.ok(&["run", "--stages", "aggregate,profiles"]);
+    assert_eq!(again["stages"][0]["skipped"], true, "{again}");
 }
