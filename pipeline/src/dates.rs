@@ -62,9 +62,43 @@ pub fn from_cql(d: CqlDate) -> Option<Day> {
     from_date(date)
 }
 
+/// A day counts as *active* when it has at least this share of the median day's rows.
+pub const ACTIVE_DAY_SHARE: f64 = 0.05;
+
+/// The first and last *active* day of data spread over days (`(day, rows)`): days with at
+/// least [`ACTIVE_DAY_SHARE`] of the median day's rows (and at least one). A few stray rows
+/// far from the rest (one valid row stamped today under a history of 2024, a mis-dated test
+/// row) do not move the span: the profiles' as-of day and the report's time axis use it, so
+/// such a row neither zeroes every customer's 30-day window nor squashes the charts.
+pub fn active_span(days: impl IntoIterator<Item = (Day, u64)>) -> Option<(Day, Day)> {
+    let days: Vec<(Day, u64)> = days.into_iter().filter(|(_, n)| *n > 0).collect();
+    let mut counts: Vec<u64> = days.iter().map(|(_, n)| *n).collect();
+    counts.sort_unstable();
+    let median = *counts.get(counts.len() / 2)?;
+    let floor = ((median as f64 * ACTIVE_DAY_SHARE).ceil() as u64).max(1);
+    let active = || days.iter().filter(|(_, n)| *n >= floor).map(|(d, _)| *d);
+    Some((active().min()?, active().max()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stray_rows_far_from_the_rest_do_not_move_the_active_span() {
+        let jan: Vec<(Day, u64)> = (19723..19754).map(|d| (d, 150)).collect();
+        assert_eq!(active_span(jan.clone()), Some((19723, 19753)));
+        let mut with_stray = jan.clone();
+        with_stray.push((20790, 1));
+        with_stray.push((10000, 2));
+        assert_eq!(active_span(with_stray), Some((19723, 19753)));
+        // A quiet day (a tenth of the usual) is still active.
+        let mut quiet = jan;
+        quiet.push((19754, 15));
+        assert_eq!(active_span(quiet), Some((19723, 19754)));
+        assert_eq!(active_span(vec![(5, 1)]), Some((5, 5)));
+        assert_eq!(active_span(Vec::new()), None);
+    }
 
     #[test]
     fn days_round_trip_through_every_representation_including_before_1970() {

@@ -70,6 +70,13 @@ fn plot_error<E: std::fmt::Debug>(e: E) -> Error {
 pub fn draw(d: &Data) -> Result<Vec<Chart>> {
     let days: Vec<Day> = d.daily.iter().map(|x| x.day).collect();
     let mut charts = Vec::new();
+    let elsewhere = match d.daily_elsewhere {
+        (0, _) => String::new(),
+        (rows, days) => format!(
+            " {rows} transaction(s) on {days} day(s) far from the rest are not drawn (they would \
+             squash the axis)."
+        ),
+    };
     let volume = vec![
         (
             "approved".to_string(),
@@ -82,7 +89,7 @@ pub fn draw(d: &Data) -> Result<Vec<Chart>> {
     ];
     charts.push(day_lines(
         ("daily_volume", "Daily volume", PRIMARY[0]),
-        "Transactions per day (customer_daily_aggregates).",
+        &format!("Transactions per day (customer_daily_aggregates).{elsewhere}"),
         "transactions",
         &days,
         &volume,
@@ -96,7 +103,7 @@ pub fn draw(d: &Data) -> Result<Vec<Chart>> {
     )];
     charts.push(day_lines(
         ("daily_amount", "Daily amount", PRIMARY[1]),
-        "Approved amount per day.",
+        &format!("Approved amount per day.{elsewhere}"),
         "amount",
         &days,
         &amount,
@@ -117,7 +124,7 @@ pub fn draw(d: &Data) -> Result<Vec<Chart>> {
     )];
     charts.push(day_lines(
         ("declined_share", "Declined share", PRIMARY[2]),
-        "Declined transactions as a share of all, per day.",
+        &format!("Declined transactions as a share of all, per day.{elsewhere}"),
         "%",
         &days,
         &share,

@@ -44,7 +44,11 @@ pub struct Run {
 /// Everything the charts need.
 #[derive(Debug, Clone, Default)]
 pub struct Data {
+    /// The days charted: the active span of the aggregates ([`crate::dates::active_span`]).
     pub daily: Vec<Daily>,
+    /// Transactions on days outside the charted span (stray rows far from the rest), and
+    /// their days: counted in the captions, not drawn, so they do not squash the axis.
+    pub daily_elsewhere: (u64, u64),
     /// Quarantined rows per reason, per day within the aggregates' days.
     pub quarantine: BTreeMap<String, BTreeMap<Day, i64>>,
     /// Quarantined rows without a day or outside the aggregates' days (shown as a count).
@@ -69,7 +73,22 @@ pub async fn gather(layout: &Layout, top: usize, runs: usize) -> Result<Data> {
     }
     let mut data = Data::default();
     if have.contains(&"aggregates") {
-        data.daily = daily(&ctx).await?;
+        let all = daily(&ctx).await?;
+        let span = crate::dates::active_span(
+            all.iter()
+                .map(|x| (x.day, (x.approved + x.declined).max(0) as u64)),
+        );
+        let (inside, outside): (Vec<Daily>, Vec<Daily>) = all
+            .into_iter()
+            .partition(|x| span.is_some_and(|(a, b)| (a..=b).contains(&x.day)));
+        data.daily_elsewhere = (
+            outside
+                .iter()
+                .map(|x| (x.approved + x.declined).max(0) as u64)
+                .sum(),
+            outside.len() as u64,
+        );
+        data.daily = inside;
         data.top = top_customers(&ctx, top).await?;
     }
     if have.contains(&"quarantine") {

@@ -10,7 +10,7 @@ use deltalake::arrow::datatypes::Int64Type;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::DeltaWriter;
 use futures::StreamExt;
 
 use super::ALPHA;
@@ -33,7 +33,8 @@ pub struct Executed {
     pub version: i64,
 }
 
-/// Every profile's state from all the aggregates (`aggregates`), as of day number `{r}`.
+/// Every profile's state from the aggregates (`aggregates`) up to day number `{r}`, the
+/// as-of day (rows after it are not counted).
 /// Each column is a sum over the customer's days, so a difference of day rows adds to it.
 /// The weighted spend is exact decimal too: each day's weight is rounded to 12 decimals
 /// first, so the sum does not depend on the order rows are added in (floating-point sums
@@ -42,7 +43,7 @@ fn full_state(r: Day) -> String {
     format!(
         "SELECT
     customer_id,
-    CAST(SUM(total_amount) AS DECIMAL(18, 2)) AS lifetime_total,
+    CAST(SUM(total_amount) AS DECIMAL(38, 2)) AS lifetime_total,
     CAST(SUM(transaction_count) AS BIGINT) AS lifetime_count,
     CAST(SUM(declined_count) AS BIGINT) AS declined_count,
     MIN(transaction_date) AS first_active_day,
@@ -50,6 +51,7 @@ fn full_state(r: Day) -> String {
     COUNT(*) AS active_days,
     {windows}
 FROM aggregates
+WHERE CAST(transaction_date AS INT) <= {r}
 GROUP BY customer_id",
         windows = window_sums(r, "total_amount")
     )
@@ -58,8 +60,8 @@ GROUP BY customer_id",
 /// The 7- and 30-day totals and the weighted spend, over rows of `aggregates`-like columns.
 fn window_sums(r: Day, amount: &str) -> String {
     format!(
-        "CAST(COALESCE(SUM({amount}) FILTER (WHERE CAST(transaction_date AS INT) > {w7}), 0) AS DECIMAL(18, 2)) AS total_last_7d,
-    CAST(COALESCE(SUM({amount}) FILTER (WHERE CAST(transaction_date AS INT) > {w30}), 0) AS DECIMAL(18, 2)) AS total_last_30d,
+        "CAST(COALESCE(SUM({amount}) FILTER (WHERE CAST(transaction_date AS INT) > {w7}), 0) AS DECIMAL(38, 2)) AS total_last_7d,
+    CAST(COALESCE(SUM({amount}) FILTER (WHERE CAST(transaction_date AS INT) > {w30}), 0) AS DECIMAL(38, 2)) AS total_last_30d,
     CAST(COALESCE(SUM({amount} * CAST(power({keep}, CAST({r} - CAST(transaction_date AS INT) AS DOUBLE)) * {ALPHA} AS DECIMAL(20, 12))), 0) AS DECIMAL(38, 14)) AS ewm_daily_spend",
         w7 = r - 7,
         w30 = r - 30,
@@ -72,8 +74,10 @@ fn changed_state(r: Day) -> String {
     format!(
         "WITH d AS (
     SELECT customer_id, transaction_date, total_amount, transaction_count, declined_count, 1 AS present FROM new_days
+    WHERE CAST(transaction_date AS INT) <= {r}
     UNION ALL
     SELECT customer_id, transaction_date, -total_amount, -transaction_count, -declined_count, -1 AS present FROM old_days
+    WHERE CAST(transaction_date AS INT) <= {r}
 )
 SELECT
     customer_id,
@@ -90,16 +94,21 @@ GROUP BY customer_id",
     )
 }
 
-/// Rows of the changed days that were in the old version and are not in the new one.
-const VANISHED: &str = "SELECT count(*) FROM (
-    SELECT customer_id, transaction_date FROM old_days
+/// Rows of the changed days up to the as-of day (`{r}`) that were in the old version and
+/// are not in the new one.
+fn vanished_rows(r: Day) -> String {
+    format!(
+        "SELECT count(*) FROM (
+    SELECT customer_id, transaction_date FROM old_days WHERE CAST(transaction_date AS INT) <= {r}
     EXCEPT
-    SELECT customer_id, transaction_date FROM new_days)";
+    SELECT customer_id, transaction_date FROM new_days WHERE CAST(transaction_date AS INT) <= {r})"
+    )
+}
 
 /// The stored profiles plus the differences.
 const APPLY: &str = "SELECT
     COALESCE(p.customer_id, x.customer_id) AS customer_id,
-    CAST(COALESCE(p.lifetime_total, 0) + COALESCE(x.d_total, 0) AS DECIMAL(18, 2)) AS lifetime_total,
+    CAST(COALESCE(p.lifetime_total, 0) + COALESCE(x.d_total, 0) AS DECIMAL(38, 2)) AS lifetime_total,
     CAST(COALESCE(p.lifetime_count, 0) + COALESCE(x.d_count, 0) AS BIGINT) AS lifetime_count,
     CAST(COALESCE(p.declined_count, 0) + COALESCE(x.d_declined, 0) AS BIGINT) AS declined_count,
     CASE WHEN x.first_new IS NULL OR (p.first_active_day IS NOT NULL AND p.first_active_day <= x.first_new)
@@ -107,8 +116,8 @@ const APPLY: &str = "SELECT
     CASE WHEN x.last_new IS NULL OR (p.last_active_day IS NOT NULL AND p.last_active_day >= x.last_new)
          THEN p.last_active_day ELSE x.last_new END AS last_active_day,
     CAST(COALESCE(p.active_days, 0) + COALESCE(x.d_active, 0) AS BIGINT) AS active_days,
-    CAST(COALESCE(p.total_last_7d, 0) + COALESCE(x.total_last_7d, 0) AS DECIMAL(18, 2)) AS total_last_7d,
-    CAST(COALESCE(p.total_last_30d, 0) + COALESCE(x.total_last_30d, 0) AS DECIMAL(18, 2)) AS total_last_30d,
+    CAST(COALESCE(p.total_last_7d, 0) + COALESCE(x.total_last_7d, 0) AS DECIMAL(38, 2)) AS total_last_7d,
+    CAST(COALESCE(p.total_last_30d, 0) + COALESCE(x.total_last_30d, 0) AS DECIMAL(38, 2)) AS total_last_30d,
     CAST(COALESCE(p.ewm_daily_spend, 0) + COALESCE(x.ewm_daily_spend, 0) AS DECIMAL(38, 14)) AS ewm_daily_spend,
     x.customer_id IS NOT NULL AS recomputed
 FROM profiles p FULL OUTER JOIN changed x ON p.customer_id = x.customer_id";
@@ -129,11 +138,11 @@ fn derived(r: Day) -> String {
     last_active_day,
     active_days,
     CASE WHEN lifetime_count = 0 THEN NULL
-         ELSE CAST(lifetime_total / CAST(lifetime_count AS DECIMAL(20, 0)) AS DECIMAL(18, 2)) END AS average_ticket,
+         ELSE CAST(lifetime_total / CAST(lifetime_count AS DECIMAL(20, 0)) AS DECIMAL(38, 2)) END AS average_ticket,
     total_last_7d,
     total_last_30d,
     ewm_daily_spend,
-    CAST(ewm_daily_spend * 30 AS DECIMAL(18, 2)) AS spend_forecast_30d,
+    CAST(ewm_daily_spend * 30 AS DECIMAL(38, 2)) AS spend_forecast_30d,
     recomputed
 FROM state"
     )
@@ -151,7 +160,7 @@ pub async fn execute(p: &Plan) -> Result<Executed> {
         Work::Incremental { days, old } => {
             query::register(&ctx, "new_days", &p.source, Some(days)).await?;
             query::register(&ctx, "old_days", old, Some(days)).await?;
-            if vanished(&ctx).await? == 0 {
+            if vanished(&ctx, r).await? == 0 {
                 let read = rows(&p.source, days)? + rows(old, days)?;
                 ("incremental", None, read)
             } else {
@@ -180,8 +189,8 @@ pub async fn execute(p: &Plan) -> Result<Executed> {
     write_and_commit(p, stream, mode, because, rows_read).await
 }
 
-async fn vanished(ctx: &SessionContext) -> Result<i64> {
-    let b = ctx.sql(VANISHED).await?.collect().await?;
+async fn vanished(ctx: &SessionContext, r: Day) -> Result<i64> {
+    let b = ctx.sql(&vanished_rows(r)).await?.collect().await?;
     Ok(b.first()
         .map(|b| b.column(0).as_primitive::<Int64Type>())
         .filter(|c| !c.is_empty())
@@ -207,8 +216,7 @@ async fn write_and_commit(
     rows_read: u64,
 ) -> Result<Executed> {
     let name = Table::Profiles.name();
-    let mut writer = RecordBatchWriter::for_table(&p.target)
-        .map_err(|e| Error::delta(name, e))?
+    let mut writer = delta::writer(&p.target, Table::Profiles, p.widen.is_some())?
         .with_writer_properties(crate::schema::profile_writer_properties());
     let schema = writer.arrow_schema();
     let (mut rows_written, mut customers) = (0u64, 0u64);
@@ -253,6 +261,7 @@ async fn commit(
             predicate: None,
         },
     )
+    .actions(p.widen.clone())
     .actions(removes)
     .adds(adds.clone())
     .txn(p.app_id(), p.version)

@@ -6,6 +6,7 @@ use deltalake::DeltaTable;
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::Date32Type;
 
+use super::options::AsOf;
 use super::{ProfilesOptions, ProfilesReport};
 use crate::dates::{self, Day};
 use crate::delta;
@@ -40,10 +41,15 @@ pub struct Plan {
     pub version: i64,
     /// The version reflected before (for this identity).
     pub previous: Option<i64>,
-    /// The latest day in the aggregates (None: no aggregates yet).
+    /// The day the profiles are as of (None: no aggregates yet).
     pub as_of: Option<Day>,
+    /// Days with aggregate rows after `as_of` (not counted), and their rows.
+    pub after: (u64, u64),
     /// What to do.
     pub work: Work,
+    /// The table was made with narrower sums by an earlier version: the `metaData` action
+    /// that widens them, committed with a full recompute.
+    pub widen: Option<deltalake::kernel::Action>,
 }
 
 impl Plan {
@@ -59,6 +65,8 @@ impl Plan {
             previous_source_version: self.previous,
             source_version: self.previous,
             as_of_day: self.as_of.map(dates::format),
+            days_after_as_of: self.after.0,
+            rows_after_as_of: self.after.1,
             days_changed: match &self.work {
                 Work::Incremental { days, .. } => days.len() as u64,
                 _ => 0,
@@ -76,12 +84,24 @@ pub async fn plan(layout: &Layout, opts: &ProfilesOptions) -> Result<Plan> {
     let version = delta::version(&source);
     let app_id = format!("pipeline.profiles:{source_id}");
     let previous = delta::txn_version(&target, Table::Profiles, &app_id).await?;
-    let as_of = delta::files(&source, Table::Aggregates, None)?
-        .iter()
-        .filter_map(|f| f.day)
-        .max();
+    let (as_of, after) = as_of_day(&source, opts.as_of_day)?;
+    let widen = delta::widening(&target, Table::Profiles)?;
     let work = match previous {
-        Some(p) if p == version && !opts.full => Work::Nothing,
+        _ if widen.is_some() => Work::Full(Some(
+            "the profiles' sums are widened to Decimal(38, 2)".into(),
+        )),
+        Some(p) if p == version && !opts.full => {
+            let recorded = recorded_as_of(&target).await?;
+            if recorded == as_of || recorded.is_none() {
+                Work::Nothing
+            } else {
+                Work::Full(Some(format!(
+                    "the as-of day moved from {} to {}",
+                    recorded.map_or("-".into(), dates::format),
+                    as_of.map_or("-".into(), dates::format)
+                )))
+            }
+        }
         _ if opts.full => Work::Full(None),
         None => Work::Full(None),
         Some(p) if p > version => Work::Full(Some(format!(
@@ -96,8 +116,40 @@ pub async fn plan(layout: &Layout, opts: &ProfilesOptions) -> Result<Plan> {
         version,
         previous,
         as_of,
+        after,
         work,
+        widen,
     })
+}
+
+/// The as-of day by `rule`, from the aggregates' rows per day (file statistics, no scan),
+/// and the days (and rows) after it.
+fn as_of_day(source: &DeltaTable, rule: AsOf) -> Result<(Option<Day>, (u64, u64))> {
+    let mut per_day: std::collections::BTreeMap<Day, u64> = Default::default();
+    for f in delta::files(source, Table::Aggregates, None)? {
+        if let Some(d) = f.day {
+            *per_day.entry(d).or_default() += f.rows;
+        }
+    }
+    let as_of = match rule {
+        AsOf::Day(d) => Some(d),
+        AsOf::Latest => per_day.keys().next_back().copied(),
+        AsOf::Auto => dates::active_span(per_day.iter().map(|(d, n)| (*d, *n))).map(|s| s.1),
+    };
+    let after = as_of.map_or((0, 0), |a| {
+        per_day
+            .range(a + 1..)
+            .fold((0, 0), |(days, rows), (_, n)| (days + 1, rows + n))
+    });
+    if after.0 > 0 {
+        tracing::info!(
+            as_of = %as_of.map(dates::format).unwrap_or_default(),
+            days = after.0,
+            rows = after.1,
+            "aggregate rows after the as-of day are not counted (see --as-of-day)"
+        );
+    }
+    Ok((as_of, after))
 }
 
 /// Incremental over the changed days, or full with the reason it cannot be.

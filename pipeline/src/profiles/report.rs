@@ -21,6 +21,11 @@ pub struct ProfilesReport {
     pub full_because: Option<String>,
     /// The latest day in the aggregates: the day the 7- and 30-day windows end on.
     pub as_of_day: Option<String>,
+    /// Days with aggregate rows after `as_of_day`, not counted in the profiles (stray rows
+    /// far from the rest, or a day too young to be active yet; see `--as-of-day`).
+    pub days_after_as_of: u64,
+    /// Their aggregate rows.
+    pub rows_after_as_of: u64,
     /// Days whose aggregates changed (incremental).
     pub days_changed: u64,
     /// Aggregate rows read.
@@ -56,8 +61,17 @@ impl Report for ProfilesReport {
                 version(self.source_version)
             );
         }
+        let after = if self.days_after_as_of > 0 {
+            format!(
+                "\n  {} aggregate row(s) on {} later day(s) not counted (too few to be an active day; --as-of-day latest counts them)",
+                thousands(self.rows_after_as_of),
+                self.days_after_as_of
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "profiles: {} customer(s) recomputed ({}{}) from {} version {} -> {} version {}, as of {}\n  {} aggregate rows read, {} profiles written, {:.2} s",
+            "profiles: {} customer(s) recomputed ({}{}) from {} version {} -> {} version {}, as of {}\n  {} aggregate rows read, {} profiles written, {:.2} s{after}",
             thousands(self.customers_recomputed),
             self.mode,
             self.full_because

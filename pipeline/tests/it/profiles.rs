@@ -8,7 +8,7 @@ use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::{Date32Type, Decimal128Type, Float64Type, Int64Type};
 
 use crate::aggregate::{Agg, oracle};
-use crate::common::{Data, live_files, read_parquet, u};
+use crate::common::{Data, live_files, raw, read_parquet, u, write_raw};
 
 const ALPHA: f64 = pipeline::profiles::ALPHA;
 
@@ -121,12 +121,20 @@ fn div_round(n: i128, d: i128) -> i128 {
     }
 }
 
-/// The profiles recomputed from per-(customer, day) aggregates.
+/// The profiles recomputed from per-(customer, day) aggregates, as of the latest day.
 pub(crate) fn profiles_of(agg: &Agg) -> Profiles {
     let r = agg.keys().map(|(_, day)| day_number(day)).max().unwrap();
+    profiles_as_of(agg, r)
+}
+
+/// The profiles as of day number `r`: rows after it are not counted.
+fn profiles_as_of(agg: &Agg, r: i32) -> Profiles {
     let mut out = Profiles::new();
     for ((customer, day), (total, count, declined, ..)) in agg {
         let d = day_number(day);
+        if d > r {
+            continue;
+        }
         let p = out.entry(*customer).or_insert(Profile {
             as_of: r,
             total: 0,
@@ -332,4 +340,67 @@ fn the_spend_estimate_error_on_held_out_days() {
     // Loose bounds that a broken model (wrong weights, days, units) would break.
     assert!(wape < 0.5, "WAPE {wape}");
     assert!(bias.abs() < 0.15, "bias {bias}");
+}
+
+/// A history in January 2024 plus one valid row stamped an hour ago (a mis-dated event, a
+/// test row): before, that row moved every profile's as-of day to today, so 199 of 200
+/// customers' 30-day totals became 0 and the summed forecast fell from ~1 million to 3.00,
+/// exit 0. The as-of day is the latest *active* day (5% of the median day's customers), the
+/// later day's row is reported as not counted, and `--as-of-day latest` or a date chooses
+/// explicitly. The report's daily charts keep their axis on the active days too.
+#[test]
+fn one_stray_row_far_after_the_history_does_not_move_the_as_of_day() {
+    let d = Data::new();
+    d.ok(&[
+        "generate",
+        "--rows",
+        "20000",
+        "--days",
+        "31",
+        "--start-date",
+        "2024-01-01",
+        "--customers",
+        "200",
+    ]);
+    let now = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
+    write_raw(
+        &d.path().join("_raw/customer_transactions/stray.parquet"),
+        &[raw("00000000-0000-4000-8000-0000000000aa", now)],
+    );
+    let r = d.ok(&["run", "--stages", "ingest,aggregate,profiles"]);
+    let p = &r["stages"][2]["report"];
+    assert_eq!(p["as_of_day"], "2024-01-31", "{p}");
+    assert_eq!(p["days_after_as_of"], 1, "{p}");
+    assert_eq!(p["rows_after_as_of"], 1, "{p}");
+    let want = profiles_as_of(&oracle(&d), day_number("2024-01-31"));
+    assert_same(&profiles_table(&d), &want, "as of the last active day");
+    let active = want.values().filter(|p| p.last_30d > 0).count();
+    assert!(active > 150, "most customers have a 30-day total: {active}");
+
+    // Explicitly the latest day: the windows end today, and most 30-day totals are 0.
+    let p = d.ok(&["profiles", "--as-of-day", "latest"]);
+    let today = chrono::DateTime::from_timestamp_micros(now)
+        .unwrap()
+        .date_naive();
+    assert_eq!(p["as_of_day"], today.to_string(), "{p}");
+    let latest = profiles_table(&d);
+    assert!(latest.values().filter(|p| p.last_30d > 0).count() <= 1);
+    // A date: as of that day.
+    let p = d.ok(&["profiles", "--as-of-day", "2024-01-15"]);
+    assert_eq!(p["as_of_day"], "2024-01-15", "{p}");
+    assert_same(
+        &profiles_table(&d),
+        &profiles_as_of(&oracle(&d), day_number("2024-01-15")),
+        "as of a given day",
+    );
+
+    // The report's charts: the axis stays on January, the far row is counted in a caption.
+    let out = d.path().join("r.html");
+    d.ok(&["report", "--out", out.to_str().unwrap()]);
+    let html = std::fs::read_to_string(out).unwrap();
+    assert!(
+        html.contains("1 transaction(s) on 1 day(s) far from the rest are not drawn"),
+        "{}",
+        &html[..html.len().min(2000)]
+    );
 }
