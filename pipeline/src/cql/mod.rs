@@ -29,8 +29,10 @@ pub struct ScyllaOptions {
     /// Contact point(s), host:port[,host:port...].
     #[arg(long, env = "SCYLLA_URI", default_value = "127.0.0.1:9042")]
     pub scylla_uri: String,
-    /// Keyspace of the serving tables.
-    #[arg(long, env = "SCYLLA_KEYSPACE", default_value = schema::DEFAULT_KEYSPACE)]
+    /// Keyspace of the serving tables: letters, digits and `_`, starting with a letter, at
+    /// most 48 characters; unquoted names are lowercased, as CQL does (`Analytics_Prod` is the
+    /// keyspace `analytics_prod`).
+    #[arg(long, env = "SCYLLA_KEYSPACE", default_value = schema::DEFAULT_KEYSPACE, value_parser = parse_keyspace)]
     pub keyspace: String,
     /// Replication of the keyspace when it is created (a CQL map).
     #[arg(long, default_value = schema::DEFAULT_REPLICATION)]
@@ -45,7 +47,8 @@ pub struct ScyllaOptions {
     /// Connect with TLS (system roots, plus --tls-ca-file).
     #[arg(long)]
     pub tls: bool,
-    /// Extra CA certificate(s) to trust, PEM.
+    /// Extra CA certificate(s) to trust, PEM. Implies --tls: a CA file is never ignored (the
+    /// password would go in plaintext).
     #[arg(long, env = "SCYLLA_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
 }
@@ -61,6 +64,39 @@ fn debug_string<S: serde::Serializer, T: std::fmt::Debug>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:?}"))
+}
+
+/// The longest keyspace name every supported server accepts (Cassandra's and ScyllaDB's
+/// `NAME_LENGTH` = 48 until ScyllaDB 2025.2 raised it to 192).
+const MAX_KEYSPACE_LEN: usize = 48;
+
+/// A keyspace name as CQL reads it, so every statement and every `system_schema` lookup use
+/// the same name: an unquoted identifier (a letter, then letters, digits and `_`) folds to
+/// lower case; a double-quoted one keeps its case, which only lowercase names survive here
+/// (the statements name the keyspace unquoted). Anything else would be a CQL syntax error
+/// reported as an unreachable server (`my-keyspace`) or a keyspace that seems to exist with
+/// no columns (`Analytics_Prod`).
+pub fn parse_keyspace(s: &str) -> std::result::Result<String, String> {
+    let rule = "keyspace names are letters, digits and underscores, starting with a letter, \
+                at most 48 characters (CQL identifiers, on ScyllaDB and Cassandra alike)";
+    let (name, quoted) = match s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) => (inner.to_string(), true),
+        None => (s.to_ascii_lowercase(), false),
+    };
+    let valid = name.len() <= MAX_KEYSPACE_LEN
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("`{s}` is not a valid keyspace name: {rule}"));
+    }
+    if quoted && name.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "`{s}`: a quoted keyspace name with capitals is not supported; use a lowercase name \
+             (unquoted names are lowercased: {})",
+            name.to_ascii_lowercase()
+        ));
+    }
+    Ok(name)
 }
 
 fn parse_consistency(s: &str) -> std::result::Result<Consistency, String> {
@@ -83,8 +119,13 @@ fn parse_consistency(s: &str) -> std::result::Result<Consistency, String> {
     })
 }
 
-/// How long to wait for a connection.
+/// How long to wait for a connection (TCP).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a whole session setup may take (TCP, TLS and CQL handshakes, the driver's
+/// metadata): a handshake that never answers (`--tls` against a port without TLS) fails
+/// here instead of hanging.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn credentials() -> Result<Option<(String, String)>> {
     let Ok(user) = std::env::var("SCYLLA_USERNAME") else {
@@ -108,8 +149,15 @@ fn credentials() -> Result<Option<(String, String)>> {
     Ok(Some((user, password)))
 }
 
+impl ScyllaOptions {
+    /// TLS is on with `--tls` or with a CA file.
+    pub fn uses_tls(&self) -> bool {
+        self.tls || self.tls_ca_file.is_some()
+    }
+}
+
 fn tls_context(o: &ScyllaOptions) -> Result<Option<Arc<rustls::ClientConfig>>> {
-    if !o.tls {
+    if !o.uses_tls() {
         return Ok(None);
     }
     use rustls_pki_types::pem::PemObject;
@@ -126,6 +174,12 @@ fn tls_context(o: &ScyllaOptions) -> Result<Option<Arc<rustls::ClientConfig>>> {
                     path.display()
                 ))
             })?;
+        if certs.is_empty() {
+            return Err(Error::Invalid(format!(
+                "--tls-ca-file {}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
+                path.display()
+            )));
+        }
         for c in certs {
             roots
                 .add(c)
@@ -165,9 +219,22 @@ pub async fn connect(o: &ScyllaOptions) -> Result<Session> {
     if let Some(tls) = tls_context(o)? {
         b = b.tls_context(Some(tls));
     }
-    b.build()
-        .await
-        .map_err(|e| Error::scylla(format!("cannot connect to ScyllaDB at {}", o.scylla_uri), e))
+    let what = || format!("cannot connect to ScyllaDB at {}", o.scylla_uri);
+    match tokio::time::timeout(SESSION_TIMEOUT, b.build()).await {
+        Ok(built) => built.map_err(|e| Error::scylla(what(), e)),
+        Err(_) => Err(Error::scylla(
+            what(),
+            format!(
+                "no session within {} s{}",
+                SESSION_TIMEOUT.as_secs(),
+                if o.uses_tls() {
+                    " (TLS is on: does that port speak TLS?)"
+                } else {
+                    ""
+                }
+            ),
+        )),
+    }
 }
 
 /// Whether something accepts TCP connections at the first contact point.

@@ -716,3 +716,79 @@ fn a_first_load_sweeps_older_rows_only_when_the_serving_table_has_some() {
     assert_eq!(cql.contents(), table(&d), "the stray row is gone");
     cql.ok(&d, &["verify"]);
 }
+
+/// Keyspace names are CQL identifiers: `my-keyspace` is refused with what a name may be
+/// (exit 2; before, a CQL syntax error reported as "Is ScyllaDB running?"), and an unquoted
+/// `Analytics_Prod` is the keyspace `analytics_prod`, as CQL folds it (before: "table exists
+/// with a different schema: it has []", since the schema lookup kept the capitals).
+#[test]
+fn keyspace_names_are_validated_and_folded_as_cql_does() {
+    let d = Data::new();
+    prepare(&d, "1000", "1", "1", "2024-01-01");
+    let cql = Cql::new();
+    let out = cql.run(&d, &["load", "--keyspace", "my-keyspace"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("my-keyspace") && err.contains("letters, digits and underscores"),
+        "{err}"
+    );
+    let mixed = format!("Mixed_{}", &cql.keyspace[3..]);
+    let out = cql.run(&d, &["load"], &[("SCYLLA_KEYSPACE", &mixed)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["keyspace"], mixed.to_lowercase(), "{r}");
+    let out = cql.run(&d, &["verify"], &[("SCYLLA_KEYSPACE", &mixed)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A CA file means TLS (before it was ignored without --tls, and the password went in
+/// plaintext); a CA file with no certificate is an error, not "no extra CA"; and a TLS
+/// handshake with a port that speaks no TLS ends with exit 5 in bounded time instead of
+/// hanging.
+#[test]
+fn a_ca_file_implies_tls_a_bad_one_is_an_error_and_every_connect_is_bounded() {
+    let cql = Cql::new();
+    let Some(_) = cql.test_server("TLS against a plaintext port") else {
+        return;
+    };
+    let d = Data::new();
+    prepare(&d, "1000", "1", "1", "2024-01-01");
+    let bad = d.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let out = cql.run(&d, &["load", "--tls-ca-file", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no PEM certificate"),
+        "{}",
+        stderr(&out)
+    );
+
+    let ca = std::fs::read_dir("/etc/ssl/certs").ok().and_then(|rd| {
+        rd.flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "pem"))
+    });
+    let Some(ca) = ca else {
+        eprintln!("*** SKIPPED part: no CA certificate in /etc/ssl/certs to test a good CA file");
+        return;
+    };
+    for args in [
+        vec!["load", "--tls-ca-file", ca.to_str().unwrap()],
+        vec!["load", "--tls"],
+    ] {
+        let t = std::time::Instant::now();
+        let out = cql.run(&d, &args, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "{args:?}: TLS against a plaintext port: {}",
+            stderr(&out)
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(40),
+            "{args:?} took {:?}",
+            t.elapsed()
+        );
+    }
+}
