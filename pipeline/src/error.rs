@@ -160,20 +160,22 @@ pub enum Error {
 
     /// `load` wrote some rows but not all of them.
     #[error(
-        "load incomplete: {failed} row(s) still failed after retries{}; they are listed with their errors in {}. \
-         Aggregates version {version} was NOT recorded as loaded: fix the cause and rerun `pipeline load` \
-         (rows already written are upserted again, harmlessly)",
+        "load incomplete: {failed} row(s) of {what} still failed after retries{}; they are listed with their errors in {}. \
+         {what} version {version} was NOT recorded as loaded: fix the cause and rerun `pipeline load` \
+         (rows already written are made good by the next load)",
         if *over_budget { " (over the --max-errors budget, so the load stopped early)" } else { "" },
         bad_rows_file.display()
     )]
     LoadIncomplete {
+        /// The serving table (`customer_daily_aggregates`, `customer_profiles`).
+        what: &'static str,
         /// Rows that failed after retries.
         failed: u64,
         /// The load stopped early because of `--max-errors`.
         over_budget: bool,
         /// Where the failed rows are listed.
         bad_rows_file: PathBuf,
-        /// The aggregates version that was being loaded.
+        /// The version that was being loaded.
         version: i64,
         /// The load report so far, for `--json`.
         report: Box<serde_json::Value>,

@@ -219,6 +219,94 @@ impl Layout {
         }
     }
 
+    /// Where the data dir's id lives: `_pipeline/data_dir_id`.
+    pub const DATA_DIR_ID: &'static str = "_pipeline/data_dir_id";
+
+    /// The data dir's id: a UUID written once, by the first command that needs it (the first
+    /// load), so ScyllaDB knows which data dir a keyspace serves (a copy restored from a
+    /// backup, or the same folder mounted elsewhere, keeps it; a data dir made anew gets
+    /// another). Created atomically: of two processes creating it at once, both read the
+    /// winner's. `create`: false to only read it (None when absent).
+    pub async fn data_dir_id(&self, create: bool) -> crate::error::Result<Option<String>> {
+        use crate::error::Error;
+        let fresh = uuid::Uuid::new_v4().to_string();
+        match &self.root {
+            Root::Local(p) => {
+                let path = p.join(Self::DATA_DIR_ID);
+                let io =
+                    |e: std::io::Error| Error::io(format!("cannot write {}", path.display()), e);
+                if let Ok(id) = std::fs::read_to_string(&path) {
+                    return Ok(Some(id.trim().to_string()));
+                }
+                if !create {
+                    return Ok(None);
+                }
+                std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io)?;
+                // Written whole under another name, then linked into place (fails if it
+                // exists): no reader sees a half-written id.
+                let tmp = temp_path(&path);
+                std::fs::write(&tmp, &fresh).map_err(io)?;
+                let linked = std::fs::hard_link(&tmp, &path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(Some(fresh)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        std::fs::read_to_string(&path)
+                            .map(|id| Some(id.trim().to_string()))
+                            .map_err(io)
+                    }
+                    Err(e) => Err(io(e)),
+                }
+            }
+            Root::Store(s) => {
+                use object_store::{ObjectStoreExt, PutMode, PutOptions};
+                let path = s.path_of(Self::DATA_DIR_ID);
+                let shown = s.url_of(Self::DATA_DIR_ID);
+                let read = || async {
+                    match s.store().get(&path).await {
+                        Ok(r) => r
+                            .bytes()
+                            .await
+                            .map(|b| Some(String::from_utf8_lossy(&b).trim().to_string()))
+                            .map_err(|e| {
+                                crate::store::access_error(format_args!("cannot read {shown}"), e)
+                            }),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(crate::store::access_error(
+                            format_args!("cannot read {shown}"),
+                            e,
+                        )),
+                    }
+                };
+                if let Some(id) = read().await? {
+                    return Ok(Some(id));
+                }
+                if !create {
+                    return Ok(None);
+                }
+                let put = s
+                    .store()
+                    .put_opts(
+                        &path,
+                        fresh.clone().into_bytes().into(),
+                        PutOptions {
+                            mode: PutMode::Create,
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                match put {
+                    Ok(_) => Ok(Some(fresh)),
+                    Err(object_store::Error::AlreadyExists { .. }) => read().await,
+                    Err(e) => Err(crate::store::access_error(
+                        format_args!("cannot write {shown}"),
+                        e,
+                    )),
+                }
+            }
+        }
+    }
+
     /// The folder of one generator batch: `batch-000007`.
     pub fn raw_batch_dir(&self, batch: u32) -> PathBuf {
         self.raw_dir().join(batch_name(batch))

@@ -1,278 +1,267 @@
-//! The load progress record (`pipeline_load_progress`): which Delta table is served (its
-//! id), the write timestamp base of that identity, and its last version fully loaded.
+//! The load state (`pipeline_load_state`), one partition per serving table: the `current`
+//! record (which data dir's Delta table is served, the serving epoch's write-timestamp base,
+//! and the version whose every row is written, with its commit's fingerprint) and one marker
+//! per load in progress or killed.
 //!
-//! Every change goes through a lightweight transaction: claiming an identity only replaces
-//! the one that was read, and a recorded version only moves forward. Every write of a load
-//! carries the timestamp `base_timestamp + version`, so of two loads running at once the
-//! newer version wins row by row, whatever the order their writes arrive in.
+//! **No lightweight transactions.** ScyllaDB refuses them in keyspaces with tablets ("Cannot
+//! use LightWeight Transactions for table ...: LWT is not yet supported with tablets",
+//! `service/storage_proxy.cc` through 2025.3; tablets are the default for new keyspaces since
+//! 6.0), so every statement here is a plain write ordered by its timestamp:
+//! * the `current` record is written whole `USING TIMESTAMP base + version`, the timestamp of
+//!   that version's rows, so of two records the one of the newer version wins whatever the
+//!   order they arrive in (last write wins per cell, and all its cells share the timestamp);
+//! * a marker is a row of its own (a unique entry), inserted before the load's first row and
+//!   deleted just above its own write time once a record covers it.
+//!
+//! The decisions these records support (which epoch, which earlier versions a load must make
+//! good, when it is overtaken) are in `load::claim`. Reads and writes here use LOCAL_QUORUM
+//! (or the stronger `--consistency`), so a read sees every marker and record acknowledged
+//! before it (R + W > RF): what the protocol relies on.
 
 use scylla::client::session::Session;
 use scylla::frame::types::Consistency;
 use scylla::statement::unprepared::Statement;
-use scylla::value::{CqlTimestamp, CqlValue, Row};
+use scylla::value::CqlTimestamp;
 
-use super::schema::PROGRESS_TABLE;
+use super::schema::STATE_TABLE;
 use crate::error::{Error, Result};
 
-/// The progress record's name of the aggregates' serving table.
+/// The state partition of the aggregates' serving table.
 pub const AGGREGATES: &str = super::schema::TABLE;
-/// The progress record's name of the profiles' serving table.
+/// The state partition of the profiles' serving table.
 pub const PROFILES: &str = super::schema::PROFILES_TABLE;
+/// The entry of the `current` record.
+const CURRENT: &str = "current";
+/// The entries of markers start with this.
+const MARKER: &str = "load:";
 
-/// What the progress table says.
+/// A record or a marker: a version of a Delta table of a data dir, in a serving epoch.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LoadProgress {
-    /// Delta table id of the aggregates served.
+pub struct Entry {
+    /// `current`, or the marker's `load:<uuid>`.
+    pub entry: String,
+    /// The data dir's id ([`crate::layout::Layout::data_dir_id`]).
+    pub owner: String,
+    /// The Delta table's id.
     pub table_id: String,
-    /// Write timestamps of this identity are `base_timestamp + version` (µs).
-    pub base_timestamp: i64,
-    /// Last version whose every row was written; -1 when none yet.
+    /// The epoch's write-timestamp base (µs): the version's rows are written at
+    /// `base + version`.
+    pub base: i64,
+    /// The Delta version (loaded, for `current`; being loaded, for a marker).
     pub version: i64,
+    /// The fingerprint of that version's commit (see `delta::log::fingerprint`); None when
+    /// it could not be read.
+    pub lineage: Option<String>,
+    /// Rows written (for `current`).
+    pub rows: i64,
+    /// The write timestamp of this entry itself (µs): a marker is deleted just above it.
+    pub written_at: i64,
 }
 
-impl LoadProgress {
-    /// The write timestamp of `version`'s rows.
-    pub fn timestamp(&self, version: i64) -> i64 {
-        self.base_timestamp + version
+impl Entry {
+    /// The write timestamp of this version's rows.
+    pub fn timestamp(&self) -> i64 {
+        self.base.saturating_add(self.version)
+    }
+
+    /// Whether this is a marker (not the current record).
+    pub fn is_marker(&self) -> bool {
+        self.entry.starts_with(MARKER)
+    }
+
+    /// A new marker for a load of `version` at `base`.
+    pub fn marker(
+        owner: &str,
+        table_id: &str,
+        base: i64,
+        version: i64,
+        lineage: Option<String>,
+    ) -> Self {
+        Entry {
+            entry: format!("{MARKER}{}", uuid::Uuid::new_v4()),
+            owner: owner.to_string(),
+            table_id: table_id.to_string(),
+            base,
+            version,
+            lineage,
+            rows: 0,
+            written_at: chrono::Utc::now().timestamp_micros(),
+        }
     }
 }
 
-/// Read the record (serial consistency: it sees every applied lightweight transaction).
-pub async fn read(session: &Session, keyspace: &str, name: &str) -> Result<Option<LoadProgress>> {
-    let what = "reading the load progress";
+/// A serving table's state: its current record and the markers of loads in progress.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// What is served, when anything was ever recorded.
+    pub current: Option<Entry>,
+    /// Loads in progress, or killed.
+    pub markers: Vec<Entry>,
+}
+
+impl State {
+    /// The highest write timestamp any record or marker stands for.
+    pub fn top(&self) -> Option<i64> {
+        self.current
+            .iter()
+            .chain(&self.markers)
+            .map(Entry::timestamp)
+            .max()
+    }
+}
+
+fn consistency() -> Consistency {
+    Consistency::LocalQuorum
+}
+
+type Row = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Read a serving table's state (one single-partition read).
+pub async fn read(session: &Session, keyspace: &str, name: &str) -> Result<State> {
+    let what = format!("reading the load state of {name}");
     let mut q = Statement::new(format!(
-        "SELECT table_id, base_timestamp, aggregates_version FROM {keyspace}.{PROGRESS_TABLE} WHERE name = ?"
+        "SELECT entry, owner, table_id, base_timestamp, version, lineage, rows_loaded, written_at \
+         FROM {keyspace}.{STATE_TABLE} WHERE name = ?"
     ));
-    q.set_consistency(Consistency::LocalSerial);
+    q.set_consistency(consistency());
     let rows = session
         .query_unpaged(q, (name,))
         .await
-        .map_err(|e| Error::scylla(what, e))?
-        .into_rows_result()
-        .map_err(|e| Error::scylla(what, e))?;
-    let row = rows
-        .maybe_first_row::<(Option<String>, Option<i64>, Option<i64>)>()
-        .map_err(|e| Error::scylla(what, e))?;
-    Ok(row.and_then(|(id, base, v)| {
-        Some(LoadProgress {
-            table_id: id?,
-            base_timestamp: base?,
-            version: v.unwrap_or(-1),
-        })
-    }))
-}
-
-/// Make `table_id` the served identity with nothing loaded yet, replacing `current` (which
-/// was read), unless someone else changed the record first; returns the record now.
-pub async fn claim(
-    session: &Session,
-    keyspace: &str,
-    name: &str,
-    current: Option<&LoadProgress>,
-    table_id: &str,
-) -> Result<LoadProgress> {
-    let what = "claiming the load progress for a new aggregates table";
-    let now_us = chrono::Utc::now().timestamp_micros();
-    // Above every timestamp the previous identity used (its base plus its versions).
-    let base = current.map_or(now_us, |c| {
-        now_us.max(c.base_timestamp + c.version.max(0) + 2)
-    });
-    let result = match current {
-        None => session
-            .query_unpaged(
-                format!(
-                    "INSERT INTO {keyspace}.{PROGRESS_TABLE} (name, table_id, base_timestamp, aggregates_version) \
-                     VALUES (?, ?, ?, ?) IF NOT EXISTS"
-                ),
-                (name, table_id, base, -1i64),
-            )
-            .await,
-        Some(c) => session
-            .query_unpaged(
-                format!(
-                    "UPDATE {keyspace}.{PROGRESS_TABLE} SET table_id = ?, base_timestamp = ?, \
-                     aggregates_version = ? WHERE name = ? IF table_id = ?"
-                ),
-                (table_id, base, -1i64, name, &c.table_id),
-            )
-            .await,
-    };
-    applied(result.map_err(|e| Error::scylla(what, e))?, what)?;
-    // Applied or not, the record now names some identity: ours, or a concurrent claimer's.
-    read(session, keyspace, name)
-        .await?
-        .ok_or_else(|| Error::scylla(what, "the progress record vanished"))
-}
-
-/// Record `version` as fully loaded, unless the identity changed or a newer version is
-/// already recorded (then this load was overtaken; its rows lose to the newer ones).
-pub async fn record(
-    session: &Session,
-    keyspace: &str,
-    name: &str,
-    table_id: &str,
-    version: i64,
-    rows: u64,
-) -> Result<bool> {
-    let what = format!(
-        "recording aggregates version {version} as loaded (every row was written; rerun to record it)"
-    );
-    let result = session
-        .query_unpaged(
-            format!(
-                "UPDATE {keyspace}.{PROGRESS_TABLE} SET aggregates_version = ?, rows_loaded = ?, loaded_at = ? \
-                 WHERE name = ? IF table_id = ? AND aggregates_version < ?"
-            ),
-            (
-                version,
-                rows as i64,
-                CqlTimestamp(chrono::Utc::now().timestamp_millis()),
-                name,
-                table_id,
-                version,
-            ),
-        )
-        .await
-        .map_err(|e| Error::scylla(what.clone(), e))?;
-    applied(result, &what)
-}
-
-/// Record `version` as fully loaded if the record still says `from` (compare and set: a
-/// load that diffed against `from` must not record over a version recorded meanwhile).
-pub async fn record_from(
-    session: &Session,
-    keyspace: &str,
-    name: &str,
-    table_id: &str,
-    from: i64,
-    version: i64,
-    rows: u64,
-) -> Result<bool> {
-    let what = format!("recording {name} version {version} as loaded (rerun to record it)");
-    let result = session
-        .query_unpaged(
-            format!(
-                "UPDATE {keyspace}.{PROGRESS_TABLE} SET aggregates_version = ?, rows_loaded = ?, loaded_at = ? \
-                 WHERE name = ? IF table_id = ? AND aggregates_version = ?"
-            ),
-            (
-                version,
-                rows as i64,
-                CqlTimestamp(chrono::Utc::now().timestamp_millis()),
-                name,
-                table_id,
-                from,
-            ),
-        )
-        .await
-        .map_err(|e| Error::scylla(what.clone(), e))?;
-    applied(result, &what)
-}
-
-/// A load of `version` of `table_id` in progress (or killed) into the table `name`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Marker {
-    /// The marker's record name.
-    pub record: String,
-    /// The Delta table id the load was writing.
-    pub table_id: String,
-    /// The version it was writing.
-    pub version: i64,
-}
-
-fn marker_prefix(name: &str) -> String {
-    format!("{name}#loading#")
-}
-
-/// Mark a load of `version` in progress, before its first write.
-pub async fn mark(
-    session: &Session,
-    keyspace: &str,
-    name: &str,
-    table_id: &str,
-    version: i64,
-) -> Result<Marker> {
-    let record = format!("{}{version}:{table_id}", marker_prefix(name));
-    session
-        .query_unpaged(
-            format!(
-                "INSERT INTO {keyspace}.{PROGRESS_TABLE} (name, table_id, aggregates_version, loaded_at) \
-                 VALUES (?, ?, ?, ?)"
-            ),
-            (
-                &record,
-                table_id,
-                version,
-                CqlTimestamp(chrono::Utc::now().timestamp_millis()),
-            ),
-        )
-        .await
-        .map_err(|e| Error::scylla(format!("marking the {name} load in progress"), e))?;
-    Ok(Marker {
-        record,
-        table_id: table_id.to_string(),
-        version,
-    })
-}
-
-/// Every marker of loads into `name` (the progress table is a handful of rows).
-pub async fn markers(session: &Session, keyspace: &str, name: &str) -> Result<Vec<Marker>> {
-    let what = format!("reading the {name} loads in progress");
-    let mut q = Statement::new(format!(
-        "SELECT name, table_id, aggregates_version FROM {keyspace}.{PROGRESS_TABLE}"
-    ));
-    q.set_consistency(Consistency::Quorum);
-    let rows = session
-        .query_unpaged(q, ())
-        .await
         .map_err(|e| Error::scylla(what.clone(), e))?
         .into_rows_result()
         .map_err(|e| Error::scylla(what.clone(), e))?;
-    let prefix = marker_prefix(name);
-    let mut out = Vec::new();
+    let mut state = State::default();
     for r in rows
-        .rows::<(String, Option<String>, Option<i64>)>()
+        .rows::<Row>()
         .map_err(|e| Error::scylla(what.clone(), e))?
     {
-        let (record, id, v) = r.map_err(|e| Error::scylla(what.clone(), e))?;
-        if let (true, Some(table_id), Some(version)) = (record.starts_with(&prefix), id, v) {
-            out.push(Marker {
-                record,
-                table_id,
-                version,
-            });
+        let (entry, owner, table_id, base, version, lineage, loaded, written) =
+            r.map_err(|e| Error::scylla(what.clone(), e))?;
+        // A row whose cells were all deleted but its key: nothing.
+        let (Some(owner), Some(table_id), Some(base), Some(version)) =
+            (owner, table_id, base, version)
+        else {
+            continue;
+        };
+        let e = Entry {
+            entry,
+            owner,
+            table_id,
+            base,
+            version,
+            lineage,
+            rows: loaded.unwrap_or(0),
+            written_at: written.unwrap_or(0),
+        };
+        if e.entry == CURRENT {
+            state.current = Some(e);
+        } else if e.is_marker() {
+            state.markers.push(e);
         }
     }
-    Ok(out)
+    Ok(state)
 }
 
-/// Remove markers whose loads' writes are accounted for.
-pub async fn unmark(session: &Session, keyspace: &str, markers: &[Marker]) -> Result<()> {
-    for m in markers {
-        session
-            .query_unpaged(
-                format!("DELETE FROM {keyspace}.{PROGRESS_TABLE} WHERE name = ?"),
-                (&m.record,),
-            )
-            .await
-            .map_err(|e| Error::scylla("removing a load-in-progress marker", e))?;
-    }
+/// Write `e` (as entry `entry`) at timestamp `at`.
+async fn write(
+    session: &Session,
+    keyspace: &str,
+    name: &str,
+    e: &Entry,
+    at: i64,
+    what: &str,
+) -> Result<()> {
+    let mut q = Statement::new(format!(
+        "INSERT INTO {keyspace}.{STATE_TABLE} (name, entry, owner, table_id, base_timestamp, \
+         version, lineage, rows_loaded, written_at, loaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         USING TIMESTAMP ?"
+    ));
+    q.set_consistency(consistency());
+    session
+        .query_unpaged(
+            q,
+            (
+                name,
+                &e.entry,
+                &e.owner,
+                &e.table_id,
+                e.base,
+                e.version,
+                &e.lineage,
+                e.rows,
+                at,
+                CqlTimestamp(chrono::Utc::now().timestamp_millis()),
+                at,
+            ),
+        )
+        .await
+        .map_err(|err| Error::scylla(what.to_string(), err))?;
     Ok(())
 }
 
-/// The `[applied]` column of a lightweight transaction's result.
-fn applied(result: scylla::response::query_result::QueryResult, what: &str) -> Result<bool> {
-    let rows = result
-        .into_rows_result()
-        .map_err(|e| Error::scylla(what.to_string(), e))?;
-    let first = rows
-        .maybe_first_row::<Row>()
-        .map_err(|e| Error::scylla(what.to_string(), e))?;
-    match first.as_ref().and_then(|r| r.columns.first()) {
-        Some(Some(CqlValue::Boolean(b))) => Ok(*b),
-        _ => Err(Error::scylla(
-            what.to_string(),
-            "the lightweight transaction returned no [applied] column",
-        )),
+/// Leave a marker before a load's first write.
+pub async fn mark(session: &Session, keyspace: &str, name: &str, marker: &Entry) -> Result<()> {
+    write(
+        session,
+        keyspace,
+        name,
+        marker,
+        marker.written_at,
+        &format!(
+            "marking the {name} load of version {} in progress",
+            marker.version
+        ),
+    )
+    .await
+}
+
+/// Record `e` as what is served: written whole at its version's timestamp, so it never
+/// replaces a record of a newer version (the newer one's timestamp is higher).
+pub async fn record(session: &Session, keyspace: &str, name: &str, e: &Entry) -> Result<()> {
+    let current = Entry {
+        entry: CURRENT.to_string(),
+        written_at: e.timestamp(),
+        ..e.clone()
+    };
+    write(
+        session,
+        keyspace,
+        name,
+        &current,
+        current.timestamp(),
+        &format!(
+            "recording {name} version {} as loaded (every row was written; rerun to record it)",
+            e.version
+        ),
+    )
+    .await
+}
+
+/// Remove markers whose loads' writes are accounted for (each just above its own write).
+pub async fn unmark(
+    session: &Session,
+    keyspace: &str,
+    name: &str,
+    markers: &[Entry],
+) -> Result<()> {
+    for m in markers.iter().filter(|m| m.is_marker()) {
+        let mut q = Statement::new(format!(
+            "DELETE FROM {keyspace}.{STATE_TABLE} USING TIMESTAMP ? WHERE name = ? AND entry = ?"
+        ));
+        q.set_consistency(consistency());
+        session
+            .query_unpaged(q, (m.written_at.saturating_add(1), name, &m.entry))
+            .await
+            .map_err(|e| Error::scylla(format!("removing a {name} load marker"), e))?;
     }
+    Ok(())
 }

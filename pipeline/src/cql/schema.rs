@@ -14,8 +14,8 @@ pub const SCHEMA_CQL: &str = include_str!("../../../scylla/schema.cql");
 pub const TABLE: &str = "customer_daily_aggregates";
 /// The serving table of the customer profiles.
 pub const PROFILES_TABLE: &str = "customer_profiles";
-/// The load progress table.
-pub const PROGRESS_TABLE: &str = "pipeline_load_progress";
+/// The load state table (see `cql::progress`).
+pub const STATE_TABLE: &str = "pipeline_load_state";
 /// The keyspace the schema file names.
 pub const DEFAULT_KEYSPACE: &str = "analytics";
 /// The replication the schema file gives it.
@@ -179,7 +179,7 @@ mod tests {
                 other[2]
             );
         }
-        assert!(other[3].contains("ks2.pipeline_load_progress"));
+        assert!(other[3].contains("ks2.pipeline_load_state"));
         assert!(other.iter().all(|s| !s.contains("analytics")));
     }
 }

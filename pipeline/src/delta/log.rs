@@ -35,6 +35,21 @@ pub async fn actions(t: &DeltaTable, table: Table, version: i64) -> Result<Optio
         .map(Some)
 }
 
+/// A fingerprint of commit `version`: a hash of its log file, so two versions of the same
+/// number in two histories of a table (a data dir restored from a backup, then written again)
+/// are told apart. None when the file is gone (log retention).
+pub async fn fingerprint(t: &DeltaTable, table: Table, version: i64) -> Result<Option<String>> {
+    if version < 0 {
+        return Ok(None);
+    }
+    let bytes = t
+        .log_store()
+        .read_commit_entry(version as _)
+        .await
+        .map_err(|e| Error::delta(table.name(), e))?;
+    Ok(bytes.map(|b| blake3::hash(&b).to_hex()[..32].to_string()))
+}
+
 /// The `commitInfo` of a commit's actions.
 pub fn commit_info(actions: &[Value]) -> Option<&Value> {
     actions.iter().find_map(|a| a.get("commitInfo"))

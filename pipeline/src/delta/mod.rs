@@ -408,6 +408,26 @@ pub fn files(
         .collect())
 }
 
+/// An error unless every live file of `t` (of `days`, when given) is still in the store:
+/// VACUUM removes the files of old versions after the retention, though their log remains.
+pub async fn check_files_exist(
+    t: &DeltaTable,
+    table: Table,
+    days: Option<&std::collections::BTreeSet<Day>>,
+) -> Result<()> {
+    use object_store::ObjectStoreExt;
+    let store = t.object_store();
+    for f in files(t, table, days)? {
+        store.head(&f.path).await.map_err(|e| {
+            Error::io(
+                format!("{table} file {} of version {}", f.path, version(t)),
+                std::io::Error::other(e),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Build a batch of `target`'s schema from `columns` (same order), casting where the types
 /// differ and checking `target`'s nullability: the exact shape a delta-rs writer expects.
 pub fn conform(columns: Vec<ArrayRef>, target: &SchemaRef) -> Result<RecordBatch> {

@@ -22,7 +22,7 @@ use crate::cql::profile::{self, ProfileRow};
 use crate::cql::retry;
 use crate::cql::schema::{PROFILES_TABLE, TABLE};
 use crate::dates::{self, Day};
-use crate::delta::{self, DataFile};
+use crate::delta;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::progress::Progress;
@@ -165,7 +165,7 @@ impl<'a> Shared<'a> {
         })
     }
 
-    async fn send(&self, op: &Op) -> Result<(u32, std::result::Result<Duration, String>)> {
+    async fn send(&self, op: &Op) -> Result<(u32, std::result::Result<Duration, Failed>)> {
         let (s, n, ts) = (self.session, self.max_attempts.max(1), self.timestamp);
         let (attempts, r) = match op {
             Op::Upsert(row) => {
@@ -199,8 +199,33 @@ impl<'a> Shared<'a> {
                 retry::execute(s, &self.statements.delete_profile, &values, n).await
             }
         };
-        Ok((attempts, r.map_err(|e| e.to_string())))
+        Ok((
+            attempts,
+            r.map_err(|e| Failed {
+                outage: is_outage(&e),
+                text: e.to_string(),
+            }),
+        ))
     }
+}
+
+/// A request that failed after its retries.
+struct Failed {
+    text: String,
+    /// No node could be reached (a refused or broken connection, an empty pool): an outage,
+    /// not a bad row.
+    outage: bool,
+}
+
+/// Whether an error says ScyllaDB cannot be reached at all, rather than refusing a row.
+fn is_outage(e: &scylla::errors::ExecutionError) -> bool {
+    use scylla::errors::{ExecutionError, RequestAttemptError};
+    matches!(
+        e,
+        ExecutionError::ConnectionPoolError(_)
+            | ExecutionError::EmptyPlan
+            | ExecutionError::LastAttemptError(RequestAttemptError::BrokenConnectionError(_))
+    )
 }
 
 /// The counts, the latency histogram and the failures of the requests sent.
@@ -208,6 +233,8 @@ pub(super) struct Tally {
     histogram: hdrhistogram::Histogram<u64>,
     pub(super) failures: Failures,
     budget: u64,
+    /// The last failure, when it was an outage (see [`Failed::outage`]).
+    pub(super) outage: Option<String>,
 }
 
 impl Tally {
@@ -221,6 +248,37 @@ impl Tally {
                 file: None,
             },
             budget,
+            outage: None,
+        }
+    }
+
+    /// The error of a load whose requests failed: ScyllaDB unreachable (exit 5, the stream
+    /// treats it as an outage) when the last failure was one, else incomplete (exit 6).
+    pub(super) fn error(
+        &self,
+        what: &'static str,
+        counts: &Counts,
+        complete: bool,
+        version: i64,
+        report: serde_json::Value,
+    ) -> Error {
+        if let Some(outage) = &self.outage {
+            return Error::scylla(
+                format!(
+                    "loading {what} version {version}: ScyllaDB stopped answering \
+                     ({} request(s) failed; the version is not recorded, rerun when it is back)",
+                    counts.failures
+                ),
+                outage.clone(),
+            );
+        }
+        Error::LoadIncomplete {
+            what,
+            failed: counts.failures,
+            over_budget: !complete,
+            bad_rows_file: counts.bad_rows_file.clone().unwrap_or_default(),
+            version,
+            report: Box::new(report),
         }
     }
 
@@ -229,7 +287,7 @@ impl Tally {
         &mut self,
         op: &Op,
         attempts: u32,
-        r: std::result::Result<Duration, String>,
+        r: std::result::Result<Duration, Failed>,
         report: &mut Counts,
     ) -> Result<bool> {
         report.retries += u64::from(attempts - 1);
@@ -247,8 +305,11 @@ impl Tally {
             }
             Err(e) => {
                 report.failures += 1;
-                self.failures.write(&op.describe(&e, attempts), report)?;
-                Ok(report.failures <= self.budget)
+                self.failures
+                    .write(&op.describe(&e.text, attempts), report)?;
+                self.outage = e.outage.then_some(e.text);
+                // An outage fails every request alike: stop at once.
+                Ok(report.failures <= self.budget && self.outage.is_none())
             }
         }
     }
@@ -325,9 +386,10 @@ impl Failures {
 }
 
 /// Write the plan's rows (its work is `Full` or `Days`), delete what must go, and record the
-/// version when every request succeeded. Fills `report`.
+/// version when every request succeeded. Fills `report`. A failed load leaves its marker: the
+/// next load makes its writes good.
 pub async fn execute(
-    plan: &Plan,
+    plan: &mut Plan,
     opts: &LoadOptions,
     layout: &Layout,
     session: &Session,
@@ -335,10 +397,11 @@ pub async fn execute(
     progress: &Progress,
 ) -> Result<()> {
     let keyspace = &opts.scylla.keyspace;
-    let record = plan.progress.as_ref().ok_or_else(|| {
-        Error::Invalid("internal error: loading without a claimed identity".into())
-    })?;
-    let timestamp = record.timestamp(plan.version);
+    let serving = plan
+        .serving
+        .take()
+        .ok_or_else(|| Error::Invalid("internal error: loading without a marked claim".into()))?;
+    let timestamp = serving.timestamp();
     report.write_timestamp = Some(timestamp);
     let shared = Shared::new(session, keyspace, timestamp, opts.max_attempts).await?;
     let mut tally = Tally::new(
@@ -349,16 +412,20 @@ pub async fn execute(
     tally.failures.close()?;
     report.latency_ms = tally.latency();
     if report.counts.failures > 0 {
-        return Err(Error::LoadIncomplete {
-            failed: report.counts.failures,
-            over_budget: !complete,
-            bad_rows_file: report.counts.bad_rows_file.clone().unwrap_or_default(),
-            version: plan.version,
-            report: Box::new(serde_json::to_value(&*report).unwrap_or_default()),
-        });
+        let so_far = serde_json::to_value(&*report).unwrap_or_default();
+        return Err(tally.error(TABLE, &report.counts, complete, plan.version, so_far));
     }
-    crate::failpoints::hit("load.before_state");
-    record_version(session, keyspace, plan, report).await
+    if !serving
+        .finish(session, keyspace, report.counts.rows_written)
+        .await?
+    {
+        tracing::info!(
+            version = plan.version,
+            "a newer version was recorded meanwhile; its rows win"
+        );
+        report.overtaken = true;
+    }
+    Ok(())
 }
 
 /// Where a load's failed requests go: `load/bad-rows[-what]-v<version>-<time>.jsonl`.
@@ -381,26 +448,13 @@ async fn send_work(
     let (n, session, keyspace) = (opts.concurrency, shared.session, &opts.scylla.keyspace);
     let midway = report.rows_to_load / 2;
     Ok(match &plan.work {
-        Work::Days {
-            days,
-            old,
-            only_changed_rows: true,
-        } => {
+        Work::Days { days, olds } => {
             let unchanged = AtomicU64::new(0);
-            let ops = changed_rows(plan, days, old, &unchanged, progress);
+            let ops = changed_rows(plan, days, olds, &unchanged, progress);
             let counts = (&mut report.counts, midway);
             let complete = send_all(shared, tally, ops, n, counts, progress).await?;
             report.rows_unchanged = unchanged.into_inner();
             complete
-        }
-        Work::Days { days, old, .. } => {
-            let rows = upserts(plan, opts.parallel_files);
-            let counts = (&mut report.counts, midway);
-            send_all(shared, tally, rows, n, counts, progress).await? && {
-                let counts = (&mut report.counts, midway);
-                let gone = vanished(plan, days, old);
-                send_all(shared, tally, gone, n, counts, progress).await?
-            }
         }
         Work::Full { sweep } => {
             let rows = upserts(plan, opts.parallel_files);
@@ -418,32 +472,6 @@ async fn send_work(
     })
 }
 
-/// Record the version as loaded (never moving it back).
-async fn record_version(
-    session: &Session,
-    keyspace: &str,
-    plan: &Plan,
-    report: &mut LoadReport,
-) -> Result<()> {
-    let recorded = crate::cql::progress::record(
-        session,
-        keyspace,
-        crate::cql::progress::AGGREGATES,
-        &plan.table_id,
-        plan.version,
-        report.counts.rows_written,
-    )
-    .await?;
-    if !recorded {
-        tracing::info!(
-            version = plan.version,
-            "a newer version was recorded meanwhile; not moving it back"
-        );
-        report.overtaken = true;
-    }
-    Ok(())
-}
-
 /// Every row of the plan's files, as upserts.
 fn upserts(plan: &Plan, parallel: usize) -> impl Stream<Item = Result<Op>> + '_ {
     futures::stream::iter(
@@ -456,43 +484,50 @@ fn upserts(plan: &Plan, parallel: usize) -> impl Stream<Item = Result<Op>> + '_ 
     .try_flatten()
 }
 
-/// The writes that turn the changed days of the last loaded version into this one's, row
-/// by row: upserts of new and changed rows, deletes of vanished ones; equal rows are counted
-/// in `unchanged`. One day's old rows are held at a time.
+/// The writes that turn whatever ScyllaDB may hold of the changed days (the rows of any of
+/// `olds`) into this version's, row by row: upserts of rows that differ from any old one (or
+/// are missing from one), deletes of rows any old one had and this version has not; rows
+/// equal in every old version are counted in `unchanged`. One day's rows are held at a time.
 fn changed_rows<'a>(
     plan: &'a Plan,
     days: &'a std::collections::BTreeSet<Day>,
-    old: &'a deltalake::DeltaTable,
+    olds: &'a [deltalake::DeltaTable],
     unchanged: &'a AtomicU64,
     progress: &'a Progress,
 ) -> impl Stream<Item = Result<Op>> + 'a {
     futures::stream::iter(days.iter().copied())
-        .then(move |day| day_changes(plan, old, day, unchanged, progress))
+        .then(move |day| day_changes(plan, olds, day, unchanged, progress))
         .map_ok(|ops| futures::stream::iter(ops.into_iter().map(Ok)))
         .try_flatten()
 }
 
 async fn day_changes(
     plan: &Plan,
-    old: &deltalake::DeltaTable,
+    olds: &[deltalake::DeltaTable],
     day: Day,
     unchanged: &AtomicU64,
     progress: &Progress,
 ) -> Result<Vec<Op>> {
     let days = std::collections::BTreeSet::from([day]);
-    let mut before: HashMap<i64, AggRow> = HashMap::new();
-    for f in delta::files(old, Table::Aggregates, Some(&days))? {
-        let mut s = std::pin::pin!(codec::file_rows(old, &f));
-        while let Some(rows) = s.next().await {
-            before.extend(rows?.into_iter().map(|r| (r.customer_id, r)));
+    let mut before: Vec<HashMap<i64, AggRow>> = Vec::with_capacity(olds.len());
+    for old in olds {
+        let mut rows = HashMap::new();
+        for f in delta::files(old, Table::Aggregates, Some(&days))? {
+            let mut s = std::pin::pin!(codec::file_rows(old, &f));
+            while let Some(batch) = s.next().await {
+                rows.extend(batch?.into_iter().map(|r| (r.customer_id, r)));
+            }
         }
+        before.push(rows);
     }
     let mut ops = Vec::new();
+    let mut now: HashSet<i64> = HashSet::new();
     for f in plan.files.iter().filter(|f| f.day == Some(day)) {
         let mut s = std::pin::pin!(codec::file_rows(&plan.table, f));
         while let Some(rows) = s.next().await {
             for row in rows? {
-                if before.remove(&row.customer_id).as_ref() == Some(&row) {
+                now.insert(row.customer_id);
+                if before.iter().all(|b| b.get(&row.customer_id) == Some(&row)) {
                     unchanged.fetch_add(1, Ordering::Relaxed);
                     progress.inc(1);
                 } else {
@@ -501,48 +536,16 @@ async fn day_changes(
             }
         }
     }
+    let gone: std::collections::BTreeSet<i64> = before
+        .iter()
+        .flat_map(|b| b.keys().copied())
+        .filter(|c| !now.contains(c))
+        .collect();
     ops.extend(
-        before
-            .into_keys()
+        gone.into_iter()
             .map(|customer_id| Op::DeleteRow { customer_id, day }),
     );
     Ok(ops)
-}
-
-/// Rows of the changed days that the last loaded version had and this one has not.
-fn vanished<'a>(
-    plan: &'a Plan,
-    days: &'a std::collections::BTreeSet<Day>,
-    old: &'a deltalake::DeltaTable,
-) -> impl Stream<Item = Result<Op>> + 'a {
-    futures::stream::iter(days.iter().copied())
-        .then(move |day| vanished_in_day(plan, old, day))
-        .map_ok(|ops| futures::stream::iter(ops.into_iter().map(Ok)))
-        .try_flatten()
-}
-
-async fn vanished_in_day(plan: &Plan, old: &deltalake::DeltaTable, day: Day) -> Result<Vec<Op>> {
-    let mut now: HashSet<i64> = HashSet::new();
-    let today: Vec<&DataFile> = plan.files.iter().filter(|f| f.day == Some(day)).collect();
-    for f in today {
-        let mut s = std::pin::pin!(codec::file_customers(&plan.table, f));
-        while let Some(ids) = s.next().await {
-            now.extend(ids?);
-        }
-    }
-    let mut gone = Vec::new();
-    let days = std::collections::BTreeSet::from([day]);
-    for f in delta::files(old, Table::Aggregates, Some(&days))? {
-        let mut s = std::pin::pin!(codec::file_customers(old, &f));
-        while let Some(ids) = s.next().await {
-            gone.extend(
-                ids?.into_iter()
-                    .filter(|c| !now.contains(c))
-                    .map(|customer_id| Op::DeleteRow { customer_id, day }),
-            );
-        }
-    }
-    Ok(gone)
 }
 
 /// Every partition of the serving table, to delete its rows older than this version.

@@ -1,14 +1,17 @@
 //! `load`: the Delta aggregates into ScyllaDB, exactly: after a load the serving table holds
 //! the aggregates' rows of the loaded version, no more, no less.
 //!
-//! The progress record (`pipeline_load_progress`) names the Delta table served (its id) and
-//! its last version fully loaded, recorded only after every write of that version succeeded,
-//! with a lightweight transaction that never moves it backwards. A load writes the days
-//! changed since that version and deletes the rows that vanished from them; a first load, a
-//! load of another table (deleted and rebuilt) or one whose history is gone writes every row
-//! and deletes every older one. All writes of a version carry the timestamp
-//! `base + version`, so when two loads run at once the newer version wins row by row.
+//! The serving protocol ([`claim`]) needs no lightweight transaction, so it works on every
+//! ScyllaDB and Cassandra (ScyllaDB refuses LWT in tablet keyspaces, its default since 6.0):
+//! every write of a version carries the timestamp `base + version` of its serving epoch, so
+//! the newest version wins row by row; a load marks itself before its first write, and the
+//! next load makes the writes of every marked load good; the version is recorded (at the
+//! same timestamp) only after every write of it succeeded. A load writes the days changed
+//! since the versions ScyllaDB may hold and deletes the rows that vanished from them; a first
+//! load, another table or history, an unreadable old version or `--repair` writes every row
+//! and deletes every older one.
 
+mod claim;
 mod execute;
 mod options;
 mod plan;
@@ -50,7 +53,7 @@ pub async fn run_on(
     progress: &Progress,
 ) -> Result<LoadReport> {
     let started = Instant::now();
-    let plan = plan::plan(layout, session, &opts.scylla.keyspace, opts.dry_run).await?;
+    let mut plan = plan::plan(layout, session, opts).await?;
     crate::failpoints::pause("load.after_plan");
     let mut report = LoadReport {
         keyspace: opts.scylla.keyspace.clone(),
@@ -58,6 +61,8 @@ pub async fn run_on(
         aggregates_version: Some(plan.version),
         previous_version: plan.previous,
         full_load: matches!(plan.work, plan::Work::Full { .. }),
+        full_because: plan.full_because.clone(),
+        loads_made_good: plan.made_good,
         overtaken: matches!(plan.work, plan::Work::Overtaken),
         days: plan
             .files
@@ -73,9 +78,10 @@ pub async fn run_on(
     let nothing = matches!(plan.work, plan::Work::Nothing | plan::Work::Overtaken);
     if !nothing && !opts.dry_run {
         progress.set_length(report.rows_to_load);
-        match execute::execute(&plan, opts, layout, session, &mut report, progress).await {
+        match execute::execute(&mut plan, opts, layout, session, &mut report, progress).await {
             Ok(()) => {}
             Err(Error::LoadIncomplete {
+                what,
                 failed,
                 over_budget,
                 bad_rows_file,
@@ -84,6 +90,7 @@ pub async fn run_on(
             }) => {
                 let report = report.finish(started);
                 return Err(Error::LoadIncomplete {
+                    what,
                     failed,
                     over_budget,
                     bad_rows_file,

@@ -26,6 +26,16 @@ pub struct LoadOptions {
     /// Show what would be loaded (versions, days, files, rows) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Repair: write every row in a new serving epoch, whose timestamps are above every
+    /// earlier write (also ones made outside the pipeline with current-time timestamps), then
+    /// delete every older row of every partition. ScyllaDB then equals Delta whatever
+    /// happened to it.
+    #[arg(long)]
+    pub repair: bool,
+    /// Serve this data dir's tables from a keyspace that serves another data dir's: every
+    /// row written, every older one deleted (without it, such a load is refused, exit 2).
+    #[arg(long)]
+    pub take_over: bool,
 }
 
 impl Default for LoadOptions {

@@ -1,13 +1,16 @@
-//! What a load will write: nothing, every row of the aggregates (a first load, another
-//! table, or history gone), or the rows of the days changed since the last loaded version
-//! and the rows that vanished from them.
+//! What a load will write, from its claim ([`super::claim`]): nothing, every row of the
+//! aggregates (a first load, another table or history, an old version unreadable, a repair),
+//! or the rows of the days changed since the versions ScyllaDB may hold, and the rows that
+//! vanished from them.
 
 use std::collections::BTreeSet;
 
 use deltalake::DeltaTable;
 use scylla::client::session::Session;
 
-use crate::cql::progress::{self, LoadProgress};
+use super::LoadOptions;
+use super::claim::{self, Begun, Claim, Mine, Serving, Sweep};
+use crate::cql::progress;
 use crate::cql::schema::TABLE;
 use crate::dates::Day;
 use crate::delta::{self, DataFile};
@@ -19,30 +22,25 @@ use crate::tables::Table;
 pub enum Work {
     /// This version is loaded.
     Nothing,
-    /// A newer version is loaded (a concurrent load overtook this one).
+    /// A newer version is loaded, or being loaded (a concurrent load overtook this one).
     Overtaken,
     /// Write every row, then (when `sweep`) delete older rows of every partition.
     Full {
-        /// Whether older rows may exist. Not on the first load ever into the keyspace when
-        /// the serving table was empty: no other identity had claimed it, so no other load
-        /// can be writing, and there is nothing older to delete (saves one request per
-        /// partition: 99,000 of 968,000 at 5M rows).
+        /// Whether older rows may exist.
         sweep: bool,
     },
-    /// Write the changed days' rows, and delete those that vanished from them (they were in
-    /// the days' files of `old`, the last loaded version).
+    /// Write the changed days' rows that differ from any of `olds` (the versions ScyllaDB
+    /// may hold: the recorded one, and any a load in progress or killed was writing), and
+    /// delete the rows of those days that any of them had and this version has not.
     Days {
         /// The changed days.
         days: BTreeSet<Day>,
-        /// The aggregates as of the last loaded version.
-        old: Box<DeltaTable>,
-        /// Every commit since merged appended rows (see [`crate::aggregate::APPEND_MERGE`]):
-        /// rows equal in both versions are equal in between, and need no write.
-        only_changed_rows: bool,
+        /// The aggregates as of each of those versions.
+        olds: Vec<DeltaTable>,
     },
 }
 
-/// The plan: the table and version, the progress record, the work and the files.
+/// The plan: the table and version, the claim, the work and the files.
 pub struct Plan {
     /// The aggregates table at `version`.
     pub table: DeltaTable,
@@ -50,60 +48,102 @@ pub struct Plan {
     pub version: i64,
     /// The aggregates table's identity.
     pub table_id: String,
-    /// The progress record for this identity (None in a dry run of a new identity).
-    pub progress: Option<LoadProgress>,
-    /// The version of this identity loaded before (None: nothing yet).
+    /// The marked claim (None when nothing is to be written, and in a dry run).
+    pub serving: Option<Box<Serving>>,
+    /// The version of this table and history recorded before (None: nothing yet).
     pub previous: Option<i64>,
+    /// Why every row is written, when it is.
+    pub full_because: Option<String>,
+    /// Loads in progress or killed whose writes this one makes good.
+    pub made_good: u64,
     /// What to do.
     pub work: Work,
     /// The files to write (those of the changed days, or all).
     pub files: Vec<DataFile>,
 }
 
-/// Read the table and the progress record and decide; a new identity is claimed (unless
-/// `dry_run`), so its writes get timestamps above the previous identity's.
-pub async fn plan(
+/// Who is loading what: the data dir's id, and the table's version and fingerprint.
+pub async fn mine(
     layout: &Layout,
-    session: &Session,
-    keyspace: &str,
-    dry_run: bool,
-) -> Result<Plan> {
+    table: &DeltaTable,
+    which: Table,
+    opts: &LoadOptions,
+) -> Result<Mine> {
+    let version = delta::version(table);
+    Ok(Mine {
+        owner: layout.data_dir_id(!opts.dry_run).await?.unwrap_or_default(),
+        table_id: delta::table_id(table, which)?,
+        version,
+        lineage: delta::log::fingerprint(table, which, version).await?,
+        take_over: opts.take_over,
+        full: opts.repair,
+    })
+}
+
+/// The error for a keyspace that serves another data dir's tables.
+pub fn refused(keyspace: &str, owner: &str, layout: &Layout) -> Error {
+    Error::Invalid(format!(
+        "keyspace {keyspace} serves the tables of another data dir (id {owner}), not of {}: \
+         nothing was written. Load into another keyspace (--keyspace, SCYLLA_KEYSPACE), or \
+         replace what it serves with this data dir's tables (--take-over)",
+        layout.shown()
+    ))
+}
+
+/// Read the table and the load state and decide; unless `dry_run`, the claim is marked.
+pub async fn plan(layout: &Layout, session: &Session, opts: &LoadOptions) -> Result<Plan> {
+    let keyspace = &opts.scylla.keyspace;
     let table = delta::open_required(layout, Table::Aggregates, "aggregate").await?;
-    let version = delta::version(&table);
-    let table_id = delta::table_id(&table, Table::Aggregates)?;
-    let mut current = progress::read(session, keyspace, progress::AGGREGATES).await?;
-    let first_ever = current.is_none();
-    if current.as_ref().is_none_or(|p| p.table_id != table_id) && !dry_run {
-        if let Some(p) = &current {
-            tracing::warn!(served = %p.table_id, table = %table_id,
-                "ScyllaDB serves another aggregates table: loading everything and deleting the rest");
+    let mine = mine(layout, &table, Table::Aggregates, opts).await?;
+    let (version, table_id) = (mine.version, mine.table_id.clone());
+    let begun = claim::begin(
+        session,
+        keyspace,
+        progress::AGGREGATES,
+        mine,
+        (&table, Table::Aggregates),
+        opts.dry_run,
+    )
+    .await?;
+    let (claim, mut serving) = match begun {
+        Begun::Refused { owner } => return Err(refused(keyspace, &owner, layout)),
+        Begun::Nothing | Begun::Overtaken => {
+            let overtaken = matches!(begun, Begun::Overtaken);
+            return Ok(Plan {
+                table,
+                version,
+                table_id,
+                serving: None,
+                previous: (!overtaken).then_some(version),
+                full_because: None,
+                made_good: 0,
+                work: if overtaken {
+                    Work::Overtaken
+                } else {
+                    Work::Nothing
+                },
+                files: Vec::new(),
+            });
         }
-        let claimed = progress::claim(
-            session,
-            keyspace,
-            progress::AGGREGATES,
-            current.as_ref(),
-            &table_id,
-        )
-        .await?;
-        if claimed.table_id != table_id {
-            return Err(Error::Invalid(format!(
-                "another load is serving aggregates table {} into keyspace {keyspace} at the same \
-                 moment (this one is {table_id}); run one load at a time per keyspace",
-                claimed.table_id
-            )));
-        }
-        current = Some(claimed);
-    }
-    let progress = current.filter(|p| p.table_id == table_id);
-    let previous = progress.as_ref().map(|p| p.version).filter(|v| *v >= 0);
-    let work = match previous {
-        None => Work::Full {
-            sweep: !(first_ever && !dry_run && serving_table_empty(session, keyspace).await?),
+        Begun::DryRun(c) => (c, None),
+        Begun::Go(s) => (s.claim().clone(), Some(s)),
+    };
+    let mut full_because = claim.full.clone();
+    let work = match &claim.full {
+        Some(_) => Work::Full {
+            sweep: sweeps(session, keyspace, claim.sweep).await?,
         },
-        Some(p) if p == version => Work::Nothing,
-        Some(p) if p > version => Work::Overtaken,
-        Some(p) => changed_days(layout, &table, p, version).await?,
+        None => match changed_days(layout, &table, &claim, version).await {
+            Ok(work) => work,
+            Err(why) => {
+                tracing::warn!("{why}; loading everything");
+                if let Some(s) = serving.as_mut() {
+                    s.go_full(why.clone());
+                }
+                full_because = Some(why);
+                Work::Full { sweep: true }
+            }
+        },
     };
     let files = match &work {
         Work::Nothing | Work::Overtaken => Vec::new(),
@@ -114,79 +154,83 @@ pub async fn plan(
         table,
         version,
         table_id,
-        progress,
-        previous,
+        serving,
+        previous: claim.recorded,
+        full_because,
+        made_good: claim.made_good.len() as u64,
         work,
         files,
     })
 }
 
-/// True when the serving table has no row (checked after this load claimed the keyspace).
-async fn serving_table_empty(session: &Session, keyspace: &str) -> Result<bool> {
-    let what = "checking whether the serving table is empty";
+/// Whether a full load deletes older rows.
+pub async fn sweeps(session: &Session, keyspace: &str, sweep: Sweep) -> Result<bool> {
+    Ok(match sweep {
+        Sweep::No => false,
+        Sweep::Yes => true,
+        Sweep::IfNotEmpty => !serving_table_empty(session, keyspace, TABLE).await?,
+    })
+}
+
+/// True when the serving table `table` has no row.
+pub async fn serving_table_empty(session: &Session, keyspace: &str, table: &str) -> Result<bool> {
+    let what = format!("checking whether {keyspace}.{table} is empty");
     let rows = session
         .query_unpaged(
-            format!("SELECT customer_id FROM {keyspace}.{TABLE} LIMIT 1"),
+            format!("SELECT customer_id FROM {keyspace}.{table} LIMIT 1"),
             (),
         )
         .await
-        .map_err(|e| Error::scylla(what, e))?
+        .map_err(|e| Error::scylla(what.clone(), e))?
         .into_rows_result()
         .map_err(|e| Error::scylla(what, e))?;
     Ok(rows.rows_num() == 0)
 }
 
-/// The days changed since `previous`, with the table as of then; everything when the log or
-/// the old version is gone.
+/// The days changed since each of the claim's old versions, with the table as of each;
+/// `Err(why)` when one of them cannot be read (its log entries or files are gone).
 async fn changed_days(
     layout: &Layout,
     table: &DeltaTable,
-    previous: i64,
+    claim: &Claim,
     version: i64,
-) -> Result<Work> {
-    let Some(changes) = delta::log::changes(table, Table::Aggregates, previous, version).await?
-    else {
-        tracing::warn!(
-            "aggregates log entries after version {previous} are gone; loading everything"
-        );
-        return Ok(Work::Full { sweep: true });
-    };
-    let only_changed_rows = changes
-        .modes
-        .iter()
-        .all(|m| m.as_deref() == Some(crate::aggregate::APPEND_MERGE));
-    let days = changes.days;
-    match open_old(layout, previous, &days).await {
-        Ok(old) => Ok(Work::Days {
-            days,
-            old: Box::new(old),
-            only_changed_rows,
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e.chain(),
-                "cannot read aggregates version {previous} to find deleted rows; loading everything");
-            Ok(Work::Full { sweep: true })
+) -> std::result::Result<Work, String> {
+    let mut days = BTreeSet::new();
+    for &old in &claim.olds {
+        match delta::log::changes(table, Table::Aggregates, old, version).await {
+            Ok(Some(c)) => days.extend(c.days),
+            Ok(None) => {
+                return Err(format!(
+                    "aggregates log entries after version {old} are gone"
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "the aggregates log after version {old}: {}",
+                    e.chain()
+                ));
+            }
         }
     }
+    let mut olds = Vec::new();
+    for &old in &claim.olds {
+        match open_old(layout, old, &days).await {
+            Ok(t) => olds.push(t),
+            Err(e) => {
+                return Err(format!(
+                    "aggregates version {old} cannot be read to find changed rows ({})",
+                    e.chain()
+                ));
+            }
+        }
+    }
+    Ok(Work::Days { days, olds })
 }
 
 /// The table as of `previous`, if the files of `days` it had are all still there (VACUUM
 /// removes them after the retention).
 async fn open_old(layout: &Layout, previous: i64, days: &BTreeSet<Day>) -> Result<DeltaTable> {
-    use object_store::ObjectStoreExt;
     let old = delta::open_at(layout, Table::Aggregates, previous).await?;
-    let store = old.object_store();
-    for f in delta::files(&old, Table::Aggregates, Some(days))? {
-        store.head(&f.path).await.map_err(|e| {
-            Error::io(
-                format!(
-                    "{} file {} of version {previous}",
-                    Table::Aggregates,
-                    f.path
-                ),
-                std::io::Error::other(e),
-            )
-        })?;
-    }
+    delta::check_files_exist(&old, Table::Aggregates, Some(days)).await?;
     Ok(old)
 }

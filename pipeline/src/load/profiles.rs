@@ -1,16 +1,13 @@
-//! Serving `customer_profiles` from ScyllaDB, with the aggregates' guarantees: after a load
-//! the serving table holds the Delta table's rows of the recorded version, no more, no less.
+//! Serving `customer_profiles` from ScyllaDB, with the aggregates' guarantees and the same
+//! serving protocol ([`super::claim`]): after a load the serving table holds the Delta
+//! table's rows of the recorded version, no more, no less.
 //!
-//! Each profiles version is a whole snapshot (one row per customer), so a load writes the
-//! rows of version `v` that differ from the last recorded version `p` and deletes the
-//! customers `p` had and `v` has not, at timestamp `base + v` (newest wins, as for the
-//! aggregates). Skipping rows equal in `p` and `v` is only safe if no other load wrote a
-//! version in between: a load killed or still running may have written rows of its version
-//! `L`. So every load first leaves a marker (`customer_profiles#loading#L` in the progress
-//! table), and a later load treats every older marker's version as one more `p`: it writes
-//! the rows that differ from any of them and deletes the customers any of them had. It
-//! records `v` only if the record still says `p` (compare and set; otherwise it goes again
-//! from the newer record), then removes the markers it accounted for.
+//! Each profiles version is a whole snapshot (one row per customer), so a load of version `v`
+//! writes the rows that differ from any version ScyllaDB may hold (the recorded one, and
+//! those of loads in progress or killed, which left markers) and deletes the customers any of
+//! them had and `v` has not, at `v`'s timestamp (newest wins, as for the aggregates). When
+//! one of those versions cannot be read (vacuumed), it writes every row and deletes every
+//! older one instead.
 
 use std::time::Instant;
 
@@ -20,10 +17,11 @@ use scylla::client::session::Session;
 use serde::Serialize;
 
 use super::LoadOptions;
+use super::claim::{self, Begun, Serving};
 use super::execute::{Op, Shared, Tally, failures_file, send_all};
 use super::report::Counts;
 use crate::cql::profile::ProfileRow;
-use crate::cql::progress::{self, LoadProgress, Marker, PROFILES};
+use crate::cql::progress::PROFILES;
 use crate::cql::schema::PROFILES_TABLE;
 use crate::delta::{self, query};
 use crate::error::{Error, Result};
@@ -31,9 +29,6 @@ use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::report::thousands;
 use crate::tables::Table;
-
-/// Rounds of "another load recorded meanwhile, go again" before giving up.
-const MAX_ROUNDS: u32 = 5;
 
 /// Memory the diff's queries may use.
 const QUERY_MEMORY: usize = 256 * 1024 * 1024;
@@ -53,7 +48,9 @@ pub struct ProfilesLoad {
     pub overtaken: bool,
     /// Loads in progress or killed whose writes this one made good (their markers).
     pub loads_made_good: u64,
-    /// Rounds (more than one when another load recorded a version meanwhile).
+    /// Why every row was written, when it was.
+    pub full_because: Option<String>,
+    /// Rounds (always 1: kept for the report's shape).
     pub rounds: u32,
     /// What the requests did.
     #[serde(flatten)]
@@ -63,6 +60,11 @@ pub struct ProfilesLoad {
 }
 
 impl ProfilesLoad {
+    fn done(mut self, started: Instant) -> Self {
+        self.seconds = started.elapsed().as_secs_f64();
+        self
+    }
+
     /// One line for `load`'s text report.
     pub fn text(&self) -> String {
         let v = crate::report::version(self.version);
@@ -91,157 +93,109 @@ impl ProfilesLoad {
     }
 }
 
-/// The work of one round.
+/// The work of a load.
 enum Work {
-    Nothing,
-    Overtaken,
     /// Write every row, then (when `sweep`) delete every older row.
-    Full {
-        sweep: bool,
-    },
+    Full { sweep: bool },
     /// Write the rows differing from any of `olds`, delete the customers only they have.
-    Diff {
-        olds: Vec<DeltaTable>,
-    },
+    Diff { olds: Vec<DeltaTable> },
 }
 
-/// Load the profiles changed since the last loaded version; None when there is no profiles
-/// table (`pipeline profiles` never ran).
+/// Load the profiles changed since the versions ScyllaDB may hold; None when there is no
+/// profiles table (`pipeline profiles` never ran).
 pub async fn serve(
     session: &Session,
     layout: &Layout,
     opts: &LoadOptions,
 ) -> Result<Option<ProfilesLoad>> {
     let started = Instant::now();
-    let Some(mut table) = delta::open(layout, Table::Profiles).await? else {
+    let Some(table) = delta::open(layout, Table::Profiles).await? else {
         return Ok(None);
     };
     let keyspace = &opts.scylla.keyspace;
-    let mut report = ProfilesLoad::default();
-    loop {
-        report.rounds += 1;
-        let table_id = delta::table_id(&table, Table::Profiles)?;
-        let version = delta::version(&table);
-        let (record, first_ever) = claimed(session, keyspace, &table_id).await?;
-        let from = record.version;
-        let all_markers = progress::markers(session, keyspace, PROFILES).await?;
-        let older: Vec<Marker> = all_markers
-            .iter()
-            .filter(|m| m.table_id == table_id && m.version < version)
-            .cloned()
-            .collect();
-        let previous = (from >= 0).then_some(from);
-        report.table_id = table_id.clone();
-        report.previous_version = report.previous_version.or(previous);
-        let work = match previous {
-            // Nothing older to sweep only on the first load ever, with no marker of a load
-            // before it, into an empty table.
-            None => Work::Full {
-                sweep: !(first_ever
-                    && all_markers.is_empty()
-                    && serving_table_empty(session, keyspace).await?),
-            },
-            Some(p) if p > version => Work::Overtaken,
-            Some(p) if p == version && older.is_empty() => Work::Nothing,
-            Some(p) => diff_against(layout, p, &older).await,
-        };
-        match work {
-            Work::Nothing => {
-                report.version = Some(version);
-                break;
-            }
-            Work::Overtaken => {
-                report.overtaken = true;
-                break;
-            }
-            _ => {}
-        }
-        report.full_load |= matches!(work, Work::Full { .. });
-        let own = progress::mark(session, keyspace, PROFILES, &table_id, version).await?;
-        crate::failpoints::pause("load.profiles_after_mark");
-        write(session, layout, opts, &table, &record, &work, &mut report).await?;
-        crate::failpoints::hit("load.profiles_before_record");
-        let rows = report.counts.rows_written;
-        if progress::record_from(session, keyspace, PROFILES, &table_id, from, version, rows)
-            .await?
-        {
-            let mut done = match work {
-                // Every older row is overwritten or swept: markers of any version are done.
-                Work::Full { sweep: true } => all_markers,
-                Work::Full { sweep: false } => Vec::new(),
-                _ => older,
-            };
-            report.loads_made_good += done.len() as u64;
-            done.push(own);
-            progress::unmark(session, keyspace, &done).await?;
+    let mine = super::plan::mine(layout, &table, Table::Profiles, opts).await?;
+    let version = mine.version;
+    let mut report = ProfilesLoad {
+        table_id: mine.table_id.clone(),
+        rounds: 1,
+        ..Default::default()
+    };
+    let begun = claim::begin(
+        session,
+        keyspace,
+        PROFILES,
+        mine,
+        (&table, Table::Profiles),
+        false,
+    );
+    let mut serving = match begun.await? {
+        Begun::Refused { owner } => return Err(super::plan::refused(keyspace, &owner, layout)),
+        Begun::Nothing => {
             report.version = Some(version);
-            break;
+            report.previous_version = Some(version);
+            return Ok(Some(report.done(started)));
         }
-        if report.rounds >= MAX_ROUNDS {
-            return Err(Error::Invalid(format!(
-                "other loads kept recording {PROFILES_TABLE} versions while this one wrote \
-                 ({MAX_ROUNDS} rounds); its writes are marked and the next load makes them good: \
-                 run `pipeline load` again"
-            )));
+        Begun::Overtaken => {
+            report.overtaken = true;
+            return Ok(Some(report.done(started)));
         }
-        tracing::info!(
-            version,
-            "another load recorded a profiles version meanwhile; going again from it"
-        );
-        table = delta::open(layout, Table::Profiles)
-            .await?
-            .ok_or_else(|| Error::Invalid(format!("{} vanished", Table::Profiles)))?;
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(Some(report))
+        Begun::DryRun(_) => return Ok(None),
+        Begun::Go(s) => s,
+    };
+    report.previous_version = serving.claim().recorded;
+    report.loads_made_good = serving.claim().made_good.len() as u64;
+    let work = work(layout, session, keyspace, &mut serving).await?;
+    report.full_load = matches!(work, Work::Full { .. });
+    report.full_because = serving.claim().full.clone();
+    crate::failpoints::pause("load.profiles_after_mark");
+    write(session, layout, opts, &table, &serving, &work, &mut report).await?;
+    crate::failpoints::hit("load.profiles_before_record");
+    let rows = report.counts.rows_written;
+    report.overtaken = !serving.finish(session, keyspace, rows).await?;
+    report.version = Some(version);
+    Ok(Some(report.done(started)))
 }
 
-/// The progress record of the profiles table `table_id`, claimed if it serves another one
-/// or none; and whether there was no record at all before.
-async fn claimed(
+/// The claim's work: every row, or a diff against the old versions (every row when one of
+/// them cannot be read any more).
+async fn work(
+    layout: &Layout,
     session: &Session,
     keyspace: &str,
-    table_id: &str,
-) -> Result<(LoadProgress, bool)> {
-    let current = progress::read(session, keyspace, PROFILES).await?;
-    let first_ever = current.is_none();
-    if let Some(p) = current.as_ref().filter(|p| p.table_id == table_id) {
-        return Ok((p.clone(), false));
+    serving: &mut Serving,
+) -> Result<Work> {
+    let claim = serving.claim().clone();
+    if claim.full.is_some() {
+        let empty = super::plan::serving_table_empty(session, keyspace, PROFILES_TABLE);
+        let sweep = match claim.sweep {
+            claim::Sweep::No => false,
+            claim::Sweep::Yes => true,
+            claim::Sweep::IfNotEmpty => !empty.await?,
+        };
+        return Ok(Work::Full { sweep });
     }
-    if let Some(p) = &current {
-        tracing::warn!(served = %p.table_id, table = %table_id,
-            "ScyllaDB serves another profiles table: loading everything and deleting the rest");
-    }
-    let claimed = progress::claim(session, keyspace, PROFILES, current.as_ref(), table_id).await?;
-    if claimed.table_id != table_id {
-        return Err(Error::Invalid(format!(
-            "another load is serving profiles table {} into keyspace {keyspace} at the same \
-             moment (this one is {table_id}); run one load at a time per keyspace",
-            claimed.table_id
-        )));
-    }
-    Ok((claimed, first_ever))
-}
-
-/// A diff against version `p` and the older markers' versions; everything (with a sweep)
-/// when one of them cannot be read any more.
-async fn diff_against(layout: &Layout, p: i64, markers: &[Marker]) -> Work {
     let mut olds = Vec::new();
-    let mut versions: Vec<i64> = markers.iter().map(|m| m.version).collect();
-    versions.push(p);
-    versions.sort_unstable();
-    versions.dedup();
-    for v in versions {
-        match delta::open_at(layout, Table::Profiles, v).await {
+    for &v in &claim.olds {
+        let old = match delta::open_at(layout, Table::Profiles, v).await {
+            Ok(t) => delta::check_files_exist(&t, Table::Profiles, None)
+                .await
+                .map(|()| t),
+            Err(e) => Err(e),
+        };
+        match old {
             Ok(t) => olds.push(t),
             Err(e) => {
-                tracing::warn!(error = %e.chain(),
-                    "cannot read profiles version {v} to find changed rows; loading everything");
-                return Work::Full { sweep: true };
+                let why = format!(
+                    "profiles version {v} cannot be read to find changed rows ({})",
+                    e.chain()
+                );
+                tracing::warn!("{why}; loading everything");
+                serving.go_full(why);
+                return Ok(Work::Full { sweep: true });
             }
         }
     }
-    Work::Diff { olds }
+    Ok(Work::Diff { olds })
 }
 
 /// Send the round's writes; an error when any failed (nothing recorded; the marker stays).
@@ -250,7 +204,7 @@ async fn write(
     layout: &Layout,
     opts: &LoadOptions,
     table: &DeltaTable,
-    record: &LoadProgress,
+    serving: &Serving,
     work: &Work,
     report: &mut ProfilesLoad,
 ) -> Result<()> {
@@ -258,7 +212,7 @@ async fn write(
     let shared = Shared::new(
         session,
         &opts.scylla.keyspace,
-        record.timestamp(version),
+        serving.timestamp(),
         opts.max_attempts,
     )
     .await?;
@@ -292,7 +246,6 @@ async fn write(
                 Some(format!("({had}) EXCEPT SELECT customer_id FROM new")),
             )
         }
-        Work::Nothing | Work::Overtaken => unreachable!("no writes"),
     };
     let rows = upsert_ops(ctx.sql(&upserts).await?.execute_stream().await?);
     let mut complete = send_all(&shared, &mut tally, rows, n, (counts, u64::MAX), &hidden).await?;
@@ -305,14 +258,9 @@ async fn write(
         complete = send_all(&shared, &mut tally, swept, n, (counts, u64::MAX), &hidden).await?;
     }
     tally.failures.close()?;
-    if counts.failures > 0 {
-        return Err(Error::LoadIncomplete {
-            failed: counts.failures,
-            over_budget: !complete,
-            bad_rows_file: counts.bad_rows_file.clone().unwrap_or_default(),
-            version,
-            report: Box::new(serde_json::to_value(&*report).unwrap_or_default()),
-        });
+    if report.counts.failures > 0 {
+        let so_far = serde_json::to_value(&*report).unwrap_or_default();
+        return Err(tally.error(PROFILES_TABLE, &report.counts, complete, version, so_far));
     }
     Ok(())
 }
@@ -373,19 +321,4 @@ fn sweep_ops<'a>(session: &'a Session, keyspace: &'a str) -> impl Stream<Item = 
         }))
     })
     .try_flatten()
-}
-
-/// True when no profile is served (checked after this load claimed the record).
-async fn serving_table_empty(session: &Session, keyspace: &str) -> Result<bool> {
-    let what = "checking whether the profiles serving table is empty";
-    let rows = session
-        .query_unpaged(
-            format!("SELECT customer_id FROM {keyspace}.{PROFILES_TABLE} LIMIT 1"),
-            (),
-        )
-        .await
-        .map_err(|e| Error::scylla(what, e))?
-        .into_rows_result()
-        .map_err(|e| Error::scylla(what, e))?;
-    Ok(rows.rows_num() == 0)
 }

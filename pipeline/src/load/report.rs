@@ -20,7 +20,11 @@ pub struct LoadReport {
     /// Everything was written (first load, another table, or history gone), and rows of
     /// older loads were swept.
     pub full_load: bool,
-    /// A newer version was already loaded by another process: nothing to do.
+    /// Why every row was written, when it was.
+    pub full_because: Option<String>,
+    /// Loads in progress or killed whose writes this one made good (their markers).
+    pub loads_made_good: u64,
+    /// A newer version was loaded (or was being loaded) by another process: its rows win.
     pub overtaken: bool,
     /// Days written.
     pub days: u64,
@@ -28,8 +32,7 @@ pub struct LoadReport {
     pub files: u64,
     /// Rows to write.
     pub rows_to_load: u64,
-    /// Rows of the changed days equal in the last loaded version, not written again (only
-    /// when every aggregates commit since merged appended rows).
+    /// Rows of the changed days equal in every version ScyllaDB may hold, not written again.
     pub rows_unchanged: u64,
     /// What the requests did.
     #[serde(flatten)]

@@ -78,6 +78,13 @@ pub struct VerifyReport {
     pub differing_days: Vec<DayDiff>,
     /// The profiles (none when no profiles table exists and none is served).
     pub profiles: Option<ProfilesCheck>,
+    /// Why what ScyllaDB serves is not this data dir's Delta tables, or cannot be compared
+    /// (another data dir, another history of the table, a loaded version since vacuumed),
+    /// each with what to do.
+    pub problems: Vec<String>,
+    /// Loads in progress, or killed, per serving table (their markers): a killed one is made
+    /// good by the next load.
+    pub loads_in_progress: u64,
     /// Wall time.
     pub seconds: f64,
 }
@@ -186,7 +193,8 @@ impl Report for VerifyReport {
             thousands(self.rows_delta),
             thousands(self.rows_scylla)
         );
-        if !self.same_table() {
+        let other_data_dir = self.problems.iter().any(|p| p.contains(OTHER_DATA_DIR));
+        if !self.same_table() && !other_data_dir {
             s.push_str(&format!(
                 "\n  ScyllaDB serves aggregates table {}, but {} is now table {} (deleted and \
                  rebuilt?): run `pipeline load` to serve it",
@@ -220,6 +228,21 @@ impl Report for VerifyReport {
             s.push_str("\n  ");
             s.push_str(&p.text());
         }
+        for p in &self.problems {
+            s.push_str("\n  ");
+            s.push_str(p);
+        }
+        if self.loads_in_progress > 0 {
+            s.push_str(&format!(
+                "\n  {} load(s) in progress or killed: the next `pipeline load` makes their writes good",
+                self.loads_in_progress
+            ));
+        }
+        if !self.differing_days.is_empty() || !self.profiles_match() {
+            s.push_str(
+                "\n  to make ScyllaDB equal to Delta whatever was written to it: `pipeline load --repair`",
+            );
+        }
         s
     }
 
@@ -233,7 +256,11 @@ impl Report for VerifyReport {
     }
 
     fn exit_code(&self) -> u8 {
-        if self.differing_days.is_empty() && self.same_table() && self.profiles_match() {
+        if self.differing_days.is_empty()
+            && self.same_table()
+            && self.profiles_match()
+            && self.problems.is_empty()
+        {
             exit::OK
         } else {
             exit::VERIFY_MISMATCH
@@ -246,24 +273,40 @@ pub async fn run(layout: &Layout, o: &VerifyOptions) -> Result<VerifyReport> {
     let started = std::time::Instant::now();
     let session = cql::connect(&o.scylla).await?;
     let keyspace = &o.scylla.keyspace;
-    let Some(progress) = cql::progress::read(&session, keyspace, cql::progress::AGGREGATES)
-        .await?
-        .filter(|p| p.version >= 0)
-    else {
+    let state = cql::progress::read(&session, keyspace, cql::progress::AGGREGATES).await?;
+    let Some(served) = state.current else {
         return Err(Error::Invalid(format!(
             "nothing has been loaded into keyspace {keyspace} yet: run `pipeline load` first"
         )));
     };
     let current = delta::open_required(layout, Table::Aggregates, "aggregate").await?;
+    let owner = layout.data_dir_id(false).await?;
     let mut report = VerifyReport {
         keyspace: keyspace.clone(),
-        aggregates_version: progress.version,
-        served_table_id: progress.table_id.clone(),
+        aggregates_version: served.version,
+        served_table_id: served.table_id.clone(),
         table_id: delta::table_id(&current, Table::Aggregates)?,
+        loads_in_progress: state.markers.len() as u64,
         ..Default::default()
     };
-    let delta_days = if report.same_table() {
-        delta_checks(layout, progress.version).await?
+    let comparable = servable(
+        &served,
+        owner.as_deref(),
+        (&current, Table::Aggregates),
+        &mut report.problems,
+    )
+    .await?
+        && report.same_table();
+    let delta_days = if comparable {
+        match delta_checks(layout, served.version).await {
+            Ok(days) => days,
+            Err(e) => {
+                report
+                    .problems
+                    .push(unreadable(Table::Aggregates, served.version, &e));
+                BTreeMap::new()
+            }
+        }
     } else {
         BTreeMap::new()
     };
@@ -276,7 +319,7 @@ pub async fn run(layout: &Layout, o: &VerifyOptions) -> Result<VerifyReport> {
     report.days_compared = all.len() as u64;
     report.rows_delta = delta_days.values().map(|d| d.rows).sum();
     report.rows_scylla = scylla_days.values().map(|d| d.rows).sum();
-    for day in all {
+    for day in all.into_iter().filter(|_| comparable) {
         let (a, b) = (
             delta_days.get(&day).copied().unwrap_or_default(),
             scylla_days.get(&day).copied().unwrap_or_default(),
@@ -289,9 +332,63 @@ pub async fn run(layout: &Layout, o: &VerifyOptions) -> Result<VerifyReport> {
             });
         }
     }
-    report.profiles = profiles_check(layout, &session, keyspace).await?;
+    let mut problems = std::mem::take(&mut report.problems);
+    report.profiles = profiles_check(
+        layout,
+        &session,
+        keyspace,
+        owner.as_deref(),
+        &mut problems,
+        &mut report.loads_in_progress,
+    )
+    .await?;
+    report.problems = problems;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Whether the version recorded as served is this data dir's table's own (same data dir,
+/// same history); otherwise says why not in `problems`.
+async fn servable(
+    served: &cql::progress::Entry,
+    owner: Option<&str>,
+    (t, table): (&deltalake::DeltaTable, Table),
+    problems: &mut Vec<String>,
+) -> Result<bool> {
+    if owner != Some(served.owner.as_str()) {
+        problems.push(format!(
+            "{table}: ScyllaDB serves the tables of {OTHER_DATA_DIR} (id {}): run `pipeline load \
+             --take-over` to serve this one's, or verify that data dir",
+            served.owner
+        ));
+        return Ok(false);
+    }
+    if delta::table_id(t, table)? != served.table_id {
+        // Another table of this data dir (deleted and rebuilt): said by the caller.
+        return Ok(false);
+    }
+    let ours = delta::log::fingerprint(t, table, served.version).await?;
+    if ours.is_none() || ours != served.lineage {
+        problems.push(format!(
+            "{table}: the version {} served is not this table's commit {} (the data dir was \
+             restored from a backup, or its log cleaned up since): run `pipeline load`",
+            served.version, served.version
+        ));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// How a problem says that another data dir is served.
+const OTHER_DATA_DIR: &str = "another data dir";
+
+/// A loaded version that cannot be read any more.
+fn unreadable(table: Table, version: i64, e: &Error) -> String {
+    format!(
+        "{table}: the version {version} served cannot be read in Delta any more ({}; vacuumed?): \
+         run `pipeline load`, which serves the current version, then verify",
+        e.chain()
+    )
 }
 
 /// The profiles served against Delta; None when neither side has any.
@@ -299,10 +396,13 @@ async fn profiles_check(
     layout: &Layout,
     session: &scylla::client::session::Session,
     keyspace: &str,
+    owner: Option<&str>,
+    problems: &mut Vec<String>,
+    in_progress: &mut u64,
 ) -> Result<Option<ProfilesCheck>> {
-    let record = cql::progress::read(session, keyspace, cql::progress::PROFILES)
-        .await?
-        .filter(|p| p.version >= 0);
+    let state = cql::progress::read(session, keyspace, cql::progress::PROFILES).await?;
+    *in_progress += state.markers.len() as u64;
+    let record = state.current;
     let current = delta::open(layout, Table::Profiles).await?;
     if record.is_none() && current.is_none() {
         return Ok(None);
@@ -319,15 +419,28 @@ async fn profiles_check(
     let Some(record) = record else {
         return Ok(Some(check));
     };
-    if check.served_table_id == check.table_id {
-        let table = delta::open_at(layout, Table::Profiles, record.version).await?;
-        let ctx = delta::query::session(256 * 1024 * 1024);
-        delta::query::register(&ctx, "p", &table, None).await?;
-        let mut s = ctx.sql("SELECT * FROM p").await?.execute_stream().await?;
-        while let Some(b) = s.next().await {
-            for r in ProfileRow::from_batch(&b?)? {
-                check.delta.add(&r);
+    let comparable = match &current {
+        Some(t) => servable(&record, owner, (t, Table::Profiles), problems).await?,
+        None => false,
+    };
+    if comparable {
+        let read = async {
+            let table = delta::open_at(layout, Table::Profiles, record.version).await?;
+            delta::check_files_exist(&table, Table::Profiles, None).await?;
+            let ctx = delta::query::session(256 * 1024 * 1024);
+            delta::query::register(&ctx, "p", &table, None).await?;
+            let mut s = ctx.sql("SELECT * FROM p").await?.execute_stream().await?;
+            let mut sum = ProfilesSum::default();
+            while let Some(b) = s.next().await {
+                for r in ProfileRow::from_batch(&b?)? {
+                    sum.add(&r);
+                }
             }
+            Ok::<_, Error>(sum)
+        };
+        match read.await {
+            Ok(sum) => check.delta = sum,
+            Err(e) => problems.push(unreadable(Table::Profiles, record.version, &e)),
         }
     }
     let what = "scanning the served profiles";

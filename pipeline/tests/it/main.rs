@@ -17,4 +17,5 @@ mod profiles;
 mod report;
 mod scylla;
 mod served_profiles;
+mod serving;
 mod sql;

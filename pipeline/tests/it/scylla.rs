@@ -54,7 +54,7 @@ impl Cql {
     }
 
     /// The test server, or None (and a note) when running against a real ScyllaDB.
-    fn test_server(&self, why: &str) -> Option<&TestServer> {
+    pub(crate) fn test_server(&self, why: &str) -> Option<&TestServer> {
         if self.server.is_none() {
             eprintln!("skipped against a real ScyllaDB: {why} needs the in-repo test server");
         }
@@ -708,7 +708,7 @@ fn a_first_load_sweeps_older_rows_only_when_the_serving_table_has_some() {
          transaction_count, declined_count) VALUES (999999, '2024-01-01', 1.00, 1, 0)"
     ));
     cql.exec(&format!(
-        "DELETE FROM {ks}.pipeline_load_progress WHERE name = 'customer_daily_aggregates'"
+        "DELETE FROM {ks}.pipeline_load_state WHERE name = 'customer_daily_aggregates'"
     ));
     let r = cql.ok(&d, &["load"]);
     assert_eq!(r["full_load"], true, "{r}");

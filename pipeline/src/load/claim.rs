@@ -1,0 +1,530 @@
+//! The serving protocol, shared by the aggregates' and the profiles' loads: which write
+//! timestamps a load uses, which earlier versions it must make good, and when it has nothing
+//! to do. It needs no lightweight transaction (see [`crate::cql::progress`]), only writes
+//! ordered by timestamp and reads that see what was acknowledged before them.
+//!
+//! Every write of a load of version `v` in a serving *epoch* with base `b` carries the
+//! timestamp `b + v`. An epoch is one Delta table, of one data dir, along one history: a new
+//! one begins with the first load, a rebuilt table (another table id), a history that
+//! diverged (a restore from a backup: the commit recorded as loaded is not the table's commit
+//! of that number), `--take-over`, or `load --repair`. Its base is above every timestamp used
+//! before (`max(now, top + 1)`), so its rows win over all earlier ones and over writes made
+//! outside the pipeline before it (with default, current-time timestamps).
+//!
+//! A load:
+//! 1. reads the state, and decides ([`decide`]);
+//! 2. leaves its marker (its epoch and version);
+//! 3. reads the state again and decides again: a load whose marker it now sees and that
+//!    stands for a higher timestamp will do the work (this one is overtaken and writes
+//!    nothing); the others' versions join those it makes good;
+//! 4. writes: every row of its version that differs from any version ScyllaDB may hold (the
+//!    recorded one and every marked one, read by time travel), and deletes the rows any of
+//!    them had and its version has not; or, when one of them cannot be read or belongs to
+//!    another history, every row and then, in every partition, a delete just below its own
+//!    timestamp;
+//! 5. records its version (`current`, at its timestamp) and removes the markers it made good.
+//!
+//! Why that is enough: of two loads running at once, each writes its marker before its
+//! second read, so at least one sees the other. The one that stands for the higher timestamp
+//! either saw the other (and made its rows good) or was seen by it (and the other stopped
+//! before writing). A killed load leaves its marker, so the next load makes its rows good.
+//! The newest version wins row by row whatever the order of arrival, since its timestamp is
+//! the highest.
+
+use std::collections::HashMap;
+
+use deltalake::DeltaTable;
+use scylla::client::session::Session;
+
+use crate::cql::progress::{self, Entry, State};
+use crate::delta;
+use crate::error::Result;
+use crate::tables::Table;
+
+/// Rounds of "a load standing higher appeared between the two reads" before giving up.
+const MAX_ROUNDS: u32 = 4;
+
+/// The load deciding: what it would serve.
+#[derive(Debug, Clone)]
+pub struct Mine {
+    /// The data dir's id.
+    pub owner: String,
+    /// The Delta table's id.
+    pub table_id: String,
+    /// The version to serve.
+    pub version: i64,
+    /// Its commit's fingerprint.
+    pub lineage: Option<String>,
+    /// `--take-over`: serve this data dir even though another one is served.
+    pub take_over: bool,
+    /// `--repair`: write every row in a new epoch.
+    pub full: bool,
+}
+
+/// What a load does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The keyspace serves another data dir's tables (or one is being loaded into it).
+    Refused {
+        /// The other data dir's id.
+        owner: String,
+    },
+    /// This version is served, and no other load's writes are left to make good.
+    Nothing,
+    /// A newer version is recorded, or a load standing for a higher timestamp is in
+    /// progress: it does the work.
+    Overtaken,
+    /// Load, as claimed.
+    Load(Claim),
+}
+
+/// How a load writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The epoch's base: every write is at `base + version`.
+    pub base: i64,
+    /// Versions of this table and history whose rows ScyllaDB may hold: the recorded one and
+    /// every marked one below this load's timestamp. The load writes the rows that differ from
+    /// any of them and deletes the rows any of them had.
+    pub olds: Vec<i64>,
+    /// Write every row instead (and why): nothing recorded, another table or history, or
+    /// `--repair` / `--take-over`.
+    pub full: Option<String>,
+    /// After a full write, delete every older row of every partition.
+    pub sweep: Sweep,
+    /// The markers this load makes good (removed once it recorded its version).
+    pub made_good: Vec<Entry>,
+    /// The version recorded as served, when it is of this table and history.
+    pub recorded: Option<i64>,
+}
+
+/// Whether a full load deletes older rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Not a full load.
+    No,
+    /// Every partition: older rows may exist.
+    Yes,
+    /// Only if the serving table has any row: the first load ever into the keyspace, with no
+    /// other load marked (saves one request per partition).
+    IfNotEmpty,
+}
+
+impl Claim {
+    /// The timestamp of this load's writes.
+    pub fn timestamp(&self, version: i64) -> i64 {
+        self.base.saturating_add(version)
+    }
+}
+
+/// Decide from `state`. `on_line(e)`: whether `e` is a version of this load's table along
+/// its history (same table id, and the table's commit of that number has `e`'s
+/// fingerprint), so the table as of it can be read by time travel.
+pub fn decide(
+    state: &State,
+    mine: &Mine,
+    on_line: &dyn Fn(&Entry) -> bool,
+    now_us: i64,
+) -> Decision {
+    let current = state.current.as_ref();
+    if !mine.take_over
+        && let Some(other) = current
+            .into_iter()
+            .chain(&state.markers)
+            .find(|e| e.owner != mine.owner)
+    {
+        return Decision::Refused {
+            owner: other.owner.clone(),
+        };
+    }
+    let ours = |e: &Entry| e.owner == mine.owner && on_line(e);
+    let repair = mine.full || mine.take_over;
+    if !repair {
+        if current.is_some_and(|c| ours(c) && c.version > mine.version)
+            || state
+                .markers
+                .iter()
+                .any(|m| ours(m) && m.version > mine.version)
+        {
+            return Decision::Overtaken;
+        }
+        if current.is_some_and(|c| ours(c) && c.version == mine.version) && state.markers.is_empty()
+        {
+            return Decision::Nothing;
+        }
+    }
+    let top = state.top();
+    let base = match current {
+        Some(c) if !repair && ours(c) && top.is_none_or(|t| c.base + mine.version >= t) => c.base,
+        _ => now_us.max(top.map_or(i64::MIN, |t| t.saturating_add(1))),
+    };
+    let ts = base.saturating_add(mine.version);
+    let mut olds = Vec::new();
+    let mut full = if mine.full {
+        Some("--repair: every row, in a new serving epoch".to_string())
+    } else if mine.take_over {
+        Some("--take-over: this data dir's tables replace the ones served".to_string())
+    } else {
+        None
+    };
+    match current {
+        None => {
+            full.get_or_insert_with(|| "nothing was loaded into this keyspace yet".into());
+        }
+        Some(c) if ours(c) => olds.push(c.version),
+        Some(c) => {
+            full.get_or_insert_with(|| {
+                if c.table_id != mine.table_id {
+                    format!("the keyspace serves another table ({})", c.table_id)
+                } else {
+                    format!(
+                        "the version {} served is not this table's commit {} (a data dir \
+                         restored from a backup, or its history rewritten)",
+                        c.version, c.version
+                    )
+                }
+            });
+        }
+    }
+    let mut made_good = Vec::new();
+    for m in state.markers.iter().filter(|m| m.timestamp() <= ts) {
+        if ours(m) {
+            olds.push(m.version);
+        } else {
+            full.get_or_insert_with(|| {
+                format!(
+                    "a load of another table or history was interrupted (version {})",
+                    m.version
+                )
+            });
+        }
+        made_good.push(m.clone());
+    }
+    olds.sort_unstable();
+    olds.dedup();
+    let sweep = match &full {
+        None => Sweep::No,
+        Some(_) if current.is_none() && state.markers.is_empty() => Sweep::IfNotEmpty,
+        Some(_) => Sweep::Yes,
+    };
+    Decision::Load(Claim {
+        base,
+        olds,
+        full,
+        sweep,
+        made_good,
+        recorded: current.filter(|c| ours(c)).map(|c| c.version),
+    })
+}
+
+/// How [`begin`] ended.
+pub enum Begun {
+    /// See [`Decision::Refused`].
+    Refused {
+        /// The other data dir's id.
+        owner: String,
+    },
+    /// See [`Decision::Nothing`].
+    Nothing,
+    /// See [`Decision::Overtaken`].
+    Overtaken,
+    /// What a dry run would do (nothing was written, no marker left).
+    DryRun(Claim),
+    /// Marked and claimed: write, then [`Serving::finish`].
+    Go(Box<Serving>),
+}
+
+/// A load between its claim and its record: its marker is in the state.
+pub struct Serving {
+    name: &'static str,
+    mine: Mine,
+    claim: Claim,
+    marker: Entry,
+}
+
+impl Serving {
+    /// How it writes.
+    pub fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
+    /// Its writes' timestamp.
+    pub fn timestamp(&self) -> i64 {
+        self.claim.timestamp(self.mine.version)
+    }
+
+    /// Write every row instead of a diff, sweeping afterwards (an old version turned out
+    /// unreadable: its files vacuumed, its log entries gone).
+    pub fn go_full(&mut self, why: String) {
+        self.claim.full = Some(why);
+        self.claim.sweep = Sweep::Yes;
+    }
+
+    /// Record the version as served (every row written) and remove the markers made good.
+    /// Returns false when a newer version is recorded (it was loaded meanwhile; its rows win).
+    pub async fn finish(self, session: &Session, keyspace: &str, rows: u64) -> Result<bool> {
+        crate::failpoints::hit("load.before_state");
+        let record = Entry {
+            entry: String::new(),
+            owner: self.mine.owner.clone(),
+            table_id: self.mine.table_id.clone(),
+            base: self.claim.base,
+            version: self.mine.version,
+            lineage: self.mine.lineage.clone(),
+            rows: rows as i64,
+            written_at: 0,
+        };
+        progress::record(session, keyspace, self.name, &record).await?;
+        let mut done = self.claim.made_good;
+        done.push(self.marker);
+        progress::unmark(session, keyspace, self.name, &done).await?;
+        let now = progress::read(session, keyspace, self.name).await?;
+        Ok(now
+            .current
+            .is_none_or(|c| c.timestamp() <= record.timestamp()))
+    }
+}
+
+/// Steps 1–3 of a load of `mine` into the serving table `name`: read, decide, mark, read and
+/// decide again. `t` is the table being served (its log tells which recorded versions are
+/// along its history).
+pub async fn begin(
+    session: &Session,
+    keyspace: &str,
+    name: &'static str,
+    mine: Mine,
+    (t, table): (&DeltaTable, Table),
+    dry_run: bool,
+) -> Result<Begun> {
+    let mut state = progress::read(session, keyspace, name).await?;
+    for _ in 0..MAX_ROUNDS {
+        let lines = lineages(t, table, &mine, &state).await?;
+        let on_line = |e: &Entry| e.lineage.is_some() && lines.get(&e.version) == Some(&e.lineage);
+        let now = chrono::Utc::now().timestamp_micros();
+        let claim = match decide(&state, &mine, &on_line, now) {
+            Decision::Refused { owner } => return Ok(Begun::Refused { owner }),
+            Decision::Nothing => return Ok(Begun::Nothing),
+            Decision::Overtaken => return Ok(Begun::Overtaken),
+            Decision::Load(c) if dry_run => return Ok(Begun::DryRun(c)),
+            Decision::Load(c) => c,
+        };
+        let marker = Entry::marker(
+            &mine.owner,
+            &mine.table_id,
+            claim.base,
+            mine.version,
+            mine.lineage.clone(),
+        );
+        progress::mark(session, keyspace, name, &marker).await?;
+        crate::failpoints::pause("load.after_mark");
+        // Loads that marked themselves meanwhile: one standing higher does the work; the
+        // others join what this one makes good.
+        let mut again = progress::read(session, keyspace, name).await?;
+        again.markers.retain(|m| m.entry != marker.entry);
+        let lines = lineages(t, table, &mine, &again).await?;
+        let on_line = |e: &Entry| e.lineage.is_some() && lines.get(&e.version) == Some(&e.lineage);
+        let outcome = match decide(&again, &mine, &on_line, now) {
+            Decision::Load(c) if c.base == claim.base => {
+                return Ok(Begun::Go(Box::new(Serving {
+                    name,
+                    mine,
+                    claim: c,
+                    marker,
+                })));
+            }
+            // A load of a new epoch above this one's marked itself: claim again above it.
+            Decision::Load(_) => None,
+            other => Some(other),
+        };
+        progress::unmark(session, keyspace, name, std::slice::from_ref(&marker)).await?;
+        match outcome {
+            Some(Decision::Refused { owner }) => return Ok(Begun::Refused { owner }),
+            Some(Decision::Nothing) => return Ok(Begun::Nothing),
+            Some(_) => return Ok(Begun::Overtaken),
+            None => state = again,
+        }
+    }
+    Err(crate::error::Error::Invalid(format!(
+        "other loads into {keyspace}.{name} kept starting above this one ({MAX_ROUNDS} rounds): \
+         run `pipeline load` again"
+    )))
+}
+
+/// The fingerprint, in `t`'s log, of each version the state names of `t`'s table.
+async fn lineages(
+    t: &DeltaTable,
+    table: Table,
+    mine: &Mine,
+    state: &State,
+) -> Result<HashMap<i64, Option<String>>> {
+    let mut out = HashMap::new();
+    for e in state.current.iter().chain(&state.markers) {
+        if e.table_id == mine.table_id && !out.contains_key(&e.version) {
+            out.insert(
+                e.version,
+                delta::log::fingerprint(t, table, e.version).await?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000_000;
+
+    fn entry(entry: &str, table: &str, base: i64, version: i64) -> Entry {
+        Entry {
+            entry: entry.into(),
+            owner: "dir".into(),
+            table_id: table.into(),
+            base,
+            version,
+            lineage: Some(format!("{table}@{version}")),
+            rows: 0,
+            written_at: base + version,
+        }
+    }
+
+    fn mine(version: i64) -> Mine {
+        Mine {
+            owner: "dir".into(),
+            table_id: "t".into(),
+            version,
+            lineage: Some(format!("t@{version}")),
+            take_over: false,
+            full: false,
+        }
+    }
+
+    /// On line: table `t`, up to version 10, except the diverged `d` history.
+    fn on_line(e: &Entry) -> bool {
+        e.table_id == "t" && e.version <= 10 && !e.lineage.as_deref().unwrap().contains('d')
+    }
+
+    fn claim(d: Decision) -> Claim {
+        match d {
+            Decision::Load(c) => c,
+            other => panic!("expected a load, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_first_load_opens_an_epoch_and_sweeps_only_a_non_empty_table() {
+        let c = claim(decide(&State::default(), &mine(3), &on_line, NOW));
+        assert_eq!(c.base, NOW);
+        assert!(c.olds.is_empty() && c.full.is_some());
+        assert_eq!(c.sweep, Sweep::IfNotEmpty);
+    }
+
+    #[test]
+    fn the_next_version_keeps_the_epoch_and_diffs_against_the_recorded_one() {
+        let state = State {
+            current: Some(entry("current", "t", 100, 3)),
+            markers: vec![],
+        };
+        assert_eq!(decide(&state, &mine(3), &on_line, NOW), Decision::Nothing);
+        let c = claim(decide(&state, &mine(5), &on_line, NOW));
+        assert_eq!(
+            (c.base, c.olds.clone(), c.full.clone()),
+            (100, vec![3], None)
+        );
+        assert_eq!(c.timestamp(5), 105);
+        // An older snapshot: a newer version is recorded.
+        assert_eq!(decide(&state, &mine(2), &on_line, NOW), Decision::Overtaken);
+    }
+
+    #[test]
+    fn a_killed_load_is_made_good_by_the_next() {
+        let killed = entry("load:k", "t", 100, 4);
+        let state = State {
+            current: Some(entry("current", "t", 100, 3)),
+            markers: vec![killed.clone()],
+        };
+        // Even of the version it was loading: its rows may be incomplete.
+        let c = claim(decide(&state, &mine(4), &on_line, NOW));
+        assert_eq!((c.base, c.olds.clone()), (100, vec![3, 4]));
+        assert_eq!(c.made_good, vec![killed]);
+        // A load of a newer version in progress: it does the work.
+        let state = State {
+            current: Some(entry("current", "t", 100, 3)),
+            markers: vec![entry("load:n", "t", 100, 6)],
+        };
+        assert_eq!(decide(&state, &mine(5), &on_line, NOW), Decision::Overtaken);
+    }
+
+    #[test]
+    fn another_table_a_diverged_history_or_a_repair_open_a_new_epoch_above_everything() {
+        let recreated = State {
+            current: Some(entry("current", "old", NOW + 50, 9)),
+            markers: vec![],
+        };
+        let c = claim(decide(&recreated, &mine(1), &on_line, NOW));
+        assert_eq!(c.base, NOW + 60, "above the old epoch's timestamps");
+        assert_eq!((c.olds.is_empty(), c.sweep), (true, Sweep::Yes));
+        let mut restored = entry("current", "t", 100, 6);
+        restored.lineage = Some("t@6-d".into());
+        let state = State {
+            current: Some(restored),
+            markers: vec![],
+        };
+        let c = claim(decide(&state, &mine(6), &on_line, NOW));
+        assert!(c.full.unwrap().contains("restored"));
+        assert_eq!(c.base, NOW);
+        let state = State {
+            current: Some(entry("current", "t", 100, 3)),
+            markers: vec![],
+        };
+        let c = claim(decide(
+            &state,
+            &Mine {
+                full: true,
+                ..mine(3)
+            },
+            &on_line,
+            NOW,
+        ));
+        assert_eq!((c.base, c.sweep), (NOW, Sweep::Yes));
+    }
+
+    #[test]
+    fn a_killed_load_of_a_higher_epoch_moves_the_next_load_above_it() {
+        // A killed `load --repair` (epoch NOW - 10) over an epoch based at 100.
+        let state = State {
+            current: Some(entry("current", "t", 100, 3)),
+            markers: vec![entry("load:f", "t", NOW - 10, 3)],
+        };
+        let c = claim(decide(&state, &mine(4), &on_line, NOW - 1000));
+        assert_eq!(c.base, NOW - 10 + 3 + 1, "above the killed load's writes");
+        assert_eq!(c.olds, vec![3], "its rows are version 3's");
+        assert_eq!(c.made_good.len(), 1);
+    }
+
+    #[test]
+    fn another_data_dir_is_refused_unless_taken_over() {
+        let mut other = entry("current", "x", 100, 3);
+        other.owner = "elsewhere".into();
+        let state = State {
+            current: Some(other),
+            markers: vec![],
+        };
+        assert_eq!(
+            decide(&state, &mine(3), &on_line, NOW),
+            Decision::Refused {
+                owner: "elsewhere".into()
+            }
+        );
+        let c = claim(decide(
+            &state,
+            &Mine {
+                take_over: true,
+                ..mine(3)
+            },
+            &on_line,
+            NOW,
+        ));
+        assert_eq!((c.base, c.sweep), (NOW, Sweep::Yes));
+    }
+}
