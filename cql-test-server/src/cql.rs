@@ -152,7 +152,11 @@ pub enum Stmt {
         if_not_exists: bool,
         replication: Vec<(String, String)>,
         durable_writes: bool,
+        /// `AND tablets = {...}` (ScyllaDB 6.0+), as text pairs.
+        tablets: Option<Vec<(String, String)>>,
     },
+    /// Server-side `DESCRIBE` (ScyllaDB 5.2+, Cassandra 4.0+).
+    Describe(Describe),
     CreateTable {
         table: TableRef,
         if_not_exists: bool,
@@ -195,6 +199,8 @@ pub enum Stmt {
         limit: Option<Term>,
         /// `SELECT DISTINCT` of the partition key columns.
         distinct: bool,
+        /// `USING TIMEOUT` (ScyllaDB only).
+        timeout: bool,
     },
     Delete {
         table: TableRef,
@@ -224,6 +230,17 @@ struct P {
     toks: Vec<Tok>,
     pos: usize,
     markers: usize,
+}
+
+/// What a `DESCRIBE` names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Describe {
+    /// `DESCRIBE KEYSPACES`.
+    Keyspaces,
+    /// `DESCRIBE KEYSPACE ks`.
+    Keyspace(String),
+    /// `DESCRIBE TABLE [ks.]t`.
+    Table(TableRef),
 }
 
 pub fn parse(text: &str) -> Result<Parsed, String> {
@@ -383,6 +400,18 @@ impl P {
         if self.eat_kw("use") {
             return Ok(Stmt::Use(self.ident()?));
         }
+        if self.eat_kw("describe") || self.eat_kw("desc") {
+            if self.eat_kw("keyspaces") {
+                return Ok(Stmt::Describe(Describe::Keyspaces));
+            }
+            if self.eat_kw("keyspace") {
+                return Ok(Stmt::Describe(Describe::Keyspace(self.ident()?)));
+            }
+            if self.eat_kw("table") || self.eat_kw("columnfamily") {
+                return Ok(Stmt::Describe(Describe::Table(self.table_ref()?)));
+            }
+            return Err(unsupported());
+        }
         if self.eat_kw("insert") {
             return self.insert(&unsupported);
         }
@@ -435,6 +464,7 @@ impl P {
         let name = self.ident()?;
         let mut replication = Vec::new();
         let mut durable_writes = true;
+        let mut tablets = None;
         self.kw("with")?;
         loop {
             let opt = self.ident()?;
@@ -451,7 +481,20 @@ impl P {
                 "durable_writes" => {
                     durable_writes = !matches!(self.literal()?, Literal::Bool(false))
                 }
-                other => return Err(format!("unknown keyspace option `{other}`")),
+                // The grammar takes any `name = map`; which names exist is the server's
+                // (see `Store::create_keyspace`).
+                "tablets" => match self.literal()? {
+                    Literal::Map(items) => {
+                        tablets = Some(
+                            items
+                                .iter()
+                                .map(|(k, v)| (lit_text(k), lit_text(v)))
+                                .collect(),
+                        )
+                    }
+                    l => return Err(format!("tablets must be a map, found {l:?}")),
+                },
+                other => return Err(format!("Unknown property '{other}'")),
             }
             if !self.eat_kw("and") {
                 break;
@@ -461,6 +504,7 @@ impl P {
             name,
             if_not_exists,
             replication,
+            tablets,
             durable_writes,
         })
     }
@@ -680,12 +724,30 @@ impl P {
         if self.eat_kw("allow") {
             self.kw("filtering")?;
         }
+        // ScyllaDB's `USING TIMEOUT 2000ms` (its Python driver adds it to metadata queries).
+        let timeout = if self.eat_kw("using") {
+            self.kw("timeout")?;
+            match self.next() {
+                Some(Tok::Num(_)) => {
+                    self.ident()?;
+                }
+                t => {
+                    return Err(format!(
+                        "expected a duration after USING TIMEOUT, found {t:?}"
+                    ));
+                }
+            }
+            true
+        } else {
+            false
+        };
         Ok(Stmt::Select {
             table,
             projection,
             conds,
             limit,
             distinct,
+            timeout,
         })
     }
 

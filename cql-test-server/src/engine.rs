@@ -7,8 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::cql::{self, Cond, Condition, Op, Parsed, Projection, Rhs, Stmt, TableRef, Term};
+use crate::cql::{
+    self, Cond, Condition, Describe, Op, Parsed, Projection, Rhs, Stmt, TableRef, Term,
+};
 use crate::frame::Value;
+use crate::profile::{self, Profile};
 use crate::types::{self, CqlType, Literal};
 
 /// A CQL error response: code, message, and the code-specific trailing fields.
@@ -29,6 +32,7 @@ pub mod code {
     pub const READ_TIMEOUT: i32 = 0x1200;
     pub const SYNTAX_ERROR: i32 = 0x2000;
     pub const INVALID: i32 = 0x2200;
+    pub const CONFIG_ERROR: i32 = 0x2300;
     pub const ALREADY_EXISTS: i32 = 0x2400;
     pub const UNPREPARED: i32 = 0x2500;
 }
@@ -183,6 +187,53 @@ impl Table {
             .sum()
     }
 
+    /// Its `CREATE TABLE` statement (DESCRIBE), without the server's table options.
+    fn ddl(&self) -> String {
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("    {} {}", c.name, c.ty.cql_name()))
+            .collect();
+        let names = |idx: &[usize]| -> Vec<String> {
+            idx.iter().map(|i| self.columns[*i].name.clone()).collect()
+        };
+        let pk = names(&self.partition_key);
+        let ck = names(&self.clustering);
+        let pk = if pk.len() == 1 {
+            pk[0].clone()
+        } else {
+            format!("({})", pk.join(", "))
+        };
+        let key = if ck.is_empty() {
+            format!("({pk})")
+        } else {
+            format!("({pk}, {})", ck.join(", "))
+        };
+        let mut s = format!(
+            "CREATE TABLE {}.{} (\n{},\n    PRIMARY KEY {key}\n)",
+            self.keyspace,
+            self.name,
+            cols.join(",\n")
+        );
+        if !ck.is_empty() {
+            let order: Vec<String> = self
+                .clustering
+                .iter()
+                .zip(self.spec.iter())
+                .map(|(i, (_, desc))| {
+                    format!(
+                        "{} {}",
+                        self.columns[*i].name,
+                        if *desc { "DESC" } else { "ASC" }
+                    )
+                })
+                .collect();
+            s.push_str(&format!(" WITH CLUSTERING ORDER BY ({})", order.join(", ")));
+        }
+        s.push(';');
+        s
+    }
+
     fn is_key(&self, i: usize) -> bool {
         self.partition_key.contains(&i) || self.clustering.contains(&i)
     }
@@ -249,6 +300,8 @@ pub struct PreparedMeta {
     /// statement does not bind the whole partition key).
     pub pk_indexes: Vec<u16>,
     pub result: Option<Vec<Column>>,
+    /// A lightweight transaction.
+    pub lwt: bool,
 }
 
 /// One row change, validated before any change of a request is applied.
@@ -278,6 +331,12 @@ pub struct Store {
     pub datacenter: String,
     /// The last timestamp the server gave a write (µs), so its writes are strictly ordered.
     clock: i64,
+    /// The server emulated.
+    pub profile: Profile,
+    /// Keyspaces that use tablets, with their initial tablet count.
+    tablets: BTreeMap<String, i32>,
+    /// Client warnings of the statement being executed (drained by the connection).
+    warnings: Vec<String>,
 }
 
 /// Execution context: the connection's keyspace and the request's bound values.
@@ -288,6 +347,9 @@ pub struct Exec<'a> {
     pub paging_state: Option<&'a [u8]>,
     /// The request's default timestamp (protocol flag 0x20), if the client sent one.
     pub timestamp: Option<i64>,
+    /// A read at SERIAL or LOCAL_SERIAL (it goes through Paxos, like a lightweight
+    /// transaction).
+    pub serial: bool,
 }
 
 const SYSTEM_TABLES: &[&str] = &[
@@ -301,6 +363,7 @@ const SYSTEM_TABLES: &[&str] = &[
     "CREATE TABLE system_schema.keyspaces (keyspace_name text PRIMARY KEY, durable_writes boolean, \
      replication frozen<map<text, text>>)",
     "CREATE TABLE system_schema.tables (keyspace_name text, table_name text, comment text, \
+     flags frozen<set<text>>, id uuid, default_time_to_live int, gc_grace_seconds int, \
      PRIMARY KEY ((keyspace_name), table_name))",
     "CREATE TABLE system_schema.columns (keyspace_name text, table_name text, column_name text, \
      clustering_order text, column_name_bytes blob, kind text, position int, type text, \
@@ -310,6 +373,40 @@ const SYSTEM_TABLES: &[&str] = &[
      PRIMARY KEY ((keyspace_name), type_name))",
     "CREATE TABLE system_schema.views (keyspace_name text, view_name text, base_table_name text, \
      PRIMARY KEY ((keyspace_name), view_name))",
+    // Read by the Python drivers' schema parser on connect (every one of these queries
+    // failing fails the connection); empty here, as no statement of ours makes any.
+    "CREATE TABLE system_schema.functions (keyspace_name text, function_name text, \
+     argument_types frozen<list<text>>, argument_names frozen<list<text>>, body text, \
+     called_on_null_input boolean, language text, return_type text, \
+     PRIMARY KEY ((keyspace_name), function_name, argument_types))",
+    "CREATE TABLE system_schema.aggregates (keyspace_name text, aggregate_name text, \
+     argument_types frozen<list<text>>, final_func text, initcond text, return_type text, \
+     state_func text, state_type text, PRIMARY KEY ((keyspace_name), aggregate_name, argument_types))",
+    "CREATE TABLE system_schema.indexes (keyspace_name text, table_name text, index_name text, \
+     kind text, options frozen<map<text, text>>, PRIMARY KEY ((keyspace_name), table_name, index_name))",
+    "CREATE TABLE system_schema.triggers (keyspace_name text, table_name text, trigger_name text, \
+     options frozen<map<text, text>>, PRIMARY KEY ((keyspace_name), table_name, trigger_name))",
+];
+
+/// System tables of ScyllaDB only (`db/system_keyspace.cc`, `db/schema_tables.cc`,
+/// `db/virtual_tables.cc`).
+const SCYLLA_TABLES: &[&str] = &[
+    "CREATE TABLE system.versions (key text PRIMARY KEY, build_id text, build_mode text, version text)",
+    "CREATE TABLE system_schema.scylla_tables (keyspace_name text, table_name text, partitioner text, \
+     PRIMARY KEY ((keyspace_name), table_name))",
+];
+
+/// `system_schema.scylla_keyspaces`: without `initial_tablets` in 5.4.
+const SCYLLA_KEYSPACES_5_4: &str = "CREATE TABLE system_schema.scylla_keyspaces (keyspace_name text PRIMARY KEY, \
+     storage_options frozen<map<text, text>>, storage_type text)";
+const SCYLLA_KEYSPACES: &str = "CREATE TABLE system_schema.scylla_keyspaces (keyspace_name text PRIMARY KEY, \
+     initial_tablets int, storage_options frozen<map<text, text>>, storage_type text)";
+
+/// Cassandra 4.0+ only: `system.peers_v2` (ScyllaDB has none).
+const CASSANDRA_TABLES: &[&str] = &[
+    "CREATE TABLE system.peers_v2 (peer inet, peer_port int, data_center text, host_id uuid, \
+     preferred_ip inet, preferred_port int, rack text, release_version text, native_address inet, \
+     native_port int, schema_version uuid, tokens set<text>, PRIMARY KEY ((peer), peer_port))",
 ];
 
 fn text(s: &str) -> Option<Vec<u8>> {
@@ -324,22 +421,49 @@ fn inet(ip: IpAddr) -> Option<Vec<u8>> {
 }
 
 impl Store {
-    /// A store with the system tables, describing one node listening on `listen`.
-    pub fn new(listen: IpAddr, host_id: [u8; 16]) -> Self {
+    /// A store with the system tables of `profile`, describing one node listening on
+    /// `listen`.
+    pub fn new(listen: IpAddr, host_id: [u8; 16], profile: Profile) -> Self {
         let mut s = Store {
             keyspaces: BTreeSet::new(),
             tables: BTreeMap::new(),
             schema_changes: 0,
             datacenter: "datacenter1".into(),
             clock: 0,
+            profile,
+            tablets: BTreeMap::new(),
+            warnings: Vec::new(),
         };
         for ks in ["system", "system_schema"] {
             s.keyspaces.insert(ks.into());
         }
-        for ddl in SYSTEM_TABLES {
+        let mut ddls: Vec<&str> = SYSTEM_TABLES.to_vec();
+        if profile.is_scylla() {
+            ddls.extend(SCYLLA_TABLES);
+            ddls.push(if profile.has_tablets() {
+                SCYLLA_KEYSPACES
+            } else {
+                SCYLLA_KEYSPACES_5_4
+            });
+        } else {
+            ddls.extend(CASSANDRA_TABLES);
+        }
+        for ddl in ddls {
             let parsed = cql::parse(ddl).expect("system DDL parses");
             s.create_table(&parsed.stmt, None, false)
                 .expect("system DDL applies");
+        }
+        if let Some(v) = profile.scylla_version() {
+            s.put_system(
+                "system",
+                "versions",
+                &[
+                    ("key", text("local")),
+                    ("version", text(v)),
+                    ("build_mode", text("release")),
+                    ("build_id", text("cql-test-server")),
+                ],
+            );
         }
         let tokens = {
             let mut b = 1i32.to_be_bytes().to_vec();
@@ -352,7 +476,7 @@ impl Store {
             ("bootstrapped", text("COMPLETED")),
             ("broadcast_address", inet(listen)),
             ("cluster_name", text("cql-test-server")),
-            ("cql_version", text("3.4.5")),
+            ("cql_version", text(profile.cql_version())),
             ("data_center", text("datacenter1")),
             ("host_id", Some(host_id.to_vec())),
             ("listen_address", inet(listen)),
@@ -362,7 +486,7 @@ impl Store {
                 text("org.apache.cassandra.dht.Murmur3Partitioner"),
             ),
             ("rack", text("rack1")),
-            ("release_version", text("4.0.0-cql-test-server")),
+            ("release_version", text(profile.release_version())),
             ("rpc_address", inet(listen)),
             ("tokens", Some(tokens)),
         ];
@@ -467,7 +591,7 @@ impl Store {
         }
         let key = (ks.to_string(), t.name.clone());
         if !self.tables.contains_key(&key) {
-            return Err(CqlError::invalid(format!("unconfigured table {}", t.name)));
+            return Err(CqlError::invalid(self.profile.unknown_table(&t.name)));
         }
         Ok(key)
     }
@@ -631,6 +755,7 @@ impl Store {
             variables,
             pk_indexes,
             result,
+            lwt,
         })
     }
 
@@ -671,59 +796,9 @@ impl Store {
                 if_not_exists,
                 replication,
                 durable_writes,
-            } => {
-                if self.keyspaces.contains(name) {
-                    if *if_not_exists {
-                        return Ok(Outcome::Void);
-                    }
-                    return Err(CqlError::already_exists(
-                        name,
-                        "",
-                        format!("Keyspace {name} already exists"),
-                    ));
-                }
-                let mut repl: Vec<(String, String)> = Vec::new();
-                for (k, v) in replication {
-                    match (k.as_str(), v.as_str()) {
-                        ("class", c) if !c.contains('.') => {
-                            repl.push(("class".into(), format!("org.apache.cassandra.locator.{c}")))
-                        }
-                        // NetworkTopologyStrategy expands a plain factor to every DC.
-                        ("replication_factor", rf)
-                            if replication.iter().any(|(k, v)| {
-                                k == "class" && v.ends_with("NetworkTopologyStrategy")
-                            }) =>
-                        {
-                            repl.push((self.datacenter.clone(), rf.to_string()))
-                        }
-                        _ => repl.push((k.clone(), v.clone())),
-                    }
-                }
-                let map = Literal::Map(
-                    repl.iter()
-                        .map(|(k, v)| (Literal::Str(k.clone()), Literal::Str(v.clone())))
-                        .collect(),
-                );
-                let map_t = CqlType::Map(Box::new(CqlType::Text), Box::new(CqlType::Text));
-                let map_bytes = types::literal_to_bytes(&map, &map_t).map_err(CqlError::invalid)?;
-                self.keyspaces.insert(name.clone());
-                self.put_system(
-                    "system_schema",
-                    "keyspaces",
-                    &[
-                        ("keyspace_name", text(name)),
-                        ("durable_writes", Some(vec![*durable_writes as u8])),
-                        ("replication", map_bytes),
-                    ],
-                );
-                self.bump_schema_version();
-                Ok(Outcome::SchemaChange {
-                    change: "CREATED",
-                    target: "KEYSPACE",
-                    keyspace: name.clone(),
-                    table: None,
-                })
-            }
+                tablets,
+            } => self.create_keyspace(name, *if_not_exists, replication, *durable_writes, tablets),
+            Stmt::Describe(what) => self.describe(what, ex.keyspace),
             Stmt::CreateTable { .. } => self.create_table(&p.stmt, ex.keyspace, true),
             Stmt::DropKeyspace { name, if_exists } => {
                 if name.starts_with("system") {
@@ -772,6 +847,228 @@ impl Store {
                 Ok(Outcome::Void)
             }
         }
+    }
+
+    /// CREATE KEYSPACE, as the profile's server checks it: the name, then the properties
+    /// (`tablets` exists from ScyllaDB 6.0; Cassandra and ScyllaDB 5.4 say "Unknown property"),
+    /// both even when `IF NOT EXISTS` finds the keyspace (ScyllaDB's `validate()` and
+    /// Cassandra's `apply()` run first). A NetworkTopologyStrategy keyspace gets tablets
+    /// unless it says `{'enabled': false}`, which the enforced mode refuses.
+    fn create_keyspace(
+        &mut self,
+        name: &str,
+        if_not_exists: bool,
+        replication: &[(String, String)],
+        durable_writes: bool,
+        tablets: &Option<Vec<(String, String)>>,
+    ) -> Res<Outcome> {
+        let prof = self.profile;
+        if let Some(e) = prof.bad_keyspace_name(name) {
+            return Err(CqlError::invalid(e));
+        }
+        if tablets.is_some() && !prof.has_tablets() {
+            return Err(CqlError::new(
+                code::SYNTAX_ERROR,
+                "Unknown property 'tablets'",
+            ));
+        }
+        let class = replication
+            .iter()
+            .find(|(k, _)| k == "class")
+            .map(|(_, v)| v.rsplit('.').next().unwrap_or(v).to_string())
+            .unwrap_or_default();
+        let mut initial: Option<i32> =
+            (prof.has_tablets() && class == "NetworkTopologyStrategy").then_some(0);
+        for (k, v) in tablets.iter().flatten() {
+            match k.as_str() {
+                "enabled" => match v.as_str() {
+                    "false" if prof.tablets_enforced() => {
+                        return Err(CqlError::new(code::CONFIG_ERROR, profile::TABLETS_ENFORCED));
+                    }
+                    "false" => initial = None,
+                    "true" => {
+                        if class != "NetworkTopologyStrategy" {
+                            return Err(CqlError::new(
+                                code::CONFIG_ERROR,
+                                format!("{class} doesn't support tablet replication"),
+                            ));
+                        }
+                        initial = Some(initial.unwrap_or(0));
+                    }
+                    other => {
+                        return Err(CqlError::new(
+                            code::CONFIG_ERROR,
+                            format!("Tablets enabled value must be true or false; found: {other}"),
+                        ));
+                    }
+                },
+                "initial" => match v.parse::<i32>() {
+                    Ok(n) => initial = Some(n),
+                    Err(_) => {
+                        return Err(CqlError::new(
+                            code::CONFIG_ERROR,
+                            format!("Initial tablets value should be numeric; found {v}"),
+                        ));
+                    }
+                },
+                other => {
+                    return Err(CqlError::new(
+                        code::CONFIG_ERROR,
+                        format!("Unrecognized tablets option {other}"),
+                    ));
+                }
+            }
+        }
+        if self.keyspaces.contains(name) {
+            if if_not_exists {
+                return Ok(Outcome::Void);
+            }
+            return Err(CqlError::already_exists(
+                name,
+                "",
+                format!("Keyspace {name} already exists"),
+            ));
+        }
+        let mut repl: Vec<(String, String)> = Vec::new();
+        for (k, v) in replication {
+            match (k.as_str(), v.as_str()) {
+                ("class", c) if !c.contains('.') => {
+                    repl.push(("class".into(), format!("org.apache.cassandra.locator.{c}")))
+                }
+                // NetworkTopologyStrategy expands a plain factor to every DC.
+                ("replication_factor", rf) if class == "NetworkTopologyStrategy" => {
+                    repl.push((self.datacenter.clone(), rf.to_string()))
+                }
+                _ => repl.push((k.clone(), v.clone())),
+            }
+        }
+        let map = Literal::Map(
+            repl.iter()
+                .map(|(k, v)| (Literal::Str(k.clone()), Literal::Str(v.clone())))
+                .collect(),
+        );
+        let map_t = CqlType::Map(Box::new(CqlType::Text), Box::new(CqlType::Text));
+        let map_bytes = types::literal_to_bytes(&map, &map_t).map_err(CqlError::invalid)?;
+        self.keyspaces.insert(name.to_string());
+        self.put_system(
+            "system_schema",
+            "keyspaces",
+            &[
+                ("keyspace_name", text(name)),
+                ("durable_writes", Some(vec![durable_writes as u8])),
+                ("replication", map_bytes),
+            ],
+        );
+        if let Some(n) = initial {
+            self.tablets.insert(name.to_string(), n);
+            // Only tablet keyspaces have a row (`make_create_keyspace_mutations`).
+            self.put_system(
+                "system_schema",
+                "scylla_keyspaces",
+                &[
+                    ("keyspace_name", text(name)),
+                    ("initial_tablets", Some(n.to_be_bytes().to_vec())),
+                ],
+            );
+            self.warnings
+                .extend(prof.tablets_warning().map(str::to_string));
+        }
+        self.bump_schema_version();
+        Ok(Outcome::SchemaChange {
+            change: "CREATED",
+            target: "KEYSPACE",
+            keyspace: name.to_string(),
+            table: None,
+        })
+    }
+
+    /// Whether `keyspace` uses tablets.
+    pub fn uses_tablets(&self, keyspace: &str) -> bool {
+        self.tablets.contains_key(keyspace)
+    }
+
+    /// Client warnings of the last statement.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Server-side DESCRIBE: rows of (keyspace_name, type, name, create_statement), in the
+    /// profile's form for the keyspace line (`data_dictionary.cc`; Cassandra's
+    /// `KeyspaceMetadata.java`, with two spaces before `AND`).
+    fn describe(&self, what: &Describe, current: Option<&str>) -> Res<Outcome> {
+        let columns = ["keyspace_name", "type", "name", "create_statement"]
+            .iter()
+            .map(|n| Column {
+                name: n.to_string(),
+                ty: CqlType::Text,
+            })
+            .collect();
+        let mut rows: Vec<Row> = Vec::new();
+        let row = |ks: &str, ty: &str, name: &str, stmt: String| -> Row {
+            vec![text(ks), text(ty), text(name), Some(stmt.into_bytes())]
+        };
+        match what {
+            Describe::Keyspaces => {
+                for ks in &self.keyspaces {
+                    rows.push(row(ks, "keyspace", ks, String::new()));
+                }
+            }
+            Describe::Keyspace(ks) => {
+                if !self.keyspaces.contains(ks) {
+                    return Err(CqlError::invalid(format!("'{ks}' not found in keyspaces")));
+                }
+                rows.push(row(ks, "keyspace", ks, self.keyspace_ddl(ks)));
+                for ((k, t), table) in &self.tables {
+                    if k == ks {
+                        rows.push(row(ks, "table", t, table.ddl()));
+                    }
+                }
+            }
+            Describe::Table(t) => {
+                let key = self.resolve(t, current)?;
+                let table = &self.tables[&key];
+                rows.push(row(&key.0, "table", &key.1, table.ddl()));
+            }
+        }
+        Ok(Outcome::Rows(RowsResult {
+            keyspace: String::new(),
+            table: String::new(),
+            columns,
+            rows,
+            paging_state: None,
+        }))
+    }
+
+    fn keyspace_ddl(&self, ks: &str) -> String {
+        let repl = self
+            .table("system_schema", "keyspaces")
+            .and_then(|t| {
+                let pk = pk_bytes(&[ks.as_bytes()]);
+                let part = t.partitions.get(&pk)?;
+                let r = part.rows.values().next()?;
+                let row = t.visible(part, r)?;
+                let i = t.column("replication").ok()?;
+                row[i].clone()
+            })
+            .and_then(|b| types::map_text(&b).ok())
+            .unwrap_or_default();
+        let cassandra = !self.profile.is_scylla();
+        let show = |(k, v): &(String, String)| {
+            let v = if cassandra && k == "class" {
+                v.trim_start_matches("org.apache.cassandra.locator.")
+                    .to_string()
+            } else {
+                v.clone()
+            };
+            format!("'{k}': '{v}'")
+        };
+        let pairs: Vec<String> = repl.iter().map(show).collect();
+        let sep = if cassandra { "  AND" } else { " AND" };
+        format!(
+            "CREATE KEYSPACE {ks} WITH replication = {{{}}}{sep} durable_writes = true{};",
+            pairs.join(", "),
+            self.profile.describe_tablets(self.tablets.get(ks).copied())
+        )
     }
 
     fn create_table(&mut self, stmt: &Stmt, current: Option<&str>, register: bool) -> Res<Outcome> {
@@ -826,12 +1123,28 @@ impl Store {
                 .collect(),
         );
         if register {
+            let flags = types::literal_to_bytes(
+                &Literal::Coll(vec![Literal::Str("compound".into())]),
+                &CqlType::Set(Box::new(CqlType::Text)),
+            )
+            .map_err(CqlError::invalid)?;
+            let id = {
+                let mut v = [0u8; 16];
+                v[..8].copy_from_slice(&(self.schema_changes + 1).to_be_bytes());
+                v[6] = 0x40 | (v[6] & 0x0f);
+                v[8] = 0x80;
+                v.to_vec()
+            };
             self.put_system(
                 "system_schema",
                 "tables",
                 &[
                     ("keyspace_name", text(&ks)),
                     ("table_name", text(&table.name)),
+                    ("flags", flags),
+                    ("id", Some(id)),
+                    ("default_time_to_live", Some(0i32.to_be_bytes().to_vec())),
+                    ("gc_grace_seconds", Some(864000i32.to_be_bytes().to_vec())),
                 ],
             );
             for (i, c) in cols.iter().enumerate() {
@@ -887,6 +1200,10 @@ impl Store {
         ks: Option<&str>,
         timestamp: Option<i64>,
     ) -> Res<()> {
+        // Only the batch's own timestamp is checked (`batch_statement.cc`).
+        if let Some(ts) = timestamp {
+            self.check_future(ts)?;
+        }
         // One timestamp for the whole batch, as a coordinator gives it.
         let timestamp = Some(timestamp.unwrap_or_else(|| self.tick()));
         let mut muts = Vec::with_capacity(items.len());
@@ -919,11 +1236,55 @@ impl Store {
                 page_size: None,
                 paging_state: None,
                 timestamp,
+                serial: false,
             };
             muts.push(self.plan_mutation(p, &ex)?);
         }
+        self.check_batch_size(&muts)?;
         for m in muts {
             self.apply(m);
+        }
+        Ok(())
+    }
+
+    /// The batch size thresholds, on a batch of more than one partition (ScyllaDB:
+    /// `batch_statement.cc`, 128 KB warn in the server's log, 1024 KB fail; Cassandra:
+    /// `BatchStatement.java`, 5 KiB warn to the client, 50 KiB fail). The size is that of the
+    /// values written (the servers measure their mutations' memory, a little more).
+    fn check_batch_size(&mut self, muts: &[Mutation]) -> Res<()> {
+        let partitions: BTreeSet<(&(String, String), &Vec<u8>)> =
+            muts.iter().map(|m| (&m.table, &m.pk)).collect();
+        if partitions.len() <= 1 {
+            return Ok(());
+        }
+        let size: usize = muts
+            .iter()
+            .map(|m| {
+                m.pk.len()
+                    + m.ck.iter().flatten().map(Vec::len).sum::<usize>()
+                    + match &m.kind {
+                        MutationKind::Upsert { cells, .. } => cells
+                            .iter()
+                            .map(|(_, v)| v.as_ref().map_or(0, Vec::len))
+                            .sum(),
+                        MutationKind::Delete => 0,
+                    }
+            })
+            .sum();
+        let (warn, fail) = self.profile.batch_thresholds();
+        if size > fail {
+            return Err(CqlError::invalid("Batch too large"));
+        }
+        if size > warn && !self.profile.is_scylla() {
+            let tables: BTreeSet<String> = muts
+                .iter()
+                .map(|m| format!("{}.{}", m.table.0, m.table.1))
+                .collect();
+            self.warnings.push(format!(
+                "Batch for [{}] is of size {size}, exceeding specified threshold of {warn} by {}.",
+                tables.into_iter().collect::<Vec<_>>().join(", "),
+                size - warn
+            ));
         }
         Ok(())
     }
@@ -933,12 +1294,26 @@ impl Store {
         match term {
             Some(term) => match bind(term, &CqlType::BigInt, ex.values)? {
                 Bound::Val(Some(b)) if b.len() == 8 => {
-                    Ok(i64::from_be_bytes(b.try_into().expect("8 bytes")))
+                    let ts = i64::from_be_bytes(b.try_into().expect("8 bytes"));
+                    self.check_future(ts)?;
+                    Ok(ts)
                 }
                 _ => Err(CqlError::invalid("USING TIMESTAMP needs a bigint")),
             },
             None => Ok(ex.timestamp.unwrap_or_else(|| self.tick())),
         }
+    }
+
+    /// ScyllaDB's `restrict_future_timestamp`: a timestamp more than 3 days ahead is refused.
+    fn check_future(&self, ts: i64) -> Res<()> {
+        const THREE_DAYS_US: i64 = 3 * 24 * 3600 * 1_000_000;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        if self.profile.restricts_future_timestamps() && ts > now && ts - now > THREE_DAYS_US {
+            return Err(CqlError::invalid(profile::FUTURE_TIMESTAMP));
+        }
+        Ok(())
     }
 
     fn plan_mutation(&mut self, p: &Parsed, ex: &Exec) -> Res<Mutation> {
@@ -1111,6 +1486,7 @@ impl Store {
             ..*ex
         };
         let mut m = self.plan_mutation(p, &serial)?;
+        self.paxos_allowed(&m.table)?;
         m.ts = self.tick();
         let t = &self.tables[&m.table];
         let ck = CkKey {
@@ -1135,6 +1511,15 @@ impl Store {
         }))
     }
 
+    /// Paxos (lightweight transactions, SERIAL reads) on `table`: refused in a tablet keyspace
+    /// before ScyllaDB 2025.4 (`storage_proxy::cas`).
+    fn paxos_allowed(&self, (ks, table): &(String, String)) -> Res<()> {
+        if self.uses_tablets(ks) && !self.profile.lwt_on_tablets() {
+            return Err(CqlError::invalid(profile::lwt_refused(ks, table)));
+        }
+        Ok(())
+    }
+
     fn select(&self, p: &Parsed, ex: &Exec) -> Res<Outcome> {
         let Stmt::Select {
             table,
@@ -1142,11 +1527,21 @@ impl Store {
             conds,
             limit,
             distinct,
+            timeout,
         } = &p.stmt
         else {
             unreachable!()
         };
+        if *timeout && !self.profile.is_scylla() {
+            return Err(CqlError::new(
+                code::SYNTAX_ERROR,
+                "line 1: no viable alternative at input 'USING'",
+            ));
+        }
         let key = self.resolve(table, ex.keyspace)?;
+        if ex.serial {
+            self.paxos_allowed(&key)?;
+        }
         let t = &self.tables[&key];
         let out_cols = projected(t, projection)?;
         let out_idx: Vec<usize> = out_cols
@@ -1553,6 +1948,7 @@ mod tests {
                 page_size: page,
                 paging_state: state,
                 timestamp: None,
+                serial: false,
             },
         )
     }
@@ -1566,7 +1962,7 @@ mod tests {
 
     #[test]
     fn clustering_desc_range_paging_and_upsert() {
-        let mut s = Store::new("127.0.0.1".parse().unwrap(), [1; 16]);
+        let mut s = Store::new("127.0.0.1".parse().unwrap(), [1; 16], Profile::Cassandra5_0);
         run(&mut s, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[], None, None).unwrap();
         run(&mut s, "CREATE TABLE t (k bigint, d date, v int, PRIMARY KEY ((k), d)) WITH CLUSTERING ORDER BY (d DESC)", &[], None, None).unwrap();
         for day in 1..=9 {
@@ -1611,7 +2007,7 @@ mod tests {
 
     #[test]
     fn unknown_tables_and_columns_are_invalid() {
-        let mut s = Store::new("127.0.0.1".parse().unwrap(), [1; 16]);
+        let mut s = Store::new("127.0.0.1".parse().unwrap(), [1; 16], Profile::Cassandra5_0);
         let e = run(
             &mut s,
             "SELECT x FROM system_schema.scylla_tables",
@@ -1641,7 +2037,7 @@ mod tests {
     }
 
     fn setup() -> Store {
-        let mut s = Store::new("127.0.0.1".parse().unwrap(), [1; 16]);
+        let mut s = Store::new("127.0.0.1".parse().unwrap(), [1; 16], Profile::Cassandra5_0);
         run(&mut s, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[], None, None).unwrap();
         run(
             &mut s,
@@ -1780,5 +2176,233 @@ mod tests {
             &mut s,
             "DELETE FROM p WHERE name = 'a' IF EXISTS"
         )));
+    }
+}
+
+/// Each profile's documented behaviours for our statements (the conformance table of
+/// `README.md`, one assertion per row).
+#[cfg(test)]
+mod conformance {
+    use super::*;
+
+    const NTS: &str = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}";
+
+    fn store(p: Profile) -> Store {
+        Store::new("127.0.0.1".parse().unwrap(), [1; 16], p)
+    }
+
+    fn exec(s: &mut Store, q: &str) -> Res<Outcome> {
+        let p = cql::parse(q).map_err(|e| CqlError::new(code::SYNTAX_ERROR, e))?;
+        s.execute(
+            &p,
+            &Exec {
+                keyspace: Some("ks"),
+                values: &[],
+                page_size: None,
+                paging_state: None,
+                timestamp: None,
+                serial: false,
+            },
+        )
+    }
+
+    fn err(r: Res<Outcome>) -> (i32, String) {
+        let e = r.expect_err("an error");
+        (e.code, e.message)
+    }
+
+    fn one_text(s: &mut Store, q: &str) -> String {
+        match exec(s, q).unwrap() {
+            Outcome::Rows(r) => String::from_utf8(r.rows[0][0].clone().unwrap()).unwrap(),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn tablets_by_default_and_the_tablets_option() {
+        for p in Profile::ALL {
+            let mut s = store(p);
+            exec(
+                &mut s,
+                &format!("CREATE KEYSPACE ks WITH replication = {NTS}"),
+            )
+            .unwrap();
+            assert_eq!(s.uses_tablets("ks"), p.has_tablets(), "{p:?}");
+            let warned = !s.take_warnings().is_empty();
+            assert_eq!(warned, p.has_tablets(), "{p:?}: the tablets warning");
+            let opt = exec(
+                &mut s,
+                &format!(
+                    "CREATE KEYSPACE IF NOT EXISTS ks2 WITH replication = {NTS} AND tablets = {{'enabled': false}}"
+                ),
+            );
+            match p {
+                Profile::Scylla5_4 | Profile::Cassandra4_1 | Profile::Cassandra5_0 => {
+                    assert_eq!(
+                        err(opt),
+                        (code::SYNTAX_ERROR, "Unknown property 'tablets'".into())
+                    )
+                }
+                Profile::Scylla2025_1Enforced => {
+                    assert_eq!(
+                        err(opt),
+                        (code::CONFIG_ERROR, profile::TABLETS_ENFORCED.into())
+                    )
+                }
+                _ => {
+                    opt.unwrap();
+                    assert!(!s.uses_tablets("ks2"), "{p:?}: opted out");
+                }
+            }
+            // SimpleStrategy keyspaces never get tablets (before 2026.2).
+            exec(&mut s, "CREATE KEYSPACE ks3 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}").unwrap();
+            assert!(!s.uses_tablets("ks3"), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn lightweight_transactions_on_tablets_are_refused_until_2025_4() {
+        for p in Profile::ALL {
+            let mut s = store(p);
+            exec(
+                &mut s,
+                &format!("CREATE KEYSPACE ks WITH replication = {NTS}"),
+            )
+            .unwrap();
+            exec(&mut s, "CREATE TABLE t (k int PRIMARY KEY, v int)").unwrap();
+            let r = exec(&mut s, "INSERT INTO t (k, v) VALUES (1, 1) IF NOT EXISTS");
+            // Prepared fine either way: the refusal is at execute time.
+            let parsed = cql::parse("UPDATE t SET v = 2 WHERE k = 1 IF v = 1").unwrap();
+            s.prepare(&parsed, Some("ks")).unwrap();
+            if p.has_tablets() && !p.lwt_on_tablets() {
+                assert_eq!(
+                    err(r),
+                    (
+                        code::INVALID,
+                        "Cannot use LightWeight Transactions for table ks.t: LWT is not yet supported with tablets".into()
+                    ),
+                    "{p:?}"
+                );
+            } else {
+                r.unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn what_tells_the_servers_apart() {
+        for p in Profile::ALL {
+            let mut s = store(p);
+            assert_eq!(
+                one_text(&mut s, "SELECT release_version FROM system.local"),
+                p.release_version()
+            );
+            let versions = exec(&mut s, "SELECT version FROM system.versions");
+            let scylla_ks = exec(
+                &mut s,
+                "SELECT keyspace_name FROM system_schema.scylla_keyspaces",
+            );
+            let peers_v2 = exec(&mut s, "SELECT peer FROM system.peers_v2");
+            if p.is_scylla() {
+                assert_eq!(
+                    one_text(&mut s, "SELECT version FROM system.versions"),
+                    p.scylla_version().unwrap()
+                );
+                scylla_ks.unwrap();
+                assert_eq!(err(peers_v2).1, "unconfigured table peers_v2");
+            } else {
+                assert_eq!(err(versions).1, "table versions does not exist");
+                assert_eq!(err(scylla_ks).1, "table scylla_keyspaces does not exist");
+                peers_v2.unwrap();
+            }
+            let keys: Vec<&str> = p.supported().iter().map(|(k, _)| *k).collect();
+            assert_eq!(keys.contains(&"SCYLLA_SHARD"), p.is_scylla(), "{p:?}");
+            assert_eq!(
+                keys.contains(&"TABLETS_ROUTING_V1"),
+                p.has_tablets(),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn describe_keyspace_shows_the_tablets_setting_as_each_server_does() {
+        let ddl = |p: Profile, opt: &str| {
+            let mut s = store(p);
+            exec(
+                &mut s,
+                &format!("CREATE KEYSPACE ks WITH replication = {NTS}{opt}"),
+            )
+            .unwrap();
+            match exec(&mut s, "DESCRIBE KEYSPACE ks").unwrap() {
+                Outcome::Rows(r) => String::from_utf8(r.rows[0][3].clone().unwrap()).unwrap(),
+                o => panic!("{o:?}"),
+            }
+        };
+        let nts =
+            "'class': 'org.apache.cassandra.locator.NetworkTopologyStrategy', 'datacenter1': '1'";
+        assert_eq!(
+            ddl(Profile::Scylla5_4, ""),
+            format!("CREATE KEYSPACE ks WITH replication = {{{nts}}} AND durable_writes = true;")
+        );
+        assert_eq!(
+            ddl(Profile::Scylla6_2, ""),
+            format!("CREATE KEYSPACE ks WITH replication = {{{nts}}} AND durable_writes = true;")
+        );
+        assert!(
+            ddl(Profile::Scylla6_2, " AND tablets = {'enabled': false}")
+                .ends_with("AND tablets = {'enabled': false};")
+        );
+        assert!(ddl(Profile::Scylla2025_1, "").ends_with("AND tablets = {'enabled': true};"));
+        assert_eq!(
+            ddl(Profile::Cassandra5_0, ""),
+            "CREATE KEYSPACE ks WITH replication = {'class': 'NetworkTopologyStrategy', 'datacenter1': '1'}  AND durable_writes = true;"
+        );
+    }
+
+    #[test]
+    fn future_timestamps_names_and_batch_sizes() {
+        let far = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64)
+            + 4 * 24 * 3600 * 1_000_000;
+        for p in Profile::ALL {
+            let mut s = store(p);
+            exec(&mut s, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}").unwrap();
+            exec(&mut s, "CREATE TABLE t (k int PRIMARY KEY, v text)").unwrap();
+            let r = exec(
+                &mut s,
+                &format!("INSERT INTO t (k, v) VALUES (1, 'x') USING TIMESTAMP {far}"),
+            );
+            if p.restricts_future_timestamps() {
+                assert_eq!(err(r).1, profile::FUTURE_TIMESTAMP);
+            } else {
+                r.unwrap();
+            }
+            let bad = exec(
+                &mut s,
+                "CREATE KEYSPACE \"my-ks\" WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+            );
+            let (c, m) = err(bad);
+            assert_eq!(c, code::INVALID);
+            assert!(m.contains("my-ks"), "{m}");
+            // A batch over two partitions beyond the fail threshold.
+            let (_, fail) = p.batch_thresholds();
+            let big = "x".repeat(fail / 2 + 10);
+            let items: Vec<(Arc<Parsed>, Vec<Value>)> = (0..2)
+                .map(|k| {
+                    (
+                        Arc::new(
+                            cql::parse(&format!("INSERT INTO t (k, v) VALUES ({k}, '{big}')"))
+                                .unwrap(),
+                        ),
+                        Vec::new(),
+                    )
+                })
+                .collect();
+            let e = s.execute_batch(&items, Some("ks"), None).unwrap_err();
+            assert_eq!(e.message, "Batch too large", "{p:?}");
+        }
     }
 }

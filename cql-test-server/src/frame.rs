@@ -107,6 +107,28 @@ pub fn response(stream: i16, opcode: Opcode, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A response frame with client warnings (header flag 0x08, a `[string list]` before the
+/// body), or without when there are none.
+pub fn response_with_warnings(
+    stream: i16,
+    opcode: Opcode,
+    body: &[u8],
+    warnings: &[String],
+) -> Vec<u8> {
+    if warnings.is_empty() {
+        return response(stream, opcode, body);
+    }
+    let mut w = Writer::default();
+    w.u16(warnings.len() as u16);
+    for s in warnings {
+        w.string(s);
+    }
+    w.buf.extend_from_slice(body);
+    let mut out = response(stream, opcode, &w.buf);
+    out[1] |= 0x08;
+    out
+}
+
 /// A malformed request body.
 #[derive(Debug)]
 pub struct Malformed(pub String);

@@ -24,7 +24,10 @@
 mod cql;
 mod engine;
 mod frame;
+mod profile;
 mod types;
+
+pub use profile::Profile;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +53,8 @@ pub struct ServerConfig {
     pub credentials: Option<(String, String)>,
     /// Keep a log of every request (opcode, statement, values). Counters are always kept.
     pub log_requests: bool,
+    /// The server to behave like (default: the compose file's, ScyllaDB 6.2).
+    pub profile: Profile,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +63,7 @@ impl Default for ServerConfig {
             addr: "127.0.0.1:0".parse().expect("valid address"),
             credentials: None,
             log_requests: true,
+            profile: Profile::default(),
         }
     }
 }
@@ -203,7 +209,7 @@ impl TestServer {
             id
         };
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(addr.ip(), host_id)),
+            store: Mutex::new(Store::new(addr.ip(), host_id, config.profile)),
             prepared: Mutex::new(HashMap::new()),
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
@@ -341,6 +347,7 @@ async fn serve(sh: Arc<Shared>, sock: TcpStream, conn: u64, mut stop: watch::Rec
     let mut kick = sh.kick.subscribe();
     let state = Arc::new(ConnState {
         keyspace: Mutex::new(None),
+        lwt_mark: std::sync::atomic::AtomicBool::new(false),
     });
     loop {
         let mut head = [0u8; HEADER_LEN];
@@ -436,6 +443,8 @@ async fn serve(sh: Arc<Shared>, sock: TcpStream, conn: u64, mut stop: watch::Rec
 
 struct ConnState {
     keyspace: Mutex<Option<String>>,
+    /// The client asked for ScyllaDB's LWT flag in PREPARED metadata.
+    lwt_mark: std::sync::atomic::AtomicBool,
 }
 
 fn pick_fault(sh: &Shared, op: Opcode, statement: Option<&str>) -> Option<FaultKind> {
@@ -523,8 +532,11 @@ fn describe(sh: &Shared, op: Opcode, body: &[u8]) -> (Option<String>, usize, Opt
 }
 
 fn handle(sh: &Shared, conn: &ConnState, stream: i16, op: Opcode, body: &[u8]) -> Vec<u8> {
-    match handle_inner(sh, conn, op, body) {
-        Ok((op, body)) => frame::response(stream, op, &body),
+    let out = handle_inner(sh, conn, op, body);
+    // Client warnings of the statement (a tablet keyspace created, a big batch on Cassandra).
+    let warnings = sh.store.lock().expect("lock").take_warnings();
+    match out {
+        Ok((op, body)) => frame::response_with_warnings(stream, op, &body, &warnings),
         Err(e) => frame::response(stream, Opcode::Error, &error_body(&e)),
     }
 }
@@ -543,15 +555,22 @@ fn handle_inner(
     let mut w = Writer::default();
     match op {
         Opcode::Options => {
-            w.string_multimap(&[
-                ("CQL_VERSION", &["3.4.5"]),
-                ("COMPRESSION", &[]),
-                ("PROTOCOL_VERSIONS", &["4/v4"]),
-            ]);
+            let supported = sh.config.profile.supported();
+            let pairs: Vec<(&str, Vec<&str>)> = supported
+                .iter()
+                .map(|(k, v)| (*k, v.iter().map(String::as_str).collect()))
+                .collect();
+            let refs: Vec<(&str, &[&str])> =
+                pairs.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            w.string_multimap(&refs);
             Ok((Opcode::Supported, w.buf))
         }
         Opcode::Startup => {
             let opts = r.string_map().map_err(malformed)?;
+            // A client that asks for ScyllaDB's LWT mark gets it in PREPARED results.
+            if sh.config.profile.is_scylla() && opts.contains_key("SCYLLA_LWT_ADD_METADATA_MARK") {
+                conn.lwt_mark.store(true, Ordering::Relaxed);
+            }
             if opts.contains_key("COMPRESSION") {
                 return Err(CqlError::new(
                     code::PROTOCOL_ERROR,
@@ -599,7 +618,8 @@ fn handle_inner(
                 .prepare(&parsed, ks.as_deref())?;
             let id = statement_id(ks.as_deref(), &text);
             w.i32(0x0004).short_bytes(&id);
-            write_prepared_metadata(&mut w, &meta);
+            let mark = meta.lwt && conn.lwt_mark.load(Ordering::Relaxed);
+            write_prepared_metadata(&mut w, &meta, mark);
             match &meta.result {
                 Some(cols) => write_rows_metadata(&mut w, meta.table.as_ref(), cols, None, false),
                 None => {
@@ -651,6 +671,8 @@ fn run(
             page_size: params.page_size,
             paging_state: params.paging_state.as_deref(),
             timestamp: params.default_timestamp,
+            // SERIAL (0x0008) and LOCAL_SERIAL (0x0009) reads go through Paxos.
+            serial: matches!(params.consistency, 0x0008 | 0x0009),
         },
     )?;
     let mut w = Writer::default();
@@ -697,9 +719,13 @@ fn run(
     Ok((Opcode::Result, w.buf))
 }
 
-fn write_prepared_metadata(w: &mut Writer, meta: &PreparedMeta) {
+fn write_prepared_metadata(w: &mut Writer, meta: &PreparedMeta, lwt_mark: bool) {
     let global = meta.table.is_some();
-    w.i32(if global { 0x0001 } else { 0 });
+    let mut flags = if global { 0x0001u32 } else { 0 };
+    if lwt_mark {
+        flags |= profile::LWT_MARK;
+    }
+    w.i32(flags as i32);
     w.i32(meta.variables.len() as i32);
     w.i32(meta.pk_indexes.len() as i32);
     for i in &meta.pk_indexes {

@@ -277,6 +277,29 @@ pub fn literal_to_bytes(lit: &Literal, t: &CqlType) -> Result<Option<Vec<u8>>, S
     }))
 }
 
+/// The entries of a serialized `map<text, text>`.
+pub fn map_text(b: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let int = |b: &[u8], at: usize| -> Result<usize, String> {
+        b.get(at..at + 4)
+            .map(|x| i32::from_be_bytes(x.try_into().expect("4 bytes")).max(0) as usize)
+            .ok_or_else(|| "a truncated map".to_string())
+    };
+    let n = int(b, 0)?;
+    let (mut at, mut out) = (4, Vec::with_capacity(n));
+    for _ in 0..n {
+        let mut pair = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let len = int(b, at)?;
+            let v = b.get(at + 4..at + 4 + len).ok_or("a truncated map")?;
+            pair.push(String::from_utf8_lossy(v).into_owned());
+            at += 4 + len;
+        }
+        let v = pair.pop().expect("two");
+        out.push((pair.pop().expect("two"), v));
+    }
+    Ok(out)
+}
+
 /// Days since 1970-01-01 of `YYYY-MM-DD`.
 pub fn parse_date(s: &str) -> Option<i32> {
     let mut it = s.splitn(3, '-');

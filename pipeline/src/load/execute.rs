@@ -93,26 +93,46 @@ impl Op {
     }
 }
 
-/// The prepared statements, idempotent (the driver may retry them too).
-struct Statements {
-    upsert: PreparedStatement,
-    delete_row: PreparedStatement,
-    delete_partition: PreparedStatement,
-    upsert_profile: PreparedStatement,
-    delete_profile: PreparedStatement,
+/// The prepared statements of one serving table's load, idempotent (the driver may retry
+/// them too).
+enum Statements {
+    Aggregates {
+        upsert: PreparedStatement,
+        delete_row: PreparedStatement,
+        delete_partition: PreparedStatement,
+    },
+    Profiles {
+        upsert: PreparedStatement,
+        delete: PreparedStatement,
+    },
 }
 
 impl Statements {
-    async fn prepare(session: &Session, keyspace: &str) -> Result<Self> {
+    /// Prepare the statements that load `table` (`TABLE` or `PROFILES_TABLE`).
+    async fn prepare(session: &Session, keyspace: &str, table: &'static str) -> Result<Self> {
         let prep = |q: String| async move {
             let mut s = session
                 .prepare(q.clone())
                 .await
-                .map_err(|e| Error::scylla(format!("preparing `{q}`"), e))?;
+                .map_err(|e| Error::scylla(format!("loading {table}: preparing `{q}`"), e))?;
             s.set_is_idempotent(true);
             Ok::<_, Error>(s)
         };
-        Ok(Statements {
+        if table == PROFILES_TABLE {
+            return Ok(Statements::Profiles {
+                upsert: prep(format!(
+                    "INSERT INTO {keyspace}.{PROFILES_TABLE} ({}) VALUES \
+                     (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                    profile::COLUMNS
+                ))
+                .await?,
+                delete: prep(format!(
+                    "DELETE FROM {keyspace}.{PROFILES_TABLE} USING TIMESTAMP ? WHERE customer_id = ?"
+                ))
+                .await?,
+            });
+        }
+        Ok(Statements::Aggregates {
             upsert: prep(format!(
                 "INSERT INTO {keyspace}.{TABLE} (customer_id, transaction_date, total_amount, \
                  transaction_count, declined_count, min_amount, max_amount) VALUES (?, ?, ?, ?, ?, ?, ?) \
@@ -125,16 +145,6 @@ impl Statements {
             .await?,
             delete_partition: prep(format!(
                 "DELETE FROM {keyspace}.{TABLE} USING TIMESTAMP ? WHERE customer_id = ?"
-            ))
-            .await?,
-            upsert_profile: prep(format!(
-                "INSERT INTO {keyspace}.{PROFILES_TABLE} ({}) VALUES \
-                 (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
-                profile::COLUMNS
-            ))
-            .await?,
-            delete_profile: prep(format!(
-                "DELETE FROM {keyspace}.{PROFILES_TABLE} USING TIMESTAMP ? WHERE customer_id = ?"
             ))
             .await?,
         })
@@ -150,54 +160,62 @@ pub(super) struct Shared<'a> {
 }
 
 impl<'a> Shared<'a> {
-    /// Prepare the statements for writes at `timestamp`.
+    /// Prepare the statements that load `table`, for writes at `timestamp`.
     pub(super) async fn new(
         session: &'a Session,
-        keyspace: &str,
+        (keyspace, table): (&str, &'static str),
         timestamp: i64,
         max_attempts: u32,
     ) -> Result<Self> {
         Ok(Shared {
             session,
-            statements: Statements::prepare(session, keyspace).await?,
+            statements: Statements::prepare(session, keyspace, table).await?,
             timestamp,
             max_attempts,
         })
     }
 
     async fn send(&self, op: &Op) -> Result<(u32, std::result::Result<Duration, Failed>)> {
+        use Statements::{Aggregates, Profiles};
         let (s, n, ts) = (self.session, self.max_attempts.max(1), self.timestamp);
-        let (attempts, r) = match op {
-            Op::Upsert(row) => {
+        let wrong = || Error::Invalid("internal error: a write for the other serving table".into());
+        let (attempts, r) = match (op, &self.statements) {
+            (Op::Upsert(row), Aggregates { upsert, .. }) => {
                 let v = row.values()?;
                 let values = (v.0, v.1, v.2, v.3, v.4, v.5, v.6, ts);
-                retry::execute(s, &self.statements.upsert, &values, n).await
+                retry::execute(s, upsert, &values, n).await
             }
-            Op::DeleteRow { customer_id, day } => {
+            (Op::DeleteRow { customer_id, day }, Aggregates { delete_row, .. }) => {
                 let values = (ts, *customer_id, codec::cql_date(*day)?);
-                retry::execute(s, &self.statements.delete_row, &values, n).await
+                retry::execute(s, delete_row, &values, n).await
             }
-            Op::DeletePartition { customer_id } => {
+            (
+                Op::DeletePartition { customer_id },
+                Aggregates {
+                    delete_partition, ..
+                },
+            ) => {
                 // Just below this version's writes: every older row of the partition goes,
                 // including ones an older load still running writes after this.
                 let values = (ts - 1, *customer_id);
-                retry::execute(s, &self.statements.delete_partition, &values, n).await
+                retry::execute(s, delete_partition, &values, n).await
             }
-            Op::UpsertProfile(p) => {
+            (Op::UpsertProfile(p), Profiles { upsert, .. }) => {
                 let v = p.values()?;
                 let values = (
                     v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11, v.12, v.13, ts,
                 );
-                retry::execute(s, &self.statements.upsert_profile, &values, n).await
+                retry::execute(s, upsert, &values, n).await
             }
-            Op::DeleteProfile { customer_id } => {
+            (Op::DeleteProfile { customer_id }, Profiles { delete, .. }) => {
                 let values = (ts, *customer_id);
-                retry::execute(s, &self.statements.delete_profile, &values, n).await
+                retry::execute(s, delete, &values, n).await
             }
-            Op::SweepProfile { customer_id } => {
+            (Op::SweepProfile { customer_id }, Profiles { delete, .. }) => {
                 let values = (ts - 1, *customer_id);
-                retry::execute(s, &self.statements.delete_profile, &values, n).await
+                retry::execute(s, delete, &values, n).await
             }
+            _ => return Err(wrong()),
         };
         Ok((
             attempts,
@@ -403,7 +421,7 @@ pub async fn execute(
         .ok_or_else(|| Error::Invalid("internal error: loading without a marked claim".into()))?;
     let timestamp = serving.timestamp();
     report.write_timestamp = Some(timestamp);
-    let shared = Shared::new(session, keyspace, timestamp, opts.max_attempts).await?;
+    let shared = Shared::new(session, (keyspace, TABLE), timestamp, opts.max_attempts).await?;
     let mut tally = Tally::new(
         failures_file(layout, "", plan.version),
         opts.max_errors.allowed(report.rows_to_load),

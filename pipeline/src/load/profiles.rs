@@ -211,7 +211,7 @@ async fn write(
     let version = delta::version(table);
     let shared = Shared::new(
         session,
-        &opts.scylla.keyspace,
+        (&opts.scylla.keyspace, PROFILES_TABLE),
         serving.timestamp(),
         opts.max_attempts,
     )

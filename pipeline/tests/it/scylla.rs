@@ -26,7 +26,18 @@ impl Cql {
         Self::with_config(ServerConfig::default())
     }
 
-    fn with_config(config: ServerConfig) -> Self {
+    /// The server profile the test server emulates: `CQL_TEST_SERVER_EMULATE` (make test runs
+    /// the ScyllaDB tests once per profile), else the compose file's.
+    pub(crate) fn profile() -> cql_test_server::Profile {
+        match std::env::var("CQL_TEST_SERVER_EMULATE") {
+            Ok(name) if !name.is_empty() => cql_test_server::Profile::parse(&name)
+                .unwrap_or_else(|| panic!("unknown CQL_TEST_SERVER_EMULATE profile `{name}`")),
+            _ => cql_test_server::Profile::default(),
+        }
+    }
+
+    fn with_config(mut config: ServerConfig) -> Self {
+        config.profile = Self::profile();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -791,4 +802,118 @@ fn a_ca_file_implies_tls_a_bad_one_is_an_error_and_every_connect_is_bounded() {
             t.elapsed()
         );
     }
+}
+
+/// ScyllaDB refuses lightweight transactions in tablet keyspaces, the default for new ones
+/// since 6.0 (through 2025.3); on every server profile, the load uses none (no `IF` clause in
+/// any statement), so it works there. Before, every progress record was an LWT: the first
+/// `load` against ScyllaDB 6.2 failed with "LWT is not yet supported with tablets".
+#[test]
+fn loads_use_no_lightweight_transaction_and_work_in_tablet_keyspaces() {
+    let cql = Cql::new();
+    let Some(server) = cql.test_server("the request log") else {
+        return;
+    };
+    let d = Data::new();
+    prepare(&d, "3000", "2", "1", "2024-01-01");
+    d.ok(&["profiles"]);
+    cql.ok(&d, &["load"]);
+    prepare(&d, "600", "1", "2", "2024-01-02");
+    d.ok(&["profiles"]);
+    cql.ok(&d, &["load"]);
+    cql.ok(&d, &["verify"]);
+    let lwt: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.statement)
+        .filter(|s| {
+            let s = format!(" {} ", s.to_ascii_uppercase());
+            s.contains(" IF NOT EXISTS ") && s.starts_with(" INSERT")
+                || (s.contains(" IF ")
+                    && !s.contains(" IF NOT EXISTS ")
+                    && !s.contains(" IF EXISTS "))
+                || s.starts_with(" UPDATE") && s.contains(" IF ")
+        })
+        .collect();
+    assert!(
+        lwt.is_empty(),
+        "{:?}: lightweight transactions: {lwt:#?}",
+        Cql::profile()
+    );
+}
+
+/// A keyspace a DBA created beforehand, with tablets where the server has them (`AND tablets
+/// = {'initial': 4}`): loads, lookups and verify work in it as in one the pipeline creates.
+#[test]
+fn a_keyspace_created_beforehand_with_tablets_serves_as_well() {
+    let cql = Cql::new();
+    let tablets = if Cql::profile().has_tablets() {
+        " AND tablets = {'initial': 4}"
+    } else {
+        ""
+    };
+    cql.exec(&format!(
+        "CREATE KEYSPACE {} WITH replication = {{'class': 'NetworkTopologyStrategy', \
+         'replication_factor': 1}}{tablets}",
+        cql.keyspace
+    ));
+    let d = Data::new();
+    prepare(&d, "3000", "2", "1", "2024-01-01");
+    cql.ok(&d, &["load"]);
+    prepare(&d, "500", "1", "2", "2024-01-02");
+    cql.ok(&d, &["load"]);
+    assert_eq!(cql.contents(), table(&d));
+    cql.ok(&d, &["verify"]);
+    let (&(customer, _), _) = table(&d).iter().next().unwrap();
+    cql.ok(&d, &["lookup", "--customer", &customer.to_string()]);
+}
+
+/// ScyllaDB stops answering while the profiles are loaded (before their statements are
+/// prepared, or midway through their writes): the load exits 5 naming the profiles and the
+/// outage (the stream takes it for one and loads the backlog when it is back), not 6 "over
+/// the --max-errors budget" of the aggregates.
+#[test]
+fn an_outage_during_the_profiles_load_is_an_outage_of_the_profiles_load() {
+    let cql = Cql::new();
+    let Some(server) = cql.test_server("an outage") else {
+        return;
+    };
+    let d = Data::new();
+    prepare(&d, "3000", "2", "1", "2024-01-01");
+    d.ok(&["profiles"]);
+    let env = cql.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let paused = d.paused_at(
+        "load.profiles_after_mark",
+        &["load", "--max-attempts", "2"],
+        &env,
+    );
+    server.set_down(true);
+    server.drop_connections();
+    let out = paused.go_on();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("loading customer_profiles"), "{err}");
+    assert!(!err.contains("--max-errors"), "{err}");
+    server.set_down(false);
+    // Connections dropped at every profile write: the writes fail as an outage.
+    server.inject(
+        Fault::on_statement("customer_profiles (customer_id", FaultKind::DropConnection)
+            .times(u64::MAX),
+    );
+    let out = cql.run(
+        &d,
+        &["load", "--max-attempts", "2", "--max-errors", "10"],
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("loading customer_profiles") && err.contains("stopped answering"),
+        "{err}"
+    );
+    assert!(!err.contains("--max-errors"), "{err}");
+    server.clear_faults();
+    cql.ok(&d, &["load"]);
+    cql.ok(&d, &["verify"]);
 }
