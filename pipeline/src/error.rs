@@ -146,10 +146,7 @@ pub enum Error {
     Join(#[from] tokio::task::JoinError),
 
     /// ScyllaDB could not be reached, or refused or failed a request.
-    #[error(
-        "{what}: {source}. Is ScyllaDB running and reachable? Start one with `docker compose up -d scylla`, \
-         or point --scylla-uri / SCYLLA_URI at yours (credentials: SCYLLA_USERNAME, SCYLLA_PASSWORD)"
-    )]
+    #[error("{what}: {source}{}", scylla_hint(source))]
     Scylla {
         /// What we were doing.
         what: String,
@@ -316,6 +313,17 @@ impl Error {
             source = s.source();
         }
         msg
+    }
+}
+
+/// What to do about a ScyllaDB failure: a statement the server refused is not a server that
+/// cannot be reached.
+fn scylla_hint(source: &BoxError) -> &'static str {
+    if source.to_string().contains("Database returned an error") {
+        ". ScyllaDB refused the request (its message above says why)"
+    } else {
+        ". Is ScyllaDB running and reachable? Start one with `docker compose up -d scylla`, \
+         or point --scylla-uri / SCYLLA_URI at yours (credentials: SCYLLA_USERNAME, SCYLLA_PASSWORD)"
     }
 }
 
