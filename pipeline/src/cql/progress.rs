@@ -16,7 +16,8 @@
 //! The decisions these records support (which epoch, which earlier versions a load must make
 //! good, when it is overtaken) are in `load::claim`. Reads and writes here use LOCAL_QUORUM
 //! (or the stronger `--consistency`), so a read sees every marker and record acknowledged
-//! before it (R + W > RF): what the protocol relies on.
+//! before it in the data center (R + W > RF): what the protocol relies on. The listing a full
+//! load sweeps and the emptiness check use the same.
 
 use scylla::client::session::Session;
 use scylla::frame::types::Consistency;
@@ -110,8 +111,19 @@ impl State {
     }
 }
 
-fn consistency() -> Consistency {
-    Consistency::LocalQuorum
+/// The consistency of the state's statements: the session's (`--consistency`) when it is at
+/// least a quorum, else LOCAL_QUORUM, so a read always sees what was acknowledged before it
+/// in the data center. Loads running at once in two data centers need QUORUM or EACH_QUORUM.
+pub fn consistency(session: &Session) -> Consistency {
+    use Consistency::*;
+    match session
+        .get_default_execution_profile_handle()
+        .to_profile()
+        .get_consistency()
+    {
+        c @ (Quorum | All | EachQuorum | LocalQuorum) => c,
+        _ => LocalQuorum,
+    }
 }
 
 type Row = (
@@ -132,7 +144,7 @@ pub async fn read(session: &Session, keyspace: &str, name: &str) -> Result<State
         "SELECT entry, owner, table_id, base_timestamp, version, lineage, rows_loaded, written_at \
          FROM {keyspace}.{STATE_TABLE} WHERE name = ?"
     ));
-    q.set_consistency(consistency());
+    q.set_consistency(consistency(session));
     let rows = session
         .query_unpaged(q, (name,))
         .await
@@ -185,7 +197,7 @@ async fn write(
          version, lineage, rows_loaded, written_at, loaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          USING TIMESTAMP ?"
     ));
-    q.set_consistency(consistency());
+    q.set_consistency(consistency(session));
     session
         .query_unpaged(
             q,
@@ -257,7 +269,7 @@ pub async fn unmark(
         let mut q = Statement::new(format!(
             "DELETE FROM {keyspace}.{STATE_TABLE} USING TIMESTAMP ? WHERE name = ? AND entry = ?"
         ));
-        q.set_consistency(consistency());
+        q.set_consistency(consistency(session));
         session
             .query_unpaged(q, (m.written_at.saturating_add(1), name, &m.entry))
             .await

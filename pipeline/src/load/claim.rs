@@ -64,10 +64,16 @@ pub struct Mine {
 /// What a load does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// The keyspace serves another data dir's tables (or one is being loaded into it).
+    /// The keyspace serves another data dir's tables.
     Refused {
         /// The other data dir's id.
         owner: String,
+    },
+    /// It serves this table at a version whose commit is not this table's: the data dir was
+    /// restored from a backup, or is a copy that diverged. Only `--take-over` serves it.
+    Diverged {
+        /// The version served.
+        version: i64,
     },
     /// This version is served, and no other load's writes are left to make good.
     Nothing,
@@ -85,7 +91,9 @@ pub struct Claim {
     pub base: i64,
     /// Versions of this table and history whose rows ScyllaDB may hold: the recorded one and
     /// every marked one below this load's timestamp. The load writes the rows that differ from
-    /// any of them and deletes the rows any of them had.
+    /// any of them and deletes the rows any of them had and its version has not; a full load
+    /// deletes those too (keyed, so they are gone even if a load still running writes them
+    /// after the sweep listed the partitions).
     pub olds: Vec<i64>,
     /// Write every row instead (and why): nothing recorded, another table or history, or
     /// `--repair` / `--take-over`.
@@ -117,45 +125,61 @@ impl Claim {
     }
 }
 
-/// Decide from `state`. `on_line(e)`: whether `e` is a version of this load's table along
-/// its history (same table id, and the table's commit of that number has `e`'s
-/// fingerprint), so the table as of it can be read by time travel.
-pub fn decide(
-    state: &State,
-    mine: &Mine,
-    on_line: &dyn Fn(&Entry) -> bool,
-    now_us: i64,
-) -> Decision {
+/// Where a record or marker stands relative to this load's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// A version of this data dir's table along its history: readable by time travel.
+    Ours,
+    /// A version of this table whose commit this log no longer has (expired): unknown.
+    Unknown,
+    /// Another data dir's, another table's, or another history's (a restored backup or a
+    /// copy of the data dir diverged from it).
+    Other,
+}
+
+/// Decide from `state`. `line(e)` places each record and marker (see [`Line`]).
+pub fn decide(state: &State, mine: &Mine, line: &dyn Fn(&Entry) -> Line, now_us: i64) -> Decision {
     let current = state.current.as_ref();
-    if !mine.take_over
-        && let Some(other) = current
+    if let Some(c) = current.filter(|_| !mine.take_over) {
+        if c.owner != mine.owner {
+            return Decision::Refused {
+                owner: c.owner.clone(),
+            };
+        }
+        if c.table_id == mine.table_id && line(c) == Line::Other {
+            return Decision::Diverged { version: c.version };
+        }
+    }
+    let ours = |e: &Entry| line(e) == Line::Ours;
+    // A newer version of this history is recorded, or being loaded: it does the work (a
+    // repair too must not put an older version above it; its caller reads the table again).
+    if current.is_some_and(|c| ours(c) && c.version > mine.version)
+        || state
+            .markers
+            .iter()
+            .any(|m| ours(m) && m.version > mine.version)
+    {
+        return Decision::Overtaken;
+    }
+    let repair = mine.full || mine.take_over;
+    if !repair
+        && current.is_some_and(|c| ours(c) && c.version == mine.version)
+        && state.markers.is_empty()
+    {
+        return Decision::Nothing;
+    }
+    // The epoch goes on unless something of another epoch stands at or above this load's
+    // timestamp in it (equal timestamps of two epochs would merge cell by cell).
+    let top = state.top();
+    let keeps = |c: &Entry| {
+        let ts = c.base.saturating_add(mine.version);
+        current
             .into_iter()
             .chain(&state.markers)
-            .find(|e| e.owner != mine.owner)
-    {
-        return Decision::Refused {
-            owner: other.owner.clone(),
-        };
-    }
-    let ours = |e: &Entry| e.owner == mine.owner && on_line(e);
-    let repair = mine.full || mine.take_over;
-    if !repair {
-        if current.is_some_and(|c| ours(c) && c.version > mine.version)
-            || state
-                .markers
-                .iter()
-                .any(|m| ours(m) && m.version > mine.version)
-        {
-            return Decision::Overtaken;
-        }
-        if current.is_some_and(|c| ours(c) && c.version == mine.version) && state.markers.is_empty()
-        {
-            return Decision::Nothing;
-        }
-    }
-    let top = state.top();
+            .all(|e| e.timestamp() < ts || (e.base == c.base && ours(e)))
+    };
     let base = match current {
-        Some(c) if !repair && ours(c) && top.is_none_or(|t| c.base + mine.version >= t) => c.base,
+        Some(c) if !repair && ours(c) && keeps(c) => c.base,
         _ => now_us.max(top.map_or(i64::MIN, |t| t.saturating_add(1))),
     };
     let ts = base.saturating_add(mine.version);
@@ -167,22 +191,22 @@ pub fn decide(
     } else {
         None
     };
-    match current {
+    match current.map(|c| (c, line(c))) {
         None => {
             full.get_or_insert_with(|| "nothing was loaded into this keyspace yet".into());
         }
-        Some(c) if ours(c) => olds.push(c.version),
-        Some(c) => {
+        Some((c, Line::Ours)) => olds.push(c.version),
+        Some((c, Line::Unknown)) => {
             full.get_or_insert_with(|| {
-                if c.table_id != mine.table_id {
-                    format!("the keyspace serves another table ({})", c.table_id)
-                } else {
-                    format!(
-                        "the version {} served is not this table's commit {} (a data dir \
-                         restored from a backup, or its history rewritten)",
-                        c.version, c.version
-                    )
-                }
+                format!(
+                    "the commit of version {} served is no longer in the log (log retention)",
+                    c.version
+                )
+            });
+        }
+        Some((c, Line::Other)) => {
+            full.get_or_insert_with(|| {
+                format!("the keyspace served another table ({})", c.table_id)
             });
         }
     }
@@ -193,7 +217,7 @@ pub fn decide(
         } else {
             full.get_or_insert_with(|| {
                 format!(
-                    "a load of another table or history was interrupted (version {})",
+                    "a load of another table, history or data dir was interrupted (version {})",
                     m.version
                 )
             });
@@ -223,6 +247,11 @@ pub enum Begun {
     Refused {
         /// The other data dir's id.
         owner: String,
+    },
+    /// See [`Decision::Diverged`].
+    Diverged {
+        /// The version served.
+        version: i64,
     },
     /// See [`Decision::Nothing`].
     Nothing,
@@ -299,10 +328,11 @@ pub async fn begin(
     let mut state = progress::read(session, keyspace, name).await?;
     for _ in 0..MAX_ROUNDS {
         let lines = lineages(t, table, &mine, &state).await?;
-        let on_line = |e: &Entry| e.lineage.is_some() && lines.get(&e.version) == Some(&e.lineage);
+        let line = |e: &Entry| place(&mine, &lines, e);
         let now = chrono::Utc::now().timestamp_micros();
-        let claim = match decide(&state, &mine, &on_line, now) {
+        let claim = match decide(&state, &mine, &line, now) {
             Decision::Refused { owner } => return Ok(Begun::Refused { owner }),
+            Decision::Diverged { version } => return Ok(Begun::Diverged { version }),
             Decision::Nothing => return Ok(Begun::Nothing),
             Decision::Overtaken => return Ok(Begun::Overtaken),
             Decision::Load(c) if dry_run => return Ok(Begun::DryRun(c)),
@@ -322,8 +352,8 @@ pub async fn begin(
         let mut again = progress::read(session, keyspace, name).await?;
         again.markers.retain(|m| m.entry != marker.entry);
         let lines = lineages(t, table, &mine, &again).await?;
-        let on_line = |e: &Entry| e.lineage.is_some() && lines.get(&e.version) == Some(&e.lineage);
-        let outcome = match decide(&again, &mine, &on_line, now) {
+        let line = |e: &Entry| place(&mine, &lines, e);
+        let outcome = match decide(&again, &mine, &line, now) {
             Decision::Load(c) if c.base == claim.base => {
                 return Ok(Begun::Go(Box::new(Serving {
                     name,
@@ -339,6 +369,7 @@ pub async fn begin(
         progress::unmark(session, keyspace, name, std::slice::from_ref(&marker)).await?;
         match outcome {
             Some(Decision::Refused { owner }) => return Ok(Begun::Refused { owner }),
+            Some(Decision::Diverged { version }) => return Ok(Begun::Diverged { version }),
             Some(Decision::Nothing) => return Ok(Begun::Nothing),
             Some(_) => return Ok(Begun::Overtaken),
             None => state = again,
@@ -348,6 +379,18 @@ pub async fn begin(
         "other loads into {keyspace}.{name} kept starting above this one ({MAX_ROUNDS} rounds): \
          run `pipeline load` again"
     )))
+}
+
+/// Where `e` stands (see [`Line`]), from the fingerprints of `lineages`.
+fn place(mine: &Mine, lines: &HashMap<i64, Option<String>>, e: &Entry) -> Line {
+    if e.owner != mine.owner || e.table_id != mine.table_id {
+        return Line::Other;
+    }
+    match (lines.get(&e.version), &e.lineage) {
+        (Some(Some(ours)), Some(theirs)) if ours == theirs => Line::Ours,
+        (Some(Some(_)), Some(_)) => Line::Other,
+        _ => Line::Unknown,
+    }
 }
 
 /// The fingerprint, in `t`'s log, of each version the state names of `t`'s table.
@@ -399,9 +442,15 @@ mod tests {
         }
     }
 
-    /// On line: table `t`, up to version 10, except the diverged `d` history.
-    fn on_line(e: &Entry) -> bool {
-        e.table_id == "t" && e.version <= 10 && !e.lineage.as_deref().unwrap().contains('d')
+    /// Table `t` of data dir `dir`, up to version 10; lineages marked `-d` diverged.
+    fn line(e: &Entry) -> Line {
+        if e.owner != "dir" || e.table_id != "t" || e.lineage.as_deref().unwrap().contains("-d") {
+            Line::Other
+        } else if e.version > 10 {
+            Line::Unknown
+        } else {
+            Line::Ours
+        }
     }
 
     fn claim(d: Decision) -> Claim {
@@ -413,7 +462,7 @@ mod tests {
 
     #[test]
     fn a_first_load_opens_an_epoch_and_sweeps_only_a_non_empty_table() {
-        let c = claim(decide(&State::default(), &mine(3), &on_line, NOW));
+        let c = claim(decide(&State::default(), &mine(3), &line, NOW));
         assert_eq!(c.base, NOW);
         assert!(c.olds.is_empty() && c.full.is_some());
         assert_eq!(c.sweep, Sweep::IfNotEmpty);
@@ -425,15 +474,15 @@ mod tests {
             current: Some(entry("current", "t", 100, 3)),
             markers: vec![],
         };
-        assert_eq!(decide(&state, &mine(3), &on_line, NOW), Decision::Nothing);
-        let c = claim(decide(&state, &mine(5), &on_line, NOW));
+        assert_eq!(decide(&state, &mine(3), &line, NOW), Decision::Nothing);
+        let c = claim(decide(&state, &mine(5), &line, NOW));
         assert_eq!(
             (c.base, c.olds.clone(), c.full.clone()),
             (100, vec![3], None)
         );
         assert_eq!(c.timestamp(5), 105);
         // An older snapshot: a newer version is recorded.
-        assert_eq!(decide(&state, &mine(2), &on_line, NOW), Decision::Overtaken);
+        assert_eq!(decide(&state, &mine(2), &line, NOW), Decision::Overtaken);
     }
 
     #[test]
@@ -444,7 +493,7 @@ mod tests {
             markers: vec![killed.clone()],
         };
         // Even of the version it was loading: its rows may be incomplete.
-        let c = claim(decide(&state, &mine(4), &on_line, NOW));
+        let c = claim(decide(&state, &mine(4), &line, NOW));
         assert_eq!((c.base, c.olds.clone()), (100, vec![3, 4]));
         assert_eq!(c.made_good, vec![killed]);
         // A load of a newer version in progress: it does the work.
@@ -452,41 +501,69 @@ mod tests {
             current: Some(entry("current", "t", 100, 3)),
             markers: vec![entry("load:n", "t", 100, 6)],
         };
-        assert_eq!(decide(&state, &mine(5), &on_line, NOW), Decision::Overtaken);
+        assert_eq!(decide(&state, &mine(5), &line, NOW), Decision::Overtaken);
     }
 
     #[test]
-    fn another_table_a_diverged_history_or_a_repair_open_a_new_epoch_above_everything() {
+    fn another_table_or_a_repair_opens_a_new_epoch_above_everything() {
         let recreated = State {
             current: Some(entry("current", "old", NOW + 50, 9)),
             markers: vec![],
         };
-        let c = claim(decide(&recreated, &mine(1), &on_line, NOW));
+        let c = claim(decide(&recreated, &mine(1), &line, NOW));
         assert_eq!(c.base, NOW + 60, "above the old epoch's timestamps");
         assert_eq!((c.olds.is_empty(), c.sweep), (true, Sweep::Yes));
+        let state = State {
+            current: Some(entry("current", "t", 100, 3)),
+            markers: vec![],
+        };
+        let repair = Mine {
+            full: true,
+            ..mine(3)
+        };
+        let c = claim(decide(&state, &repair, &line, NOW));
+        assert_eq!(
+            (c.base, c.sweep, c.olds.clone()),
+            (NOW, Sweep::Yes, vec![3])
+        );
+        // A repair of an older version than one recorded is overtaken (its caller reads the
+        // table again): it must not put the older rows above the newer.
+        let newer = State {
+            current: Some(entry("current", "t", 100, 5)),
+            markers: vec![],
+        };
+        assert_eq!(decide(&newer, &repair, &line, NOW), Decision::Overtaken);
+    }
+
+    #[test]
+    fn a_diverged_history_is_refused_unless_taken_over() {
         let mut restored = entry("current", "t", 100, 6);
         restored.lineage = Some("t@6-d".into());
         let state = State {
             current: Some(restored),
             markers: vec![],
         };
-        let c = claim(decide(&state, &mine(6), &on_line, NOW));
-        assert!(c.full.unwrap().contains("restored"));
-        assert_eq!(c.base, NOW);
-        let state = State {
-            current: Some(entry("current", "t", 100, 3)),
-            markers: vec![],
-        };
+        assert_eq!(
+            decide(&state, &mine(6), &line, NOW),
+            Decision::Diverged { version: 6 }
+        );
         let c = claim(decide(
             &state,
             &Mine {
-                full: true,
-                ..mine(3)
+                take_over: true,
+                ..mine(6)
             },
-            &on_line,
+            &line,
             NOW,
         ));
         assert_eq!((c.base, c.sweep), (NOW, Sweep::Yes));
+        // The recorded commit is gone from the log: unknown, reloaded without refusal.
+        let state = State {
+            current: Some(entry("current", "t", 100, 11)),
+            markers: vec![],
+        };
+        let c = claim(decide(&state, &mine(12), &line, NOW));
+        assert!(c.full.unwrap().contains("no longer in the log"));
     }
 
     #[test]
@@ -496,22 +573,42 @@ mod tests {
             current: Some(entry("current", "t", 100, 3)),
             markers: vec![entry("load:f", "t", NOW - 10, 3)],
         };
-        let c = claim(decide(&state, &mine(4), &on_line, NOW - 1000));
+        let c = claim(decide(&state, &mine(4), &line, NOW - 1000));
         assert_eq!(c.base, NOW - 10 + 3 + 1, "above the killed load's writes");
         assert_eq!(c.olds, vec![3], "its rows are version 3's");
         assert_eq!(c.made_good.len(), 1);
     }
 
     #[test]
-    fn another_data_dir_is_refused_unless_taken_over() {
+    fn no_two_epochs_ever_share_a_timestamp() {
+        // Clock skew: a killed repair's epoch B+6 at version 5 stands at B+11, exactly where
+        // version 11 of the recorded epoch B would write. The load must go above it.
+        let b = NOW;
+        let state = State {
+            current: Some(entry("current", "t", b, 4)),
+            markers: vec![entry("load:r", "t", b + 6, 5)],
+        };
+        let c = claim(decide(&state, &mine(10), &line, b - 3_600_000_000));
+        assert!(c.timestamp(10) > b + 11, "{c:?}");
+        // The same epoch at the same version is the same rows: it stays.
+        let state = State {
+            current: Some(entry("current", "t", b, 4)),
+            markers: vec![entry("load:s", "t", b, 10)],
+        };
+        let c = claim(decide(&state, &mine(10), &line, b));
+        assert_eq!(c.base, b);
+    }
+
+    #[test]
+    fn another_data_dir_is_refused_unless_taken_over_and_a_killed_take_over_locks_nobody_out() {
         let mut other = entry("current", "x", 100, 3);
         other.owner = "elsewhere".into();
         let state = State {
-            current: Some(other),
+            current: Some(other.clone()),
             markers: vec![],
         };
         assert_eq!(
-            decide(&state, &mine(3), &on_line, NOW),
+            decide(&state, &mine(3), &line, NOW),
             Decision::Refused {
                 owner: "elsewhere".into()
             }
@@ -522,9 +619,20 @@ mod tests {
                 take_over: true,
                 ..mine(3)
             },
-            &on_line,
+            &line,
             NOW,
         ));
         assert_eq!((c.base, c.sweep), (NOW, Sweep::Yes));
+        // The other data dir's take-over was killed: this one, still recorded, goes on (a
+        // full load above it, which makes its writes good).
+        let mut killed = entry("load:t", "x", NOW + 5, 3);
+        killed.owner = "elsewhere".into();
+        let state = State {
+            current: Some(entry("current", "t", 100, 3)),
+            markers: vec![killed],
+        };
+        let c = claim(decide(&state, &mine(3), &line, NOW));
+        assert_eq!((c.sweep, c.made_good.len()), (Sweep::Yes, 1));
+        assert!(c.timestamp(3) > NOW + 8);
     }
 }

@@ -474,10 +474,15 @@ async fn send_work(
             report.rows_unchanged = unchanged.into_inner();
             complete
         }
-        Work::Full { sweep } => {
+        Work::Full { sweep, olds } => {
             let rows = upserts(plan, opts.parallel_files);
             let counts = (&mut report.counts, midway);
-            let complete = send_all(shared, tally, rows, n, counts, progress).await?;
+            let mut complete = send_all(shared, tally, rows, n, counts, progress).await?;
+            if complete && !olds.is_empty() {
+                let gone = vanished(plan, olds);
+                let counts = (&mut report.counts, midway);
+                complete = send_all(shared, tally, gone, n, counts, progress).await?;
+            }
             if complete && *sweep {
                 let partitions = partitions(session, keyspace);
                 let counts = (&mut report.counts, midway);
@@ -566,6 +571,47 @@ async fn day_changes(
     Ok(ops)
 }
 
+/// Deletes of the rows any of `olds` has and this version has not, day by day (one day's
+/// customers held at a time).
+fn vanished<'a>(
+    plan: &'a Plan,
+    olds: &'a [deltalake::DeltaTable],
+) -> impl Stream<Item = Result<Op>> + 'a {
+    let days: std::collections::BTreeSet<Day> = olds
+        .iter()
+        .filter_map(|t| delta::files(t, Table::Aggregates, None).ok())
+        .flatten()
+        .filter_map(|f| f.day)
+        .collect();
+    futures::stream::iter(days)
+        .then(move |day| async move {
+            let mut now: HashSet<i64> = HashSet::new();
+            for f in plan.files.iter().filter(|f| f.day == Some(day)) {
+                let mut s = std::pin::pin!(codec::file_customers(&plan.table, f));
+                while let Some(ids) = s.next().await {
+                    now.extend(ids?);
+                }
+            }
+            let mut gone = std::collections::BTreeSet::new();
+            let one = std::collections::BTreeSet::from([day]);
+            for old in olds {
+                for f in delta::files(old, Table::Aggregates, Some(&one))? {
+                    let mut s = std::pin::pin!(codec::file_customers(old, &f));
+                    while let Some(ids) = s.next().await {
+                        gone.extend(ids?.into_iter().filter(|c| !now.contains(c)));
+                    }
+                }
+            }
+            Ok::<_, Error>(
+                gone.into_iter()
+                    .map(|customer_id| Op::DeleteRow { customer_id, day })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .map_ok(|ops| futures::stream::iter(ops.into_iter().map(Ok)))
+        .try_flatten()
+}
+
 /// Every partition of the serving table, to delete its rows older than this version.
 fn partitions<'a>(session: &'a Session, keyspace: &'a str) -> impl Stream<Item = Result<Op>> + 'a {
     let what = "listing the serving table's partitions";
@@ -574,6 +620,7 @@ fn partitions<'a>(session: &'a Session, keyspace: &'a str) -> impl Stream<Item =
             "SELECT DISTINCT customer_id FROM {keyspace}.{TABLE}"
         ));
         q.set_page_size(5000);
+        q.set_consistency(crate::cql::progress::consistency(session));
         let rows = session
             .query_iter(q, ())
             .await

@@ -24,10 +24,14 @@ pub enum Work {
     Nothing,
     /// A newer version is loaded, or being loaded (a concurrent load overtook this one).
     Overtaken,
-    /// Write every row, then (when `sweep`) delete older rows of every partition.
+    /// Write every row, delete the rows `olds` had and this version has not, then (when
+    /// `sweep`) delete older rows of every partition.
     Full {
         /// Whether older rows may exist.
         sweep: bool,
+        /// The readable versions of this history ScyllaDB may hold (their rows are deleted by
+        /// key: a load still running may write them after the sweep listed the partitions).
+        olds: Vec<DeltaTable>,
     },
     /// Write the changed days' rows that differ from any of `olds` (the versions ScyllaDB
     /// may hold: the recorded one, and any a load in progress or killed was writing), and
@@ -90,23 +94,61 @@ pub fn refused(keyspace: &str, owner: &str, layout: &Layout) -> Error {
     ))
 }
 
-/// Read the table and the load state and decide; unless `dry_run`, the claim is marked.
+/// The error for a keyspace that serves this table along another history.
+pub fn diverged(keyspace: &str, table: Table, version: i64, layout: &Layout) -> Error {
+    Error::Invalid(format!(
+        "keyspace {keyspace} serves version {version} of {table} from another history than \
+         {}'s: this data dir was restored from a backup, or it is a copy of the data dir \
+         ScyllaDB serves. Nothing was written. Restored: serve it with `pipeline load \
+         --take-over`. A copy: load it into its own keyspace (--keyspace), or give it its own \
+         identity first (remove its {})",
+        layout.shown(),
+        Layout::DATA_DIR_ID
+    ))
+}
+
+/// Read the table and the load state and decide; unless `dry_run`, the claim is marked. A
+/// repair that finds a newer version recorded or being loaded reads the table again and
+/// repairs that.
 pub async fn plan(layout: &Layout, session: &Session, opts: &LoadOptions) -> Result<Plan> {
+    let mut round = 0;
+    loop {
+        round += 1;
+        let table = delta::open_required(layout, Table::Aggregates, "aggregate").await?;
+        let mine = mine(layout, &table, Table::Aggregates, opts).await?;
+        let what = (&table, Table::Aggregates);
+        let begun = claim::begin(
+            session,
+            &opts.scylla.keyspace,
+            progress::AGGREGATES,
+            mine,
+            what,
+            opts.dry_run,
+        )
+        .await?;
+        match begun {
+            Begun::Overtaken if opts.repair && round < 3 => continue,
+            begun => return planned(layout, session, opts, table, begun).await,
+        }
+    }
+}
+
+/// The plan of a load that began (see [`plan`]).
+async fn planned(
+    layout: &Layout,
+    session: &Session,
+    opts: &LoadOptions,
+    table: DeltaTable,
+    begun: Begun,
+) -> Result<Plan> {
     let keyspace = &opts.scylla.keyspace;
-    let table = delta::open_required(layout, Table::Aggregates, "aggregate").await?;
-    let mine = mine(layout, &table, Table::Aggregates, opts).await?;
-    let (version, table_id) = (mine.version, mine.table_id.clone());
-    let begun = claim::begin(
-        session,
-        keyspace,
-        progress::AGGREGATES,
-        mine,
-        (&table, Table::Aggregates),
-        opts.dry_run,
-    )
-    .await?;
+    let version = delta::version(&table);
+    let table_id = delta::table_id(&table, Table::Aggregates)?;
     let (claim, mut serving) = match begun {
         Begun::Refused { owner } => return Err(refused(keyspace, &owner, layout)),
+        Begun::Diverged { version } => {
+            return Err(diverged(keyspace, Table::Aggregates, version, layout));
+        }
         Begun::Nothing | Begun::Overtaken => {
             let overtaken = matches!(begun, Begun::Overtaken);
             return Ok(Plan {
@@ -132,6 +174,7 @@ pub async fn plan(layout: &Layout, session: &Session, opts: &LoadOptions) -> Res
     let work = match &claim.full {
         Some(_) => Work::Full {
             sweep: sweeps(session, keyspace, claim.sweep).await?,
+            olds: readable(layout, &claim.olds).await,
         },
         None => match changed_days(layout, &table, &claim, version).await {
             Ok(work) => work,
@@ -141,7 +184,10 @@ pub async fn plan(layout: &Layout, session: &Session, opts: &LoadOptions) -> Res
                     s.go_full(why.clone());
                 }
                 full_because = Some(why);
-                Work::Full { sweep: true }
+                Work::Full {
+                    sweep: true,
+                    olds: readable(layout, &claim.olds).await,
+                }
             }
         },
     };
@@ -175,11 +221,12 @@ pub async fn sweeps(session: &Session, keyspace: &str, sweep: Sweep) -> Result<b
 /// True when the serving table `table` has no row.
 pub async fn serving_table_empty(session: &Session, keyspace: &str, table: &str) -> Result<bool> {
     let what = format!("checking whether {keyspace}.{table} is empty");
+    let mut q = scylla::statement::unprepared::Statement::new(format!(
+        "SELECT customer_id FROM {keyspace}.{table} LIMIT 1"
+    ));
+    q.set_consistency(progress::consistency(session));
     let rows = session
-        .query_unpaged(
-            format!("SELECT customer_id FROM {keyspace}.{table} LIMIT 1"),
-            (),
-        )
+        .query_unpaged(q, ())
         .await
         .map_err(|e| Error::scylla(what.clone(), e))?
         .into_rows_result()
@@ -225,6 +272,22 @@ async fn changed_days(
         }
     }
     Ok(Work::Days { days, olds })
+}
+
+/// The old versions that can still be read whole (for a full load's keyed deletes; one that
+/// cannot is left to the sweep).
+async fn readable(layout: &Layout, olds: &[i64]) -> Vec<DeltaTable> {
+    let mut out = Vec::new();
+    for &v in olds {
+        if let Ok(t) = delta::open_at(layout, Table::Aggregates, v).await
+            && delta::check_files_exist(&t, Table::Aggregates, None)
+                .await
+                .is_ok()
+        {
+            out.push(t);
+        }
+    }
+    out
 }
 
 /// The table as of `previous`, if the files of `days` it had are all still there (VACUUM

@@ -95,8 +95,10 @@ impl ProfilesLoad {
 
 /// The work of a load.
 enum Work {
-    /// Write every row, then (when `sweep`) delete every older row.
-    Full { sweep: bool },
+    /// Write every row, delete the customers `olds` had and this version has not (by key:
+    /// a load still running may write them after the sweep listed the partitions), then
+    /// (when `sweep`) delete every older row.
+    Full { sweep: bool, olds: Vec<DeltaTable> },
     /// Write the rows differing from any of `olds`, delete the customers only they have.
     Diff { olds: Vec<DeltaTable> },
 }
@@ -109,27 +111,37 @@ pub async fn serve(
     opts: &LoadOptions,
 ) -> Result<Option<ProfilesLoad>> {
     let started = Instant::now();
-    let Some(table) = delta::open(layout, Table::Profiles).await? else {
-        return Ok(None);
-    };
     let keyspace = &opts.scylla.keyspace;
-    let mine = super::plan::mine(layout, &table, Table::Profiles, opts).await?;
-    let version = mine.version;
-    let mut report = ProfilesLoad {
-        table_id: mine.table_id.clone(),
-        rounds: 1,
-        ..Default::default()
+    let mut round = 0;
+    let (table, version, mut report, begun) = loop {
+        round += 1;
+        let Some(table) = delta::open(layout, Table::Profiles).await? else {
+            return Ok(None);
+        };
+        let mine = super::plan::mine(layout, &table, Table::Profiles, opts).await?;
+        let version = mine.version;
+        let report = ProfilesLoad {
+            table_id: mine.table_id.clone(),
+            rounds: round,
+            ..Default::default()
+        };
+        let what = (&table, Table::Profiles);
+        let begun = claim::begin(session, keyspace, PROFILES, mine, what, false).await?;
+        // A repair that finds a newer version repairs that one.
+        if !(matches!(begun, Begun::Overtaken) && opts.repair && round < 3) {
+            break (table, version, report, begun);
+        }
     };
-    let begun = claim::begin(
-        session,
-        keyspace,
-        PROFILES,
-        mine,
-        (&table, Table::Profiles),
-        false,
-    );
-    let mut serving = match begun.await? {
+    let mut serving = match begun {
         Begun::Refused { owner } => return Err(super::plan::refused(keyspace, &owner, layout)),
+        Begun::Diverged { version } => {
+            return Err(super::plan::diverged(
+                keyspace,
+                Table::Profiles,
+                version,
+                layout,
+            ));
+        }
         Begun::Nothing => {
             report.version = Some(version);
             report.previous_version = Some(version);
@@ -165,16 +177,8 @@ async fn work(
     serving: &mut Serving,
 ) -> Result<Work> {
     let claim = serving.claim().clone();
-    if claim.full.is_some() {
-        let empty = super::plan::serving_table_empty(session, keyspace, PROFILES_TABLE);
-        let sweep = match claim.sweep {
-            claim::Sweep::No => false,
-            claim::Sweep::Yes => true,
-            claim::Sweep::IfNotEmpty => !empty.await?,
-        };
-        return Ok(Work::Full { sweep });
-    }
     let mut olds = Vec::new();
+    let mut unreadable = None;
     for &v in &claim.olds {
         let old = match delta::open_at(layout, Table::Profiles, v).await {
             Ok(t) => delta::check_files_exist(&t, Table::Profiles, None)
@@ -185,15 +189,28 @@ async fn work(
         match old {
             Ok(t) => olds.push(t),
             Err(e) => {
-                let why = format!(
-                    "profiles version {v} cannot be read to find changed rows ({})",
-                    e.chain()
-                );
-                tracing::warn!("{why}; loading everything");
-                serving.go_full(why);
-                return Ok(Work::Full { sweep: true });
+                unreadable.get_or_insert_with(|| {
+                    format!(
+                        "profiles version {v} cannot be read to find changed rows ({})",
+                        e.chain()
+                    )
+                });
             }
         }
+    }
+    if claim.full.is_some() {
+        let empty = super::plan::serving_table_empty(session, keyspace, PROFILES_TABLE);
+        let sweep = match claim.sweep {
+            claim::Sweep::No => false,
+            claim::Sweep::Yes => true,
+            claim::Sweep::IfNotEmpty => !empty.await?,
+        };
+        return Ok(Work::Full { sweep, olds });
+    }
+    if let Some(why) = unreadable {
+        tracing::warn!("{why}; loading everything");
+        serving.go_full(why);
+        return Ok(Work::Full { sweep: true, olds });
     }
     Ok(Work::Diff { olds })
 }
@@ -222,29 +239,31 @@ async fn write(
     let (n, counts) = (opts.concurrency, &mut report.counts);
     let ctx = query::session(QUERY_MEMORY);
     query::register(&ctx, "new", table, None).await?;
-    let (upserts, deletes) = match work {
-        Work::Full { .. } => ("SELECT * FROM new".to_string(), None),
-        Work::Diff { olds } => {
-            let mut names = Vec::new();
-            for (i, t) in olds.iter().enumerate() {
-                let name = format!("old{i}");
-                query::register(&ctx, &name, t, None).await?;
-                names.push(name);
-            }
+    let olds = match work {
+        Work::Full { olds, .. } | Work::Diff { olds } => olds,
+    };
+    let mut names = Vec::new();
+    for (i, t) in olds.iter().enumerate() {
+        let name = format!("old{i}");
+        query::register(&ctx, &name, t, None).await?;
+        names.push(name);
+    }
+    let had = names
+        .iter()
+        .map(|n| format!("SELECT customer_id FROM {n}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ");
+    let deletes =
+        (!names.is_empty()).then(|| format!("({had}) EXCEPT SELECT customer_id FROM new"));
+    let upserts = match work {
+        Work::Full { .. } => "SELECT * FROM new".to_string(),
+        Work::Diff { .. } => {
             let same = names
                 .iter()
                 .map(|n| format!("SELECT * FROM {n}"))
                 .collect::<Vec<_>>()
                 .join(" INTERSECT ");
-            let had = names
-                .iter()
-                .map(|n| format!("SELECT customer_id FROM {n}"))
-                .collect::<Vec<_>>()
-                .join(" UNION ");
-            (
-                format!("SELECT * FROM new EXCEPT ({same})"),
-                Some(format!("({had}) EXCEPT SELECT customer_id FROM new")),
-            )
+            format!("SELECT * FROM new EXCEPT ({same})")
         }
     };
     let rows = upsert_ops(ctx.sql(&upserts).await?.execute_stream().await?);
@@ -253,7 +272,7 @@ async fn write(
         let gone = delete_ops(ctx.sql(&q).await?.execute_stream().await?);
         complete = send_all(&shared, &mut tally, gone, n, (counts, u64::MAX), &hidden).await?;
     }
-    if complete && matches!(work, Work::Full { sweep: true }) {
+    if complete && matches!(work, Work::Full { sweep: true, .. }) {
         let swept = sweep_ops(session, &opts.scylla.keyspace);
         complete = send_all(&shared, &mut tally, swept, n, (counts, u64::MAX), &hidden).await?;
     }
@@ -309,6 +328,7 @@ fn sweep_ops<'a>(session: &'a Session, keyspace: &'a str) -> impl Stream<Item = 
             "SELECT customer_id FROM {keyspace}.{PROFILES_TABLE}"
         ));
         q.set_page_size(5000);
+        q.set_consistency(crate::cql::progress::consistency(session));
         let rows = session
             .query_iter(q, ())
             .await

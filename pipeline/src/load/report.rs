@@ -138,22 +138,33 @@ impl Report for LoadReport {
 impl LoadReport {
     fn aggregates_text(&self) -> String {
         let v = version(self.aggregates_version);
-        if self.overtaken {
+        let wrote =
+            self.counts.rows_written + self.counts.rows_deleted + self.counts.partitions_swept > 0;
+        if self.overtaken && !wrote {
             return format!(
-                "load: a newer aggregates version than {v} is already loaded into {}; nothing written",
+                "load: a newer aggregates version than {v} is loaded into {}, or being loaded; nothing written",
                 self.keyspace
             );
         }
-        if self.previous_version == self.aggregates_version {
+        if self.overtaken {
+            return format!(
+                "load: aggregates version {v} written into {} ({} rows, {} deleted), but a newer \
+                 version was loaded meanwhile: its rows win",
+                self.keyspace,
+                thousands(self.counts.rows_written),
+                thousands(self.counts.rows_deleted)
+            );
+        }
+        if self.previous_version == self.aggregates_version && !wrote && !self.full_load {
             return format!(
                 "load: aggregates version {v} is already loaded into {}; nothing written",
                 self.keyspace
             );
         }
-        let scope = if self.full_load {
-            "everything"
-        } else {
-            "changed days only"
+        let scope = match (&self.full_because, self.full_load) {
+            (Some(why), true) => format!("everything: {why}"),
+            (None, true) => "everything".to_string(),
+            _ => "changed days only".to_string(),
         };
         if self.dry_run {
             return format!(

@@ -83,10 +83,12 @@ fn rows_only_a_killed_or_failed_load_wrote_are_deleted_by_the_next_load() {
 
 /// Restore a backup of the data dir taken before the last load; new data brings the
 /// aggregates back to the same version number, with other rows. Before, `load` said "already
-/// loaded" and `verify` exited 7: a version number is not an identity. Now the served
-/// version's commit is not this table's, so the load reloads in a new epoch.
+/// loaded" and `verify` exited 7: a version number is not an identity. The served version's
+/// commit is not this table's: a restore, or a copy of the data dir that diverged (the two
+/// cannot be told apart), so `load` says so and writes nothing (exit 2) until told which
+/// (`--take-over` for a restore), and `verify` says it too.
 #[test]
-fn a_data_dir_restored_from_a_backup_is_reloaded_even_at_the_same_version_number() {
+fn a_data_dir_restored_from_a_backup_is_told_apart_and_served_with_take_over() {
     let cql = Cql::new();
     let d = Data::new();
     batch(&d, "4000", "2", "1", "2024-01-01");
@@ -107,15 +109,146 @@ fn a_data_dir_restored_from_a_backup_is_reloaded_even_at_the_same_version_number
         "{}",
         String::from_utf8_lossy(&v.stdout)
     );
-    let r = cql.ok(&d, &["load"]);
+    assert!(String::from_utf8_lossy(&v.stdout).contains("restored from a backup"));
+    let out = cql.run(&d, &["load"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("restored from a backup") && err.contains("--take-over"),
+        "{err}"
+    );
+    let r = cql.ok(&d, &["load", "--take-over"]);
     assert_eq!(r["aggregates_version"], first["aggregates_version"], "{r}");
     assert_eq!(r["full_load"], true, "{r}");
-    assert!(
-        r["full_because"].as_str().unwrap().contains("restored"),
-        "{r}"
-    );
     assert_eq!(cql.contents(), table(&d));
     cql.ok(&d, &["verify"]);
+    assert_eq!(u(&cql.ok(&d, &["load"]), "rows_written"), 0);
+}
+
+/// A copy of a data dir (`cp -r`, its id included): whichever of the two loads first after
+/// copying continues the history ScyllaDB serves (they cannot be told apart); once the other
+/// has diverged from it, its loads are refused (exit 2) instead of reloading everything over
+/// the first's, as the two did before.
+#[test]
+fn a_diverged_copy_of_a_data_dir_does_not_take_over_its_keyspace() {
+    let cql = Cql::new();
+    let d = Data::new();
+    batch(&d, "3000", "2", "1", "2024-01-01");
+    cql.ok(&d, &["load"]);
+    let copy = Data::new();
+    copy_dir(d.path(), copy.path());
+    batch(&copy, "800", "1", "2", "2024-01-02");
+    cql.ok(&copy, &["load"]);
+    batch(&d, "900", "1", "3", "2024-01-03");
+    let out = cql.run(&d, &["load"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a copy of the data dir"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        cql.contents(),
+        table(&copy),
+        "the copy's tables stay served"
+    );
+    cql.ok(&copy, &["verify"]);
+}
+
+/// A load still writing while a full load (a repair, or the first load of a keyspace) sweeps:
+/// the customers it adds after the sweep listed the partitions are deleted by key, since the
+/// full load made its version good. Before, they stayed: `load` said "already loaded" and
+/// `verify` exited 7 (348 rows in Delta, 555 in ScyllaDB), forever (a reviewer's find).
+#[test]
+fn rows_a_running_load_writes_after_a_full_loads_sweep_are_deleted_too() {
+    for full in [&["load", "--repair"][..], &["load"][..]] {
+        let cql = Cql::new();
+        let d = Data::new();
+        let first = batch(&d, "3000", "2", "1", "2024-01-01");
+        if full.len() == 2 {
+            cql.ok(&d, &["load"]);
+        }
+        // Version 2 adds customers; a load of it waits after its marker.
+        d.ok(&[
+            "generate",
+            "--rows",
+            "1000",
+            "--days",
+            "1",
+            "--customers",
+            "2000",
+            "--batch",
+            "2",
+            "--start-date",
+            "2024-01-02",
+        ]);
+        d.ok(&["ingest"]);
+        d.ok(&["aggregate"]);
+        let env = cql.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let paused = d.paused_at("load.after_plan", &["load"], &env);
+        // They vanish again (version 3), and a full load serves that.
+        let v1 = first["table_version"].as_i64().unwrap().to_string();
+        d.ok(&["aggregate", "--source-version", &v1]);
+        let r = cql.ok(&d, full);
+        assert_eq!(r["full_load"], true, "{full:?}: {r}");
+        assert!(u(&r, "loads_made_good") >= 1, "{full:?}: {r}");
+        // The older load goes on and writes its rows after the sweep.
+        let out = paused.go_on();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(a["overtaken"], true, "{full:?}: {a}");
+        assert_eq!(cql.contents(), table(&d), "{full:?}: no stray row");
+        cql.ok(&d, &["verify"]);
+    }
+}
+
+/// A `load --repair` that planned an older version than one loaded meanwhile repairs the
+/// newer one instead of putting the older rows above it (before, it swept the newer day away
+/// and `verify`, comparing with the older version, exited 0).
+#[test]
+fn a_repair_overtaken_by_a_newer_version_repairs_that_one() {
+    let cql = Cql::new();
+    let d = Data::new();
+    batch(&d, "3000", "2", "1", "2024-01-01");
+    cql.ok(&d, &["load"]);
+    batch(&d, "800", "1", "2", "2024-01-03");
+    let env = cql.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let paused = d.paused_at("load.after_mark", &["load", "--repair"], &env);
+    let v3 = batch(&d, "800", "1", "3", "2024-01-04");
+    cql.ok(&d, &["load"]);
+    let out = paused.go_on();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["full_load"], true, "{r}");
+    let latest = crate::common::version(&d.table("customer_daily_aggregates")).unwrap();
+    assert_eq!(r["aggregates_version"].as_u64(), Some(latest), "{r} {v3}");
+    assert_eq!(cql.contents(), table(&d));
+    let v = cql.ok(&d, &["verify"]);
+    assert_eq!(v["aggregates_version"].as_u64(), Some(latest));
+}
+
+/// Another data dir's `--take-over`, killed midway, locks nobody out: the data dir still
+/// recorded loads again (above the killed one, making its writes good), and `verify` passes.
+/// Before, every load of either data dir was refused.
+#[test]
+fn a_killed_take_over_locks_nobody_out() {
+    let cql = Cql::new();
+    let (one, two) = (Data::new(), Data::new());
+    batch(&one, "3000", "2", "1", "2024-01-01");
+    batch(&two, "3000", "2", "1", "2024-03-01");
+    cql.ok(&one, &["load"]);
+    let out = cql.run(
+        &two,
+        &["load", "--take-over"],
+        &[("PIPELINE_FAILPOINTS", "load.midway")],
+    );
+    assert!(!out.status.success());
+    let r = cql.ok(&one, &["load"]);
+    assert_eq!(r["full_load"], true, "{r}");
+    assert_eq!(cql.contents(), table(&one));
+    cql.ok(&one, &["verify"]);
 }
 
 /// A write made outside the pipeline (an operator's UPDATE and DELETE, with default
