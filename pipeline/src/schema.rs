@@ -1,4 +1,4 @@
-//! Arrow schemas of every table: the single source of truth (see `shared/docs/CONTRACT.md`).
+//! Arrow schemas of every table: the single source of truth (see `docs/CONTRACT.md`).
 
 use std::sync::{Arc, LazyLock};
 

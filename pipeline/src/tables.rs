@@ -1,5 +1,5 @@
 //! Every Delta table of the pipeline, once: its name, where it lives under the data dir, its
-//! schema and its partition columns (`CONTRACT.md`, "Tables and where they live").
+//! schema and its partition columns (`docs/CONTRACT.md`, "Tables and where they live").
 
 use deltalake::arrow::datatypes::SchemaRef;
 

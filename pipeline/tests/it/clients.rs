@@ -219,3 +219,65 @@ fn cqlsh_describes_the_keyspace() {
         }
     }
 }
+
+/// Polars (`pl.read_delta`, over delta-rs's Python binding) reads the aggregates with their
+/// exact decimals: the README's snippet, run.
+#[test]
+fn polars_reads_the_tables() {
+    let Some(python) = venv_bin("seaweedfs-venv", "python", "reading the tables with Polars")
+    else {
+        return;
+    };
+    let ok = Command::new(&python)
+        .args(["-c", "import polars"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "\n*** SKIPPED: Polars is not installed in target/seaweedfs-venv: reading the tables with Polars was NOT tested ***\n"
+        );
+        return;
+    }
+    let d = Data::new();
+    d.ok(&[
+        "run",
+        "--generate",
+        "--rows",
+        "5000",
+        "--days",
+        "3",
+        "--stages",
+        "ingest,aggregate,profiles",
+    ]);
+    let script = r#"
+import json, sys
+import polars as pl
+agg = pl.read_delta(sys.argv[1] + "/customer_daily_aggregates")
+top = agg.group_by("customer_id").agg(pl.col("total_amount").sum()).sort("total_amount", descending=True)
+print(json.dumps({"rows": agg.height, "dtype": str(agg.schema["total_amount"]),
+                  "sum": str(agg["total_amount"].sum()), "top": int(top["customer_id"][0]),
+                  "profiles": pl.read_delta(sys.argv[1] + "/customer_profiles").height}))
+"#;
+    let out = Command::new(python)
+        .args(["-c", script, d.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agg = table(&d);
+    assert_eq!(read["rows"], agg.len() as u64, "{read}");
+    assert!(
+        read["dtype"]
+            .as_str()
+            .unwrap()
+            .contains("precision=38, scale=2"),
+        "{read}"
+    );
+    let cents: i128 = agg.values().map(|v| v.0).sum();
+    assert_eq!(unscaled(&read["sum"], 2), cents, "{read}");
+    assert_eq!(read["profiles"], profiles_table(&d).len() as u64, "{read}");
+}
