@@ -89,6 +89,9 @@ enum Command {
     /// Check that an object store (s3://bucket/prefix) refuses a second create of the same
     /// key, which safe Delta commits need.
     CheckStore(store::CheckStoreOptions),
+    /// Check that a running `run --follow` answers on its metrics endpoint (exit 0 if so, or
+    /// when no endpoint is configured; 1 if not): the container's HEALTHCHECK.
+    Health(run::metrics::HealthOptions),
 }
 
 impl Command {
@@ -188,6 +191,7 @@ fn execute(cli: Cli) -> Result<u8> {
         Command::History(o) => done(json, rt.block_on(run::history(&layout, &o))),
         Command::Maintain(o) => done(json, rt.block_on(maintain::run(&layout, &o))),
         Command::CheckStore(o) => done(json, rt.block_on(store::check(&o))),
+        Command::Health(o) => done(json, rt.block_on(run::metrics::health(&o))),
         Command::Report(o) => done(json, rt.block_on(html::run(&layout, &o))),
         Command::Sql(o) => {
             drop(rt);

@@ -60,8 +60,13 @@ pub struct FollowOptions {
     /// Compact small files every this many micro-batches (0: never).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub compact_every: u64,
-    /// Serve Prometheus metrics at HOST:PORT (path /metrics).
-    #[arg(long, value_name = "HOST:PORT", requires = "follow")]
+    /// Serve Prometheus metrics at HOST:PORT (path /metrics; `pipeline health` checks it).
+    #[arg(
+        long,
+        env = "PIPELINE_METRICS_ADDR",
+        value_name = "HOST:PORT",
+        requires = "follow"
+    )]
     pub metrics_addr: Option<SocketAddr>,
 }
 

@@ -213,3 +213,89 @@ mod tests {
         assert!(text.contains("# EOF"), "{text}");
     }
 }
+
+/// `pipeline health`: whether the metrics endpoint of a running `run --follow` answers (the
+/// container's HEALTHCHECK). Without an address there is no service to check: healthy.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthOptions {
+    /// Where `run --follow --metrics-addr` serves (0.0.0.0 is checked on 127.0.0.1).
+    #[arg(long, env = "PIPELINE_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// What `pipeline health` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HealthReport {
+    /// The address checked (none: no service configured).
+    pub metrics_addr: Option<String>,
+    /// It answered 200 at `/metrics`.
+    pub healthy: bool,
+    /// What it answered, or why it did not.
+    pub detail: String,
+}
+
+impl crate::report::Report for HealthReport {
+    fn stage(&self) -> &'static str {
+        "health"
+    }
+
+    fn skipped(&self) -> bool {
+        false
+    }
+
+    fn text(&self) -> String {
+        match &self.metrics_addr {
+            None => "health: no metrics endpoint configured (not a service): healthy".into(),
+            Some(a) => format!(
+                "health: {a}: {} ({})",
+                if self.healthy { "healthy" } else { "UNHEALTHY" },
+                self.detail
+            ),
+        }
+    }
+
+    fn summary(&self) -> crate::report::Summary {
+        crate::report::Summary::default()
+    }
+
+    fn exit_code(&self) -> u8 {
+        if self.healthy { 0 } else { 1 }
+    }
+}
+
+/// Probe `GET /metrics` with a 3 s budget.
+pub async fn health(o: &HealthOptions) -> Result<HealthReport> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(mut addr) = o.metrics_addr else {
+        return Ok(HealthReport {
+            metrics_addr: None,
+            healthy: true,
+            detail: String::new(),
+        });
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut head = vec![0u8; 64];
+        let n = s.read(&mut head).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).to_string())
+    };
+    let (healthy, detail) =
+        match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+            Ok(Ok(head)) => {
+                let line = head.lines().next().unwrap_or_default().to_string();
+                (line.contains(" 200 "), line)
+            }
+            Ok(Err(e)) => (false, e.to_string()),
+            Err(_) => (false, "no answer within 3 s".into()),
+        };
+    Ok(HealthReport {
+        metrics_addr: Some(addr.to_string()),
+        healthy,
+        detail,
+    })
+}

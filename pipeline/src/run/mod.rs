@@ -4,7 +4,7 @@
 
 mod follow;
 mod history;
-mod metrics;
+pub mod metrics;
 mod options;
 mod report;
 

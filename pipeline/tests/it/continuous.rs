@@ -274,6 +274,19 @@ fn follow_survives_a_scylla_outage_and_a_bad_file_and_stops_cleanly_on_sigterm()
     assert!(m.contains("pipeline_files_set_aside_total 1"), "{m}");
     assert!(m.contains("pipeline_errors_total{stage=\"load\"}"), "{m}");
     assert!(m.contains("pipeline_freshness_seconds_count"), "{m}");
+    // The container's HEALTHCHECK: healthy while the endpoint answers, not on a dead port.
+    let health = |addr: &str| d.run_env(&["health"], &[("PIPELINE_METRICS_ADDR", addr)]);
+    let up = health(&addr);
+    assert_eq!(
+        up.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&up.stdout)
+    );
+    let down = health(&format!("127.0.0.1:{}", free_port()));
+    assert_eq!(down.status.code(), Some(1));
+    let down: serde_json::Value = serde_json::from_slice(&down.stdout).unwrap();
+    assert_eq!(down["healthy"], false, "{down}");
 
     // SIGTERM: the current micro-batch ends, a summary, exit 0.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
