@@ -15,7 +15,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup cql-clients test-profiles build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-s3 bench-follow clean-data docker cql-test-server seaweedfs
+.PHONY: help setup cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-s3 bench-follow clean-data docker cql-test-server seaweedfs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -132,5 +132,8 @@ cql-test-server: setup ## Run the in-memory CQL test server on PORT (9042) to tr
 clean-data: ## Delete everything under DATA_DIR except its README
 	find $(DATA_DIR) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 
-docker: ## Build the container image (needs a Docker engine)
-	docker build -t pipeline .
+docker: ## Build the container image (needs a Docker engine with BuildKit; docker/base-images.sh makes the base images where no registry is reachable)
+	DOCKER_BUILDKIT=1 docker build -t pipeline .
+
+test-docker: build ## Build the image and run every stage with `docker run` against the CQL test server; starts dockerd if needed (SKIPPED without one)
+	bash docker/test.sh
