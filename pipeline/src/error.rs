@@ -133,7 +133,7 @@ pub enum Error {
     DeltaRaw(Box<DeltaTableError>),
 
     /// A DataFusion error (a query, a plan).
-    #[error("query engine: {0}")]
+    #[error("query engine: {}{}", .0, memory_hint(.0))]
     DataFusion(Box<deltalake::datafusion::error::DataFusionError>),
 
     /// A mistake in a `pipeline sql` query (syntax, unknown table or column, types that do
@@ -327,6 +327,22 @@ fn scylla_hint(source: &BoxError) -> &'static str {
     }
 }
 
+/// What to do when a query ran out of its memory pool. DataFusion spills sorts and hash
+/// aggregates to disk, but not every operator: a `count(DISTINCT ...)` keeps every distinct
+/// value in memory (`pipeline sql "SELECT count(DISTINCT transaction_id) ..."` fails on
+/// 8,000,000 rows in 512 MiB where the GROUP BY form succeeds).
+fn memory_hint(e: &deltalake::datafusion::error::DataFusionError) -> &'static str {
+    use deltalake::datafusion::error::DataFusionError as E;
+    match e.find_root() {
+        E::ResourcesExhausted(_) => {
+            ". The query needs more memory than its pool allows; sorts and GROUP BY spill to \
+             disk, but count(DISTINCT ...) cannot: count the rows of a GROUP BY subquery instead, \
+             or filter to fewer rows"
+        }
+        _ => "",
+    }
+}
+
 /// What is wrong with a log that delta-rs could not read, if that is the problem.
 fn damaged_log(e: &DeltaTableError) -> Option<String> {
     let text = e.to_string();
@@ -370,5 +386,17 @@ mod tests {
         let s = Error::scylla("reading the load state", "timed out");
         assert!(s.chain().starts_with("reading the load state: timed out"));
         assert_eq!(s.exit_code(), exit::SCYLLA);
+    }
+
+    #[test]
+    fn a_query_out_of_memory_says_what_to_do_and_a_mistake_does_not() {
+        use deltalake::datafusion::error::DataFusionError as E;
+        let oom = Error::sql(E::ResourcesExhausted("Failed to allocate 128 KB".into()));
+        let msg = oom.to_string();
+        assert!(msg.contains("Failed to allocate"), "{msg}");
+        assert!(msg.contains("GROUP BY subquery"), "{msg}");
+        assert_eq!(oom.exit_code(), exit::FAILURE);
+        let mistake = Error::sql(E::Plan("no column x".into()));
+        assert!(!mistake.to_string().contains("memory"), "{mistake}");
     }
 }
