@@ -108,6 +108,16 @@ impl Command {
                 | Command::Maintain(_)
         )
     }
+
+    /// Whether the command only reads or tidies what earlier stages made, so a local data
+    /// dir that does not exist is a mistake (a typo in --data-dir), not "nothing to do"
+    /// (`history`, `report` and `maintain` exited 0 there, `maintain: 0 table(s)`).
+    fn needs_existing_data_dir(&self) -> bool {
+        matches!(
+            self,
+            Command::History(_) | Command::Report(_) | Command::Maintain(_)
+        )
+    }
 }
 
 fn main() -> ExitCode {
@@ -138,6 +148,17 @@ fn execute(cli: Cli) -> Result<u8> {
     let layout = Layout::parse(&cli.data_dir)?
         .with_scratch(cli.scratch_dir)
         .with_landing_prefix(&cli.landing_prefix)?;
+    if let (Some(dir), true) = (layout.local_root(), cli.command.needs_existing_data_dir())
+        && !dir.exists()
+    {
+        return Err(Error::Invalid(format!(
+            "data dir {} does not exist: run `pipeline generate` and `pipeline run` first, or set --data-dir",
+            dir.display()
+        )));
+    }
+    if let Command::Run(o) = &cli.command {
+        o.check()?;
+    }
     let (json, bars) = (cli.json, !cli.no_progress);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

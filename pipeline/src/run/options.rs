@@ -127,6 +127,26 @@ impl RunOptions {
         v
     }
 
+    /// A selection of no stage is a mistake, not a run that succeeds doing nothing
+    /// (`run --from load --to ingest` printed "succeeded in 0.00 s" and recorded an empty run).
+    pub fn check(&self) -> crate::error::Result<()> {
+        if !self.selected().is_empty() {
+            return Ok(());
+        }
+        let named = |o: Option<Stage>, default: Stage| match o {
+            Some(s) => s.name().to_string(),
+            None => format!("{} (the default)", default.name()),
+        };
+        let order: Vec<_> = Stage::ALL.iter().map(|s| s.name()).collect();
+        Err(crate::error::Error::Invalid(format!(
+            "run: --from {} comes after --to {}, so no stage would run. Stages run in the order {}: \
+             swap them, or name the stages with --stages",
+            named(self.from, Stage::Ingest),
+            named(self.to, Stage::Load),
+            order.join(", ")
+        )))
+    }
+
     /// Load was asked for explicitly (otherwise it is skipped when ScyllaDB does not answer).
     pub fn load_requested(&self) -> bool {
         self.stages.contains(&Stage::Load)

@@ -125,6 +125,29 @@ fn a_missing_data_dir_says_to_generate_first() {
     assert!(!missing.exists(), "nothing created");
 }
 
+/// Commands that read what earlier stages made refuse a data dir that is not there
+/// (history, report and maintain exited 0 on a mistyped --data-dir).
+#[test]
+fn reading_commands_refuse_a_missing_data_dir() {
+    let d = Data::new();
+    let missing = d.path().join("typo");
+    for cmd in [&["history"][..], &["report"], &["maintain"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .arg("--data-dir")
+            .arg(&missing)
+            .args(cmd)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {}", err(&out));
+        assert!(
+            err(&out).contains("typo does not exist: run `pipeline generate`"),
+            "{cmd:?}: {}",
+            err(&out)
+        );
+        assert!(!missing.exists(), "{cmd:?} created the data dir");
+    }
+}
+
 #[test]
 fn bad_option_values_are_usage_errors() {
     let d = Data::new();
@@ -149,11 +172,23 @@ fn bad_option_values_are_usage_errors() {
             &["run", "--stages", "ingest,transform"][..],
             "unknown stage `transform`",
         ),
+        (
+            &["run", "--from", "load", "--to", "ingest"][..],
+            "--from load comes after --to ingest, so no stage would run",
+        ),
+        (
+            &["run", "--to", "generate"][..],
+            "--from ingest (the default) comes after --to generate",
+        ),
     ] {
         let out = d.run_env(args, &[]);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", err(&out));
         assert!(err(&out).contains(text), "{args:?}: {}", err(&out));
     }
+    assert!(
+        !d.path().join("_pipeline/run_history").exists(),
+        "a refused run was recorded"
+    );
 }
 
 /// Corrupt the newest commit file of a table, or remove an older one.
