@@ -47,7 +47,7 @@ impl FromStr for AsOf {
 }
 
 /// Every table's name, for messages.
-fn names() -> String {
+pub fn names() -> String {
     Table::ALL.map(Table::name).join(", ")
 }
 
@@ -65,8 +65,22 @@ pub async fn register(
         .map_err(Error::sql)?;
     let read: BTreeSet<Table> = refs
         .iter()
+        .filter(|r| r.schema() != Some("information_schema"))
         .filter_map(|r| Table::by_name(r.table()))
         .collect();
+    // SHOW TABLES, SHOW COLUMNS and information_schema queries list what is registered:
+    // then every other table that exists too (DataFusion adds information_schema to a SHOW's
+    // references).
+    if refs
+        .iter()
+        .any(|r| r.schema() == Some("information_schema"))
+    {
+        for table in Table::ALL.into_iter().filter(|t| !read.contains(t)) {
+            if let Some(t) = delta::open(layout, table).await? {
+                delta::query::register(ctx, table.name(), &t, None).await?;
+            }
+        }
+    }
     let versions = versions(as_of, &read)?;
     for table in read {
         let t = match versions.get(&table) {

@@ -96,7 +96,7 @@ async fn query(layout: &Layout, opts: &SqlOptions, json: bool) -> Result<u8> {
         .state()
         .statement_to_plan(statement)
         .await
-        .map_err(Error::sql)?;
+        .map_err(unknown_table)?;
     read_only().verify_plan(&plan).map_err(Error::sql)?;
     let df = ctx.execute_logical_plan(plan).await.map_err(Error::sql)?;
     let rows = output::write(df, format, opts.out.as_deref(), opts.max_rows).await?;
@@ -136,11 +136,27 @@ async fn session() -> Result<SessionContext> {
     let ctx = crate::delta::query::session(QUERY_MEMORY);
     for set in [
         "SET datafusion.sql_parser.enable_ident_normalization = true",
+        // SHOW TABLES, SHOW COLUMNS FROM t, information_schema.
+        "SET datafusion.catalog.information_schema = true",
         "SET datafusion.execution.sort_spill_reservation_bytes = 67108864",
     ] {
         ctx.sql(set).await?;
     }
     Ok(ctx)
+}
+
+/// A table the query names that is none of ours: say which tables there are.
+fn unknown_table(e: deltalake::datafusion::error::DataFusionError) -> Error {
+    let text = e.to_string();
+    if text.contains("table '") && text.contains("' not found") {
+        Error::Invalid(format!(
+            "SQL: {}. The tables are {} (`SHOW TABLES` lists those that exist so far)",
+            e.strip_backtrace(),
+            catalog::names()
+        ))
+    } else {
+        Error::sql(e)
+    }
 }
 
 /// The one statement of the query.

@@ -289,7 +289,11 @@ fn time_travel_formats_and_mistakes() {
     for (query, extra, says) in [
         ("SELEC 1", vec![], "SQL: "),
         ("SELECT nope FROM customer_transactions", vec![], "nope"),
-        ("SELECT * FROM no_such_table", vec![], "not found"),
+        (
+            "SELECT * FROM no_such_table",
+            vec![],
+            "The tables are customer_transactions, ",
+        ),
         ("SELECT 1/0 FROM customer_transactions", vec![], "SQL: "),
         ("CREATE TABLE t AS SELECT 1", vec![], "SQL: "),
         (
@@ -327,6 +331,32 @@ fn time_travel_formats_and_mistakes() {
         .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // SHOW TABLES lists the tables that exist (it failed: information_schema was off, and
+    // only the tables a query names are registered); SHOW COLUMNS and information_schema too.
+    let shown = sql(&d, &["SHOW TABLES", "--format", "csv"]);
+    for t in [
+        "customer_transactions",
+        "customer_daily_aggregates",
+        "customer_profiles",
+    ] {
+        assert!(shown.contains(&format!(",public,{t},")), "{t}: {shown}");
+    }
+    assert!(!shown.contains("run_history"), "no run yet: {shown}");
+    let columns = sql(
+        &d,
+        &[
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'customer_daily_aggregates'",
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(columns.contains("total_amount"), "{columns}");
+    let columns = sql(
+        &d,
+        &["SHOW COLUMNS FROM customer_profiles", "--format", "csv"],
+    );
+    assert!(columns.contains("customer_id"), "{columns}");
 }
 
 #[test]
