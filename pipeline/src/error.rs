@@ -191,6 +191,20 @@ pub enum Error {
         what: String,
     },
 
+    /// `pipeline run` was stopped by a signal during a stage.
+    #[error(
+        "interrupted by {signal} during {stage}: as safe as a kill (nothing half-committed); \
+         rerun to go on from the last commit"
+    )]
+    Interrupted {
+        /// The stage that was running.
+        stage: &'static str,
+        /// The signal's name.
+        signal: &'static str,
+        /// 128 + the signal's number.
+        code: u8,
+    },
+
     /// A stage of `pipeline run` failed.
     #[error("stage {stage} failed (after {attempts} attempt(s)): {source}")]
     StageFailed {
@@ -291,6 +305,7 @@ impl Error {
             Error::Scylla { .. } => exit::SCYLLA,
             Error::LoadIncomplete { .. } => exit::LOAD_INCOMPLETE,
             Error::StageFailed { source, .. } => source.exit_code(),
+            Error::Interrupted { code, .. } => *code,
             _ => exit::FAILURE,
         }
     }

@@ -134,10 +134,20 @@ fn main() -> ExitCode {
         }
     };
     pipeline::process::init_logging();
+    // With --json, a command that fails before printing its report prints the error as JSON
+    // on stdout too (it printed nothing there); `sql` prints rows, not reports.
+    let json_error = cli.json && !matches!(cli.command, Command::Sql(_));
     match execute(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", e.chain());
+            if json_error && !pipeline::report::printed() {
+                let error = serde_json::json!({
+                    "error": e.chain(),
+                    "exit_code": e.exit_code(),
+                });
+                println!("{}", serde_json::to_string_pretty(&error).expect("json"));
+            }
             ExitCode::from(e.exit_code())
         }
     }
@@ -191,6 +201,7 @@ fn execute(cli: Cli) -> Result<u8> {
             // An incomplete load still prints what it did (the error goes to stderr).
             Err(e @ Error::LoadIncomplete { .. }) if json => {
                 if let Error::LoadIncomplete { report, .. } = &e {
+                    pipeline::report::mark_printed();
                     println!("{}", serde_json::to_string_pretty(report).expect("json"));
                 }
                 Err(e)
@@ -207,6 +218,11 @@ fn execute(cli: Cli) -> Result<u8> {
         Command::Run(o) => {
             let (report, result) = rt.block_on(run::run(&layout, &o, bars));
             let code = print(json, &report);
+            if let Err(e @ Error::Interrupted { .. }) = &result {
+                // Now: dropping the runtime would wait for the stopped stage's blocking work.
+                eprintln!("error: {}", e.chain());
+                std::process::exit(e.exit_code().into());
+            }
             result.map(|()| code)
         }
         Command::History(o) => done(json, rt.block_on(run::history(&layout, &o))),

@@ -49,8 +49,18 @@ pub fn release_free_memory() {
     }
 }
 
+/// A request to stop: the signal, and the exit code a shell gives a process it ended
+/// (128 + its number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopSignal {
+    /// `SIGINT` or `SIGTERM`.
+    pub name: &'static str,
+    /// 130 or 143.
+    pub exit_code: u8,
+}
+
 /// Resolves at the first SIGINT or SIGTERM (never, if the handlers cannot be installed).
-pub async fn stop_signal() {
+pub async fn stop_signal() -> StopSignal {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -59,7 +69,7 @@ pub async fn stop_signal() {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+        _ = int.recv() => StopSignal { name: "SIGINT", exit_code: 130 },
+        _ = term.recv() => StopSignal { name: "SIGTERM", exit_code: 143 },
     }
 }

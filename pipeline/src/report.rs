@@ -50,6 +50,7 @@ pub struct Summary {
 
 /// Print a report as pretty JSON or as text (with its warnings on stderr); returns its exit code.
 pub fn print<R: Report>(json: bool, report: &R) -> u8 {
+    mark_printed();
     if json {
         println!(
             "{}",
@@ -62,6 +63,19 @@ pub fn print<R: Report>(json: bool, report: &R) -> u8 {
         eprintln!("warning: {w}");
     }
     report.exit_code()
+}
+
+/// Whether a report went to stdout (so a failure after it does not print a second document).
+static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A report is on stdout.
+pub fn mark_printed() {
+    PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`mark_printed`] was called.
+pub fn printed() -> bool {
+    PRINTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// `12,345,678`

@@ -716,6 +716,7 @@ fn finish(st: State, started: Instant) -> FollowReport {
 impl FollowReport {
     /// Print the summary: text, or one JSON line (the last of the stream's JSON lines).
     pub fn print_last(&self, json: bool) {
+        crate::report::mark_printed();
         if json {
             println!(
                 "{}",
@@ -753,6 +754,7 @@ impl FollowReport {
                 stage("load", self.rows_loaded, 0),
             ],
             seconds: self.seconds,
+            failed_in: None,
             history_version: None,
         }
     }

@@ -37,11 +37,29 @@ pub async fn run(
     // One display for the whole run: a line per stage, each kept when its stage ends.
     let display = Progress::display(show_progress);
     let mut result = Ok(());
+    // SIGINT or SIGTERM stops the stage where it is (as a kill would: nothing is
+    // half-committed) and the run is recorded as interrupted (it ended silently, unrecorded).
+    let stop = crate::process::stop_signal();
+    tokio::pin!(stop);
     for stage in opts.selected() {
-        match with_retries(layout, opts, stage, &display).await {
+        let done = tokio::select! {
+            r = with_retries(layout, opts, stage, &display) => r,
+            sig = &mut stop => Err(Error::Interrupted {
+                stage: stage.name(),
+                signal: sig.name,
+                code: sig.exit_code,
+            }),
+        };
+        match done {
             Ok(s) => report.stages.push(s),
             Err(e) => {
-                report.outcome = format!("failed in {}: {}", stage.name(), e.chain());
+                report.outcome = match &e {
+                    Error::Interrupted { signal, .. } => {
+                        format!("interrupted in {}: {signal}", stage.name())
+                    }
+                    _ => format!("failed in {}: {}", stage.name(), e.chain()),
+                };
+                report.failed_in = Some(stage.name());
                 result = Err(e);
                 break;
             }
@@ -52,7 +70,21 @@ pub async fn run(
     }
     report.ended_at = chrono::Utc::now().to_rfc3339();
     report.seconds = started.elapsed().as_secs_f64();
-    match history::record(layout, &report, now).await {
+    let record = history::record(layout, &report, now);
+    let recorded = if matches!(result, Err(Error::Interrupted { .. })) {
+        // Stopping: bounded (a store retrying for minutes), and a second signal ends it.
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(15), record) => r.unwrap_or_else(|_| {
+                Err(Error::Invalid("the history table did not answer within 15 s".into()))
+            }),
+            _ = crate::process::stop_signal() => {
+                Err(Error::Invalid("stopped again while recording the run".into()))
+            }
+        }
+    } else {
+        record.await
+    };
+    match recorded {
         Ok(v) => report.history_version = Some(v),
         Err(e) => {
             tracing::warn!(error = %e, "could not record the run in the history table");

@@ -53,8 +53,10 @@ pub struct RunReport {
     pub started_at: String,
     /// End time, RFC 3339.
     pub ended_at: String,
-    /// `succeeded`, or `failed in <stage>: <error>`.
+    /// `succeeded`, `failed in <stage>: <error>` or `interrupted in <stage>: <signal>`.
     pub outcome: String,
+    /// The stage that failed or was interrupted.
+    pub failed_in: Option<&'static str>,
     /// The stages that ran.
     pub stages: Vec<StageSummary>,
     /// Wall time.
@@ -73,19 +75,22 @@ impl Report for RunReport {
     }
 
     fn text(&self) -> String {
-        let mut s = format!(
-            "run {}: {} in {:.2} s\n  {:<10} {:>12} {:>6} {:>10} {:>8} {:>12}  {}",
-            self.run_id,
-            self.outcome,
-            self.seconds,
-            "stage",
-            "rows",
-            "files",
-            "bytes",
-            "seconds",
-            "rows/s",
-            "note"
-        );
+        // A failed run's error is printed once, on stderr, after this.
+        let outcome = match self.failed_in {
+            Some(stage) if self.outcome.starts_with("interrupted") => {
+                format!("interrupted in {stage} after {:.2} s", self.seconds)
+            }
+            Some(stage) => format!("failed in {stage} after {:.2} s", self.seconds),
+            None => format!("{} in {:.2} s", self.outcome, self.seconds),
+        };
+        let mut s = format!("run {}: {outcome}", self.run_id);
+        if self.stages.is_empty() {
+            return s;
+        }
+        s.push_str(&format!(
+            "\n  {:<10} {:>12} {:>6} {:>10} {:>8} {:>12}  {}",
+            "stage", "rows", "files", "bytes", "seconds", "rows/s", "note"
+        ));
         for st in &self.stages {
             s.push_str(&format!(
                 "\n  {:<10} {:>12} {:>6} {:>10} {:>8.2} {:>12}  {}{}",

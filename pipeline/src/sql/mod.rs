@@ -71,7 +71,7 @@ pub async fn run(layout: &Layout, opts: &SqlOptions, json: bool) -> Result<u8> {
     let work = tokio::spawn(async move { query(&layout, &opts, json).await });
     tokio::select! {
         r = work => r?,
-        () = crate::process::stop_signal() => {
+        _ = crate::process::stop_signal() => {
             if let Some(temp) = temp {
                 let _ = std::fs::remove_file(temp);
             }

@@ -473,3 +473,88 @@ fn an_amount_beyond_the_contracts_precision_is_quarantined() {
     ]);
     assert!(total.to_string().contains("10.00"), "{total}");
 }
+
+/// A failed run: its summary says where it failed and the error is printed once, on stderr
+/// (it was printed twice, once inside a garbled summary line); with --json the error is on
+/// stdout too when no report was (a failing `ingest --json` printed nothing there), and a
+/// failed `run --json` prints exactly one document.
+#[test]
+fn a_failed_run_says_so_once_and_json_errors_reach_stdout() {
+    let d = Data::new();
+    small(&d);
+    let batch = std::fs::read_dir(landing(&d))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    std::fs::write(batch.join("bad.parquet"), "not parquet").unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("--data-dir")
+        .arg(d.path())
+        .args(["--no-progress", "run"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), err(&out));
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let head = stdout.lines().next().unwrap_or_default();
+    assert!(head.contains(": failed in ingest after "), "{stdout}");
+    assert!(
+        !stdout.contains("bad.parquet"),
+        "the error is not in the summary: {stdout}"
+    );
+    assert_eq!(stderr.matches("bad.parquet").count(), 1, "{stderr}");
+
+    let out = d.run_env(&["ingest"], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error");
+    assert_eq!(v["exit_code"], 3, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("bad.parquet"), "{v}");
+
+    let out = d.run_env(&["run"], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["failed_in"], "ingest", "{v}");
+}
+
+/// A batch `run` stopped by SIGINT (Ctrl-C) says so, is recorded as interrupted and exits
+/// 130, at once (it exited 130 silently, by the signal, and left no run history row).
+#[test]
+fn an_interrupted_run_says_so_and_is_recorded() {
+    let d = Data::new();
+    let child = d
+        .command(
+            &["run", "--generate", "--rows", "4000000", "--days", "5"],
+            &[],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let started = || {
+        std::fs::read_dir(landing(&d)).is_ok_and(|batches| {
+            batches
+                .flatten()
+                .any(|b| std::fs::read_dir(b.path()).is_ok_and(|mut f| f.next().is_some()))
+        })
+    };
+    while !started() {
+        assert!(t.elapsed().as_secs() < 60, "generate wrote nothing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let stopped = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(stopped.elapsed().as_secs() < 20, "{:?}", stopped.elapsed());
+    let e = err(&out);
+    assert_eq!(out.status.code(), Some(130), "{e}");
+    assert!(e.contains("interrupted by SIGINT during generate"), "{e}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failed_in"], "generate", "{report}");
+    let history = d.ok(&["history"]);
+    assert_eq!(
+        history[0]["outcome"], "interrupted in generate: SIGINT",
+        "{history}"
+    );
+}
