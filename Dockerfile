@@ -10,6 +10,8 @@ FROM rust:1.95-bookworm AS build
 # The cargo profile: release for the image users run. CI builds the same Dockerfile with
 # `--build-arg CARGO_PROFILE=dev` to keep a cold CI run short (docs/docker.md).
 ARG CARGO_PROFILE=release
+# The commit, for `pipeline --version` (the context has no .git).
+ARG REVISION=unknown
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY pipeline ./pipeline
@@ -19,7 +21,7 @@ COPY cql-test-server ./cql-test-server
 COPY scylla ./scylla
 RUN --mount=type=cache,id=pipeline-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=pipeline-target,target=/src/target \
-    cargo build --profile "$CARGO_PROFILE" --locked -p pipeline \
+    PIPELINE_GIT_COMMIT="$REVISION" cargo build --profile "$CARGO_PROFILE" --locked -p pipeline \
  && cp "target/$([ "$CARGO_PROFILE" = dev ] && echo debug || echo "$CARGO_PROFILE")/pipeline" /usr/local/bin/pipeline
 
 FROM debian:bookworm-slim

@@ -44,10 +44,11 @@ DOCKER=$DOCKER bash docker/base-images.sh
 # the dev profile (DOCKER_CARGO_PROFILE overrides): a cold release build of DataFusion and
 # delta-rs is ~45 min on 2 cores, which with the rest would take CI near its limit.
 profile=${DOCKER_CARGO_PROFILE:-$([ "${CI:-}" = true ] && echo dev || echo release)}
+revision=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 build() {  # context, log name, tag: prints the seconds it took
   local t=$SECONDS
   DOCKER_BUILDKIT=1 "$DOCKER" build --network host --build-arg CARGO_PROFILE="$profile" \
-    --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --build-arg REVISION="$revision" \
     -t "$3" "$1" >"$work/$2.log" 2>&1 || { tail -40 "$work/$2.log"; fail "docker build ($2)"; }
   echo $((SECONDS - t))
 }
@@ -75,6 +76,8 @@ if [ "${DOCKER_REBUILD_CHECK:-$([ "${CI:-}" = true ] && echo 0 || echo 1)}" = 1 
 fi
 "$DOCKER" image inspect "$IMAGE" --format '{{json .Config.Labels}}' | grep -q '"org.opencontainers.image.version"' \
   || fail "OCI labels missing"
+"$DOCKER" run --rm --network none "$IMAGE" --version | grep -qF "(commit $revision)" \
+  || fail "the image's pipeline --version does not name commit $revision"
 
 # --- a CQL test server on loopback ------------------------------------------------------
 [ -x "$CQL_SERVER" ] || cargo build -q --locked -p cql-test-server

@@ -39,6 +39,15 @@ pub mod tables;
 pub mod verify;
 
 pub use error::{Error, Result};
+
+/// `0.1.0 (commit 1a2b3c4d5e6f)`: the package version and the commit it was built from
+/// (build.rs; "unknown" outside a git checkout without `PIPELINE_GIT_COMMIT`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PIPELINE_GIT_COMMIT"),
+    ")"
+);
 pub use layout::Layout;
 
 /// The defaults of a stage's options, as its command line defines them (one definition: the

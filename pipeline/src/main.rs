@@ -18,7 +18,7 @@ use pipeline::{
 ///
 /// Every stage is idempotent and incremental: rerun it at any time, after any crash.
 #[derive(Parser)]
-#[command(version, propagate_version = true)]
+#[command(version = pipeline::VERSION, propagate_version = true)]
 struct Cli {
     /// Where the tables live (raw landing files, Delta tables, quarantine): a local folder,
     /// or `s3://bucket/prefix` on S3 or an S3-compatible store (credentials and endpoint from
