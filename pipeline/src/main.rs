@@ -46,6 +46,16 @@ struct Cli {
     /// Do not draw progress bars (they are drawn only on a terminal anyway).
     #[arg(long, global = true)]
     no_progress: bool,
+    /// Log lines on stderr as text or JSON (one object per line). Which ones: RUST_LOG
+    /// (`info` for a line per stage started and finished; default: warnings only).
+    #[arg(
+        long,
+        global = true,
+        env = "PIPELINE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: pipeline::process::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,8 +132,8 @@ impl Command {
 
 fn main() -> ExitCode {
     pipeline::process::tune_malloc();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, command) = match parse() {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
@@ -133,12 +143,14 @@ fn main() -> ExitCode {
             });
         }
     };
-    pipeline::process::init_logging();
+    pipeline::process::init_logging(cli.log_format);
+    let started = std::time::Instant::now();
+    tracing::info!(command = %command, version = pipeline::VERSION, data_dir = %cli.data_dir, "{command} started");
     // With --json, a command that fails before printing its report prints the error as JSON
     // on stdout too (it printed nothing there); `sql` prints rows, not reports.
     let json_error = cli.json && !matches!(cli.command, Command::Sql(_));
-    match execute(cli) {
-        Ok(code) => ExitCode::from(code),
+    let code = match execute(cli) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", e.chain());
             if json_error && !pipeline::report::printed() {
@@ -148,9 +160,21 @@ fn main() -> ExitCode {
                 });
                 println!("{}", serde_json::to_string_pretty(&error).expect("json"));
             }
-            ExitCode::from(e.exit_code())
+            e.exit_code()
         }
-    }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(command = %command, exit_code = code, seconds, "{command} finished: exit {code}");
+    ExitCode::from(code)
+}
+
+/// The command line, and the command's name (for the log lines).
+fn parse() -> std::result::Result<(Cli, String), clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches()?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let name = matches.subcommand_name().unwrap_or("pipeline").to_string();
+    Ok((cli, name))
 }
 
 /// Run the command and print its report; returns the exit code.

@@ -1,22 +1,63 @@
 //! The process around the stages: logging, and the memory allocator's settings (kept for
 //! speed in one-shot runs, handed back between micro-batches in a stream).
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: warnings, minus known noise).
-pub fn init_logging() {
-    // The Delta kernel logs a missing table (our first run) and a damaged log at ERROR, and
-    // the driver a failed first connection, delta-rs a commit that lost a race ("max_retries
-    // is 0"): our own error or warning says the same, with what to do.
-    let quiet = "warn,buoyant_kernel=off,scylla::cluster::metadata::cc_establisher=off,\
-                 deltalake_core::kernel::transaction=off";
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet)),
-        )
-        .with_writer(std::io::stderr)
+/// How log lines look on stderr (`--log-format`, `PIPELINE_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log collectors.
+    Json,
+}
+
+/// The dependencies' known noise, off whatever the level: the Delta kernel logs a missing
+/// table (our first run) and a damaged log at ERROR, the driver a failed first connection,
+/// delta-rs a commit that lost a race ("max_retries is 0"); our own error or warning says the
+/// same, with what to do.
+const QUIET: &str = "buoyant_kernel=off,scylla::cluster::metadata::cc_establisher=off,deltalake_core::kernel::transaction=off";
+
+/// The filter for a `RUST_LOG` value. A bare level (`info`, `debug`) is ours: the
+/// pipeline's events at that level, the dependencies' at WARN (`RUST_LOG=info` printed 88
+/// lines of the Delta kernel and not one of ours). A directive naming a target is passed on
+/// as written (`RUST_LOG=info,deltalake_core=debug` shows delta-rs's debug events too).
+pub fn log_filter(rust_log: Option<&str>) -> String {
+    let mut out = vec!["warn".to_string()];
+    for d in rust_log.unwrap_or("").split(',').map(str::trim) {
+        if d.is_empty() {
+            continue;
+        }
+        if d.contains('=') || d.contains('[') {
+            out.push(d.to_string());
+        } else {
+            out.push(format!("pipeline={d}"));
+        }
+    }
+    out.push(QUIET.to_string());
+    out.join(",")
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` as [`log_filter`] reads it (default: warnings).
+pub fn init_logging(format: LogFormat) {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(rust_log.as_deref()))
+        .unwrap_or_else(|e| {
+            eprintln!(
+                "warning: RUST_LOG={}: {e}; logging warnings only",
+                rust_log.unwrap_or_default()
+            );
+            tracing_subscriber::EnvFilter::new(log_filter(None))
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
         // Colour codes only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 /// glibc malloc, tuned for batches of a few MiB allocated and freed all the time:
@@ -71,5 +112,22 @@ pub async fn stop_signal() -> StopSignal {
     tokio::select! {
         _ = int.recv() => StopSignal { name: "SIGINT", exit_code: 130 },
         _ = term.recv() => StopSignal { name: "SIGTERM", exit_code: 143 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_bare_level_is_ours_and_a_named_target_is_passed_on() {
+        assert!(log_filter(None).starts_with("warn,buoyant_kernel=off"));
+        let f = log_filter(Some("info"));
+        assert!(f.starts_with("warn,pipeline=info,"), "{f}");
+        let f = log_filter(Some("debug, deltalake_core=debug"));
+        assert!(
+            f.starts_with("warn,pipeline=debug,deltalake_core=debug,"),
+            "{f}"
+        );
     }
 }

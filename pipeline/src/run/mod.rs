@@ -135,6 +135,7 @@ async fn run_stage(
 ) -> Result<StageSummary> {
     let progress = Progress::in_display(display, stage.name());
     let started = Instant::now();
+    tracing::info!(stage = stage.name(), "stage {} started", stage.name());
     let mut s = match stage {
         Stage::Generate => {
             let (layout, o, p) = (
@@ -173,5 +174,16 @@ async fn run_stage(
     } else {
         crate::report::per_sec(s.summary.rows, s.seconds)
     };
+    tracing::info!(
+        stage = s.stage,
+        rows = s.summary.rows,
+        seconds = s.seconds,
+        skipped = s.skipped,
+        "stage {} finished: {} rows in {:.2} s{}",
+        s.stage,
+        s.summary.rows,
+        s.seconds,
+        if s.skipped { " (skipped)" } else { "" }
+    );
     Ok(s)
 }

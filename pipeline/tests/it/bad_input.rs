@@ -558,29 +558,3 @@ fn an_interrupted_run_says_so_and_is_recorded() {
         "{history}"
     );
 }
-
-/// `--version` names the commit the binary was built from (it printed only `0.1.0`).
-#[test]
-fn the_version_names_the_commit() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let version = String::from_utf8_lossy(&out.stdout).to_string();
-    let head = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let want = std::env::var("PIPELINE_GIT_COMMIT")
-        .ok()
-        .or(head)
-        .unwrap_or_else(|| "unknown".into());
-    assert_eq!(
-        version.trim(),
-        format!("pipeline {} (commit {want})", env!("CARGO_PKG_VERSION"))
-    );
-}

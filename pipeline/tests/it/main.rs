@@ -3,6 +3,7 @@
 
 mod aggregate;
 mod bad_input;
+mod cli;
 mod clients;
 mod common;
 mod continuous;

@@ -1,0 +1,77 @@
+//! The command line's conventions: the version, and log lines at RUST_LOG levels and in
+//! JSON.
+
+use crate::common::Data;
+
+/// `--version` names the commit the binary was built from (it printed only `0.1.0`).
+#[test]
+fn the_version_names_the_commit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let version = String::from_utf8_lossy(&out.stdout).to_string();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let want = std::env::var("PIPELINE_GIT_COMMIT")
+        .ok()
+        .or(head)
+        .unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        version.trim(),
+        format!("pipeline {} (commit {want})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `RUST_LOG=info` shows our own lines, a line per command and per stage started and
+/// finished, and none of the dependencies' (it printed 88 lines of the Delta kernel and not
+/// one of ours); `--log-format json` makes each a JSON object; a target named in RUST_LOG
+/// is passed on.
+#[test]
+fn logs_at_info_are_ours_and_json_on_request() {
+    let d = Data::new();
+    d.ok(&["generate", "--rows", "2000", "--days", "2"]);
+    let out = d
+        .command(
+            &["run", "--stages", "ingest,aggregate"],
+            &[("RUST_LOG", "info")],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    for line in [
+        "run started",
+        "stage ingest started",
+        "stage ingest finished: 2000 rows",
+        "stage aggregate finished",
+        "run finished: exit 0",
+    ] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
+    for line in log.lines().filter(|l| l.contains(" INFO ")) {
+        assert!(line.contains(" INFO pipeline"), "not ours: {line}");
+    }
+
+    let out = d
+        .command(
+            &["--log-format", "json", "history"],
+            &[("RUST_LOG", "info")],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["fields"]["message"], "history started");
+    assert_eq!(lines[1]["fields"]["exit_code"], 0);
+}
