@@ -15,7 +15,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium test-crash test-scylla lint bench bench-s3 bench-follow clean-data docker cql-test-server seaweedfs
+.PHONY: help setup cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium promtool test-crash test-scylla lint bench bench-s3 bench-follow clean-data docker cql-test-server seaweedfs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -23,6 +23,12 @@ help: ## List the targets
 setup: ## Check the toolchain (Rust via rustup) is present; nothing else is needed
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs) and rerun"; exit 1; }
 	@cargo --version
+
+promtool: ## Install promtool (Debian's prometheus package) to check the metrics scrape, if missing and possible
+	@command -v promtool >/dev/null || \
+	  { (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus) >/dev/null 2>&1 \
+	    && echo "installed promtool" \
+	    || echo "WARNING: promtool could not be installed: the metrics scrape will not be checked by it"; }
 
 chromium: ## Install headless Chromium (Debian package) for the HTML report's rendering test, if missing and possible
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
@@ -83,7 +89,7 @@ sql: build ## Ask the tables in SQL: make sql Q="SELECT count(*) FROM customer_t
 CQL_PROFILES ?= scylla-5.4 scylla-2025.1 scylla-2025.1-enforced scylla-2025.4 cassandra-4.1 cassandra-5.0
 SCYLLA_TESTS := scylla:: served_profiles:: serving:: clients:: crash:: continuous::
 
-test: setup chromium seaweedfs cql-clients ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server, once per server profile)
+test: setup chromium promtool seaweedfs cql-clients ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server, once per server profile)
 	cargo test $(CARGO_PROFILE) --workspace --locked
 	@$(MAKE) --no-print-directory test-profiles
 

@@ -486,6 +486,9 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
         }
         b.steps.push(("load_profiles", t.elapsed().as_secs_f64()));
     }
+    for (step, seconds) in &b.steps {
+        st.metrics.step(step, *seconds);
+    }
     b.backlog_files = (st.awaiting_aggregate.len() + st.awaiting_load.len()) as u64;
     st.metrics.backlog("load", b.backlog_files as usize);
     if b.did_work() {

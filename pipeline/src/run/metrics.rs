@@ -1,19 +1,29 @@
-//! `run --follow --metrics-addr`: Prometheus metrics of the stream, in the text exposition
-//! format (encoded by `prometheus-client`), served at `/metrics` by a small HTTP responder.
+//! `run --follow --metrics-addr`: Prometheus metrics of the stream in the OpenMetrics text
+//! format (encoded by `prometheus-client`), served at `/metrics` by hyper, with `/healthz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::error::{Error, Result};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::error::{Error, Result};
+/// The stages whose failures are counted (every series exists from the start, at 0).
+const ERROR_STAGES: [&str; 5] = ["ingest", "aggregate", "profiles", "load", "compact"];
+
+/// The micro-batch steps whose durations are observed.
+const STEPS: [&str; 5] = ["ingest", "aggregate", "load", "profiles", "load_profiles"];
+
+/// The OpenMetrics text format's content type (its specification's).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The classic Prometheus text format's content type (Prometheus's exposition formats).
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A label set of one label.
 type Label = Vec<(&'static str, String)>;
@@ -41,11 +51,12 @@ pub struct Metrics {
     pub errors: Family<Label, Counter>,
     /// Unix time of the last micro-batch that ended with every stage succeeding.
     pub last_success: Gauge<f64, AtomicU64>,
-    /// Files waiting: `stage="ingest"` found but not consumed, `stage="load"` ingested but
-    /// not yet acknowledged by ScyllaDB.
+    /// Files waiting: `stage="load"`, ingested but not yet acknowledged by ScyllaDB.
     pub backlog_files: Family<Label, Gauge>,
     /// Landing -> acknowledged by ScyllaDB, per file, in seconds.
     pub freshness: Histogram,
+    /// Each micro-batch step's duration, by step.
+    pub step_seconds: Family<Label, Histogram>,
 }
 
 impl Metrics {
@@ -66,7 +77,21 @@ impl Metrics {
             backlog_files: Family::default(),
             // 0.05 s .. ~105 s
             freshness: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+            // 0.01 s .. ~41 s
+            step_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 13))
+            }),
         };
+        for stage in ERROR_STAGES {
+            let _ = m.errors.get_or_create(&vec![("stage", stage.to_string())]);
+        }
+        m.backlog("load", 0);
+        for step in STEPS {
+            let _ = m
+                .step_seconds
+                .get_or_create(&vec![("step", step.to_string())]);
+        }
+
         let r = &mut m.registry;
         r.register("rows_in", "Rows read from landing files", m.rows_in.clone());
         r.register(
@@ -120,7 +145,33 @@ impl Metrics {
             "From a file's landing to its rows acknowledged by ScyllaDB",
             m.freshness.clone(),
         );
+        r.register(
+            "step_duration_seconds",
+            "How long each micro-batch step took, by step",
+            m.step_seconds.clone(),
+        );
+        // A gauge at 1, as Prometheus's own `prometheus_build_info` (the OpenMetrics `info`
+        // type is not understood by promtool's text parser).
+        let build = Family::<Label, Gauge>::default();
+        build
+            .get_or_create(&vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("commit", env!("PIPELINE_GIT_COMMIT").to_string()),
+            ])
+            .set(1);
+        r.register(
+            "build_info",
+            "The running binary's version and commit (always 1)",
+            build,
+        );
         m
+    }
+
+    /// Observe how long a micro-batch step took.
+    pub fn step(&self, step: &str, seconds: f64) {
+        self.step_seconds
+            .get_or_create(&vec![("step", step.to_string())])
+            .observe(seconds);
     }
 
     /// Count a failure of `stage`.
@@ -137,14 +188,51 @@ impl Metrics {
             .set(files as i64);
     }
 
-    /// The text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
         encode(&mut s, &self.registry).expect("writing to a String");
         s
     }
 
-    /// Serve `/metrics` at `addr` until the process ends.
+    /// The classic Prometheus text format, for clients that do not ask for OpenMetrics
+    /// (promtool, curl): the same samples; a counter's HELP and TYPE name its `_total`
+    /// sample, as that format wants (OpenMetrics names the family), and no `# EOF`.
+    pub fn render_classic(&self) -> String {
+        let open = self.render();
+        let counters: std::collections::HashSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            let meta = ["# HELP ", "# TYPE "]
+                .into_iter()
+                .find(|p| line.starts_with(p));
+            match meta {
+                Some(prefix) => {
+                    let rest = &line[prefix.len()..];
+                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    if counters.contains(name) {
+                        out.push_str(&format!("{prefix}{name}_total {tail}\n"));
+                    } else {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Serve `/metrics` and `/healthz` at `addr` until the process ends.
     pub async fn serve(self: &Arc<Self>, addr: SocketAddr) -> Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -154,28 +242,64 @@ impl Metrics {
             .map_err(|e| Error::io("metrics address", e))?;
         let me = self.clone();
         tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
+            while let Ok((sock, _)) = listener.accept().await {
                 let me = me.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, std::convert::Infallible>(me.respond(&req)) }
+                });
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 2048];
-                    let n = sock.read(&mut buf).await.unwrap_or(0);
-                    let request = String::from_utf8_lossy(&buf[..n]);
-                    let path = request.split_whitespace().nth(1).unwrap_or("");
-                    let (status, body) = if path == "/metrics" {
-                        ("200 OK", me.render())
-                    } else {
-                        ("404 Not Found", "try /metrics\n".to_string())
-                    };
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = sock.write_all(head.as_bytes()).await;
-                    let _ = sock.write_all(body.as_bytes()).await;
+                    // A client that sends no request within 10 s is dropped.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(std::time::Duration::from_secs(10))
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                        .await;
                 });
             }
         });
         Ok(bound)
+    }
+
+    /// The answer to one request: the path decides, the query string does not.
+    fn respond<B>(
+        &self,
+        req: &hyper::Request<B>,
+    ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+        let (status, content_type, body) = match (req.method(), req.uri().path()) {
+            // Prometheus asks for OpenMetrics in its Accept header; others get the classic
+            // format (its content type says which: it said 0.0.4 over OpenMetrics text).
+            (&hyper::Method::GET | &hyper::Method::HEAD, "/metrics") => {
+                let accept = req
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if accept.contains("application/openmetrics-text") {
+                    (200, OPENMETRICS, self.render())
+                } else {
+                    (200, PROMETHEUS_TEXT, self.render_classic())
+                }
+            }
+            (&hyper::Method::GET | &hyper::Method::HEAD, "/healthz") => {
+                (200, "text/plain; charset=utf-8", "ok\n".to_string())
+            }
+            (&hyper::Method::GET | &hyper::Method::HEAD, _) => (
+                404,
+                "text/plain; charset=utf-8",
+                "not found: try /metrics or /healthz\n".to_string(),
+            ),
+            _ => (
+                405,
+                "text/plain; charset=utf-8",
+                "only GET and HEAD\n".to_string(),
+            ),
+        };
+        hyper::Response::builder()
+            .status(status)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .expect("a valid response")
     }
 }
 
@@ -211,6 +335,48 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# EOF"), "{text}");
+        // The classic format: a counter's HELP and TYPE name its sample; no EOF marker.
+        let classic = m.render_classic();
+        assert!(
+            classic.contains("# TYPE pipeline_rows_in_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP pipeline_rows_in_total Rows read"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE pipeline_freshness_seconds histogram\n"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"), "{classic}");
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples(&classic), samples(&text));
+    }
+
+    /// Every labelled series is there before its first event (a scrape before the first
+    /// failure showed no errors series at all), with the build's version and commit.
+    #[test]
+    fn every_series_exists_from_the_start() {
+        let text = Metrics::new().render();
+        for stage in ERROR_STAGES {
+            let series = format!("pipeline_errors_total{{stage=\"{stage}\"}} 0");
+            assert!(text.contains(&series), "{series}: {text}");
+        }
+        assert!(
+            text.contains("pipeline_backlog_files{stage=\"load\"} 0"),
+            "{text}"
+        );
+        for step in STEPS {
+            let series = format!("pipeline_step_duration_seconds_count{{step=\"{step}\"}} 0");
+            assert!(text.contains(&series), "{series}: {text}");
+        }
+        let build = format!(
+            "pipeline_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("PIPELINE_GIT_COMMIT")
+        );
+        assert!(text.contains(&build), "{build}: {text}");
     }
 }
 
@@ -228,7 +394,7 @@ pub struct HealthOptions {
 pub struct HealthReport {
     /// The address checked (none: no service configured).
     pub metrics_addr: Option<String>,
-    /// It answered 200 at `/metrics`.
+    /// It answered 200 at `/healthz`.
     pub healthy: bool,
     /// What it answered, or why it did not.
     pub detail: String,
@@ -263,7 +429,7 @@ impl crate::report::Report for HealthReport {
     }
 }
 
-/// Probe `GET /metrics` with a 3 s budget.
+/// Probe `GET /healthz` with a 3 s budget.
 pub async fn health(o: &HealthOptions) -> Result<HealthReport> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(mut addr) = o.metrics_addr else {
@@ -278,7 +444,7 @@ pub async fn health(o: &HealthOptions) -> Result<HealthReport> {
     }
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await?;
         let mut head = vec![0u8; 64];
         let n = s.read(&mut head).await?;

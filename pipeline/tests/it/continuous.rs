@@ -176,14 +176,55 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn metrics(port: u16) -> String {
+/// `GET path` on the metrics endpoint with extra headers: the response's head (lowercased)
+/// and body.
+fn get(port: u16, path: &str, headers: &str) -> (String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+fn metrics(port: u16) -> String {
+    let (head, body) = get(port, "/metrics", "");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
     body
+}
+
+/// `promtool check metrics` (Debian's prometheus package) accepts the scrape with no
+/// warning; without promtool, said and skipped (`make test` installs it).
+fn promtool_accepts(scrape: &str) {
+    use std::io::Write;
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: the scrape was not checked by it");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool: {said}\n{scrape}");
+    assert!(said.trim().is_empty(), "promtool warns: {said}\n{scrape}");
 }
 
 #[test]
@@ -274,6 +315,34 @@ fn follow_survives_a_scylla_outage_and_a_bad_file_and_stops_cleanly_on_sigterm()
     assert!(m.contains("pipeline_files_set_aside_total 1"), "{m}");
     assert!(m.contains("pipeline_errors_total{stage=\"load\"}"), "{m}");
     assert!(m.contains("pipeline_freshness_seconds_count"), "{m}");
+    assert!(
+        m.contains("pipeline_step_duration_seconds_count{step=\"load\"}"),
+        "{m}"
+    );
+    // By the conventions: what Prometheus asks for (OpenMetrics) served as such, the classic
+    // format to others (it was OpenMetrics text served as text/plain; version=0.0.4), a
+    // query string ignored (it was 404), /healthz, and promtool accepts the scrape.
+    let accept = "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4\r\n";
+    let (head, open) = get(port, "/metrics?x=1", accept);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    let (head, _) = get(port, "/metrics", "");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(m.contains("# TYPE pipeline_rows_in_total counter"), "{m}");
+    let (head, body) = get(port, "/healthz", "");
+    assert!(
+        head.starts_with("http/1.1 200") && body == "ok\n",
+        "{head} {body}"
+    );
+    assert!(get(port, "/nope", "").0.starts_with("http/1.1 404"));
+    promtool_accepts(&m);
     // The container's HEALTHCHECK: healthy while the endpoint answers, not on a dead port.
     let health = |addr: &str| d.run_env(&["health"], &[("PIPELINE_METRICS_ADDR", addr)]);
     let up = health(&addr);
