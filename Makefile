@@ -10,7 +10,8 @@ PORT     ?= 9042
 # minutes (see README, "Build time"). `make bench` and the Docker image use `release`; run
 # anything optimized with PROFILE=release (e.g. `make run PROFILE=release ROWS=5000000`).
 PROFILE  ?= dev
-BIN_DIR  := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+# cargo's target dir: CARGO_TARGET_DIR when set (CI keeps one outside the clone).
+BIN_DIR  := $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
