@@ -22,7 +22,12 @@ const QUIET: &str = "buoyant_kernel=off,scylla::cluster::metadata::cc_establishe
 /// lines of the Delta kernel and not one of ours). A directive naming a target is passed on
 /// as written (`RUST_LOG=info,deltalake_core=debug` shows delta-rs's debug events too).
 pub fn log_filter(rust_log: Option<&str>) -> String {
-    let mut out = vec!["warn".to_string()];
+    // object_store's retries, one line each ("backing off for 4.2 seconds, retry 12 of 360:
+    // <error>"): a wrong endpoint printed nothing for the whole retry window, then one line.
+    let mut out = vec![
+        "warn".to_string(),
+        "object_store::client::retry=info".to_string(),
+    ];
     for d in rust_log.unwrap_or("").split(',').map(str::trim) {
         if d.is_empty() {
             continue;
@@ -121,12 +126,13 @@ mod tests {
 
     #[test]
     fn a_bare_level_is_ours_and_a_named_target_is_passed_on() {
-        assert!(log_filter(None).starts_with("warn,buoyant_kernel=off"));
+        let retries = "warn,object_store::client::retry=info";
+        assert!(log_filter(None).starts_with(&format!("{retries},buoyant_kernel=off")));
         let f = log_filter(Some("info"));
-        assert!(f.starts_with("warn,pipeline=info,"), "{f}");
+        assert!(f.starts_with(&format!("{retries},pipeline=info,")), "{f}");
         let f = log_filter(Some("debug, deltalake_core=debug"));
         assert!(
-            f.starts_with("warn,pipeline=debug,deltalake_core=debug,"),
+            f.starts_with(&format!("{retries},pipeline=debug,deltalake_core=debug,")),
             "{f}"
         );
     }

@@ -224,10 +224,14 @@ pub const RETRY_SECS_ENV: &str = "PIPELINE_STORE_RETRY_SECS";
 /// The time window governs, not a count: object_store's default of 10 retries with jittered
 /// backoff gives up after about 3 s, so a store restarting for longer failed the command (seen
 /// in CI). Backoff is capped at 5 s so the command notices the store is back soon after.
+/// Each retry waits 1 s to 5 s (object_store's jitter picks between the first backoff and
+/// twice the last), so its log line ("backing off ..., retry N of MAX: <error>") comes every
+/// few seconds, not several a second as with the 100 ms default; the count is set so that the
+/// window ends first (two a second at most), yet finite.
 fn retry() -> Result<object_store::RetryConfig> {
     let mut config = object_store::RetryConfig {
-        max_retries: usize::MAX,
         backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_secs(1),
             max_backoff: std::time::Duration::from_secs(5),
             ..Default::default()
         },
@@ -239,6 +243,7 @@ fn retry() -> Result<object_store::RetryConfig> {
         })?;
         config.retry_timeout = std::time::Duration::from_secs(secs);
     }
+    config.max_retries = (config.retry_timeout.as_secs() as usize).max(1) * 2;
     Ok(config)
 }
 

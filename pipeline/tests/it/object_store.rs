@@ -341,3 +341,24 @@ fn seaweedfs_honours_conditional_writes() {
     );
     assert!(!err.contains("not-the-secret"), "{err}");
 }
+
+/// A store that does not answer (a wrong endpoint): each retry of the window is a line on
+/// stderr with its attempt and error, then the command fails (before: nothing for the whole
+/// 180 s window, then one line).
+#[test]
+fn a_store_that_does_not_answer_is_retried_visibly() {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let mut env = aws_env(&closed);
+    env.push(("PIPELINE_STORE_RETRY_SECS", "4".into()));
+    let d = Data::on_store("s3://lake/typo".into(), env.clone());
+    let t = std::time::Instant::now();
+    let out = run(&d, &["ingest"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+    let retries: Vec<_> = err.lines().filter(|l| l.contains("backing off")).collect();
+    // At least a second apart: 2 or 3 in the 4 s window, not dozens.
+    assert!((2..=4).contains(&retries.len()), "{err}");
+    assert!(retries.iter().all(|l| l.contains(" of 8: ")), "{err}");
+    assert!(!err.contains(SECRET), "the secret is never printed: {err}");
+}
