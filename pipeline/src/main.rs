@@ -102,6 +102,13 @@ enum Command {
     /// Check that a running `run --follow` answers on its metrics endpoint (exit 0 if so, or
     /// when no endpoint is configured; 1 if not): the container's HEALTHCHECK.
     Health(run::metrics::HealthOptions),
+    /// Print a shell completion script: `source <(pipeline completions bash)`, or save it
+    /// where the shell looks (zsh: a `_pipeline` file on $fpath; fish:
+    /// ~/.config/fish/completions/pipeline.fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
@@ -253,6 +260,18 @@ fn execute(cli: Cli) -> Result<u8> {
         Command::Maintain(o) => done(json, rt.block_on(maintain::run(&layout, &o))),
         Command::CheckStore(o) => done(json, rt.block_on(store::check(&o))),
         Command::Health(o) => done(json, rt.block_on(run::metrics::health(&o))),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pipeline", &mut script);
+            // A closed stdout (`| head`) ends the output quietly, as `sql` does.
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(Error::io("cannot write the completion script", e))
+                }
+                _ => Ok(exit::OK),
+            }
+        }
         Command::Report(o) => done(json, rt.block_on(html::run(&layout, &o))),
         Command::Sql(o) => {
             drop(rt);

@@ -75,3 +75,37 @@ fn logs_at_info_are_ours_and_json_on_request() {
     assert_eq!(lines[0]["fields"]["message"], "history started");
     assert_eq!(lines[1]["fields"]["exit_code"], 0);
 }
+
+/// `pipeline completions bash` is a script bash accepts that completes our subcommands and
+/// options (there were none); fish and zsh scripts name the commands too.
+#[test]
+fn shell_completions_complete_the_commands() {
+    let bin = env!("CARGO_BIN_EXE_pipeline");
+    let script = format!(
+        "source <({bin} completions bash) && COMP_WORDS=(pipeline ing) COMP_CWORD=1 \
+         COMP_LINE='pipeline ing' COMP_POINT=12 && _pipeline pipeline ing pipeline && \
+         echo \"${{COMPREPLY[*]}}\""
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ingest",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let out = std::process::Command::new(bin)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("check-store") && text.contains("landing-prefix"),
+            "{shell}"
+        );
+    }
+}
