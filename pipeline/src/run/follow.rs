@@ -60,13 +60,11 @@ pub struct FollowOptions {
     /// Compact small files every this many micro-batches (0: never).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub compact_every: u64,
-    /// Serve Prometheus metrics at HOST:PORT (path /metrics; `pipeline health` checks it).
-    #[arg(
-        long,
-        env = "PIPELINE_METRICS_ADDR",
-        value_name = "HOST:PORT",
-        requires = "follow"
-    )]
+    /// With --follow, serve Prometheus metrics at HOST:PORT (/metrics, and /healthz, which
+    /// `pipeline health` checks); a batch run ignores it. Not `requires = "follow"`: clap
+    /// counts the environment variable as given, so a batch run in the follow service's
+    /// container (which sets it) was refused.
+    #[arg(long, env = "PIPELINE_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
 }
 

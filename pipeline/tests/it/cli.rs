@@ -109,3 +109,32 @@ fn shell_completions_complete_the_commands() {
         );
     }
 }
+
+/// The follow service's environment (PIPELINE_METRICS_ADDR) does not refuse a batch run in
+/// its container: clap counted the variable as `--metrics-addr`, which required --follow.
+#[test]
+fn a_batch_run_ignores_the_metrics_address_of_the_environment() {
+    let d = Data::new();
+    let out = d
+        .command(
+            &[
+                "run",
+                "--generate",
+                "--rows",
+                "500",
+                "--days",
+                "1",
+                "--stages",
+                "generate",
+            ],
+            &[("PIPELINE_METRICS_ADDR", "127.0.0.1:9184")],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
