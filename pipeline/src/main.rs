@@ -175,6 +175,27 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// End now, by the signal that stopped the run (its exit code is 128 + its number): a shell
+/// stops a script at Ctrl-C only when the program died by SIGINT (an `exit(130)` would let a
+/// loop of runs go on), and dropping the runtime would wait for the stopped stage's blocking
+/// work.
+fn die_by_signal(code: u8) -> ! {
+    let signal = i32::from(code) - 128;
+    // SAFETY: resetting a signal's disposition, unblocking it in this thread, and sending it
+    // to this process. The kernel may deliver it to any thread, a moment later: wait for it
+    // (under a test harness one run in ten exited 130 by the fallback after a bare raise).
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), signal);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    std::process::exit(code.into())
+}
+
 /// The command line, and the command's name (for the log lines).
 fn parse() -> std::result::Result<(Cli, String), clap::Error> {
     use clap::{CommandFactory, FromArgMatches};
@@ -250,9 +271,13 @@ fn execute(cli: Cli) -> Result<u8> {
             let (report, result) = rt.block_on(run::run(&layout, &o, bars));
             let code = print(json, &report);
             if let Err(e @ Error::Interrupted { .. }) = &result {
-                // Now: dropping the runtime would wait for the stopped stage's blocking work.
                 eprintln!("error: {}", e.chain());
-                std::process::exit(e.exit_code().into());
+                tracing::info!(
+                    command = "run",
+                    exit_code = e.exit_code(),
+                    "run finished: interrupted"
+                );
+                die_by_signal(e.exit_code());
             }
             result.map(|()| code)
         }

@@ -70,9 +70,11 @@ pub async fn run(
     }
     report.ended_at = chrono::Utc::now().to_rfc3339();
     report.seconds = started.elapsed().as_secs_f64();
+    // A signal while the run is recorded (a store retrying for minutes) ends the wait:
+    // the run's work is done or safely stopped either way. After an interruption the wait is
+    // bounded too.
     let record = history::record(layout, &report, now);
     let recorded = if matches!(result, Err(Error::Interrupted { .. })) {
-        // Stopping: bounded (a store retrying for minutes), and a second signal ends it.
         tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(15), record) => r.unwrap_or_else(|_| {
                 Err(Error::Invalid("the history table did not answer within 15 s".into()))
@@ -82,7 +84,19 @@ pub async fn run(
             }
         }
     } else {
-        record.await
+        tokio::select! {
+            r = record => r,
+            sig = &mut stop => {
+                if result.is_ok() {
+                    result = Err(Error::Interrupted {
+                        stage: "recording the run",
+                        signal: sig.name,
+                        code: sig.exit_code,
+                    });
+                }
+                Err(Error::Invalid("stopped while recording the run".into()))
+            }
+        }
     };
     match recorded {
         Ok(v) => report.history_version = Some(v),
