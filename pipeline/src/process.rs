@@ -19,26 +19,37 @@ const QUIET: &str = "buoyant_kernel=off,scylla::cluster::metadata::cc_establishe
 
 /// The filter for a `RUST_LOG` value. A bare level (`info`, `debug`) is ours: the
 /// pipeline's events at that level, the dependencies' at WARN (`RUST_LOG=info` printed 88
-/// lines of the Delta kernel and not one of ours). A directive naming a target is passed on
-/// as written (`RUST_LOG=info,deltalake_core=debug` shows delta-rs's debug events too).
+/// lines of the Delta kernel and not one of ours); `error` and `off` quieten everything.
+/// Any other directive (`deltalake_core=debug`, a bare target such as `object_store`) is
+/// passed on as written, after the defaults, so it overrides them.
 pub fn log_filter(rust_log: Option<&str>) -> String {
-    // object_store's retries, one line each ("backing off for 4.2 seconds, retry 12 of 360:
-    // <error>"): a wrong endpoint printed nothing for the whole retry window, then one line.
-    let mut out = vec![
-        "warn".to_string(),
-        "object_store::client::retry=info".to_string(),
-    ];
+    use tracing_subscriber::filter::LevelFilter;
+    let (mut base, mut ours) = (LevelFilter::WARN, Vec::new());
     for d in rust_log.unwrap_or("").split(',').map(str::trim) {
-        if d.is_empty() {
-            continue;
-        }
-        if d.contains('=') || d.contains('[') {
-            out.push(d.to_string());
-        } else {
-            out.push(format!("pipeline={d}"));
+        match d.parse::<LevelFilter>() {
+            _ if d.is_empty() => {}
+            Ok(level) => {
+                if level < LevelFilter::WARN {
+                    base = level; // ERROR or OFF
+                }
+                ours.push(format!("pipeline={level}"));
+            }
+            Err(_) => ours.push(d.to_string()),
         }
     }
-    out.push(QUIET.to_string());
+    // object_store's retries, one line each ("backing off for 4.2 seconds, retry 12 of 360:
+    // <error>"): a wrong endpoint printed nothing for the whole retry window, then one line.
+    let retries = if base < LevelFilter::WARN {
+        base
+    } else {
+        LevelFilter::INFO
+    };
+    let mut out = vec![
+        base.to_string(),
+        format!("object_store::client::retry={retries}"),
+        QUIET.to_string(),
+    ];
+    out.extend(ours);
     out.join(",")
 }
 
@@ -122,18 +133,36 @@ pub async fn stop_signal() -> StopSignal {
 
 #[cfg(test)]
 mod tests {
-    use super::log_filter;
+    use super::{QUIET, log_filter};
 
     #[test]
     fn a_bare_level_is_ours_and_a_named_target_is_passed_on() {
-        let retries = "warn,object_store::client::retry=info";
-        assert!(log_filter(None).starts_with(&format!("{retries},buoyant_kernel=off")));
-        let f = log_filter(Some("info"));
-        assert!(f.starts_with(&format!("{retries},pipeline=info,")), "{f}");
-        let f = log_filter(Some("debug, deltalake_core=debug"));
-        assert!(
-            f.starts_with(&format!("{retries},pipeline=debug,deltalake_core=debug,")),
-            "{f}"
+        let defaults = format!("warn,object_store::client::retry=info,{QUIET}");
+        assert_eq!(log_filter(None), defaults);
+        assert_eq!(
+            log_filter(Some("info")),
+            format!("{defaults},pipeline=info")
         );
+        // Named targets come last, so they override the defaults' quiet ones.
+        assert_eq!(
+            log_filter(Some("debug, buoyant_kernel=debug")),
+            format!("{defaults},pipeline=debug,buoyant_kernel=debug")
+        );
+        // A bare target is a directive, not a level (it became `pipeline=object_store`).
+        assert_eq!(
+            log_filter(Some("object_store")),
+            format!("{defaults},object_store")
+        );
+        // `off` quietens everything, the retry lines too.
+        assert!(log_filter(Some("off")).starts_with("off,object_store::client::retry=off,"));
+        for v in [
+            "info",
+            "debug,buoyant_kernel=debug",
+            "object_store",
+            "off",
+            "error",
+        ] {
+            tracing_subscriber::EnvFilter::try_new(log_filter(Some(v))).expect(v);
+        }
     }
 }
