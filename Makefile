@@ -141,7 +141,7 @@ clean-data: ## Delete everything under DATA_DIR except its README
 	find $(DATA_DIR) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 
 docker: ## Build the container image (needs a Docker engine with BuildKit; docker/base-images.sh makes the base images where no registry is reachable)
-	DOCKER_BUILDKIT=1 docker build -t pipeline .
+	DOCKER_BUILDKIT=1 docker build --build-arg REVISION=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown) -t pipeline .
 
 test-docker: build ## Build the image and run every stage with `docker run` against the CQL test server; starts dockerd if needed (SKIPPED without one)
 	bash docker/test.sh

@@ -62,7 +62,7 @@ second=not-measured
 if [ "${DOCKER_REBUILD_CHECK:-$([ "${CI:-}" = true ] && echo 0 || echo 1)}" = 1 ]; then
   changed=$work/changed-context
   mkdir -p "$changed"
-  tar -c Cargo.toml Cargo.lock pipeline/Cargo.toml pipeline/src cql-test-server/Cargo.toml \
+  tar -c Cargo.toml Cargo.lock pipeline/Cargo.toml pipeline/build.rs pipeline/src cql-test-server/Cargo.toml \
     cql-test-server/src scylla docker/entrypoint.sh .dockerignore Dockerfile | tar -C "$changed" -x
   # Unique each time: an identical change would be a layer-cache hit on the next run.
   echo "// changed by docker/test.sh to time a rebuild: $(date +%s%N)" >>"$changed/pipeline/src/main.rs"

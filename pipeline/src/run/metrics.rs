@@ -242,7 +242,17 @@ impl Metrics {
             .map_err(|e| Error::io("metrics address", e))?;
         let me = self.clone();
         tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
+            loop {
+                // An accept that fails (out of file descriptors) is retried, not the end of
+                // the endpoint (health would report unhealthy for good).
+                let sock = match listener.accept().await {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics endpoint: accept failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let me = me.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let me = me.clone();
