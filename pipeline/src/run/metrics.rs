@@ -276,10 +276,13 @@ impl Metrics {
         &self,
         req: &hyper::Request<B>,
     ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
-        let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        let readable = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
+        let (status, content_type, body) = match req.uri().path() {
+            _ if !readable => (405, TEXT, "only GET and HEAD\n".to_string()),
             // Prometheus asks for OpenMetrics in its Accept header; others get the classic
             // format (its content type says which: it said 0.0.4 over OpenMetrics text).
-            (&hyper::Method::GET | &hyper::Method::HEAD, "/metrics") => {
+            "/metrics" => {
                 let accept = req
                     .headers()
                     .get(hyper::header::ACCEPT)
@@ -291,18 +294,11 @@ impl Metrics {
                     (200, PROMETHEUS_TEXT, self.render_classic())
                 }
             }
-            (&hyper::Method::GET | &hyper::Method::HEAD, "/healthz") => {
-                (200, "text/plain; charset=utf-8", "ok\n".to_string())
-            }
-            (&hyper::Method::GET | &hyper::Method::HEAD, _) => (
-                404,
-                "text/plain; charset=utf-8",
-                "not found: try /metrics or /healthz\n".to_string(),
-            ),
+            "/healthz" => (200, TEXT, "ok\n".to_string()),
             _ => (
-                405,
-                "text/plain; charset=utf-8",
-                "only GET and HEAD\n".to_string(),
+                404,
+                TEXT,
+                "not found: try /metrics or /healthz\n".to_string(),
             ),
         };
         hyper::Response::builder()
