@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod config;
 pub mod cql;
 pub mod dates;
 pub mod delta;

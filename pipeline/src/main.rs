@@ -40,6 +40,21 @@ struct Cli {
         default_value = ""
     )]
     landing_prefix: String,
+    /// A configuration file (TOML; default: DATA_DIR/pipeline.toml when the data dir is a
+    /// local folder). Keys are the options' long names with `_` for `-`; a `[command]`
+    /// section holds one command's options (docs/configuration.md).
+    #[arg(long, global = true, env = "PIPELINE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How long a failed object-store request is retried, in seconds: past it the command
+    /// fails with the store's error, having committed nothing half-way, and a rerun resumes.
+    #[arg(
+        long,
+        global = true,
+        env = "PIPELINE_STORE_RETRY_SECS",
+        default_value_t = store::DEFAULT_RETRY_SECS,
+        value_name = "SECONDS"
+    )]
+    store_retry_secs: u64,
     /// Print the report as JSON on stdout instead of the text summary.
     #[arg(long, global = true)]
     json: bool,
@@ -139,20 +154,16 @@ impl Command {
 
 fn main() -> ExitCode {
     pipeline::process::tune_malloc();
-    let (cli, command) = match parse() {
+    let (cli, command, config) = match parse() {
         Ok(parsed) => parsed,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
-        }
+        Err(code) => return ExitCode::from(code),
     };
     pipeline::process::init_logging(cli.log_format);
     let started = std::time::Instant::now();
     tracing::info!(command = %command, version = pipeline::VERSION, data_dir = %cli.data_dir, "{command} started");
+    if let Some(file) = &config {
+        tracing::info!(config = %file.display(), "configuration from {}", file.display());
+    }
     // With --json, a command that fails before printing its report prints the error as JSON
     // on stdout too (it printed nothing there); `sql` prints rows, not reports.
     let json_error = cli.json && !matches!(cli.command, Command::Sql(_));
@@ -165,7 +176,7 @@ fn main() -> ExitCode {
                     "error": e.chain(),
                     "exit_code": e.exit_code(),
                 });
-                println!("{}", serde_json::to_string_pretty(&error).expect("json"));
+                pipeline::report::stdout_line(&serde_json::to_string_pretty(&error).expect("json"));
             }
             e.exit_code()
         }
@@ -196,17 +207,40 @@ fn die_by_signal(code: u8) -> ! {
     std::process::exit(code.into())
 }
 
-/// The command line, and the command's name (for the log lines).
-fn parse() -> std::result::Result<(Cli, String), clap::Error> {
+/// The command line (flags, environment, configuration file: [`pipeline::config`]), the
+/// command's name (for the log lines), and the configuration file read. A mistake is printed
+/// here; the error is the exit code.
+fn parse() -> std::result::Result<(Cli, String, Option<PathBuf>), u8> {
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().try_get_matches()?;
-    let cli = Cli::from_arg_matches(&matches)?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = pipeline::config::with_env(Cli::command());
+    let (command, file) = pipeline::config::apply(command, &args, &|k| std::env::var(k).ok())
+        .map_err(|e| {
+            eprintln!("error: {}", e.chain());
+            e.exit_code()
+        })?;
+    let clap_error = |e: clap::Error| {
+        let _ = e.print();
+        if e.use_stderr() {
+            exit::USAGE
+        } else {
+            exit::OK
+        }
+    };
+    let matches = command.try_get_matches_from(args).map_err(clap_error)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
     let name = matches.subcommand_name().unwrap_or("pipeline").to_string();
-    Ok((cli, name))
+    if let (Command::Run(o), Some((_, sub))) = (&mut cli.command, matches.subcommand()) {
+        // Named anywhere (flag, environment, file), ScyllaDB is expected to answer.
+        o.scylla_configured = file.sets("run", "scylla_uri")
+            || sub.value_source("scylla_uri") != Some(clap::parser::ValueSource::DefaultValue);
+    }
+    Ok((cli, name, file.path))
 }
 
 /// Run the command and print its report; returns the exit code.
 fn execute(cli: Cli) -> Result<u8> {
+    store::set_retry_window(cli.store_retry_secs);
     let layout = Layout::parse(&cli.data_dir)?
         .with_scratch(cli.scratch_dir)
         .with_landing_prefix(&cli.landing_prefix)?;
@@ -254,7 +288,9 @@ fn execute(cli: Cli) -> Result<u8> {
             Err(e @ Error::LoadIncomplete { .. }) if json => {
                 if let Error::LoadIncomplete { report, .. } = &e {
                     pipeline::report::mark_printed();
-                    println!("{}", serde_json::to_string_pretty(report).expect("json"));
+                    pipeline::report::stdout_line(
+                        &serde_json::to_string_pretty(report).expect("json"),
+                    );
                 }
                 Err(e)
             }

@@ -52,17 +52,52 @@ pub struct Summary {
 pub fn print<R: Report>(json: bool, report: &R) -> u8 {
     mark_printed();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(report).expect("reports serialise")
-        );
+        stdout_line(&serde_json::to_string_pretty(report).expect("reports serialise"));
     } else {
-        println!("{}", report.text());
+        stdout_line(&report.text());
     }
     for w in report.warnings() {
         eprintln!("warning: {w}");
     }
     report.exit_code()
+}
+
+/// A time as every JSON report writes it: RFC 3339 in UTC with microseconds
+/// (`2026-12-04T04:15:32.684566Z`), which is how `sql --format json` writes a timestamp column
+/// (Delta timestamps are microseconds). `run`, `history` and `run --follow` each wrote another
+/// form (`+00:00` and nanoseconds; `2026-12-04 04:15:32`).
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// An exact decimal (its digits, `5679.30`) as a JSON number with exactly those digits, which
+/// is how `sql --format json` writes a decimal column; `lookup` wrote strings. Never a float.
+pub fn decimal<S: serde::Serializer>(digits: &str, s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    use serde::ser::Error;
+    let raw = serde_json::value::RawValue::from_string(digits.to_string())
+        .map_err(|e| S::Error::custom(format!("{digits:?} is not a decimal: {e}")))?;
+    raw.serialize(s)
+}
+
+/// [`decimal`] for an optional one (`null` when absent).
+pub fn decimal_opt<S: serde::Serializer>(
+    digits: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match digits {
+        Some(d) => decimal(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Print a line on stdout. A reader that has gone (`pipeline history | head -3`) ends the
+/// output quietly, as `sql` does (`println!` panicked there with a backtrace); the command's
+/// exit code is unchanged, since its work is done and committed either way.
+pub fn stdout_line(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
 /// Whether a report went to stdout (so a failure after it does not print a second document).

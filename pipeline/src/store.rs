@@ -209,17 +209,25 @@ pub fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     }
     let store = AmazonS3Builder::from_env()
         .with_url(url)
-        .with_retry(retry()?)
+        .with_retry(retry())
         .build()
         .map_err(|e| Error::Invalid(format!("cannot use {url}: {e}")))?;
     let prefix = Path::from(parsed.path().trim_matches('/'));
     Ok((Arc::new(store), prefix))
 }
 
-/// Environment variable: how long a failed store request is retried, in seconds (default
-/// 180, object_store's): past it the command fails with the store's error, having committed
-/// nothing half-way, and a rerun resumes.
-pub const RETRY_SECS_ENV: &str = "PIPELINE_STORE_RETRY_SECS";
+/// How long a failed store request is retried by default, in seconds (object_store's
+/// default): past it the command fails with the store's error, having committed nothing
+/// half-way, and a rerun resumes. The option: `--store-retry-secs`.
+pub const DEFAULT_RETRY_SECS: u64 = 180;
+
+/// The retry window of this process's stores, set once from the command line.
+static RETRY_SECS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Set this process's retry window (`--store-retry-secs`) before any store is opened.
+pub fn set_retry_window(secs: u64) {
+    let _ = RETRY_SECS.set(secs);
+}
 
 /// The time window governs, not a count: object_store's default of 10 retries with jittered
 /// backoff gives up after about 3 s, so a store restarting for longer failed the command (seen
@@ -228,7 +236,7 @@ pub const RETRY_SECS_ENV: &str = "PIPELINE_STORE_RETRY_SECS";
 /// twice the last), so its log line ("backing off ..., retry N of MAX: <error>") comes every
 /// few seconds, not several a second as with the 100 ms default; the count is set so that the
 /// window ends first (two a second at most), yet finite.
-fn retry() -> Result<object_store::RetryConfig> {
+fn retry() -> object_store::RetryConfig {
     let mut config = object_store::RetryConfig {
         backoff: object_store::BackoffConfig {
             init_backoff: std::time::Duration::from_secs(1),
@@ -237,14 +245,10 @@ fn retry() -> Result<object_store::RetryConfig> {
         },
         ..Default::default()
     };
-    if let Ok(v) = std::env::var(RETRY_SECS_ENV) {
-        let secs: u64 = v.parse().map_err(|_| {
-            Error::Invalid(format!("{RETRY_SECS_ENV}={v:?} is not a number of seconds"))
-        })?;
-        config.retry_timeout = std::time::Duration::from_secs(secs);
-    }
+    config.retry_timeout =
+        std::time::Duration::from_secs(*RETRY_SECS.get().unwrap_or(&DEFAULT_RETRY_SECS));
     config.max_retries = (config.retry_timeout.as_secs() as usize).max(1) * 2;
-    Ok(config)
+    config
 }
 
 /// What to check when a store cannot be read or written, in every such message.

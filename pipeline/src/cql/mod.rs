@@ -21,9 +21,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-/// Where ScyllaDB is and how to talk to it. Credentials are not options: they come only from
-/// the environment (`SCYLLA_USERNAME`, and `SCYLLA_PASSWORD` or `SCYLLA_PASSWORD_FILE`) and
-/// are never printed.
+/// Where ScyllaDB is and how to talk to it. The password is never an option: it comes from
+/// `SCYLLA_PASSWORD` or from the file `--scylla-password-file` names, and is never printed.
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ScyllaOptions {
     /// Contact point(s), host:port[,host:port...].
@@ -51,7 +50,20 @@ pub struct ScyllaOptions {
     /// password would go in plaintext).
     #[arg(long, env = "SCYLLA_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
+    /// User name, when the cluster requires a login; the password comes from SCYLLA_PASSWORD
+    /// or --scylla-password-file.
+    #[arg(long, env = "SCYLLA_USERNAME", value_name = "USER")]
+    #[serde(skip)]
+    pub scylla_username: Option<String>,
+    /// A file holding the password (one line; used when SCYLLA_PASSWORD is not set).
+    #[arg(long, env = "SCYLLA_PASSWORD_FILE", value_name = "FILE")]
+    #[serde(skip)]
+    pub scylla_password_file: Option<PathBuf>,
 }
+
+/// The environment variable of the password (never an option, so never in a process list,
+/// a log or a configuration file).
+const PASSWORD_ENV: &str = "SCYLLA_PASSWORD";
 
 impl Default for ScyllaOptions {
     fn default() -> Self {
@@ -127,24 +139,32 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// here instead of hanging.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn credentials() -> Result<Option<(String, String)>> {
-    let Ok(user) = std::env::var("SCYLLA_USERNAME") else {
+/// The login, if `--scylla-username` is given: the password from SCYLLA_PASSWORD, else the
+/// password file.
+fn credentials(o: &ScyllaOptions) -> Result<Option<(String, String)>> {
+    let Some(user) = o.scylla_username.clone() else {
         return Ok(None);
     };
-    let password = match std::env::var("SCYLLA_PASSWORD") {
-        Ok(p) => p,
-        Err(_) => match std::env::var("SCYLLA_PASSWORD_FILE") {
-            Ok(f) => std::fs::read_to_string(&f)
-                .map_err(|e| Error::io(format!("cannot read SCYLLA_PASSWORD_FILE {f}"), e))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-            Err(_) => {
-                return Err(Error::Invalid(
-                    "SCYLLA_USERNAME is set but neither SCYLLA_PASSWORD nor SCYLLA_PASSWORD_FILE is"
-                        .into(),
-                ));
-            }
-        },
+    let password = match (std::env::var(PASSWORD_ENV), &o.scylla_password_file) {
+        (Ok(p), _) => p,
+        (Err(_), Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "cannot read the password file {} (--scylla-password-file)",
+                        f.display()
+                    ),
+                    e,
+                )
+            })?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        (Err(_), None) => {
+            return Err(Error::Invalid(format!(
+                "a ScyllaDB user name is set (--scylla-username / SCYLLA_USERNAME) but no \
+                 password: set {PASSWORD_ENV}, or SCYLLA_PASSWORD_FILE / --scylla-password-file"
+            )));
+        }
     };
     Ok(Some((user, password)))
 }
@@ -213,7 +233,7 @@ pub async fn connect(o: &ScyllaOptions) -> Result<Session> {
     {
         b = b.known_node(node);
     }
-    if let Some((user, password)) = credentials()? {
+    if let Some((user, password)) = credentials(o)? {
         b = b.user(user, password);
     }
     if let Some(tls) = tls_context(o)? {

@@ -126,7 +126,12 @@ impl Report for GenerateReport {
             files: self.files,
             bytes: self.bytes,
             note: if self.skipped {
-                format!("batch {} already complete", self.batch)
+                format!(
+                    "batch {} already complete ({} rows in {} files)",
+                    self.batch,
+                    crate::report::thousands(self.rows),
+                    self.files
+                )
             } else {
                 format!("batch {}", self.batch)
             },

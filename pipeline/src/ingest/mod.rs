@@ -280,7 +280,7 @@ async fn execute(
 ) -> Result<(Vec<Add>, commit::RunRecord)> {
     report.run_seq = Some(run.seq);
     report.landed_us = new.iter().map(|f| f.modified_us).collect();
-    report.reference_time = Some(run.reference.to_rfc3339());
+    report.reference_time = Some(crate::report::timestamp(run.reference));
     let t = Instant::now();
     let plan = {
         let (new, dir) = (new.to_vec(), scratch.dir.clone());

@@ -36,7 +36,8 @@ pub struct LookupOptions {
     pub profile: bool,
 }
 
-/// A customer's profile as `lookup --profile` shows it (amounts as decimal strings).
+/// A customer's profile as `lookup --profile` shows it (amounts exact: JSON numbers with
+/// their two decimals, [`crate::report::decimal`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct ProfileView {
     /// The customer.
@@ -44,6 +45,7 @@ pub struct ProfileView {
     /// The latest day in the data the profile is computed as of.
     pub as_of_day: String,
     /// Approved total over the customer's lifetime.
+    #[serde(serialize_with = "crate::report::decimal")]
     pub lifetime_total: String,
     /// Approved transactions.
     pub lifetime_count: i64,
@@ -58,12 +60,16 @@ pub struct ProfileView {
     /// Days with a transaction.
     pub active_days: i64,
     /// Approved total / approved count.
+    #[serde(serialize_with = "crate::report::decimal_opt")]
     pub average_ticket: Option<String>,
     /// Approved total of the last 7 days.
+    #[serde(serialize_with = "crate::report::decimal")]
     pub total_last_7d: String,
     /// Approved total of the last 30 days.
+    #[serde(serialize_with = "crate::report::decimal")]
     pub total_last_30d: String,
     /// Estimated approved spend over the next 30 days.
+    #[serde(serialize_with = "crate::report::decimal")]
     pub spend_forecast_30d: String,
 }
 
@@ -93,14 +99,17 @@ pub struct LookupRow {
     /// The day.
     pub transaction_date: String,
     /// Approved total.
+    #[serde(serialize_with = "crate::report::decimal")]
     pub total_amount: String,
     /// Approved transactions.
     pub transaction_count: i64,
     /// Declined transactions.
     pub declined_count: i64,
     /// Smallest approved amount.
+    #[serde(serialize_with = "crate::report::decimal_opt")]
     pub min_amount: Option<String>,
     /// Largest approved amount.
+    #[serde(serialize_with = "crate::report::decimal_opt")]
     pub max_amount: Option<String>,
 }
 

@@ -374,7 +374,8 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
         state.report.errors += b.errors.len() as u64;
     }
     let mut report = finish(state, started);
-    match super::history::record(layout, &report.as_run(now), now).await {
+    let ended = chrono::Utc::now();
+    match super::history::record(layout, &report.as_run(now, ended), (now, ended)).await {
         Ok(v) => report.history_version = Some(v),
         Err(e) => tracing::warn!(error = %e, "could not record the session in the history table"),
     }
@@ -434,9 +435,9 @@ async fn start(opts: &RunOptions) -> Result<(State, Stop)> {
 
 fn print_batch(json: bool, b: &MicroBatch) {
     if json {
-        println!("{}", serde_json::to_string(b).expect("reports serialise"));
+        crate::report::stdout_line(&serde_json::to_string(b).expect("reports serialise"));
     } else {
-        println!("{}", b.line());
+        crate::report::stdout_line(&b.line());
     }
 }
 
@@ -719,17 +720,18 @@ impl FollowReport {
     pub fn print_last(&self, json: bool) {
         crate::report::mark_printed();
         if json {
-            println!(
-                "{}",
-                serde_json::to_string(self).expect("reports serialise")
-            );
+            crate::report::stdout_line(&serde_json::to_string(self).expect("reports serialise"));
         } else {
-            println!("{}", self.text());
+            crate::report::stdout_line(&self.text());
         }
     }
 
     /// The session as a run history row: its totals as the stages' summaries.
-    fn as_run(&self, started: chrono::DateTime<chrono::Utc>) -> RunReport {
+    fn as_run(
+        &self,
+        started: chrono::DateTime<chrono::Utc>,
+        ended: chrono::DateTime<chrono::Utc>,
+    ) -> RunReport {
         let stage = |stage: &'static str, rows: u64, files: u64| StageSummary {
             stage,
             skipped: rows == 0,
@@ -743,8 +745,8 @@ impl FollowReport {
         };
         RunReport {
             run_id: uuid::Uuid::new_v4().to_string(),
-            started_at: started.to_rfc3339(),
-            ended_at: chrono::Utc::now().to_rfc3339(),
+            started_at: crate::report::timestamp(started),
+            ended_at: crate::report::timestamp(ended),
             outcome: format!(
                 "follow: {} micro-batch(es), freshness p99 {:.2} s, stopped by {}",
                 self.micro_batches, self.freshness.p99_s, self.stopped_by

@@ -20,11 +20,12 @@ use crate::report::{Report, Summary};
 use crate::schema::RUN_HISTORY;
 use crate::tables::Table;
 
-/// Append a run to the history; returns the history table's new version.
+/// Append a run to the history; returns the history table's new version. `started` and
+/// `ended` are the times the report shows.
 pub async fn record(
     layout: &Layout,
     r: &RunReport,
-    started: chrono::DateTime<chrono::Utc>,
+    (started, ended): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
 ) -> Result<i64> {
     let name = Table::RunHistory.name();
     let table = delta::open_or_create(layout, Table::RunHistory).await?;
@@ -39,7 +40,7 @@ pub async fn record(
         vec![
             Arc::new(StringArray::from(vec![r.run_id.clone()])),
             ts(started.timestamp_micros()),
-            ts(chrono::Utc::now().timestamp_micros()),
+            ts(ended.timestamp_micros()),
             Arc::new(StringArray::from(vec![stages.join(", ")])),
             Arc::new(StringArray::from(vec![r.outcome.clone()])),
             Arc::new(StringArray::from(vec![
@@ -111,12 +112,12 @@ impl Report for HistoryReport {
             return format!("no runs recorded yet in {}", self.table);
         }
         let mut s = format!(
-            "{:<20} {:<20} {:<38} outcome / stages",
+            "{:<27} {:<27} {:<36} outcome / stages",
             "started", "ended", "run id"
         );
         for r in &self.runs {
             s.push_str(&format!(
-                "\n{:<20} {:<20} {:<38} {}\n{:>80}{}",
+                "\n{:<27} {:<27} {:<36} {}\n{:>92}{}",
                 r.started_at, r.ended_at, r.run_id, r.outcome, "", r.stages
             ));
         }
@@ -175,7 +176,7 @@ fn rows(b: &RecordBatch) -> Result<Vec<HistoryRow>> {
             return String::new();
         }
         chrono::DateTime::from_timestamp_micros(a.value(i))
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .map(crate::report::timestamp)
             .unwrap_or_default()
     };
     Ok((0..b.num_rows())

@@ -31,7 +31,7 @@ pub async fn run(
     let now = chrono::Utc::now();
     let mut report = RunReport {
         run_id: uuid::Uuid::new_v4().to_string(),
-        started_at: now.to_rfc3339(),
+        started_at: crate::report::timestamp(now),
         ..Default::default()
     };
     // One display for the whole run: a line per stage, each kept when its stage ends.
@@ -68,12 +68,13 @@ pub async fn run(
     if result.is_ok() {
         report.outcome = "succeeded".into();
     }
-    report.ended_at = chrono::Utc::now().to_rfc3339();
+    let ended = chrono::Utc::now();
+    report.ended_at = crate::report::timestamp(ended);
     report.seconds = started.elapsed().as_secs_f64();
     // A signal while the run is recorded (a store retrying for minutes) ends the wait:
     // the run's work is done or safely stopped either way. After an interruption the wait is
     // bounded too.
-    let record = history::record(layout, &report, now);
+    let record = history::record(layout, &report, (now, ended));
     let recorded = if matches!(result, Err(Error::Interrupted { .. })) {
         tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(15), record) => r.unwrap_or_else(|_| {

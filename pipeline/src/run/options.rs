@@ -96,6 +96,9 @@ pub struct RunOptions {
     /// Load options (and where ScyllaDB is).
     #[command(flatten, next_help_heading = "Load")]
     pub load: LoadOptions,
+    /// Whether `--scylla-uri` was given (flag, environment or configuration file).
+    #[arg(skip)]
+    pub scylla_configured: bool,
 }
 
 impl Default for RunOptions {
@@ -149,9 +152,7 @@ impl RunOptions {
 
     /// Load was asked for explicitly (otherwise it is skipped when ScyllaDB does not answer).
     pub fn load_requested(&self) -> bool {
-        self.stages.contains(&Stage::Load)
-            || self.to == Some(Stage::Load)
-            || std::env::var_os("SCYLLA_URI").is_some()
+        self.stages.contains(&Stage::Load) || self.to == Some(Stage::Load) || self.scylla_configured
     }
 }
 

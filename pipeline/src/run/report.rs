@@ -32,10 +32,16 @@ pub struct StageSummary {
 impl StageSummary {
     /// The summary of a finished stage's report.
     pub fn of<R: Report>(r: &R) -> Self {
+        let mut summary = r.summary();
+        if r.skipped() {
+            // A stage that did nothing shows nothing done (a skipped generate showed the
+            // existing batch's rows, files and bytes as if it had written them again).
+            (summary.rows, summary.files, summary.bytes) = (0, 0, 0);
+        }
         StageSummary {
             stage: r.stage(),
             skipped: r.skipped(),
-            summary: r.summary(),
+            summary,
             exit_code: r.exit_code(),
             warnings: r.warnings().to_vec(),
             report: serde_json::to_value(r).unwrap_or_default(),

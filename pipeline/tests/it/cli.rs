@@ -138,3 +138,280 @@ fn a_batch_run_ignores_the_metrics_address_of_the_environment() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One option set four ways: the default, `pipeline.toml` in the data dir, its environment
+/// variable, its flag, each overriding the one before (there was no configuration file, and
+/// only 6 of ~40 options had a variable); a `[command]` section overrides the top level.
+#[test]
+fn configuration_file_then_environment_then_flags() {
+    let d = Data::new();
+    let rows = |args: &[&str], env: &[(&str, &str)]| {
+        let out = d.run_env(args, env);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["rows"].as_u64().unwrap()
+    };
+    assert_eq!(
+        rows(&["generate", "--batch", "1"], &[]),
+        100_000,
+        "the default"
+    );
+    std::fs::write(
+        d.path().join("pipeline.toml"),
+        "rows = 3000\ndays = 2\n\n[run]\nrows = 4000\n",
+    )
+    .unwrap();
+    assert_eq!(rows(&["generate", "--batch", "2"], &[]), 3000, "the file");
+    assert_eq!(
+        rows(&["generate", "--batch", "3"], &[("PIPELINE_ROWS", "2000")]),
+        2000,
+        "the environment over the file"
+    );
+    assert_eq!(
+        rows(
+            &["generate", "--batch", "4", "--rows", "1000"],
+            &[("PIPELINE_ROWS", "2000")]
+        ),
+        1000,
+        "the flag over the environment"
+    );
+    let run = d.ok(&["run", "--generate", "--batch", "5", "--stages", "generate"]);
+    assert_eq!(
+        run["stages"][0]["report"]["rows"], 4000,
+        "[run] over the top level: {run}"
+    );
+    // A file named by --config instead of the data dir's.
+    let other = d.path().join("other.toml");
+    std::fs::write(&other, "[generate]\nrows = 1500\n").unwrap();
+    let config = other.display().to_string();
+    assert_eq!(
+        rows(&["--config", &config, "generate", "--batch", "6"], &[]),
+        1500
+    );
+}
+
+/// A mistake in the configuration is exit 2 naming the file and the key (with the closest
+/// key), before anything runs; a secret in the file is refused without being echoed.
+#[test]
+fn configuration_mistakes_name_the_file_and_the_key() {
+    let d = Data::new();
+    let file = d.path().join("pipeline.toml");
+    let fails = |text: &str, args: &[&str]| {
+        std::fs::write(&file, text).unwrap();
+        let out = d.run_env(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        err
+    };
+    let err = fails("rows_per_fle = 10\n", &["generate"]);
+    assert!(
+        err.contains("`rows_per_fle` is not an option (did you mean `rows_per_file`?)"),
+        "{err}"
+    );
+    let err = fails("[generate]\nrows = \"lots\"\n", &["generate"]);
+    assert!(err.contains("[generate] `rows` = \"lots\""), "{err}");
+    let err = fails("from = \"ingest\"\n", &["run"]);
+    assert!(err.contains("put it under [lookup] or [run]"), "{err}");
+    let err = fails("scylla_password = \"hunter2-staple\"\n", &["load"]);
+    assert!(
+        err.contains("SCYLLA_PASSWORD") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let err = fails("aws_secret_access_key = \"AKIAxyz\"\n", &["ingest"]);
+    assert!(err.contains("AWS_*") && !err.contains("AKIAxyz"), "{err}");
+    let err = fails("rows = [\n", &["generate"]);
+    assert!(err.contains("is not valid TOML"), "{err}");
+    assert!(!d.path().join("_raw").exists(), "nothing ran");
+    std::fs::remove_file(&file).unwrap();
+    let out = d.run_env(&["--config", "/nonexistent/p.toml", "generate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/p.toml does not exist"));
+}
+
+/// Every option of every command has an environment variable, `--help` says how they rank,
+/// and docs/configuration.md lists exactly the variables there are.
+#[test]
+fn every_option_has_a_variable_and_the_docs_list_them() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(args)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let top = help(&[]);
+    assert!(top.contains("from lowest to highest precedence"), "{top}");
+    let commands: Vec<String> = top
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help" && c != "completions")
+        .collect();
+    assert!(commands.len() > 10, "{commands:?}");
+    let mut variables = std::collections::BTreeSet::new();
+    for command in &commands {
+        let text = help(&[command]);
+        // Each option is a block that starts with its flag line (indented less than the
+        // text under it, which may hold `- value: ...` lines) and ends at the next one.
+        let is_flag = |l: &str| {
+            let indent = l.len() - l.trim_start().len();
+            indent > 0 && indent < 8 && l.trim_start().starts_with('-')
+        };
+        let mut blocks: Vec<Vec<&str>> = Vec::new();
+        for line in text.lines() {
+            if is_flag(line) {
+                blocks.push(vec![line]);
+            } else if !line.starts_with(' ') && !line.is_empty() {
+                blocks.push(Vec::new()); // a heading ends the option before it
+            } else if let Some(block) = blocks.last_mut().filter(|b| !b.is_empty()) {
+                block.push(line);
+            }
+        }
+        for block in blocks.iter().filter(|b| !b.is_empty()) {
+            let option = block.join("\n");
+            let flag = block[0]
+                .split_whitespace()
+                .find(|w| w.starts_with("--"))
+                .unwrap();
+            if flag == "--help" || flag == "--version" {
+                continue;
+            }
+            let env = option
+                .split("[env: ")
+                .nth(1)
+                .and_then(|r| r.split(['=', ']']).next())
+                .unwrap_or_else(|| panic!("{command} {flag} has no variable:\n{option}"));
+            variables.insert(env.to_string());
+        }
+    }
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .unwrap();
+    let documented: std::collections::BTreeSet<String> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|v| v.starts_with("PIPELINE_") || v.starts_with("SCYLLA_"))
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<_> = variables.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&variables).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "docs/configuration.md: missing {missing:?}, not an option {stale:?}"
+    );
+}
+
+/// A reader that goes away (`pipeline history | head -1`) ends the output quietly: the
+/// report's `println!` panicked with "failed printing to stdout: Broken pipe".
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let d = Data::new();
+    let mut child = d
+        .command(&["generate", "--rows", "100", "--days", "1"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the report is printed
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Every JSON output writes a time one way, as `sql --format json` writes a timestamp column:
+/// RFC 3339 in UTC with microseconds (`run` wrote `+00:00` with nanoseconds, `history`
+/// `2026-12-04 04:15:32`); and a skipped stage shows nothing done (a skipped generate showed
+/// the existing batch's 2,000 rows as if written again).
+#[test]
+fn json_times_are_one_format_and_a_skipped_stage_did_nothing() {
+    let d = Data::new();
+    let args = [
+        "run",
+        "--generate",
+        "--rows",
+        "2000",
+        "--days",
+        "2",
+        "--stages",
+        "generate,ingest",
+    ];
+    let first = d.ok(&args);
+    let again = d.ok(&args);
+    let generate = &again["stages"][0];
+    assert_eq!(generate["stage"], "generate");
+    assert_eq!(generate["skipped"], true, "{generate}");
+    assert_eq!(
+        (
+            generate["rows"].as_u64(),
+            generate["files"].as_u64(),
+            generate["bytes"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{generate}"
+    );
+    let note = generate["note"].as_str().unwrap();
+    assert!(
+        note.contains("already complete (2,000 rows in 2 files)"),
+        "{note}"
+    );
+    assert_eq!(first["stages"][0]["rows"], 2000);
+
+    let is_time = |v: &serde_json::Value| {
+        let s = v.as_str().unwrap_or_default();
+        let b = s.as_bytes();
+        s.len() == 27
+            && chrono::NaiveDateTime::parse_from_str(&s[..26], "%Y-%m-%dT%H:%M:%S%.6f").is_ok()
+            && b[19] == b'.'
+            && s.ends_with('Z')
+    };
+    let history = d.ok(&["history"]);
+    let sql = d.run_env(
+        &[
+            "sql",
+            "--format",
+            "json",
+            "SELECT run_id, started_at, ended_at FROM run_history",
+        ],
+        &[],
+    );
+    assert_eq!(sql.status.code(), Some(0));
+    let sql: Vec<serde_json::Value> = String::from_utf8_lossy(&sql.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for run in [&first, &again] {
+        let id = &run["run_id"];
+        let listed = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["run_id"] == *id)
+            .unwrap();
+        let queried = sql.iter().find(|r| r["run_id"] == *id).unwrap();
+        for key in ["started_at", "ended_at"] {
+            assert!(is_time(&run[key]), "run {key}: {}", run[key]);
+            assert_eq!(listed[key], run[key], "history {key}");
+            assert_eq!(queried[key], run[key], "sql {key}");
+        }
+    }
+    let ingest = &first["stages"][1]["report"];
+    assert!(is_time(&ingest["reference_time"]), "{ingest}");
+}

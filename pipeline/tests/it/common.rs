@@ -356,3 +356,20 @@ pub fn table_id(table: &Path) -> String {
     }
     id.expect("a metaData action")
 }
+
+/// The values of `key` in JSON text exactly as written (`"total_amount": 5679.30` gives
+/// `5679.30`), in order: what a parser that reads numbers as floats would lose.
+pub fn json_tokens(text: &str, key: &str) -> Vec<String> {
+    let needle = format!("\"{key}\":");
+    text.match_indices(&needle)
+        .map(|(i, _)| {
+            text[i + needle.len()..]
+                .trim_start()
+                .split([',', '}', '\n'])
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect()
+}

@@ -91,6 +91,17 @@ impl Cql {
         d.run_env(args, &all)
     }
 
+    /// The stdout of a successful command, as written.
+    pub(crate) fn stdout(&self, d: &Data, args: &[&str]) -> String {
+        let out = self.run(d, args, &[]);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub(crate) fn ok(&self, d: &Data, args: &[&str]) -> Value {
         let out = self.run(d, args, &[]);
         assert!(
@@ -204,7 +215,8 @@ fn load_lookup_and_verify_end_to_end_then_only_changed_days() {
 
     // lookup: one customer's days, newest first, as in Delta.
     let (&(customer, _), _) = expected.iter().next().unwrap();
-    let out = cql.ok(&d, &["lookup", "--customer", &customer.to_string()]);
+    let text = cql.stdout(&d, &["lookup", "--customer", &customer.to_string()]);
+    let out: Value = serde_json::from_str(&text).unwrap();
     let want: Vec<_> = expected
         .iter()
         .filter(|((c, _), _)| *c == customer)
@@ -213,14 +225,32 @@ fn load_lookup_and_verify_end_to_end_then_only_changed_days() {
         .collect();
     let got = out.as_array().unwrap();
     assert_eq!(got.len(), want.len());
-    for (g, (day, v)) in got.iter().zip(&want) {
+    // Amounts are JSON numbers with exactly their two decimals, as `sql --format json`
+    // writes them (they were strings): compared as written, not as parsed floats.
+    let amounts = crate::common::json_tokens(&text, "total_amount");
+    for ((g, (day, v)), amount) in got.iter().zip(&want).zip(&amounts) {
         assert_eq!(g["transaction_date"].as_str().unwrap(), day.as_str());
-        assert_eq!(
-            g["total_amount"].as_str().unwrap(),
-            format!("{}.{:02}", v.0 / 100, v.0 % 100)
-        );
+        assert_eq!(*amount, format!("{}.{:02}", v.0 / 100, v.0 % 100));
         assert_eq!(g["transaction_count"].as_i64().unwrap(), v.1);
     }
+    assert_eq!(amounts.len(), want.len());
+    let sql = d.run_env(
+        &[
+            "sql",
+            "--format",
+            "json",
+            &format!(
+                "SELECT total_amount FROM customer_daily_aggregates WHERE customer_id = {customer} \
+                 ORDER BY transaction_date DESC"
+            ),
+        ],
+        &[],
+    );
+    assert_eq!(
+        crate::common::json_tokens(&String::from_utf8_lossy(&sql.stdout), "total_amount"),
+        amounts,
+        "sql and lookup write a decimal the same way"
+    );
     let ranged = cql.ok(
         &d,
         &[
@@ -516,6 +546,22 @@ fn wrong_credentials_are_a_clear_error_without_the_password() {
         ],
     );
     assert!(ok.status.success(), "{}", stderr(&ok));
+    // The same login from the configuration file: a user name, and a password file (the
+    // file may not hold the password itself).
+    let secret = d.path().join("scylla-password");
+    std::fs::write(&secret, "right-horse-battery\n").unwrap();
+    std::fs::write(
+        d.path().join("pipeline.toml"),
+        format!(
+            "scylla_username = \"loader\"\nscylla_password_file = {:?}\n",
+            secret.display().to_string()
+        ),
+    )
+    .unwrap();
+    let ok = cql.run(&d, &["load"], &[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let without = cql.run(&d, &["load"], &[("SCYLLA_USERNAME", "somebody")]);
+    assert_eq!(without.status.code(), Some(5), "{}", stderr(&without));
 }
 
 #[test]

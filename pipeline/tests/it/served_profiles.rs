@@ -167,15 +167,18 @@ fn profiles_are_served_equal_to_delta_incrementally_and_verify_and_lookup_cover_
         .next()
         .map(|(c, p)| (c, p.clone()))
         .unwrap();
-    let l = cql.ok(
+    let text = cql.stdout(
         &d,
         &["lookup", "--customer", &customer.to_string(), "--profile"],
     );
+    let l: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(l["customer_id"], customer);
     assert_eq!(l["lifetime_count"], p.count);
     let cents = |c: i128| format!("{}.{:02}", c / 100, c % 100);
-    assert_eq!(l["lifetime_total"], cents(p.total));
-    assert_eq!(l["spend_forecast_30d"], cents(p.forecast));
+    // Exact decimals: JSON numbers with their two decimals, compared as written.
+    let token = |key: &str| crate::common::json_tokens(&text, key);
+    assert_eq!(token("lifetime_total"), [cents(p.total)]);
+    assert_eq!(token("spend_forecast_30d"), [cents(p.forecast)]);
     let none = cql.run(&d, &["lookup", "--customer", "987654321", "--profile"], &[]);
     assert_eq!(
         String::from_utf8_lossy(&none.stdout).trim(),
