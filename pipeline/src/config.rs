@@ -109,6 +109,17 @@ fn env_name(command: &str, id: &str, per_command: bool) -> String {
     name.replace('-', "_").to_ascii_uppercase()
 }
 
+/// A switch's variable takes any usual spelling (`1`, `yes`, `on`, `true`; `0`, `no`, `off`,
+/// `false`), as clap recommends for switches read from the environment (only `true` and
+/// `false` were accepted, with an error naming a `--json` flag nobody typed).
+fn with_boolish(arg: Arg) -> Arg {
+    if is_switch(&arg) {
+        arg.value_parser(clap::builder::BoolishValueParser::new())
+    } else {
+        arg
+    }
+}
+
 /// Give every option an environment variable, and every help the precedence.
 pub fn with_env(root: Command) -> Command {
     let opts = options(&root);
@@ -119,9 +130,10 @@ pub fn with_env(root: Command) -> Command {
             match opts.get(&id) {
                 Some(o) if arg.get_env().is_none() => {
                     let env = env_name(&command, &id, o.per_command);
-                    arg.env(env)
+                    with_boolish(arg.env(env))
                 }
-                _ => arg,
+                Some(_) => with_boolish(arg),
+                None => arg,
             }
         }
     };
@@ -164,10 +176,12 @@ pub fn variables(root: &Command) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// The value of `--name` on a command line (`--name V` or `--name=V`), before `--`.
-fn flag_value(args: &[OsString], name: &str) -> Option<OsString> {
+/// The value of the last `--name` on a command line (`--name V` or `--name=V`), before `--`;
+/// `Some(None)` when the last one has no value (clap then says so).
+fn flag_value(args: &[OsString], name: &str) -> Option<Option<OsString>> {
     let long = format!("--{name}");
     let with_eq = format!("--{name}=");
+    let mut found = None;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
@@ -175,10 +189,33 @@ fn flag_value(args: &[OsString], name: &str) -> Option<OsString> {
             break;
         }
         if s == long {
-            return it.next().cloned();
+            found = Some(it.next().cloned());
+        } else if let Some(v) = s.strip_prefix(&with_eq) {
+            found = Some(Some(v.into()));
         }
-        if let Some(v) = s.strip_prefix(&with_eq) {
-            return Some(v.into());
+    }
+    found
+}
+
+/// The command a command line invokes: the first word that is not a global option or its
+/// value.
+fn invoked(root: &Command, args: &[OsString]) -> Option<String> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if let Some(long) = s.strip_prefix("--") {
+            let takes_value = root
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(long))
+                .is_some_and(|arg| arg.get_action().takes_values());
+            if takes_value {
+                it.next();
+            }
+        } else if !s.starts_with('-') {
+            return root
+                .get_subcommands()
+                .find(|c| c.get_name() == s)
+                .map(|c| c.get_name().to_string());
         }
     }
     None
@@ -190,19 +227,27 @@ fn locate(
     args: &[OsString],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<(PathBuf, bool)>> {
-    if let Some(path) = flag_value(args, "config")
-        .map(PathBuf::from)
-        .or_else(|| env("PIPELINE_CONFIG").map(PathBuf::from))
-    {
+    let named = match flag_value(args, "config") {
+        Some(None) => return Ok(None), // `--config` without a file: clap says so
+        Some(Some(v)) => Some(PathBuf::from(v)),
+        None => env("PIPELINE_CONFIG").map(PathBuf::from),
+    };
+    if let Some(path) = named {
         if !path.is_file() {
+            let what = if path.is_dir() {
+                "is a folder, not a file"
+            } else {
+                "does not exist"
+            };
             return Err(Error::Invalid(format!(
-                "config file {} does not exist (given by --config or PIPELINE_CONFIG)",
+                "config file {} {what} (given by --config or PIPELINE_CONFIG)",
                 path.display()
             )));
         }
         return Ok(Some((path, true)));
     }
     let data_dir = flag_value(args, "data-dir")
+        .flatten()
         .map(|v| v.to_string_lossy().to_string())
         .or_else(|| env("PIPELINE_DATA_DIR"))
         .unwrap_or_else(|| "data".to_string());
@@ -211,10 +256,20 @@ fn locate(
         return Ok(None);
     }
     let path = Path::new(&data_dir).join(FILE_NAME);
-    Ok(path.is_file().then_some((path, false)))
+    if path.is_file() {
+        return Ok(Some((path, false)));
+    }
+    if path.symlink_metadata().is_ok() {
+        return Err(Error::Invalid(format!(
+            "{} is not a readable file (a folder, a broken link or a pipe): remove it, or \
+             name another file with --config",
+            path.display()
+        )));
+    }
+    Ok(None)
 }
 
-/// A value of the file as command-line text (arrays: one per element).
+/// A value of the file as command-line text (lists: one per element).
 fn as_text(value: &toml::Value) -> Option<Vec<String>> {
     Some(match value {
         toml::Value::String(s) => vec![s.clone()],
@@ -225,7 +280,10 @@ fn as_text(value: &toml::Value) -> Option<Vec<String>> {
         toml::Value::Array(items) => {
             let mut out = Vec::new();
             for item in items {
-                out.extend(as_text(item).filter(|v| v.len() == 1)?);
+                match item {
+                    toml::Value::Array(_) | toml::Value::Table(_) => return None,
+                    _ => out.extend(as_text(item)?),
+                }
             }
             out
         }
@@ -233,44 +291,55 @@ fn as_text(value: &toml::Value) -> Option<Vec<String>> {
     })
 }
 
-/// Check one value with the option's own parser, so a mistake names the file and the key
-/// (not a `--flag` the user never typed).
-fn check_value(arg: &Arg, values: &[String]) -> std::result::Result<(), String> {
-    if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse) {
+/// Whether an option is a switch (`--json`): true or false, no value on the command line.
+fn is_switch(arg: &Arg) -> bool {
+    matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse)
+}
+
+/// The file's value of one option as its environment variable would hold it, checked with
+/// the option's own parser, so a mistake names the file and the key (not a `--flag` the user
+/// never typed).
+fn env_value(arg: &Arg, values: &[String]) -> std::result::Result<String, String> {
+    if is_switch(arg) {
         return match values {
-            [v] if v == "true" || v == "false" => Ok(()),
+            [v] if v == "true" || v == "false" => Ok(v.clone()),
             _ => Err("expected true or false".into()),
         };
     }
-    let multiple = matches!(arg.get_action(), ArgAction::Append);
-    if values.len() != 1 && !multiple {
-        return Err("expected one value, not a list".into());
-    }
+    let delimiter = arg.get_value_delimiter();
+    let text = match (values, delimiter) {
+        ([one], _) => one.clone(),
+        (many, Some(d)) if !many.is_empty() => many.join(&d.to_string()),
+        _ => return Err("expected one value, not a list".into()),
+    };
     let probe = Arg::new("value")
         .long("value")
         .value_parser(arg.get_value_parser().clone())
-        .action(if multiple {
-            ArgAction::Append
-        } else {
-            ArgAction::Set
-        })
+        .action(arg.get_action().clone())
         .allow_hyphen_values(true);
-    let probe = match arg.get_value_delimiter() {
+    let probe = match delimiter {
         Some(d) => probe.value_delimiter(d),
         None => probe,
     };
-    let mut argv = vec!["--value".to_string()];
-    argv.push(values.join(&arg.get_value_delimiter().unwrap_or(',').to_string()));
     Command::new("check")
         .no_binary_name(true)
         .arg(probe)
-        .try_get_matches_from(argv)
-        .map(|_| ())
+        .try_get_matches_from(["--value", text.as_str()])
+        .map(|_| text.clone())
         .map_err(|e| {
             use std::error::Error as _;
-            match e.source() {
-                Some(s) => s.to_string(),
-                None => e.kind().to_string(),
+            if let Some(s) = e.source() {
+                return s.to_string();
+            }
+            let choices: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_string())
+                .collect();
+            if choices.is_empty() {
+                e.kind().to_string()
+            } else {
+                format!("expected one of {}", choices.join(", "))
             }
         })
 }
@@ -278,14 +347,14 @@ fn check_value(arg: &Arg, values: &[String]) -> std::result::Result<(), String> 
 /// The closest key to a mistyped one, if any is close.
 fn suggest<'a>(key: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a String> {
     known
-        .map(|k| (strsim_distance(key, k), k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .map(|k| (distance(key, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < key.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
 
 /// Levenshtein distance (keys are short).
-fn strsim_distance(a: &str, b: &str) -> usize {
+fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -307,87 +376,100 @@ fn strsim_distance(a: &str, b: &str) -> usize {
 pub struct Loaded {
     /// Its path (`None`: no file).
     pub path: Option<PathBuf>,
-    /// The options it set: (command, or "" for every command that has it; option id).
-    pub set: BTreeSet<(String, String)>,
+    /// The environment variables that stand for its values, for the invoked command, each
+    /// one the environment does not set itself. Set before parsing, they rank the file below
+    /// the environment and the flags, and clap's rules between options (`--until-idle`
+    /// requires `--follow`, `--stages` conflicts with `--from`) see them as it sees any
+    /// variable (as defaults they were invisible to those rules: a file's `follow = true`
+    /// made `--until-idle` an error, and its `stages` silently beat a `--from` flag).
+    pub env: Vec<(String, String)>,
 }
 
-impl Loaded {
-    /// Whether the file set option `id` for `command`.
-    pub fn sets(&self, command: &str, id: &str) -> bool {
-        [command, ""]
-            .iter()
-            .any(|c| self.set.contains(&(c.to_string(), id.to_string())))
-    }
-}
-
-/// The command line with the configuration file's values as the options' defaults, and what
-/// the file set. `env` reads the environment (a parameter for tests).
+/// Read the configuration file for this command line (`root` is [`with_env`]'s command) and
+/// check all of it; `env` reads the environment (a parameter for tests).
 pub fn apply(
-    root: Command,
+    root: &Command,
     args: &[OsString],
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Command, Loaded)> {
+) -> Result<Loaded> {
     let Some((path, explicit)) = locate(args, env)? else {
-        return Ok((root, Loaded::default()));
+        return Ok(Loaded::default());
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::io(format!("cannot read config file {}", path.display()), e))?;
+    let file = path.display().to_string();
+    let text = std::fs::read(&path)
+        .map_err(|e| Error::io(format!("cannot read config file {file}"), e))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| Error::Invalid(format!("config file {file} is not UTF-8 text")))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        // Not e's own text: it quotes the line, which may hold a password.
+        let at = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
         Error::Invalid(format!(
-            "config file {} is not valid TOML: {}",
-            path.display(),
-            e.to_string().trim_end()
+            "config file {file} is not valid TOML{at}: {}",
+            e.message()
         ))
     })?;
-    let file = path.display().to_string();
-    let opts = options(&root);
-    let commands: BTreeSet<String> = root
-        .get_subcommands()
-        .map(|s| s.get_name().to_string())
-        .collect();
-    // (command or "" for every command that has the option, key, values); sections last, so
-    // they override the top level.
-    let mut settings: Vec<(String, String, Vec<String>)> = Vec::new();
+    let opts = options(root);
+    let invoked = invoked(root, args);
+    let subcommand = |name: &str| root.get_subcommands().find(|c| c.get_name() == name);
+    // (section or "", key, value): the top level first, so a section overrides it.
+    let mut settings: Vec<(String, &String, &toml::Value)> = Vec::new();
     let mut sections = Vec::new();
     for (key, value) in &table {
         match value {
-            toml::Value::Table(section) if commands.contains(key) => {
+            toml::Value::Table(section) if subcommand(key).is_some() => {
                 sections.push((key.clone(), section))
             }
-            _ => settings.push((String::new(), key.clone(), Vec::new())),
+            _ => settings.push((String::new(), key, value)),
         }
     }
-    let mut checked = Vec::new();
-    let mut check = |command: &str, key: &str, value: &toml::Value| -> Result<()> {
+    for (name, section) in sections {
+        settings.extend(section.iter().map(|(k, v)| (name.clone(), k, v)));
+    }
+    let mut env_values: BTreeMap<String, String> = BTreeMap::new();
+    for (section, key, value) in settings {
         let id = key.replace('-', "_");
-        let place = if command.is_empty() {
+        let place = if section.is_empty() {
             format!("{file}: `{key}`")
         } else {
-            format!("{file}: [{command}] `{key}`")
+            format!("{file}: [{section}] `{key}`")
         };
-        if let Some(hint) = secret_hint(&id) {
+        if let Some(hint) = secret_hint(&id.to_ascii_lowercase()) {
             return Err(Error::Invalid(format!("{place}: {hint}")));
         }
         let Some(opt) = opts.get(&id) else {
             let near = suggest(&id, opts.keys())
                 .map(|k| format!(" (did you mean `{k}`?)"))
                 .unwrap_or_default();
+            let hint = if matches!(value, toml::Value::Table(_)) {
+                " nor a command (sections are commands: [generate], [run], ...)"
+            } else {
+                ""
+            };
             return Err(Error::Invalid(format!(
-                "{place} is not an option{near}; keys are the long flags with `_` for `-` \
-                 (`rows_per_file` for --rows-per-file), and [command] sections hold one \
+                "{place} is not an option{hint}{near}; keys are the long flags with `_` for \
+                 `-` (`rows_per_file` for --rows-per-file), and [command] sections hold one \
                  command's options"
             )));
         };
-        if command.is_empty() && opt.per_command {
+        if section.is_empty() && opt.per_command {
             let named: Vec<_> = opt.commands.iter().map(|c| format!("[{c}]")).collect();
             return Err(Error::Invalid(format!(
                 "{place} means different things in different commands: put it under {}",
                 named.join(" or ")
             )));
         }
-        if !command.is_empty() && !opt.commands.contains(command) && !opt.commands.contains("") {
+        let global = opt.commands.contains("");
+        if !section.is_empty() && !opt.commands.contains(&section) && !global {
             return Err(Error::Invalid(format!(
-                "{place}: `{command}` has no option `{id}`"
+                "{place}: `{section}` has no option `{id}`"
             )));
         }
         if id == "data_dir" && !explicit {
@@ -398,75 +480,60 @@ pub fn apply(
         }
         let values = as_text(value).ok_or_else(|| {
             Error::Invalid(format!(
-                "{place}: expected a string, number, boolean or list, not a table"
+                "{place}: expected a string, number, boolean or list of them"
             ))
         })?;
-        checked.push((command.to_string(), id, values));
-        Ok(())
-    };
-    for (command, key, _) in &settings {
-        check(command, key, &table[key])?;
-    }
-    for (command, section) in &sections {
-        for (key, value) in section.iter() {
-            check(command, key, value)?;
-        }
-    }
-    let mut root = root;
-    let mut set = BTreeSet::new();
-    for (command, id, values) in checked {
-        root = set_default(root, &command, &id, &values, &file)?;
-        set.insert((command, id));
-    }
-    Ok((
-        root,
-        Loaded {
-            path: Some(path),
-            set,
-        },
-    ))
-}
-
-/// Make `values` the default of option `id` in `command` ("": wherever it is).
-fn set_default(
-    root: Command,
-    command: &str,
-    id: &str,
-    values: &[String],
-    file: &str,
-) -> Result<Command> {
-    let mut problem = None;
-    let mut apply = |arg: Arg| -> Arg {
-        if let Err(e) = check_value(&arg, values) {
-            let section = match command {
-                "" => String::new(),
-                c => format!("[{c}] "),
-            };
-            problem.get_or_insert(format!(
-                "{file}: {section}`{id}` = {:?}: {e}",
-                values.join(",")
-            ));
-            return arg;
-        }
-        arg.default_values(values.iter().map(OsString::from))
-    };
-    let has = |cmd: &Command| cmd.get_arguments().any(|a| a.get_id() == id);
-    // A global option lives at the top level until clap propagates it.
-    let root = if has(&root) {
-        root.mut_arg(id, &mut apply)
-    } else {
-        root.mut_subcommands(|sub| {
-            if (command.is_empty() || sub.get_name() == command) && has(&sub) {
-                sub.mut_arg(id, &mut apply)
+        // The option as the invoked command has it (a global one at the top level); a key
+        // for other commands, or another command's section, is checked but not applied.
+        let applies = section.is_empty() || invoked.as_deref() == Some(section.as_str());
+        let arg = root
+            .get_arguments()
+            .find(|a| a.get_id() == id.as_str())
+            .or_else(|| {
+                let sub = invoked.as_deref().and_then(subcommand)?;
+                sub.get_arguments().find(|a| a.get_id() == id.as_str())
+            });
+        let checked_arg = arg.cloned().or_else(|| {
+            let name = if section.is_empty() {
+                opt.commands.first()?
             } else {
-                sub
+                &section
+            };
+            subcommand(name)?
+                .get_arguments()
+                .find(|a| a.get_id() == id.as_str())
+                .cloned()
+        });
+        let Some(checked_arg) = checked_arg else {
+            continue;
+        };
+        let mut values = values;
+        if checked_arg.get_value_parser().type_id() == std::any::TypeId::of::<PathBuf>() {
+            // A relative path in the file is relative to the file, not to where the
+            // command runs.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            for v in &mut values {
+                if Path::new(v.as_str()).is_relative() && !dir.as_os_str().is_empty() {
+                    *v = dir.join(&*v).display().to_string();
+                }
             }
-        })
-    };
-    match problem {
-        Some(p) => Err(Error::Invalid(p)),
-        None => Ok(root),
+        }
+        let text = env_value(&checked_arg, &values)
+            .map_err(|e| Error::Invalid(format!("{place} = {:?}: {e}", values.join(","))))?;
+        let (Some(arg), true) = (arg, applies) else {
+            continue;
+        };
+        let Some(name) = arg.get_env().map(|e| e.to_string_lossy().to_string()) else {
+            continue;
+        };
+        if env(&name).is_none() {
+            env_values.insert(name, text);
+        }
     }
+    Ok(Loaded {
+        path: Some(path),
+        env: env_values.into_iter().collect(),
+    })
 }
 
 #[cfg(test)]
@@ -478,6 +545,8 @@ mod tests {
     struct Cli {
         #[arg(long, global = true, default_value = "data")]
         data_dir: String,
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         command: Sub,
     }
@@ -494,6 +563,9 @@ mod tests {
             /// Days.
             #[arg(long, value_delimiter = ',')]
             days: Vec<u32>,
+            /// A file.
+            #[arg(long)]
+            ca_file: Option<PathBuf>,
         },
         Run {
             /// Rows.
@@ -505,58 +577,73 @@ mod tests {
         },
     }
 
-    fn parse(file: &str, args: &[&str], env: &[(&str, &str)]) -> Result<clap::ArgMatches> {
+    fn command() -> Command {
+        with_env(<Cli as clap::CommandFactory>::command())
+    }
+
+    /// The variables the file sets for `args`, with `set` already in the environment. (clap
+    /// reads a variable when an option is defined, so `main` defines the command again after
+    /// setting them; the binary's tests check the outcome.)
+    fn env_for(file: &str, args: &[&str], set: &[&str]) -> Result<Vec<(String, String)>> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), file).unwrap();
-        let mut argv: Vec<OsString> = vec!["p".into()];
+        let mut argv: Vec<OsString> = vec!["p".into(), "--data-dir".into(), dir.path().into()];
         argv.extend(args.iter().map(OsString::from));
-        argv.push("--data-dir".into());
-        argv.push(dir.path().into());
-        let env_map: BTreeMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let lookup = |k: &str| env_map.get(k).cloned();
-        let (cmd, _) = apply(with_env(Cli::command_for_test()), &argv, &lookup)?;
-        // clap reads the real environment; the tests name variables no one sets.
-        Ok(cmd.try_get_matches_from(argv).expect("parses"))
-    }
-
-    impl Cli {
-        fn command_for_test() -> Command {
-            <Cli as clap::CommandFactory>::command()
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let lookup = |k: &str| set.contains(&k.to_string()).then(|| "x".to_string());
+        let mut env = apply(&command(), &argv, &lookup)?.env;
+        for (_, v) in &mut env {
+            if let Some(rest) = v.strip_prefix(&dir.path().display().to_string()) {
+                *v = format!("DIR{rest}");
+            }
         }
+        Ok(env)
     }
 
-    fn rows(m: &clap::ArgMatches) -> u64 {
-        *m.subcommand().unwrap().1.get_one::<u64>("rows").unwrap()
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
-    fn file_values_are_defaults_that_flags_override() {
-        let m = parse("rows = 7\n", &["generate"], &[]).unwrap();
-        assert_eq!(rows(&m), 7);
-        let m = parse("rows = 7\n[run]\nrows = 8\n", &["run"], &[]).unwrap();
-        assert_eq!(rows(&m), 8, "a section overrides the top level");
-        let m = parse("rows = 7\n[run]\nrows = 8\n", &["generate"], &[]).unwrap();
-        assert_eq!(rows(&m), 7);
-        let m = parse("rows = 7\n", &["generate", "--rows", "9"], &[]).unwrap();
-        assert_eq!(rows(&m), 9);
-        let m = parse(
-            "[generate]\nfollow = true\ndays = [1, 2]\n",
-            &["generate"],
+    fn file_values_stand_for_variables_the_environment_does_not_set() {
+        let e = env_for("rows = 7\n", &["generate"], &[]).unwrap();
+        assert_eq!(e, pairs(&[("PIPELINE_ROWS", "7")]));
+        let e = env_for("rows = 7\n[run]\nrows = 8\n", &["run"], &[]).unwrap();
+        assert_eq!(
+            e,
+            pairs(&[("PIPELINE_ROWS", "8")]),
+            "a section overrides the top level"
+        );
+        let e = env_for("rows = 7\n[run]\nrows = 8\n", &["generate"], &[]).unwrap();
+        assert_eq!(e, pairs(&[("PIPELINE_ROWS", "7")]));
+        let e = env_for("rows = 7\n", &["generate"], &["PIPELINE_ROWS"]).unwrap();
+        assert!(e.is_empty(), "the environment wins: {e:?}");
+        let e = env_for(
+            "[generate]\nfollow = true\ndays = [1, 2]\nca_file = \"s/ca.pem\"\n",
+            &["--json", "generate"],
             &[],
         )
         .unwrap();
-        let g = m.subcommand().unwrap().1;
-        assert!(g.get_flag("follow"));
-        let days: Vec<u32> = g.get_many::<u32>("days").unwrap().copied().collect();
-        assert_eq!(days, [1, 2]);
+        assert_eq!(
+            e,
+            pairs(&[
+                ("PIPELINE_CA_FILE", "DIR/s/ca.pem"),
+                ("PIPELINE_DAYS", "1,2"),
+                ("PIPELINE_GENERATE_FOLLOW", "true"),
+            ])
+        );
+        // A global option in a section applies to that command only.
+        let e = env_for("[run]\njson = true\n", &["generate"], &[]).unwrap();
+        assert!(e.is_empty(), "{e:?}");
+        let e = env_for("[run]\njson = true\n", &["run"], &[]).unwrap();
+        assert_eq!(e, pairs(&[("PIPELINE_JSON", "true")]));
     }
 
     #[test]
     fn mistakes_name_the_file_and_the_key() {
-        let err = |file: &str| parse(file, &["generate"], &[]).unwrap_err().to_string();
+        let err = |file: &str| env_for(file, &["generate"], &[]).unwrap_err().to_string();
         let e = err("rowz = 7\n");
         assert!(
             e.contains("`rowz` is not an option (did you mean `rows`?)"),
@@ -570,45 +657,66 @@ mod tests {
         assert!(e.contains("expected true or false"), "{e}");
         let e = err("[run]\ndays = [1]\n");
         assert!(e.contains("`run` has no option `days`"), "{e}");
+        let e = err("[run]\nrows = \"x\"\n");
+        assert!(
+            e.contains("[run] `rows` = \"x\""),
+            "a section not invoked is checked: {e}"
+        );
         let e = err("scylla_password = \"hunter2\"\n");
         assert!(
             e.contains("SCYLLA_PASSWORD") && !e.contains("hunter2"),
             "{e}"
         );
+        let e = err("SCYLLA_PASSWORD = \"hunter2\"\n");
+        assert!(
+            e.contains("SCYLLA_PASSWORD") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = err("scylla_password = hunter2\n");
+        assert!(
+            e.contains("line 1, column") && !e.contains("hunter2"),
+            "{e}"
+        );
         let e = err("data_dir = \"/elsewhere\"\n");
         assert!(e.contains("cannot move the data dir"), "{e}");
-        let e = err("rows = \n");
-        assert!(e.contains("is not valid TOML"), "{e}");
+        let e = err("rows = [[1], [2]]\n");
+        assert!(e.contains("list of them"), "{e}");
     }
 
     #[test]
     fn shared_options_have_one_variable_and_others_one_per_command() {
-        let cmd = with_env(Cli::command_for_test());
-        let vars: Vec<String> = variables(&cmd).into_iter().map(|(v, _, _)| v).collect();
+        let vars: Vec<String> = variables(&command())
+            .into_iter()
+            .map(|(v, _, _)| v)
+            .collect();
         assert_eq!(
             vars,
             [
+                "PIPELINE_CA_FILE",
                 "PIPELINE_DATA_DIR",
                 "PIPELINE_DAYS",
                 "PIPELINE_GENERATE_FOLLOW",
+                "PIPELINE_JSON",
                 "PIPELINE_ROWS",
-                "PIPELINE_RUN_FOLLOW"
+                "PIPELINE_RUN_FOLLOW",
             ]
         );
     }
 
     #[test]
-    fn a_named_config_file_must_exist() {
-        let argv: Vec<OsString> = ["p", "--config", "/nonexistent/pipeline.toml", "generate"]
-            .iter()
-            .map(OsString::from)
-            .collect();
-        let e = apply(Cli::command_for_test(), &argv, &|_| None)
-            .unwrap_err()
-            .to_string();
+    fn the_last_data_dir_and_a_named_file_count() {
+        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let a = argv(&["p", "--data-dir", "one", "generate", "--data-dir=two"]);
+        assert_eq!(flag_value(&a, "data-dir"), Some(Some("two".into())));
+        assert_eq!(invoked(&command(), &a).as_deref(), Some("generate"));
+        let a = argv(&["p", "--config", "/nonexistent/pipeline.toml", "generate"]);
+        let e = apply(&command(), &a, &|_| None).unwrap_err().to_string();
         assert!(
             e.contains("/nonexistent/pipeline.toml does not exist"),
             "{e}"
         );
+        let a = argv(&["p", "--config", "/tmp", "generate"]);
+        let e = apply(&command(), &a, &|_| None).unwrap_err().to_string();
+        assert!(e.contains("is a folder"), "{e}");
     }
 }

@@ -214,11 +214,25 @@ fn parse() -> std::result::Result<(Cli, String, Option<PathBuf>), u8> {
     use clap::{CommandFactory, FromArgMatches};
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let command = pipeline::config::with_env(Cli::command());
-    let (command, file) = pipeline::config::apply(command, &args, &|k| std::env::var(k).ok())
-        .map_err(|e| {
+    let file = match pipeline::config::apply(&command, &args, &|k| std::env::var(k).ok()) {
+        Ok(file) => file,
+        // A broken file does not stand between a user and the help that explains it.
+        Err(_) if asks_for_help(&args) => Default::default(),
+        Err(e) => {
             eprintln!("error: {}", e.chain());
-            e.exit_code()
-        })?;
+            if args.iter().any(|a| a == "--json") {
+                let error = serde_json::json!({"error": e.chain(), "exit_code": e.exit_code()});
+                pipeline::report::stdout_line(&serde_json::to_string_pretty(&error).expect("json"));
+            }
+            return Err(e.exit_code());
+        }
+    };
+    for (name, value) in &file.env {
+        // SAFETY: the process has one thread here (no runtime, no logging yet).
+        unsafe { std::env::set_var(name, value) };
+    }
+    // clap reads an option's variable when the option is defined: define them again.
+    let command = pipeline::config::with_env(Cli::command());
     let clap_error = |e: clap::Error| {
         let _ = e.print();
         if e.use_stderr() {
@@ -232,10 +246,17 @@ fn parse() -> std::result::Result<(Cli, String, Option<PathBuf>), u8> {
     let name = matches.subcommand_name().unwrap_or("pipeline").to_string();
     if let (Command::Run(o), Some((_, sub))) = (&mut cli.command, matches.subcommand()) {
         // Named anywhere (flag, environment, file), ScyllaDB is expected to answer.
-        o.scylla_configured = file.sets("run", "scylla_uri")
-            || sub.value_source("scylla_uri") != Some(clap::parser::ValueSource::DefaultValue);
+        o.scylla_configured =
+            sub.value_source("scylla_uri") != Some(clap::parser::ValueSource::DefaultValue);
     }
     Ok((cli, name, file.path))
+}
+
+/// Whether the command line asks for help, the version or a completion script.
+fn asks_for_help(args: &[std::ffi::OsString]) -> bool {
+    args.iter().skip(1).any(|a| {
+        ["-h", "--help", "-V", "--version", "help", "completions"].contains(&&*a.to_string_lossy())
+    })
 }
 
 /// Run the command and print its report; returns the exit code.

@@ -93,11 +93,19 @@ pub fn decimal_opt<S: serde::Serializer>(
 
 /// Print a line on stdout. A reader that has gone (`pipeline history | head -3`) ends the
 /// output quietly, as `sql` does (`println!` panicked there with a backtrace); the command's
-/// exit code is unchanged, since its work is done and committed either way.
+/// exit code is unchanged, since its work is done and committed either way. Any other
+/// failure to write (a full disk behind `> report.json`) ends the process with exit 1, as
+/// `sql` fails: a report that was not written is not a success.
 pub fn stdout_line(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write the report to stdout: {e}");
+            std::process::exit(crate::error::exit::FAILURE.into());
+        }
+        _ => {}
+    }
 }
 
 /// Whether a report went to stdout (so a failure after it does not print a second document).

@@ -41,7 +41,7 @@ pub async fn write(
                 .with_header(true)
                 .build(dest.writer()),
         ),
-        Format::Json => Sink::Json(LineDelimitedWriter::new(dest.writer())),
+        Format::Json => Sink::Json(json_writer(dest.writer())),
         Format::Parquet => {
             Sink::Parquet(ArrowWriter::try_new(dest.writer(), schema.clone(), None)?)
         }
@@ -66,6 +66,43 @@ pub async fn write(
     }
     dest.commit()?;
     Ok(rows)
+}
+
+/// JSON lines written as every JSON output of ours writes values
+/// ([`crate::report::timestamp`]): a time with a zone as RFC 3339 UTC with exactly six
+/// decimals and `Z`, one without a zone the same without `Z`, and a null as `null` (arrow's
+/// defaults wrote 0, 3 or 6 decimals, kept `+02:00`, and left a null column out of its row).
+fn json_writer<W: Write>(w: W) -> LineDelimitedWriter<W> {
+    deltalake::arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.6f".into())
+        .with_timestamp_tz_format("%Y-%m-%dT%H:%M:%S%.6fZ".into())
+        .build(w)
+}
+
+/// The batch with every zoned timestamp column in UTC microseconds, so that
+/// [`json_writer`]'s `Z` is true (`now()` is nanoseconds at `+00:00`).
+fn json_times(
+    batch: &RecordBatch,
+) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let zoned = |t: &DataType| matches!(t, DataType::Timestamp(_, Some(_))) && *t != utc;
+    if !batch.schema().fields().iter().any(|f| zoned(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if zoned(f.data_type()) {
+            columns.push(deltalake::arrow::compute::cast(c, &utc)?);
+            fields.push(Field::new(f.name(), utc.clone(), f.is_nullable()));
+        } else {
+            columns.push(c.clone());
+            fields.push(f.as_ref().clone());
+        }
+    }
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
 }
 
 /// One output format's writer.
@@ -93,7 +130,7 @@ impl<W: Write + Send> Sink<W> {
                 Ok(())
             }
             Sink::Csv(w) => w.write(&batch),
-            Sink::Json(w) => w.write(&batch),
+            Sink::Json(w) => json_times(&batch).and_then(|b| w.write(&b)),
             Sink::Parquet(w) => return w.write(&batch).map(|()| true).map_err(Error::from),
         };
         match written {

@@ -415,3 +415,153 @@ fn json_times_are_one_format_and_a_skipped_stage_did_nothing() {
     let ingest = &first["stages"][1]["report"];
     assert!(is_time(&ingest["reference_time"]), "{ingest}");
 }
+
+/// The file's values take part in the rules between options as the environment's do (as
+/// defaults they did not): `follow = true` in the file lets `--duration` be given alone
+/// (it was "required arguments were not provided: --follow"), and a file's `stages` beside a
+/// `--from` flag is refused instead of silently winning. A global option in a section is that
+/// command's only, the last `--data-dir` names the file, a switch variable takes `1`, and a
+/// broken file still lets `--help` through.
+#[test]
+fn file_values_obey_the_rules_between_options() {
+    let d = Data::new();
+    let file = d.path().join("pipeline.toml");
+    let bare = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"));
+        c.arg("--data-dir").arg(d.path()).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    std::fs::write(
+        &file,
+        "[generate]\nfollow = true\nrows_per_file = 100\n[history]\njson = true\n",
+    )
+    .unwrap();
+    let out = bare(&["generate", "--rate", "500", "--duration", "1s"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.trim_start().starts_with('{'),
+        "[history] json reached generate: {text}"
+    );
+    let out = bare(&["history"], &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim_start()
+            .starts_with('['),
+        "[history] json"
+    );
+
+    std::fs::write(&file, "[run]\nstages = [\"ingest\"]\n").unwrap();
+    let out = bare(&["run", "--from", "profiles"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a flag and a file's value in conflict"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--stages"));
+
+    std::fs::write(&file, "rows = 1200\ndays = 1\n").unwrap();
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("pipeline.toml"),
+        "rows = 1300\ndays = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("--data-dir")
+        .arg(other.path())
+        .args(["generate", "--batch", "7", "--data-dir"])
+        .arg(d.path())
+        .env("PIPELINE_JSON", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows"], 1200, "the last --data-dir's file");
+
+    std::fs::write(&file, "rowz = 1\n").unwrap();
+    assert_eq!(bare(&["generate"], &[]).status.code(), Some(2));
+    let help = bare(&["generate", "--help"], &[]);
+    assert_eq!(help.status.code(), Some(0), "a broken file blocked --help");
+}
+
+/// A report that cannot be written is a failure (`> /dev/full` exited 0), and
+/// `sql --format json` writes times and nulls as the reports do: six decimals and `Z` for
+/// every zoned time (arrow wrote 0, 3 or 6 decimals), six for a time without a zone (`now()`
+/// had nanoseconds), `null` kept (the column was left out).
+#[test]
+fn reports_that_cannot_be_written_fail_and_sql_json_is_uniform() {
+    let d = Data::new();
+    d.ok(&[
+        "run",
+        "--generate",
+        "--rows",
+        "3000",
+        "--days",
+        "2",
+        "--stages",
+        "generate,ingest",
+    ]);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = d.command(&["history"], &[]).stdout(full).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write the report"));
+
+    let sql = d.run_env(
+        &[
+            "sql",
+            "--format",
+            "json",
+            "SELECT CAST(NULL AS INT) AS nothing, now() AS t, transaction_ts, \
+             date_trunc('day', transaction_ts) AS day FROM customer_transactions",
+        ],
+        &[],
+    );
+    assert_eq!(
+        sql.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&sql.stderr)
+    );
+    let mut rows = 0;
+    for line in String::from_utf8_lossy(&sql.stdout).lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            row["nothing"].is_null() && row.get("nothing").is_some(),
+            "{line}"
+        );
+        for key in ["transaction_ts", "day"] {
+            let s = row[key].as_str().unwrap();
+            assert!(
+                s.len() == 27 && s.as_bytes()[19] == b'.' && s.ends_with('Z'),
+                "{key}: {s}"
+            );
+        }
+        // now() has no zone in DataFusion: the same form without `Z`, in microseconds.
+        let t = row["t"].as_str().unwrap();
+        assert!(t.len() == 26 && t.as_bytes()[19] == b'.', "t: {t}");
+        rows += 1;
+    }
+    assert_eq!(rows, 3000);
+}
