@@ -434,8 +434,19 @@ pub fn apply(
         settings.extend(section.iter().map(|(k, v)| (name.clone(), k, v)));
     }
     let mut env_values: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for (section, key, value) in settings {
         let id = key.replace('-', "_");
+        if !seen.insert((section.clone(), id.clone())) {
+            return Err(Error::Invalid(format!(
+                "{file}: `{key}` is set twice{} (as `{id}` and with dashes): keep one",
+                if section.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in [{section}]")
+                }
+            )));
+        }
         let place = if section.is_empty() {
             format!("{file}: `{key}`")
         } else {
@@ -679,6 +690,8 @@ mod tests {
         );
         let e = err("data_dir = \"/elsewhere\"\n");
         assert!(e.contains("cannot move the data dir"), "{e}");
+        let e = err("ca_file = \"a\"\nca-file = \"b\"\n");
+        assert!(e.contains("is set twice"), "{e}");
         let e = err("rows = [[1], [2]]\n");
         assert!(e.contains("list of them"), "{e}");
     }

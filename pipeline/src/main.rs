@@ -244,12 +244,41 @@ fn parse() -> std::result::Result<(Cli, String, Option<PathBuf>), u8> {
     let matches = command.try_get_matches_from(args).map_err(clap_error)?;
     let mut cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
     let name = matches.subcommand_name().unwrap_or("pipeline").to_string();
+    if let Some((sub_name, sub)) = matches.subcommand() {
+        check_follow_flags(sub_name, sub)?;
+    }
     if let (Command::Run(o), Some((_, sub))) = (&mut cli.command, matches.subcommand()) {
         // Named anywhere (flag, environment, file), ScyllaDB is expected to answer.
         o.scylla_configured =
             sub.value_source("scylla_uri") != Some(clap::parser::ValueSource::DefaultValue);
     }
     Ok((cli, name, file.path))
+}
+
+/// A continuous-mode flag on the command line needs `--follow` (exit 2, as clap's own
+/// mistakes); from the environment or `pipeline.toml` a batch run ignores it.
+fn check_follow_flags(command: &str, m: &clap::ArgMatches) -> std::result::Result<(), u8> {
+    let needs: &[&str] = match command {
+        "run" => &run::FollowOptions::NEEDS_FOLLOW,
+        "generate" => &generate::FollowGenerate::NEEDS_FOLLOW,
+        _ => return Ok(()),
+    };
+    if m.get_flag("follow") {
+        return Ok(());
+    }
+    match needs
+        .iter()
+        .find(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+    {
+        Some(id) => {
+            eprintln!(
+                "error: --{} is for continuous mode: add --follow (pipeline {command} --follow ...)",
+                id.replace('_', "-")
+            );
+            Err(exit::USAGE)
+        }
+        None => Ok(()),
+    }
 }
 
 /// Whether the command line asks for help, the version or a completion script.

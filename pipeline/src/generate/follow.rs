@@ -25,11 +25,17 @@ pub struct FollowGenerate {
     #[arg(long)]
     pub follow: bool,
     /// Rows per second (with --follow); a tick lands --rows-per-file rows.
-    #[arg(long, default_value_t = 50_000, requires = "follow")]
+    #[arg(long, default_value_t = 50_000)]
     pub rate: u64,
     /// Stop after this long (e.g. 2m); default: until stopped.
-    #[arg(long, value_parser = humantime::parse_duration, requires = "follow")]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+}
+
+impl FollowGenerate {
+    /// The options that mean something only with `--follow`: given as flags without it,
+    /// they are a usage error; from the environment or `pipeline.toml` a batch ignores them.
+    pub const NEEDS_FOLLOW: [&str; 2] = ["rate", "duration"];
 }
 
 /// What a producer session landed.

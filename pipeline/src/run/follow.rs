@@ -48,14 +48,13 @@ pub struct FollowOptions {
     #[arg(long, conflicts_with = "generate")]
     pub follow: bool,
     /// How often to look for new files when the last look found none (e.g. 2s, 500ms).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, requires = "follow")]
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
     /// Stop when a look finds nothing new and nothing is left to load.
-    #[arg(long, requires = "follow")]
+    #[arg(long)]
     pub until_idle: bool,
     /// Stop after this many micro-batches that did work.
-    #[arg(long, value_name = "N", requires = "follow",
-          value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batches: Option<u64>,
     /// Compact small files every this many micro-batches (0: never).
     #[arg(long, default_value_t = 10, value_name = "N")]
@@ -66,6 +65,14 @@ pub struct FollowOptions {
     /// container (which sets it) was refused.
     #[arg(long, env = "PIPELINE_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+}
+
+impl FollowOptions {
+    /// The options that mean something only with `--follow`: given as flags without it,
+    /// they are a usage error. Not clap's `requires`: clap counts an environment variable
+    /// (and so a `pipeline.toml` value) as given, so one file or container could not hold
+    /// both a stream's settings and batch runs.
+    pub const NEEDS_FOLLOW: [&str; 3] = ["interval", "until_idle", "max_batches"];
 }
 
 /// One micro-batch, as printed (a line, or a JSON line).

@@ -565,3 +565,36 @@ fn reports_that_cannot_be_written_fail_and_sql_json_is_uniform() {
     }
     assert_eq!(rows, 3000);
 }
+
+/// A stream's settings in the environment or `pipeline.toml` do not stop a batch run (as
+/// clap's `requires = "follow"` they made every batch `run` exit 2 once every option had a
+/// variable); the same setting as a flag without `--follow` is still a usage error.
+#[test]
+fn stream_settings_outside_the_command_line_leave_batch_runs_alone() {
+    let d = Data::new();
+    d.ok(&["generate", "--rows", "1000", "--days", "1"]);
+    std::fs::write(
+        d.path().join("pipeline.toml"),
+        "[run]\nuntil_idle = true\ninterval = \"1s\"\n",
+    )
+    .unwrap();
+    let out = d.run_env(
+        &["run", "--stages", "ingest"],
+        &[("PIPELINE_MAX_BATCHES", "3"), ("PIPELINE_RATE", "10")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = d.run_env(&["generate", "--rate", "10"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--rate is for continuous mode: add --follow")
+    );
+    let out = d.run_env(&["run", "--until-idle"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--until-idle is for continuous mode"));
+}
