@@ -204,6 +204,11 @@ pub struct FollowReport {
     pub files_set_aside: u64,
     /// Rows written to ScyllaDB.
     pub rows_loaded: u64,
+    /// Customer profiles rewritten.
+    pub profile_rows: u64,
+    /// The stages the session ran (for its `run_history` row).
+    #[serde(skip)]
+    pub stages: Vec<Stage>,
     /// Failed stage attempts (the stream went on).
     pub errors: u64,
     /// Files still waiting for ScyllaDB at the end.
@@ -429,7 +434,12 @@ async fn start(opts: &RunOptions) -> Result<(State, Stop)> {
             .expect("valid bounds"),
         since_compaction: 0,
         compaction: None,
-        report: FollowReport::default(),
+        report: FollowReport {
+            stages: (selected.iter().copied())
+                .filter(|s| *s != Stage::Load || load_selected)
+                .collect(),
+            ..Default::default()
+        },
         metrics,
     };
     if selected.contains(&Stage::Generate) {
@@ -478,8 +488,9 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
     // After load: the profiles do not hold up the rows users look up.
     if selected.contains(&Stage::Profiles) && exists(layout, Table::Aggregates).await {
         let t = Instant::now();
-        if let Err(e) = profiles::run(layout, &opts.profiles).await {
-            survivable("profiles", e, st, &mut b)?;
+        match profiles::run(layout, &opts.profiles).await {
+            Ok(r) => st.report.profile_rows += r.rows_written,
+            Err(e) => survivable("profiles", e, st, &mut b)?,
         }
         b.steps.push(("profiles", t.elapsed().as_secs_f64()));
     }
@@ -739,6 +750,8 @@ impl FollowReport {
         started: chrono::DateTime<chrono::Utc>,
         ended: chrono::DateTime<chrono::Utc>,
     ) -> RunReport {
+        // The stages the session ran (the row said "ingest, aggregate, load" whatever
+        // --stages chose, and never named profiles).
         let stage = |stage: &'static str, rows: u64, files: u64| StageSummary {
             stage,
             skipped: rows == 0,
@@ -758,11 +771,17 @@ impl FollowReport {
                 "follow: {} micro-batch(es), freshness p99 {:.2} s, stopped by {}",
                 self.micro_batches, self.freshness.p99_s, self.stopped_by
             ),
-            stages: vec![
-                stage("ingest", self.rows_in, self.files),
-                stage("aggregate", self.rows_out, 0),
-                stage("load", self.rows_loaded, 0),
-            ],
+            stages: self
+                .stages
+                .iter()
+                .filter_map(|s| match s {
+                    Stage::Ingest => Some(stage("ingest", self.rows_in, self.files)),
+                    Stage::Aggregate => Some(stage("aggregate", self.rows_out, 0)),
+                    Stage::Profiles => Some(stage("profiles", self.profile_rows, 0)),
+                    Stage::Load => Some(stage("load", self.rows_loaded, 0)),
+                    Stage::Generate => None,
+                })
+                .collect(),
             seconds: self.seconds,
             failed_in: None,
             history_version: None,

@@ -598,3 +598,34 @@ fn stream_settings_outside_the_command_line_leave_batch_runs_alone() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--until-idle is for continuous mode"));
 }
+
+/// A stream's `run_history` row names the stages it ran: it said "ingest, aggregate, load"
+/// whatever `--stages` chose, and never named profiles.
+#[test]
+fn a_streams_history_row_names_its_stages() {
+    let d = Data::new();
+    d.ok(&["generate", "--rows", "2000", "--days", "2"]);
+    let out = d.run_env(
+        &[
+            "run",
+            "--follow",
+            "--until-idle",
+            "--interval",
+            "100ms",
+            "--stages",
+            "ingest,aggregate,profiles",
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history = d.ok(&["history"]);
+    assert_eq!(
+        history[0]["stages"], "ingest, aggregate, profiles",
+        "{history}"
+    );
+}
