@@ -58,17 +58,19 @@ pub async fn run(
             report.mode = APPEND_MERGE;
             report.days_recomputed = out.days;
             report.rows_read = out.rows_read;
+            report.passes = out.passes;
             report.rows_written = out.rows_written;
             report.bytes_written = out.bytes_written;
             report.table_version = Some(out.version);
             report.source_version = Some(p.version);
         }
         plan::Work::Recompute(days) => {
-            let out = execute::recompute(&p, days.as_ref(), progress).await?;
+            let out = execute::recompute(&p, days.as_ref(), opts.rows_per_pass, progress).await?;
             report.mode = if days.is_some() { "recompute" } else { "full" };
             report.full_rebuild = days.is_none();
             report.days_recomputed = out.days;
             report.rows_read = out.rows_read;
+            report.passes = out.passes;
             report.rows_written = out.rows_written;
             report.bytes_written = out.bytes_written;
             report.table_version = Some(out.version);

@@ -23,6 +23,9 @@ pub struct AggregateReport {
     pub days_recomputed: u64,
     /// Source rows read.
     pub rows_read: u64,
+    /// Queries it took: a recomputation runs in passes of whole days
+    /// (`--rows-per-pass` source rows each), so its memory does not grow with the table.
+    pub passes: u64,
     /// Aggregate rows written.
     pub rows_written: u64,
     /// Bytes written.

@@ -462,3 +462,29 @@ fn tables_with_the_earlier_narrower_sums_are_widened_by_the_next_run() {
     let again = d.ok(&["run", "--stages", "aggregate,profiles"]);
     assert_eq!(again["stages"][0]["skipped"], true, "{again}");
 }
+
+/// A recomputation in passes of whole days (so its memory is one pass's, not the table's)
+/// gives exactly the rows of one query: the first run and a full rebuild, around a merge.
+#[test]
+fn a_recomputation_in_passes_of_days_equals_one_query() {
+    let d = Data::new();
+    batch(&d, 1, 12_000, 6, "2024-05-01", 0.05);
+    d.ok(&["ingest"]);
+    let first = d.ok(&["aggregate", "--rows-per-pass", "3000"]);
+    assert!(u(&first, "passes") >= 4, "{first}");
+    assert_eq!(table(&d), oracle(&d));
+    batch(&d, 2, 6_000, 3, "2024-05-04", 0.05);
+    d.ok(&["ingest"]);
+    // A late batch of new rows is merged (one query over the added files alone).
+    let late = d.ok(&["aggregate", "--rows-per-pass", "2500"]);
+    assert_eq!(late["mode"], "append_merge", "{late}");
+    assert_eq!(table(&d), oracle(&d));
+    let full = d.ok(&["aggregate", "--full", "--rows-per-pass", "5000"]);
+    let want = oracle(&d);
+    assert!(u(&full, "passes") >= 3, "{full}");
+    assert_eq!(u(&full, "rows_written") as usize, want.len());
+    assert_eq!(table(&d), want);
+    let one = d.ok(&["aggregate", "--full"]);
+    assert_eq!(u(&one, "passes"), 1);
+    assert_eq!(table(&d), want);
+}
