@@ -169,8 +169,10 @@ pub async fn merge(
     let ctx = merge_session(p, days, added).await?;
     let stream = ctx.sql(&merge_query()).await?.execute_stream().await?;
     let mut writer = delta::writer(&p.target, Table::Aggregates, p.widen.is_some())?;
-    let mut written = Written::default();
-    written.rows = write_stream(&mut writer, stream).await?;
+    let mut written = Written {
+        adds: Vec::new(),
+        rows: write_stream(&mut writer, stream).await?,
+    };
     written.flush(&mut writer).await?;
     let mut out = commit_replacing(p, written, Some(days), super::APPEND_MERGE).await?;
     out.passes = 1;
