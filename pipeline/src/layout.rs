@@ -34,6 +34,7 @@ pub enum Root {
 impl Layout {
     /// The layout of the local data dir at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        crate::store::local::register_with_delta();
         Self {
             root: Root::Local(root.into()),
             scratch: None,

@@ -66,10 +66,17 @@ pub async fn open_required(layout: &Layout, table: Table, created_by: &str) -> R
 
 /// Whether `table` has a Delta log with at least one commit or checkpoint (a creation killed
 /// before its first commit leaves at most an empty folder or a temporary file).
+///
+/// A table with a checkpoint is known by its `_last_checkpoint` alone: a stream's log holds
+/// up to its log retention of commit files, and listing them all is what opening the table
+/// must not cost.
 pub async fn has_log(layout: &Layout, table: Table) -> Result<bool> {
     let names: Vec<String> = match layout.store() {
         None => {
             let dir = layout.table_dir(table).expect("local").join("_delta_log");
+            if dir.join("_last_checkpoint").is_file() {
+                return Ok(true);
+            }
             let Ok(rd) = std::fs::read_dir(dir) else {
                 return Ok(false);
             };
@@ -79,6 +86,10 @@ pub async fn has_log(layout: &Layout, table: Table) -> Result<bool> {
         }
         Some(s) => {
             let log = s.path_of(&format!("{}/_delta_log", table.path()));
+            use object_store::ObjectStoreExt;
+            if s.store().head(&log.clone().join("_last_checkpoint")).await.is_ok() {
+                return Ok(true);
+            }
             let listed: Vec<_> = s
                 .store()
                 .list_with_delimiter(Some(&log))

@@ -1,8 +1,19 @@
 //! The id index (`transaction_ids`): every `transaction_id` of `customer_transactions`, as
 //! two order-preserving 64-bit halves, in sorted runs. Each ingest run adds one sorted file (its accepted
 //! ids); compaction merges files of similar size, so a table holds a few files per size
-//! tier. A range of ids is read through the row-group statistics of each file, so dedup
-//! reads the index one id range at a time, in bounded memory, whatever its size.
+//! tier.
+//!
+//! Dedup asks which of a run's ids the index holds ([`IdIndex::matches_in`]). Ids are
+//! random, so a run's ids fall into every row group of every file: reading the ranges they
+//! fall into would read the whole index (16 bytes an id) in every run, and a stream's
+//! micro-batch grew with the table (0.10 s to 1.75 s in 10 minutes at 50,000 rows/s). So each
+//! row group carries a standard Parquet Bloom filter of its high halves (split-block, xxHash64,
+//! false-positive rate [`BLOOM_FPP`], about 2 bytes an id), and a page index with pages of
+//! [`PAGE_IDS`] ids: a lookup reads the filters of the row groups its ids fall into, and only
+//! the pages that the filter says may hold one of them. A false positive costs one page read,
+//! never a wrong answer: the ids of the pages read are compared exactly. Files written before
+//! the filters (no Bloom filter or page index) are read by row group as before until
+//! compaction rewrites them.
 
 use std::sync::Arc;
 
@@ -11,7 +22,7 @@ use deltalake::ObjectStore;
 use deltalake::arrow::array::{AsArray, Int64Array, RecordBatch};
 use deltalake::arrow::datatypes::Int64Type;
 use deltalake::kernel::{Action, Add, Remove};
-use deltalake::parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use deltalake::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
 #[allow(deprecated)]
 // deprecated upstream in favour of hand-written readers; delta-rs itself still uses it
 use deltalake::parquet::arrow::async_reader::{
@@ -20,7 +31,11 @@ use deltalake::parquet::arrow::async_reader::{
 use deltalake::parquet::arrow::async_writer::AsyncArrowWriter;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::bloom_filter::Sbbf;
+use deltalake::parquet::file::metadata::PageIndexPolicy;
+use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
 use deltalake::parquet::file::statistics::Statistics;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::DeltaOperation;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -31,8 +46,15 @@ use crate::error::{Error, Result};
 use crate::schema::TRANSACTION_IDS;
 use crate::tables::Table;
 
-/// Ids per row group of an index file (1 MiB of ids): the unit a range read skips by.
+/// Ids per row group of an index file (1 MiB of ids): the unit a Bloom filter covers.
 const ROW_GROUP_IDS: usize = 64 * 1024;
+/// Ids per data page (32 KiB of ids): what a lookup reads for a possible match.
+pub const PAGE_IDS: usize = 2048;
+/// The Bloom filters' false-positive rate: of a run's ids that are not in the index, this
+/// fraction costs a page read per file (parquet sizes, then folds, each filter for it).
+pub const BLOOM_FPP: f64 = 0.001;
+/// The column the filters are on (a UUID's high half alone is as good as unique).
+const FILTERED_COLUMN: &str = "id_hi";
 /// Ids per decoded batch when reading.
 const READ_BATCH: usize = 8 * 1024;
 
@@ -111,7 +133,10 @@ impl IdIndex {
         for (path, size) in list {
             #[allow(deprecated)]
             let mut reader = ParquetObjectReader::new(store.clone(), path.clone());
-            let meta = ArrowReaderMetadata::load_async(&mut reader, Default::default()).await?;
+            // The page index, where the file has one (files written before it do not).
+            let options =
+                ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+            let meta = ArrowReaderMetadata::load_async(&mut reader, options).await?;
             let ranges = meta
                 .metadata()
                 .row_groups()
@@ -171,6 +196,127 @@ impl IdIndex {
         self.files.iter().map(|f| f.ids).sum()
     }
 
+    /// The ids of `wanted` (sorted, all within `[lo, hi]`) that the index holds, sorted.
+    ///
+    /// Per file, the row groups whose id range holds some of `wanted`; of those, the ids
+    /// their Bloom filter may hold (the filters of one file in one ranged read); of those,
+    /// the pages whose id range holds one (page index); those pages are read and compared
+    /// exactly. A row group without a filter or page index is read whole.
+    pub async fn matches_in(&self, lo: u128, hi: u128, wanted: &[u128]) -> Result<Vec<u128>> {
+        let mut out = Vec::new();
+        for f in &self.files {
+            let groups: Vec<(usize, &[u128])> = f
+                .ranges
+                .iter()
+                .enumerate()
+                .filter(|(_, (a, b))| *a <= hi && *b >= lo)
+                .map(|(g, (a, b))| {
+                    let from = wanted.partition_point(|id| id < a);
+                    let to = wanted.partition_point(|id| id <= b);
+                    (g, &wanted[from..to])
+                })
+                .filter(|(_, ids)| !ids.is_empty())
+                .collect();
+            if groups.is_empty() {
+                continue;
+            }
+            let selected = self.maybe_pages(f, &groups).await?;
+            if selected.is_empty() {
+                continue;
+            }
+            let before = out.len();
+            self.read_selected(f, &selected, wanted, &mut out).await?;
+            if before > 0 && out.len() > before {
+                out.sort_unstable();
+            }
+        }
+        Ok(out)
+    }
+
+    /// For each of `groups` (a row group and the wanted ids in its range): the rows that may
+    /// hold one of them, as ranges within the row group (nothing: the filter rules them
+    /// all out).
+    async fn maybe_pages(
+        &self,
+        f: &IndexFile,
+        groups: &[(usize, &[u128])],
+    ) -> Result<Vec<(usize, Vec<std::ops::Range<usize>>)>> {
+        let meta = f.meta.metadata();
+        let filter_at = |g: usize| {
+            let c = meta.row_group(g).column(0);
+            match (c.bloom_filter_offset(), c.bloom_filter_length()) {
+                (Some(o), Some(l)) if o >= 0 && l > 0 => Some(o as u64..(o as u64 + l as u64)),
+                _ => None,
+            }
+        };
+        let ranges: Vec<_> = groups.iter().filter_map(|(g, _)| filter_at(*g)).collect();
+        let mut filters = if ranges.is_empty() {
+            Vec::new()
+        } else {
+            self.store.get_ranges(&f.path, &ranges).await.map_err(|e| {
+                Error::io(
+                    format!("cannot read the Bloom filters of the index file {}", f.path),
+                    std::io::Error::other(e),
+                )
+            })?
+        }
+        .into_iter();
+        let mut selected = Vec::new();
+        for (g, ids) in groups {
+            let highs: Vec<i64> = match filter_at(*g) {
+                Some(_) => {
+                    let bytes = filters.next().expect("one read per filter");
+                    let filter = Sbbf::from_bytes(&bytes)?;
+                    ids.iter()
+                        .map(|id| to_halves(*id).0)
+                        .filter(|h| filter.check(h))
+                        .collect()
+                }
+                None => ids.iter().map(|id| to_halves(*id).0).collect(),
+            };
+            if highs.is_empty() {
+                continue;
+            }
+            selected.push((*g, rows_of_pages(meta, *g, &highs)));
+        }
+        Ok(selected)
+    }
+
+    /// Read the `selected` rows of `f` and add to `out` the ids among `wanted`.
+    async fn read_selected(
+        &self,
+        f: &IndexFile,
+        selected: &[(usize, Vec<std::ops::Range<usize>>)],
+        wanted: &[u128],
+        out: &mut Vec<u128>,
+    ) -> Result<()> {
+        let meta = f.meta.metadata();
+        let mut ranges = Vec::new();
+        let mut offset = 0;
+        for (g, rows) in selected {
+            ranges.extend(rows.iter().map(|r| r.start + offset..r.end + offset));
+            offset += meta.row_group(*g).num_rows() as usize;
+        }
+        #[allow(deprecated)]
+        let reader = ParquetObjectReader::new(self.store.clone(), f.path.clone());
+        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
+            .with_row_groups(selected.iter().map(|(g, _)| *g).collect())
+            .with_row_selection(RowSelection::from_consecutive_ranges(
+                ranges.into_iter(),
+                offset,
+            ))
+            .with_batch_size(READ_BATCH)
+            .build()?;
+        while let Some(batch) = stream.next().await {
+            out.extend(
+                ids_of(&batch?, &f.path)?
+                    .into_iter()
+                    .filter(|id| wanted.binary_search(id).is_ok()),
+            );
+        }
+        Ok(())
+    }
+
     /// Every id in `[lo, hi]`, sorted (an id is in one file only: runs never share ids).
     pub async fn ids_in(&self, lo: u128, hi: u128) -> Result<Vec<u128>> {
         let mut out = Vec::new();
@@ -211,6 +357,46 @@ impl IdIndex {
     }
 }
 
+/// The rows of row group `g` in the pages whose range of high halves holds one of `highs`
+/// (sorted), from the page index; the whole row group when the file has none.
+fn rows_of_pages(
+    meta: &deltalake::parquet::file::metadata::ParquetMetaData,
+    g: usize,
+    highs: &[i64],
+) -> Vec<std::ops::Range<usize>> {
+    let rows = meta.row_group(g).num_rows() as usize;
+    let (Some(ColumnIndexMetaData::INT64(index)), Some(offsets)) = (
+        meta.column_index().and_then(|c| c.get(g)).and_then(|c| c.first()),
+        meta.offset_index().and_then(|o| o.get(g)).and_then(|o| o.first()),
+    ) else {
+        return vec![0..rows];
+    };
+    let starts: Vec<usize> = offsets
+        .page_locations()
+        .iter()
+        .map(|p| p.first_row_index as usize)
+        .collect();
+    let (mins, maxes) = (index.min_values(), index.max_values());
+    if mins.len() != starts.len() || maxes.len() != starts.len() {
+        return vec![0..rows];
+    }
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for h in highs {
+        // Pages are sorted: the first whose largest is at least `h`, and on while their
+        // smallest is at most `h` (equal high halves may span two pages).
+        let mut p = maxes.partition_point(|m| m < h);
+        while p < starts.len() && mins[p] <= *h {
+            let range = starts[p]..starts.get(p + 1).copied().unwrap_or(rows);
+            match out.last_mut() {
+                Some(last) if last.end >= range.start => last.end = last.end.max(range.end),
+                _ => out.push(range),
+            }
+            p += 1;
+        }
+    }
+    out
+}
+
 /// Writes one sorted index file, streaming it to the table's store (one row group in memory).
 pub struct IdWriter {
     writer: AsyncArrowWriter<BufWriter>,
@@ -229,8 +415,16 @@ impl IdWriter {
             // Random bytes: dictionaries and compression only cost time.
             .set_dictionary_enabled(false)
             .set_compression(Compression::UNCOMPRESSED)
-            .set_statistics_enabled(EnabledStatistics::Chunk)
+            // Page statistics: the page index a lookup finds an id's page with.
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_data_page_row_count_limit(PAGE_IDS)
             .set_max_row_group_row_count(Some(ROW_GROUP_IDS))
+            .set_column_bloom_filter_enabled(ColumnPath::from(FILTERED_COLUMN), true)
+            .set_column_bloom_filter_fpp(ColumnPath::from(FILTERED_COLUMN), BLOOM_FPP)
+            .set_column_bloom_filter_max_ndv(
+                ColumnPath::from(FILTERED_COLUMN),
+                ROW_GROUP_IDS as u64,
+            )
             .build();
         let writer = AsyncArrowWriter::try_new(target, TRANSACTION_IDS.clone(), Some(props))?;
         Ok(IdWriter {
@@ -598,6 +792,81 @@ impl Spill {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// A sorted run of `n` random ids.
+    fn run(rng: &mut rand_pcg::Pcg64, n: usize) -> Vec<u128> {
+        let mut ids: Vec<u128> = (0..n).map(|_| rng.random()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    async fn write(t: &DeltaTable, ids: &[u128], props: Option<WriterProperties>) -> Add {
+        let mut w = IdWriter::new(t).unwrap();
+        if let Some(props) = props {
+            // A file as written before the Bloom filters and page index.
+            let target = BufWriter::new(t.object_store(), deltalake::Path::from(w.path.as_str()));
+            w.writer =
+                AsyncArrowWriter::try_new(target, TRANSACTION_IDS.clone(), Some(props)).unwrap();
+        }
+        w.push(ids).await.unwrap();
+        w.finish(t).await.unwrap().unwrap()
+    }
+
+    /// Lookups through the filters and pages find exactly the ids the index holds: in files
+    /// with filters and in a file written without them, at the edges of pages and row groups,
+    /// for ids the index holds and ids it does not (a false positive reads a page, never
+    /// answers yes), over the whole id space and within a narrow range.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lookups_find_exactly_the_ids_the_index_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = crate::layout::Layout::new(dir.path());
+        let t = delta::open_or_create(&layout, Table::TransactionIds).await.unwrap();
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(7);
+        let runs = [run(&mut rng, 150_000), run(&mut rng, 3_000), run(&mut rng, 70_000)];
+        let legacy = WriterProperties::builder()
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_max_row_group_row_count(Some(ROW_GROUP_IDS))
+            .build();
+        let adds = vec![
+            write(&t, &runs[0], None).await,
+            write(&t, &runs[1], None).await,
+            write(&t, &runs[2], Some(legacy)).await,
+        ];
+        let index = IdIndex::of_adds(&t, &adds).await.unwrap();
+        let first = &index.files[0];
+        assert!(first.meta.metadata().row_group(0).column(0).bloom_filter_offset().is_some());
+        assert!(first.meta.metadata().offset_index().is_some());
+        assert!(index.files[2].meta.metadata().row_group(0).column(0).bloom_filter_offset().is_none());
+        let held: std::collections::BTreeSet<u128> = runs.iter().flatten().copied().collect();
+        // Held ids (every 97th of each run, page and row group edges included), and new ones.
+        let mut wanted: Vec<u128> = runs
+            .iter()
+            .flat_map(|r| {
+                r.iter().step_by(97).chain([
+                    &r[0],
+                    &r[r.len() - 1],
+                    &r[PAGE_IDS.min(r.len() - 1)],
+                    &r[(PAGE_IDS - 1).min(r.len() - 1)],
+                    &r[ROW_GROUP_IDS.min(r.len() - 1)],
+                ])
+            })
+            .copied()
+            .chain(run(&mut rng, 20_000))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let expected: Vec<u128> = wanted.iter().filter(|id| held.contains(id)).copied().collect();
+        assert!(expected.len() > 2_000, "{}", expected.len());
+        assert_eq!(index.matches_in(0, u128::MAX, &wanted).await.unwrap(), expected);
+        // A narrow range: only its ids are looked up and returned.
+        let (lo, hi) = (u128::MAX / 8 * 3, u128::MAX / 8 * 5);
+        let inside: Vec<u128> = wanted.iter().filter(|id| (lo..=hi).contains(*id)).copied().collect();
+        let found = index.matches_in(lo, hi, &inside).await.unwrap();
+        assert_eq!(found, expected.iter().filter(|id| (lo..=hi).contains(*id)).copied().collect::<Vec<_>>());
+        assert!(index.matches_in(0, u128::MAX, &[]).await.unwrap().is_empty());
+    }
 
     #[test]
     fn halves_keep_the_order_of_ids() {

@@ -5,13 +5,16 @@
 //! 1. **Collect** (in parallel over the inputs): check the rules and keep `(id, ordinal)` of
 //!    each valid row, split by id range into buckets (in memory when the run is small,
 //!    otherwise spilled to scratch, 24 bytes a row).
-//! 2. **Decide** (bucket by bucket, in id order): sort the bucket's entries, read the id
-//!    index's ids of the same range, and merge. The result is the sorted set of duplicate
-//!    ordinals, and the run's accepted ids in id order, written as one sorted index file.
+//! 2. **Decide** (bucket by bucket, in id order): sort the bucket's entries, ask the id
+//!    index which of their ids it holds (through its Bloom filters and page index: the
+//!    filters of the row groups they fall into and the pages that may hold them, not the
+//!    index's ids), and merge. The result is the sorted set of duplicate ordinals, and the
+//!    run's accepted ids in id order, written as one sorted index file.
 //!
 //! The number of buckets follows the run's rows plus the index's ids, so one bucket holds
 //! about [`DEFAULT_BUCKET_IDS`] ids: memory is the same for a table of ten million ids or a
-//! billion, and the index is read once per run, one range at a time.
+//! billion, and what a run reads of the index grows with the run's ids (a filter probe per
+//! file, a page per possible match) plus the filters, about 2 bytes an id of the index.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -157,7 +160,9 @@ pub async fn decide(ctx: &Ctx<'_>, ids_table: &DeltaTable) -> Result<Verdicts> {
                 if entries.is_empty() {
                     return Ok((Vec::new(), Vec::new()));
                 }
-                let known = index.ids_in(lo, hi).await?;
+                let mut ids: Vec<u128> = entries.iter().map(|e| e.id).collect();
+                ids.dedup();
+                let known = index.matches_in(lo, hi, &ids).await?;
                 Ok::<_, Error>(tokio::task::spawn_blocking(move || merge(&entries, &known)).await?)
             }
         })

@@ -59,6 +59,11 @@ pub struct FollowOptions {
     /// Compact small files every this many micro-batches (0: never).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub compact_every: u64,
+    /// Bring the customer profiles (and their serving table) up to date at most this often
+    /// (0s: every micro-batch), and once more when the stream stops. Each update rewrites
+    /// one row per customer, so every micro-batch would cost what the customer base costs.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub profiles_every: Duration,
     /// With --follow, serve Prometheus metrics at HOST:PORT (/metrics, and /healthz, which
     /// `pipeline health` checks); a batch run ignores it. Not `requires = "follow"`: clap
     /// counts the environment variable as given, so a batch run in the follow service's
@@ -102,6 +107,8 @@ pub struct MicroBatch {
     pub rows_loaded: u64,
     /// Rows deleted from ScyllaDB.
     pub rows_deleted: u64,
+    /// Profile rows written, when the profiles were brought up to date.
+    pub profile_rows: Option<u64>,
     /// Files acknowledged by this micro-batch (their rows are served).
     pub files_acknowledged: u64,
     /// Their freshness: the largest, in seconds.
@@ -140,6 +147,9 @@ impl MicroBatch {
             thousands(self.rows_loaded),
             thousands(self.rows_deleted)
         );
+        if let Some(n) = self.profile_rows {
+            s += &format!("; profiles {} row(s)", thousands(n));
+        }
         if let Some(f) = self.freshness_max_s {
             s += &format!("; freshness max {f:.2} s");
         }
@@ -167,6 +177,7 @@ impl MicroBatch {
             || self.aggregate_mode.is_some()
             || self.rows_loaded + self.rows_deleted > 0
             || self.compacted_files.is_some()
+            || self.profile_rows.is_some()
             || !self.set_aside.is_empty()
             || !self.changed_files.is_empty()
     }
@@ -336,6 +347,10 @@ struct State {
     since_compaction: u64,
     /// The compaction running in the background, if any.
     compaction: Option<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+    /// When the profiles were last brought up to date (None: not in this session).
+    profiles_at: Option<Instant>,
+    /// Aggregates changed since: the profiles are behind.
+    profiles_behind: bool,
     report: FollowReport,
     metrics: Arc<Metrics>,
 }
@@ -385,6 +400,22 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
         collect_compaction(&mut state, &mut b).await;
         state.report.errors += b.errors.len() as u64;
     }
+    let result = match result {
+        // The profiles waiting for their interval are brought up to date before stopping.
+        Ok(()) if state.profiles_behind && opts.selected().contains(&Stage::Profiles) => {
+            let mut b = MicroBatch {
+                batch: state.report.micro_batches + 1,
+                ..Default::default()
+            };
+            let done = profiles_step(layout, opts, &mut state, &mut b).await;
+            if b.did_work() || !b.errors.is_empty() {
+                print_batch(json, &b);
+            }
+            state.report.errors += b.errors.len() as u64;
+            done
+        }
+        other => other,
+    };
     let mut report = finish(state, started);
     let ended = chrono::Utc::now();
     match super::history::record(layout, &report.as_run(now, ended), (now, ended)).await {
@@ -434,6 +465,9 @@ async fn start(opts: &RunOptions) -> Result<(State, Stop)> {
             .expect("valid bounds"),
         since_compaction: 0,
         compaction: None,
+        profiles_at: None,
+        // A stream may start behind a batch run's aggregates: catch up at once.
+        profiles_behind: true,
         report: FollowReport {
             stages: (selected.iter().copied())
                 .filter(|s| *s != Stage::Load || load_selected)
@@ -486,22 +520,9 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
         acknowledge(st, &mut b);
     }
     // After load: the profiles do not hold up the rows users look up.
-    if selected.contains(&Stage::Profiles) && exists(layout, Table::Aggregates).await {
-        let t = Instant::now();
-        match profiles::run(layout, &opts.profiles).await {
-            Ok(r) => st.report.profile_rows += r.rows_written,
-            Err(e) => survivable("profiles", e, st, &mut b)?,
-        }
-        b.steps.push(("profiles", t.elapsed().as_secs_f64()));
-    }
-    if st.load_selected
-        && let Some(session) = &st.session
-    {
-        let t = Instant::now();
-        if let Err(e) = load::serve_profiles(session, layout, &opts.load).await {
-            survivable("load", e, st, &mut b)?;
-        }
-        b.steps.push(("load_profiles", t.elapsed().as_secs_f64()));
+    st.profiles_behind |= b.aggregate_mode.is_some();
+    if profiles_due(opts, st) {
+        profiles_step(layout, opts, st, &mut b).await?;
     }
     for (step, seconds) in &b.steps {
         st.metrics.step(step, *seconds);
@@ -532,6 +553,50 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
     crate::process::release_free_memory();
     b.seconds = t.elapsed().as_secs_f64();
     Ok(b)
+}
+
+/// Whether the profiles are behind the aggregates and their interval has passed.
+fn profiles_due(opts: &RunOptions, st: &State) -> bool {
+    opts.selected().contains(&Stage::Profiles)
+        && st.profiles_behind
+        && st
+            .profiles_at
+            .is_none_or(|at| at.elapsed() >= opts.follow.profiles_every)
+}
+
+/// Bring the profiles up to date with the aggregates, and serve them.
+async fn profiles_step(
+    layout: &Layout,
+    opts: &RunOptions,
+    st: &mut State,
+    b: &mut MicroBatch,
+) -> Result<()> {
+    if !exists(layout, Table::Aggregates).await {
+        return Ok(());
+    }
+    st.profiles_at = Some(Instant::now());
+    let t = Instant::now();
+    let before = b.errors.len();
+    match profiles::run(layout, &opts.profiles).await {
+        Ok(r) => {
+            st.report.profile_rows += r.rows_written;
+            b.profile_rows = Some(r.rows_written);
+        }
+        Err(e) => survivable("profiles", e, st, b)?,
+    }
+    b.steps.push(("profiles", t.elapsed().as_secs_f64()));
+    if st.load_selected
+        && let Some(session) = &st.session
+    {
+        let t = Instant::now();
+        if let Err(e) = load::serve_profiles(session, layout, &opts.load).await {
+            survivable("load", e, st, b)?;
+        }
+        b.steps.push(("load_profiles", t.elapsed().as_secs_f64()));
+    }
+    // Behind still when a step failed: tried again at the next interval.
+    st.profiles_behind = b.errors.len() > before;
+    Ok(())
 }
 
 /// A failure the stream survives (retried in the next micro-batch), or a fatal one.

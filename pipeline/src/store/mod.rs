@@ -11,6 +11,8 @@
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
 //! `AWS_ALLOW_HTTP`), and are never printed.
 
+pub mod local;
+
 use std::sync::Arc;
 use std::time::Instant;
 
