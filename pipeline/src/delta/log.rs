@@ -50,6 +50,74 @@ pub async fn fingerprint(t: &DeltaTable, table: Table, version: i64) -> Result<O
     Ok(bytes.map(|b| blake3::hash(&b).to_hex()[..32].to_string()))
 }
 
+/// The oldest version of `t` that can still be read (None: the log cannot be listed, or
+/// holds no commit). Versions are readable from the first checkpoint at or after which every
+/// commit is still in the log, or from 0 while its commit is: log cleanup removes commits
+/// older than the log retention once a later checkpoint holds them. Lists the whole log
+/// folder: for messages only.
+pub async fn oldest_readable(t: &DeltaTable, table: Table) -> Result<Option<i64>> {
+    use futures::TryStreamExt;
+    let store = t.log_store().object_store(None);
+    let log = t.log_store().log_path().clone();
+    let listed: Vec<_> = store.list(Some(&log)).try_collect().await.map_err(|e| {
+        Error::io(
+            format!("cannot list the log of {table}"),
+            std::io::Error::other(e),
+        )
+    })?;
+    let (mut commits, mut checkpoints) = (BTreeSet::new(), BTreeSet::new());
+    for o in &listed {
+        let Some(name) = o.location.filename() else {
+            continue;
+        };
+        let Some(v) = name.get(..20).and_then(|d| d.parse::<i64>().ok()) else {
+            continue;
+        };
+        if name.ends_with(".json") && name.len() == 25 {
+            commits.insert(v);
+        } else if name.contains(".checkpoint.") {
+            checkpoints.insert(v);
+        }
+    }
+    let Some(&latest) = commits.last() else {
+        return Ok(None);
+    };
+    // The commits present without a gap up to the latest.
+    let mut first = latest;
+    while first > 0 && commits.contains(&(first - 1)) {
+        first -= 1;
+    }
+    if first == 0 {
+        return Ok(Some(0));
+    }
+    Ok(checkpoints.range(first - 1..).next().copied())
+}
+
+/// The table's log retention as `delta.logRetentionDuration` sets it (or Delta's default,
+/// 30 days), for messages.
+pub fn retention_text(t: &DeltaTable, table: Table) -> Result<String> {
+    use deltalake::table::config::TablePropertiesExt;
+    let d = t
+        .snapshot()
+        .map_err(|e| Error::delta(table.name(), e))?
+        .table_config()
+        .log_retention_duration();
+    Ok(duration_text(d))
+}
+
+/// A duration as people write a retention: `2 days`, `12 hours`, `90 minutes`, `30 s`.
+pub fn duration_text(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match s {
+        0 => format!("{} ms", d.as_millis()),
+        s if s % 86_400 == 0 => plural(s / 86_400, "day"),
+        s if s % 3_600 == 0 => plural(s / 3_600, "hour"),
+        s if s % 60 == 0 => plural(s / 60, "minute"),
+        s => format!("{s} s"),
+    }
+}
+
 /// The `commitInfo` of a commit's actions.
 pub fn commit_info(actions: &[Value]) -> Option<&Value> {
     actions.iter().find_map(|a| a.get("commitInfo"))

@@ -87,7 +87,11 @@ pub async fn has_log(layout: &Layout, table: Table) -> Result<bool> {
         Some(s) => {
             let log = s.path_of(&format!("{}/_delta_log", table.path()));
             use object_store::ObjectStoreExt;
-            if s.store().head(&log.clone().join("_last_checkpoint")).await.is_ok() {
+            if s.store()
+                .head(&log.clone().join("_last_checkpoint"))
+                .await
+                .is_ok()
+            {
                 return Ok(true);
             }
             let listed: Vec<_> = s

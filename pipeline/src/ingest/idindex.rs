@@ -22,7 +22,9 @@ use deltalake::ObjectStore;
 use deltalake::arrow::array::{AsArray, Int64Array, RecordBatch};
 use deltalake::arrow::datatypes::Int64Type;
 use deltalake::kernel::{Action, Add, Remove};
-use deltalake::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
+use deltalake::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection,
+};
 #[allow(deprecated)]
 // deprecated upstream in favour of hand-written readers; delta-rs itself still uses it
 use deltalake::parquet::arrow::async_reader::{
@@ -30,10 +32,10 @@ use deltalake::parquet::arrow::async_reader::{
 };
 use deltalake::parquet::arrow::async_writer::AsyncArrowWriter;
 use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::bloom_filter::Sbbf;
 use deltalake::parquet::file::metadata::PageIndexPolicy;
 use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::file::statistics::Statistics;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::DeltaOperation;
@@ -365,11 +367,16 @@ fn rows_of_pages(
     highs: &[i64],
 ) -> Vec<std::ops::Range<usize>> {
     let rows = meta.row_group(g).num_rows() as usize;
+    let whole = std::iter::once(0..rows).collect();
     let (Some(ColumnIndexMetaData::INT64(index)), Some(offsets)) = (
-        meta.column_index().and_then(|c| c.get(g)).and_then(|c| c.first()),
-        meta.offset_index().and_then(|o| o.get(g)).and_then(|o| o.first()),
+        meta.column_index()
+            .and_then(|c| c.get(g))
+            .and_then(|c| c.first()),
+        meta.offset_index()
+            .and_then(|o| o.get(g))
+            .and_then(|o| o.first()),
     ) else {
-        return vec![0..rows];
+        return whole;
     };
     let starts: Vec<usize> = offsets
         .page_locations()
@@ -378,7 +385,7 @@ fn rows_of_pages(
         .collect();
     let (mins, maxes) = (index.min_values(), index.max_values());
     if mins.len() != starts.len() || maxes.len() != starts.len() {
-        return vec![0..rows];
+        return whole;
     }
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();
     for h in highs {
@@ -822,9 +829,15 @@ mod tests {
     async fn lookups_find_exactly_the_ids_the_index_holds() {
         let dir = tempfile::tempdir().unwrap();
         let layout = crate::layout::Layout::new(dir.path());
-        let t = delta::open_or_create(&layout, Table::TransactionIds).await.unwrap();
+        let t = delta::open_or_create(&layout, Table::TransactionIds)
+            .await
+            .unwrap();
         let mut rng = rand_pcg::Pcg64::seed_from_u64(7);
-        let runs = [run(&mut rng, 150_000), run(&mut rng, 3_000), run(&mut rng, 70_000)];
+        let runs = [
+            run(&mut rng, 150_000),
+            run(&mut rng, 3_000),
+            run(&mut rng, 70_000),
+        ];
         let legacy = WriterProperties::builder()
             .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_max_row_group_row_count(Some(ROW_GROUP_IDS))
@@ -836,9 +849,25 @@ mod tests {
         ];
         let index = IdIndex::of_adds(&t, &adds).await.unwrap();
         let first = &index.files[0];
-        assert!(first.meta.metadata().row_group(0).column(0).bloom_filter_offset().is_some());
+        assert!(
+            first
+                .meta
+                .metadata()
+                .row_group(0)
+                .column(0)
+                .bloom_filter_offset()
+                .is_some()
+        );
         assert!(first.meta.metadata().offset_index().is_some());
-        assert!(index.files[2].meta.metadata().row_group(0).column(0).bloom_filter_offset().is_none());
+        assert!(
+            index.files[2]
+                .meta
+                .metadata()
+                .row_group(0)
+                .column(0)
+                .bloom_filter_offset()
+                .is_none()
+        );
         let held: std::collections::BTreeSet<u128> = runs.iter().flatten().copied().collect();
         // Held ids (every 97th of each run, page and row group edges included), and new ones.
         let mut wanted: Vec<u128> = runs
@@ -857,15 +886,39 @@ mod tests {
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let expected: Vec<u128> = wanted.iter().filter(|id| held.contains(id)).copied().collect();
+        let expected: Vec<u128> = wanted
+            .iter()
+            .filter(|id| held.contains(id))
+            .copied()
+            .collect();
         assert!(expected.len() > 2_000, "{}", expected.len());
-        assert_eq!(index.matches_in(0, u128::MAX, &wanted).await.unwrap(), expected);
+        assert_eq!(
+            index.matches_in(0, u128::MAX, &wanted).await.unwrap(),
+            expected
+        );
         // A narrow range: only its ids are looked up and returned.
         let (lo, hi) = (u128::MAX / 8 * 3, u128::MAX / 8 * 5);
-        let inside: Vec<u128> = wanted.iter().filter(|id| (lo..=hi).contains(*id)).copied().collect();
+        let inside: Vec<u128> = wanted
+            .iter()
+            .filter(|id| (lo..=hi).contains(*id))
+            .copied()
+            .collect();
         let found = index.matches_in(lo, hi, &inside).await.unwrap();
-        assert_eq!(found, expected.iter().filter(|id| (lo..=hi).contains(*id)).copied().collect::<Vec<_>>());
-        assert!(index.matches_in(0, u128::MAX, &[]).await.unwrap().is_empty());
+        assert_eq!(
+            found,
+            expected
+                .iter()
+                .filter(|id| (lo..=hi).contains(*id))
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            index
+                .matches_in(0, u128::MAX, &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -148,11 +148,22 @@ async fn open_at(layout: &Layout, table: Table, version: i64) -> Result<DeltaTab
             "--as-of {table}={version}: {table} is at version {current}"
         )));
     }
-    delta::open_at(layout, table, version).await.map_err(|e| {
-        Error::Invalid(format!(
-            "--as-of {table}={version}: that version cannot be read ({}); versions older than \
-             the log retention are removed by `pipeline maintain`",
-            e.chain()
-        ))
-    })
+    let error = match delta::open_at(layout, table, version).await {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let t = latest(layout, table).await?;
+    match delta::log::oldest_readable(&t, table).await {
+        Ok(Some(oldest)) if version < oldest => Err(Error::Invalid(format!(
+            "--as-of {table}={version}: version {version} is older than the log {table} keeps: \
+             commits older than its log retention ({}, the table property \
+             delta.logRetentionDuration) are removed once a later checkpoint holds them. The \
+             oldest version that can be read is {oldest} (the latest is {current})",
+            delta::log::retention_text(&t, table)?,
+        ))),
+        _ => Err(Error::Invalid(format!(
+            "--as-of {table}={version}: that version cannot be read ({})",
+            error.chain()
+        ))),
+    }
 }

@@ -55,40 +55,81 @@ impl LocalStore {
         }
     }
 
-    /// The entries of `prefix`'s folder after `offset`, when `offset` is a child of `prefix`
-    /// named as Delta log entries are; `None`: list the slow way.
-    fn list_after(&self, prefix: &Path, offset: &Path) -> Option<Vec<Result<ObjectMeta>>> {
-        let mut rest = offset.prefix_match(prefix)?;
-        let after = rest.next()?.as_ref().to_string();
-        if rest.next().is_some() || !after.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    /// A listing by `fast` (on a blocking thread: it reads the file system), or by `slow`
+    /// (object_store's) when `fast` cannot answer it.
+    fn fast_or_slow(
+        &self,
+        prefix: &Path,
+        fast: impl FnOnce(&LocalFileSystem, &Path) -> Option<Vec<Result<ObjectMeta>>> + Send + 'static,
+        slow: impl FnOnce(&LocalFileSystem, &Path) -> BoxStream<'static, Result<ObjectMeta>>
+        + Send
+        + 'static,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let (fs, prefix) = (self.inner.clone(), prefix.clone());
+        futures::stream::once(async move {
+            let (fs2, prefix2) = (fs.clone(), prefix.clone());
+            match blocking(move || fast(&fs2, &prefix2)).await {
+                Some(listed) => futures::stream::iter(listed).boxed(),
+                None => slow(&fs, &prefix),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
+/// The entries of `prefix`'s folder after `offset`, when `offset` is a child of `prefix`
+/// named as Delta log entries are; `None`: list the slow way.
+fn list_after(
+    fs: &LocalFileSystem,
+    prefix: &Path,
+    offset: &Path,
+) -> Option<Vec<Result<ObjectMeta>>> {
+    let mut rest = offset.prefix_match(prefix)?;
+    let after = rest.next()?.as_ref().to_string();
+    if rest.next().is_some() || !after.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let dir = fs.path_to_filesystem(prefix).ok()?;
+    let probed = match after.parse::<u64>() {
+        Ok(version) if after.len() == 20 && prefix.filename() == Some("_delta_log") => {
+            probe_log(&dir, version)
+        }
+        _ => None,
+    };
+    match probed {
+        Some(names) => described(prefix, &dir, names),
+        None => list_names(fs, prefix, &after),
+    }
+}
+
+/// The entries of `prefix`'s folder after `after`, read from the folder.
+fn list_names(fs: &LocalFileSystem, prefix: &Path, after: &str) -> Option<Vec<Result<ObjectMeta>>> {
+    let dir = fs.path_to_filesystem(prefix).ok()?;
+    let names = read_names_after(&dir, after)?;
+    described(prefix, &dir, names)
+}
+
+/// The objects of `names` in `dir` (`None`: one is a folder).
+fn described(
+    prefix: &Path,
+    dir: &std::path::Path,
+    names: Vec<String>,
+) -> Option<Vec<Result<ObjectMeta>>> {
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let meta = match std::fs::metadata(dir.join(&name)) {
+            Ok(m) => m,
+            // Deleted since the folder was read (a log cleanup): not listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return None,
+        };
+        if meta.is_dir() {
             return None;
         }
-        let dir = self.inner.path_to_filesystem(prefix).ok()?;
-        let probed = match after.parse::<u64>() {
-            Ok(version) if after.len() == 20 && prefix.filename() == Some("_delta_log") => {
-                probe_log(&dir, version)
-            }
-            _ => None,
-        };
-        let names = match probed {
-            Some(names) => names,
-            None => read_names_after(&dir, &after)?,
-        };
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let meta = match std::fs::metadata(dir.join(&name)) {
-                Ok(m) => m,
-                // Deleted since the folder was read (a log cleanup): not listed.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(_) => return None,
-            };
-            if meta.is_dir() {
-                return None;
-            }
-            out.push(Ok(object_meta(prefix.clone().join(name.as_str()), &meta)));
-        }
-        Some(out)
+        out.push(Ok(object_meta(prefix.clone().join(name.as_str()), &meta)));
     }
+    Some(out)
 }
 
 /// The names in `dir` after `after`, sorted (`None`: a name this listing does not handle).
@@ -160,6 +201,17 @@ impl Default for LocalStore {
     }
 }
 
+/// Run `f` on a blocking thread of the current runtime (inline outside one).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h
+            .spawn_blocking(f)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        Err(_) => f(),
+    }
+}
+
 /// A name object_store keeps as it is (no percent-encoding, not a relative part).
 fn is_plain(name: &str) -> bool {
     !name.is_empty()
@@ -227,7 +279,15 @@ impl ObjectStore for LocalStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        // A whole Delta log (log cleanup lists it): its names, without path conversions.
+        match prefix.filter(|p| p.filename() == Some("_delta_log")) {
+            Some(p) => self.fast_or_slow(
+                p,
+                move |fs, p| list_names(fs, p, ""),
+                |fs, p| fs.list(Some(p)),
+            ),
+            None => self.inner.list(prefix),
+        }
     }
 
     fn list_with_offset(
@@ -235,13 +295,15 @@ impl ObjectStore for LocalStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let fast = prefix.and_then(|p| {
-            tokio::task::block_in_place(|| self.list_after(p, offset))
-        });
-        match fast {
-            Some(listed) => futures::stream::iter(listed).boxed(),
-            None => self.inner.list_with_offset(prefix, offset),
-        }
+        let Some(prefix) = prefix else {
+            return self.inner.list_with_offset(prefix, offset);
+        };
+        let (fast_offset, slow_offset) = (offset.clone(), offset.clone());
+        self.fast_or_slow(
+            prefix,
+            move |fs, p| list_after(fs, p, &fast_offset),
+            move |fs, p| fs.list_with_offset(Some(p), &slow_offset),
+        )
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
@@ -281,5 +343,91 @@ impl deltalake::logstore::ObjectStoreFactory for LocalFactory {
             object_store::ObjectStoreScheme::parse(url).map_err(object_store::Error::from)?;
         let path = Path::parse(path).map_err(object_store::Error::from)?;
         Ok((Arc::new(LocalStore::new()), path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    async fn names(s: BoxStream<'static, Result<ObjectMeta>>) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = s
+            .map_ok(|m| (m.location.to_string(), m.size))
+            .try_collect()
+            .await
+            .unwrap();
+        v.sort();
+        v
+    }
+
+    /// A log folder as a stream leaves it: early commits cleaned up, checkpoints every 10
+    /// versions, a checksum file, `_last_checkpoint`, a write in progress. Listed from every
+    /// version (and before, and past the end), the fast listing returns what object_store's
+    /// returns, but for the names that are not log entries (`_last_checkpoint`), which a
+    /// listing from the last checkpoint has no use for.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn listings_of_a_log_equal_object_stores_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("t").join("_delta_log");
+        std::fs::create_dir_all(&log).unwrap();
+        for v in 5..=47u64 {
+            std::fs::write(log.join(format!("{v:020}.json")), vec![b'x'; v as usize]).unwrap();
+            if v % 10 == 0 {
+                std::fs::write(log.join(format!("{v:020}.checkpoint.parquet")), b"cp").unwrap();
+            }
+        }
+        std::fs::write(log.join(format!("{:020}.crc", 41)), b"crc").unwrap();
+        std::fs::write(log.join("_last_checkpoint"), br#"{"version":40,"size":1}"#).unwrap();
+        std::fs::write(log.join(format!("{:020}.json#1", 48)), b"staging").unwrap();
+        let ours = LocalStore::new();
+        let theirs = LocalFileSystem::new();
+        let prefix = Path::from_absolute_path(&log).unwrap();
+        let is_entry =
+            |(n, _): &(String, u64)| n.rsplit('/').next().unwrap().as_bytes()[0].is_ascii_digit();
+        for from in [0u64, 4, 5, 6, 9, 10, 11, 39, 40, 41, 46, 47, 48, 60] {
+            let offset = prefix.clone().join(format!("{from:020}").as_str());
+            let want: Vec<_> = names(theirs.list_with_offset(Some(&prefix), &offset))
+                .await
+                .into_iter()
+                .filter(is_entry)
+                .collect();
+            let got: Vec<_> = names(ours.list_with_offset(Some(&prefix), &offset))
+                .await
+                .into_iter()
+                .filter(is_entry)
+                .collect();
+            assert_eq!(got, want, "listed from version {from}");
+        }
+        let offset = prefix.clone().join(format!("{:020}.json", 20).as_str());
+        assert_eq!(
+            names(ours.list_with_offset(Some(&prefix), &offset)).await,
+            names(theirs.list_with_offset(Some(&prefix), &offset)).await,
+        );
+        assert_eq!(
+            names(ours.list(Some(&prefix))).await,
+            names(theirs.list(Some(&prefix))).await
+        );
+        // A folder that is not a log, and one with a sub-folder, are object_store's listing.
+        std::fs::create_dir_all(log.join("_commits")).unwrap();
+        std::fs::write(log.join("_commits").join("x.json"), b"c").unwrap();
+        let offset = prefix.clone().join(format!("{:020}", 40).as_str());
+        assert_eq!(
+            names(ours.list(Some(&prefix))).await,
+            names(theirs.list(Some(&prefix))).await
+        );
+        let listed = names(ours.list_with_offset(Some(&prefix), &offset)).await;
+        assert!(listed.iter().all(is_entry), "{listed:?}");
+        // A multi-part checkpoint (written by another engine): the folder is read.
+        std::fs::write(
+            log.join("_last_checkpoint"),
+            br#"{"version":40,"size":1,"parts":2}"#,
+        )
+        .unwrap();
+        let offset = prefix.clone().join(format!("{:020}", 40).as_str());
+        assert_eq!(
+            names(ours.list_with_offset(Some(&prefix), &offset)).await,
+            names(theirs.list_with_offset(Some(&prefix), &offset)).await
+        );
     }
 }
