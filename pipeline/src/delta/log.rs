@@ -105,17 +105,21 @@ pub fn retention_text(t: &DeltaTable, table: Table) -> Result<String> {
     Ok(duration_text(d))
 }
 
-/// A duration as people write a retention: `2 days`, `12 hours`, `90 minutes`, `30 s`.
+/// A duration as Delta's intervals and people write a retention, in its largest whole unit:
+/// `2 days`, `1 hour`, `15 minutes`, `61 seconds` (at least a second).
 pub fn duration_text(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
-    match s {
-        0 => format!("{} ms", d.as_millis()),
-        s if s % 86_400 == 0 => plural(s / 86_400, "day"),
-        s if s % 3_600 == 0 => plural(s / 3_600, "hour"),
-        s if s % 60 == 0 => plural(s / 60, "minute"),
-        s => format!("{s} s"),
-    }
+    let s = d.as_secs().max(1);
+    let (n, unit) = [
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ]
+    .into_iter()
+    .find(|(u, _)| s.is_multiple_of(*u))
+    .map(|(u, name)| (s / u, name))
+    .expect("every number of seconds is a multiple of 1");
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The `commitInfo` of a commit's actions.

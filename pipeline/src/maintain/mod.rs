@@ -11,6 +11,8 @@
 //! file a running stage has written but not yet committed is never one of them. It only
 //! lists what it would delete unless `--vacuum` is given.
 
+pub mod retention;
+
 use std::time::Instant;
 
 use clap::Args;
@@ -210,7 +212,7 @@ pub const STREAM_TARGET_FILE_BYTES: std::num::NonZeroU64 =
     std::num::NonZeroU64::new(16 << 20).unwrap();
 
 /// Compact `table`'s small files (a `dataChange: false` commit that readers and the
-/// incremental stages ignore) and remove its expired log entries: what `run --follow` does
+/// incremental stages ignore): what `run --follow` does
 /// on its cadence, when no other process is compacting (else it returns 0 and the next
 /// cadence tries again). Returns the files rewritten.
 ///
@@ -226,20 +228,18 @@ pub async fn compact(layout: &Layout, table: Table) -> Result<u64> {
         return Ok(0);
     };
     let name = table.name();
-    let (t, metrics) = t
+    let (_, metrics) = t
         .optimize()
         .with_target_size(STREAM_TARGET_FILE_BYTES)
         .with_writer_properties(crate::schema::writer_properties(None))
         .with_commit_properties(no_hooks())
         .await
         .map_err(|e| Error::delta(name, e))?;
-    deltalake::checkpoints::cleanup_metadata(&t, None)
-        .await
-        .map_err(|e| Error::delta(name, e))?;
     Ok(metrics.num_files_removed)
 }
 
-fn no_hooks() -> CommitProperties {
+/// Commit properties without delta-rs's post-commit hooks (see `delta::commit`).
+pub(crate) fn no_hooks() -> CommitProperties {
     CommitProperties::default()
         .with_create_checkpoint(false)
         .with_cleanup_expired_logs(Some(false))

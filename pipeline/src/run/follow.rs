@@ -29,6 +29,7 @@ use scylla::client::session::Session;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::housekeeping::Housekeeping;
 use super::metrics::Metrics;
 use super::options::{RunOptions, Stage};
 use super::report::{RunReport, StageSummary};
@@ -38,7 +39,7 @@ use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::report::{Report, Summary, thousands};
 use crate::tables::Table;
-use crate::{aggregate, cql, delta, ingest, load, maintain, profiles};
+use crate::{aggregate, cql, delta, ingest, load, profiles};
 
 /// How `run --follow` runs.
 #[derive(Debug, Clone, Args)]
@@ -56,9 +57,19 @@ pub struct FollowOptions {
     /// Stop after this many micro-batches that did work.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batches: Option<u64>,
-    /// Compact small files every this many micro-batches (0: never).
+    /// Compact small files every this many micro-batches (0: never); the stream's other
+    /// housekeeping (vacuum, log cleanup) runs at the same cadence (every 10 when 0).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub compact_every: u64,
+    /// Keep the tables' commit files (time travel) this long: the stream sets the tables'
+    /// `delta.logRetentionDuration` to it and removes older ones that a checkpoint holds.
+    #[arg(long, default_value = "2days", value_parser = humantime::parse_duration)]
+    pub log_retention: Duration,
+    /// Keep files the tables no longer use (replaced aggregates and profiles, compacted
+    /// files) this long for readers of older versions, then delete them: the stream sets the
+    /// tables' `delta.deletedFileRetentionDuration` to it. At least 5 minutes.
+    #[arg(long, default_value = "15min", value_parser = parse_vacuum_retention)]
+    pub vacuum_retention: Duration,
     /// Bring the customer profiles (and their serving table) up to date at most this often
     /// (0s: every micro-batch), and once more when the stream stops. Each update rewrites
     /// one row per customer, so every micro-batch would cost what the customer base costs.
@@ -72,7 +83,30 @@ pub struct FollowOptions {
     pub metrics_addr: Option<SocketAddr>,
 }
 
+/// The shortest `--vacuum-retention`: readers of a version (a `sql` query, `verify`, the
+/// load's diff against the version it loaded last) need its files while they run.
+pub const MIN_VACUUM_RETENTION: Duration = Duration::from_secs(300);
+
+fn parse_vacuum_retention(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < MIN_VACUUM_RETENTION {
+        return Err(format!(
+            "{s} is shorter than 5 minutes: a query or a load reading a version needs its files \
+             while it runs"
+        ));
+    }
+    Ok(d)
+}
+
 impl FollowOptions {
+    /// The retention the stream keeps its tables' history for.
+    pub fn retention(&self) -> crate::maintain::retention::Retention {
+        crate::maintain::retention::Retention {
+            log: self.log_retention,
+            files: self.vacuum_retention,
+        }
+    }
+
     /// The options that mean something only with `--follow`: given as flags without it,
     /// they are a usage error. Not clap's `requires`: clap counts an environment variable
     /// (and so a `pipeline.toml` value) as given, so one file or container could not hold
@@ -119,6 +153,10 @@ pub struct MicroBatch {
     pub errors: Vec<String>,
     /// Compaction: files rewritten, when it ran.
     pub compacted_files: Option<u64>,
+    /// Housekeeping: files deleted past the vacuum retention, when it ran.
+    pub vacuumed_files: Option<u64>,
+    /// Housekeeping: commit files removed past the log retention, when it ran.
+    pub logs_cleaned: Option<u64>,
     /// Seconds per step (ingest, aggregate, load, compact).
     pub steps: Vec<(&'static str, f64)>,
     /// Ingest's own steps, seconds.
@@ -159,6 +197,12 @@ impl MicroBatch {
         if let Some(c) = self.compacted_files {
             s += &format!("; compacted {c} file(s)");
         }
+        if let Some(v) = self.vacuumed_files.filter(|v| *v > 0) {
+            s += &format!("; vacuumed {v} file(s)");
+        }
+        if let Some(c) = self.logs_cleaned.filter(|c| *c > 0) {
+            s += &format!("; {c} expired log file(s) removed");
+        }
         s += &format!("; {:.2} s", self.seconds);
         for f in &self.set_aside {
             s += &format!("\n  set aside {}: {}", f.path, f.problem);
@@ -172,7 +216,8 @@ impl MicroBatch {
         s
     }
 
-    fn did_work(&self) -> bool {
+    /// Whether it did anything (else the stream waits `--interval`).
+    pub fn did_work(&self) -> bool {
         self.files > 0
             || self.aggregate_mode.is_some()
             || self.rows_loaded + self.rows_deleted > 0
@@ -344,9 +389,7 @@ struct State {
     /// "Waiting for the landing folder" was said.
     waiting_said: bool,
     freshness: hdrhistogram::Histogram<u64>,
-    since_compaction: u64,
-    /// The compaction running in the background, if any.
-    compaction: Option<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+    housekeeping: Housekeeping,
     /// When the profiles were last brought up to date (None: not in this session).
     profiles_at: Option<Instant>,
     /// Aggregates changed since: the profiles are behind.
@@ -359,7 +402,7 @@ struct State {
 pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowReport, Result<()>) {
     let started = Instant::now();
     let now = chrono::Utc::now();
-    let (mut state, stop) = match start(opts).await {
+    let (mut state, stop) = match start(layout, opts).await {
         Ok(s) => s,
         Err(e) => return (FollowReport::default(), Err(e)),
     };
@@ -394,10 +437,10 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
             stop.sleep(f.interval).await;
         }
     };
-    if state.compaction.is_some() {
-        // Let a compaction in flight finish: stopping leaves nothing half-done.
+    {
+        // Let a housekeeping round in flight finish: stopping leaves nothing half-done.
         let mut b = MicroBatch::default();
-        collect_compaction(&mut state, &mut b).await;
+        state.housekeeping.finish(&mut b).await;
         state.report.errors += b.errors.len() as u64;
     }
     let result = match result {
@@ -426,7 +469,7 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
 }
 
 /// Signals, metrics, the ingest policy of a stream.
-async fn start(opts: &RunOptions) -> Result<(State, Stop)> {
+async fn start(layout: &Layout, opts: &RunOptions) -> Result<(State, Stop)> {
     if opts.follow.interval.is_zero() {
         return Err(Error::Invalid(
             "run --follow: --interval must be more than 0 (e.g. 500ms): 0 would spin".into(),
@@ -463,8 +506,13 @@ async fn start(opts: &RunOptions) -> Result<(State, Stop)> {
         waiting_said: false,
         freshness: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
             .expect("valid bounds"),
-        since_compaction: 0,
-        compaction: None,
+        housekeeping: Housekeeping::start(
+            layout,
+            opts.follow.retention(),
+            opts.follow.compact_every,
+            metrics.clone(),
+        )
+        .await,
         profiles_at: None,
         // A stream may start behind a batch run's aggregates: catch up at once.
         profiles_behind: true,
@@ -532,18 +580,8 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
     if b.did_work() {
         st.report.micro_batches += 1;
         st.metrics.micro_batches.inc();
-        st.since_compaction += 1;
-        if opts.follow.compact_every > 0
-            && st.since_compaction >= opts.follow.compact_every
-            && st.compaction.is_none()
-        {
-            st.since_compaction = 0;
-            st.compaction = Some(tokio::spawn(compact(layout.clone(), st.metrics.clone())));
-        }
     }
-    if st.compaction.as_ref().is_some_and(|h| h.is_finished()) {
-        collect_compaction(st, &mut b).await;
-    }
+    st.housekeeping.after(layout, &mut b).await;
     if b.errors.is_empty() {
         st.metrics
             .last_success
@@ -748,39 +786,6 @@ fn acknowledge(st: &mut State, b: &mut MicroBatch) {
         b.files_acknowledged += 1;
     }
     b.freshness_max_s = max;
-}
-
-/// Compact the tables that grow a file per micro-batch, in the background: it takes
-/// seconds (delta-rs OPTIMIZE rewrites ~200k rows/s here) and must not hold up the
-/// micro-batches. Its commit changes no data, so ingest's commits land on top of it (and it
-/// on top of theirs). Failures are reported, not fatal: the next cadence tries again.
-/// Returns the files rewritten and the errors.
-async fn compact(layout: Layout, metrics: Arc<Metrics>) -> (u64, Vec<String>) {
-    let (mut rewritten, mut errors) = (0, Vec::new());
-    for table in [Table::Transactions, Table::Quarantine] {
-        match maintain::compact(&layout, table).await {
-            Ok(n) => rewritten += n,
-            Err(e) => {
-                metrics.error("compact");
-                errors.push(format!("compact {}: {}", table.name(), e.chain()));
-            }
-        }
-    }
-    (rewritten, errors)
-}
-
-/// Report a finished background compaction in this micro-batch.
-async fn collect_compaction(st: &mut State, b: &mut MicroBatch) {
-    let Some(handle) = st.compaction.take() else {
-        return;
-    };
-    match handle.await {
-        Ok((rewritten, errors)) => {
-            b.compacted_files = Some(rewritten);
-            b.errors.extend(errors);
-        }
-        Err(e) => b.errors.push(format!("compact: {e}")),
-    }
 }
 
 fn finish(st: State, started: Instant) -> FollowReport {

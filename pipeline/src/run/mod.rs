@@ -4,6 +4,7 @@
 
 mod follow;
 mod history;
+mod housekeeping;
 pub mod metrics;
 mod options;
 mod report;
