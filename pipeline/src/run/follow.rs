@@ -147,6 +147,9 @@ pub struct MicroBatch {
     pub files_acknowledged: u64,
     /// Their freshness: the largest, in seconds.
     pub freshness_max_s: Option<f64>,
+    /// Each one's freshness, in seconds (milliseconds kept).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub freshness_s: Vec<f64>,
     /// Files ingested and not acknowledged yet (ScyllaDB unavailable).
     pub backlog_files: u64,
     /// Failures, `stage: message` (the stream goes on).
@@ -163,6 +166,8 @@ pub struct MicroBatch {
     pub ingest_steps: Vec<(&'static str, f64)>,
     /// Wall time.
     pub seconds: f64,
+    /// When it ended, in seconds since the session started.
+    pub at_s: f64,
 }
 
 impl MicroBatch {
@@ -413,7 +418,10 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
             break Ok(());
         }
         let batch = match micro_batch(layout, opts, &mut state).await {
-            Ok(b) => b,
+            Ok(b) => MicroBatch {
+                at_s: started.elapsed().as_secs_f64(),
+                ..b
+            },
             Err(e) => {
                 state.report.stopped_by = format!("error: {}", e.chain());
                 break Err(e);
@@ -783,6 +791,7 @@ fn acknowledge(st: &mut State, b: &mut MicroBatch) {
         let s = us as f64 / 1e6;
         st.metrics.freshness.observe(s);
         max = Some(max.map_or(s, |m| m.max(s)));
+        b.freshness_s.push((s * 1e3).round() / 1e3);
         b.files_acknowledged += 1;
     }
     b.freshness_max_s = max;
