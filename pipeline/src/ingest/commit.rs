@@ -406,13 +406,14 @@ pub async fn housekeeping(
     tables: &mut Tables,
     before: &HashMap<Table, i64>,
     compact: bool,
+    inline_index_merge_bytes: Option<u64>,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     if let Err(e) = tables.refresh().await {
         return vec![format!("housekeeping skipped ({})", e.chain())];
     }
     if compact {
-        warnings.extend(compact_small_tables(tables).await);
+        warnings.extend(compact_small_tables(tables, inline_index_merge_bytes).await);
     }
     for t in [
         Table::Transactions,
@@ -429,9 +430,12 @@ pub async fn housekeeping(
 }
 
 /// Merge the id index's and `ingest_files`' small files (under the compaction lock).
-async fn compact_small_tables(tables: &mut Tables) -> Vec<String> {
+async fn compact_small_tables(
+    tables: &mut Tables,
+    inline_index_merge_bytes: Option<u64>,
+) -> Vec<String> {
     let mut warnings = Vec::new();
-    match super::idindex::compact(&tables.ids).await {
+    match super::idindex::compact(&tables.ids, inline_index_merge_bytes).await {
         Ok(_) => {}
         Err(e) => warnings.push(format!(
             "{}: compaction skipped ({}); the next run tries again",

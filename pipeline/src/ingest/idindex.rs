@@ -32,10 +32,11 @@ use deltalake::parquet::arrow::async_reader::{
 };
 use deltalake::parquet::arrow::async_writer::AsyncArrowWriter;
 use deltalake::parquet::basic::Compression;
-use deltalake::parquet::bloom_filter::Sbbf;
 use deltalake::parquet::file::metadata::PageIndexPolicy;
 use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
-use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::file::properties::{
+    BloomFilterProperties, EnabledStatistics, WriterProperties,
+};
 use deltalake::parquet::file::statistics::Statistics;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::DeltaOperation;
@@ -55,8 +56,13 @@ pub const PAGE_IDS: usize = 2048;
 /// The Bloom filters' false-positive rate: of a run's ids that are not in the index, this
 /// fraction costs a page read per file (parquet sizes, then folds, each filter for it).
 pub const BLOOM_FPP: f64 = 0.001;
-/// The column the filters are on (a UUID's high half alone is as good as unique).
-const FILTERED_COLUMN: &str = "id_hi";
+/// The filters of one column of a row group: sized for its ids at [`BLOOM_FPP`].
+fn bloom() -> BloomFilterProperties {
+    BloomFilterProperties::builder()
+        .with_fpp(BLOOM_FPP)
+        .with_max_ndv(ROW_GROUP_IDS as u64)
+        .build()
+}
 /// Ids per decoded batch when reading.
 const READ_BATCH: usize = 8 * 1024;
 
@@ -98,6 +104,9 @@ fn ids_of(batch: &RecordBatch, file: &deltalake::Path) -> Result<Vec<u128>> {
 /// One index file: its footer and each row group's id range.
 struct IndexFile {
     path: deltalake::Path,
+    /// Its path on the local file system (a local table): filters are read with `pread`
+    /// into one buffer, not through the object store.
+    local: Option<std::path::PathBuf>,
     ids: u64,
     size: u64,
     meta: ArrowReaderMetadata,
@@ -107,7 +116,7 @@ struct IndexFile {
 /// The index as of one snapshot of `transaction_ids`, footers loaded once.
 pub struct IdIndex {
     store: Arc<dyn ObjectStore>,
-    files: Vec<IndexFile>,
+    files: Vec<Arc<IndexFile>>,
 }
 
 impl IdIndex {
@@ -131,6 +140,7 @@ impl IdIndex {
 
     async fn of_files(t: &DeltaTable, list: Vec<(deltalake::Path, u64)>) -> Result<Self> {
         let store = t.object_store();
+        let root = t.log_store().root_url().to_file_path().ok();
         let mut files = Vec::new();
         for (path, size) in list {
             #[allow(deprecated)]
@@ -154,13 +164,14 @@ impl IdIndex {
                     _ => (0, u128::MAX),
                 })
                 .collect();
-            files.push(IndexFile {
+            files.push(Arc::new(IndexFile {
+                local: root.as_ref().map(|r| r.join(path.as_ref())),
                 path,
                 ids: meta.metadata().file_metadata().num_rows().max(0) as u64,
                 size,
                 meta,
                 ranges,
-            });
+            }));
         }
         Ok(IdIndex { store, files })
     }
@@ -201,33 +212,55 @@ impl IdIndex {
     /// The ids of `wanted` (sorted, all within `[lo, hi]`) that the index holds, sorted.
     ///
     /// Per file, the row groups whose id range holds some of `wanted`; of those, the ids
-    /// their Bloom filter may hold (the filters of one file in one ranged read); of those,
-    /// the pages whose id range holds one (page index); those pages are read and compared
-    /// exactly. A row group without a filter or page index is read whole.
-    pub async fn matches_in(&self, lo: u128, hi: u128, wanted: &[u128]) -> Result<Vec<u128>> {
+    /// their Bloom filter may hold (a local file's filters read by `pread` into one buffer
+    /// and probed there, on a blocking thread; a remote file's in one ranged read); of
+    /// those, the pages whose id range holds one (page index); those pages are read and
+    /// compared exactly. A row group without a filter or page index is read whole.
+    pub async fn matches_in(
+        &self,
+        lo: u128,
+        hi: u128,
+        wanted: Arc<Vec<u128>>,
+    ) -> Result<Vec<u128>> {
         let mut out = Vec::new();
         for f in &self.files {
-            let groups: Vec<(usize, &[u128])> = f
+            let groups: Vec<(usize, std::ops::Range<usize>)> = f
                 .ranges
                 .iter()
                 .enumerate()
                 .filter(|(_, (a, b))| *a <= hi && *b >= lo)
                 .map(|(g, (a, b))| {
                     let from = wanted.partition_point(|id| id < a);
-                    let to = wanted.partition_point(|id| id <= b);
-                    (g, &wanted[from..to])
+                    (g, from..wanted.partition_point(|id| id <= b))
                 })
                 .filter(|(_, ids)| !ids.is_empty())
                 .collect();
             if groups.is_empty() {
                 continue;
             }
-            let selected = self.maybe_pages(f, &groups).await?;
+            let groups_len = groups.len();
+            let selected = match &f.local {
+                Some(_) => {
+                    let (f, wanted) = (f.clone(), wanted.clone());
+                    tokio::task::spawn_blocking(move || probe_local(&f, &groups, &wanted)).await??
+                }
+                None => self.probe_remote(f, &groups, &wanted).await?,
+            };
             if selected.is_empty() {
                 continue;
             }
+            let t0 = std::time::Instant::now();
             let before = out.len();
-            self.read_selected(f, &selected, wanted, &mut out).await?;
+            self.read_selected(f, &selected, &wanted, &mut out).await?;
+            tracing::debug!(
+                file = %f.path,
+                groups = groups_len,
+                selected_groups = selected.len(),
+                selected_rows = selected.iter().flat_map(|(_, r)| r).map(|r| r.len()).sum::<usize>(),
+                found = out.len() - before,
+                read_s = t0.elapsed().as_secs_f64(),
+                "index lookup"
+            );
             if before > 0 && out.len() > before {
                 out.sort_unstable();
             }
@@ -235,51 +268,50 @@ impl IdIndex {
         Ok(out)
     }
 
-    /// For each of `groups` (a row group and the wanted ids in its range): the rows that may
-    /// hold one of them, as ranges within the row group (nothing: the filter rules them
-    /// all out).
-    async fn maybe_pages(
+    /// [`probe_local`], for a file read through the object store: its groups' filters of
+    /// one column in one ranged read.
+    async fn probe_remote(
         &self,
         f: &IndexFile,
-        groups: &[(usize, &[u128])],
-    ) -> Result<Vec<(usize, Vec<std::ops::Range<usize>>)>> {
-        let meta = f.meta.metadata();
-        let filter_at = |g: usize| {
-            let c = meta.row_group(g).column(0);
-            match (c.bloom_filter_offset(), c.bloom_filter_length()) {
-                (Some(o), Some(l)) if o >= 0 && l > 0 => Some(o as u64..(o as u64 + l as u64)),
-                _ => None,
+        groups: &[(usize, std::ops::Range<usize>)],
+        wanted: &[u128],
+    ) -> Result<Selected> {
+        let read = |column: usize, groups: Vec<usize>| async move {
+            let ranges: Vec<_> = groups
+                .iter()
+                .filter_map(|g| filter_at(f, *g, column))
+                .collect();
+            if ranges.is_empty() {
+                return Ok(Vec::new());
             }
-        };
-        let ranges: Vec<_> = groups.iter().filter_map(|(g, _)| filter_at(*g)).collect();
-        let mut filters = if ranges.is_empty() {
-            Vec::new()
-        } else {
             self.store.get_ranges(&f.path, &ranges).await.map_err(|e| {
                 Error::io(
                     format!("cannot read the Bloom filters of the index file {}", f.path),
                     std::io::Error::other(e),
                 )
-            })?
-        }
-        .into_iter();
-        let mut selected = Vec::new();
+            })
+        };
+        let mut highs = read(0, groups.iter().map(|(g, _)| *g).collect())
+            .await?
+            .into_iter();
+        let mut maybe: Vec<(usize, Vec<u128>)> = Vec::new();
         for (g, ids) in groups {
-            let highs: Vec<i64> = match filter_at(*g) {
-                Some(_) => {
-                    let bytes = filters.next().expect("one read per filter");
-                    let filter = Sbbf::from_bytes(&bytes)?;
-                    ids.iter()
-                        .map(|id| to_halves(*id).0)
-                        .filter(|h| filter.check(h))
-                        .collect()
-                }
-                None => ids.iter().map(|id| to_halves(*id).0).collect(),
-            };
-            if highs.is_empty() {
-                continue;
+            let filter = filter_at(f, *g, 0).map(|_| highs.next().expect("one read per filter"));
+            let ids = may_hold(&wanted[ids.clone()], 0, filter.as_deref());
+            if !ids.is_empty() {
+                maybe.push((*g, ids));
             }
-            selected.push((*g, rows_of_pages(meta, *g, &highs)));
+        }
+        let mut lows = read(1, maybe.iter().map(|(g, _)| *g).collect())
+            .await?
+            .into_iter();
+        let mut selected = Vec::new();
+        for (g, ids) in maybe {
+            let filter = filter_at(f, g, 1).map(|_| lows.next().expect("one read per filter"));
+            let ids = may_hold(&ids, 1, filter.as_deref());
+            if !ids.is_empty() {
+                selected.push((g, rows_of_pages(f.meta.metadata(), g, &ids)));
+            }
         }
         Ok(selected)
     }
@@ -288,7 +320,7 @@ impl IdIndex {
     async fn read_selected(
         &self,
         f: &IndexFile,
-        selected: &[(usize, Vec<std::ops::Range<usize>>)],
+        selected: &Selected,
         wanted: &[u128],
         out: &mut Vec<u128>,
     ) -> Result<()> {
@@ -309,12 +341,20 @@ impl IdIndex {
             ))
             .with_batch_size(READ_BATCH)
             .build()?;
+        // Both sides are sorted (a file's rows, in order): a merge, not a search per id.
+        let mut w = 0;
         while let Some(batch) = stream.next().await {
-            out.extend(
-                ids_of(&batch?, &f.path)?
-                    .into_iter()
-                    .filter(|id| wanted.binary_search(id).is_ok()),
-            );
+            for id in ids_of(&batch?, &f.path)? {
+                while w < wanted.len() && wanted[w] < id {
+                    w += 1;
+                }
+                if w == wanted.len() {
+                    return Ok(());
+                }
+                if wanted[w] == id {
+                    out.push(id);
+                }
+            }
         }
         Ok(())
     }
@@ -359,13 +399,143 @@ impl IdIndex {
     }
 }
 
-/// The rows of row group `g` in the pages whose range of high halves holds one of `highs`
-/// (sorted), from the page index; the whole row group when the file has none.
+/// Row groups of a file and the rows of each that may hold a wanted id.
+type Selected = Vec<(usize, Vec<std::ops::Range<usize>>)>;
+
+/// Where row group `g`'s Bloom filter of `column` (0: high halves, 1: low halves) is in the
+/// file (header and bitset), if it has one.
+fn filter_at(f: &IndexFile, g: usize, column: usize) -> Option<std::ops::Range<u64>> {
+    let c = f.meta.metadata().row_group(g).column(column);
+    match (c.bloom_filter_offset(), c.bloom_filter_length()) {
+        (Some(o), Some(l)) if o >= 0 && l > 0 => Some(o as u64..(o as u64 + l as u64)),
+        _ => None,
+    }
+}
+
+/// Which of the `groups` of a local file may hold one of their ids, and where: a group's
+/// filter of the high halves, then, for the ids it may hold, its filter of the low halves
+/// (read only for groups with such ids: a large batch's ids pass the first filter in most
+/// groups, a stream's in few), each read into one reused buffer and probed there. What a
+/// lookup costs is then the filters' bytes read from the page cache once, and the pages of
+/// the ids both filters may hold.
+fn probe_local(
+    f: &IndexFile,
+    groups: &[(usize, std::ops::Range<usize>)],
+    wanted: &[u128],
+) -> Result<Selected> {
+    use std::os::unix::fs::FileExt;
+    let path = f.local.as_ref().expect("a local file");
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot open the index file {}", path.display()), e))?;
+    let mut buffer = Vec::new();
+    let read = |r: std::ops::Range<u64>, buffer: &mut Vec<u8>| -> Result<()> {
+        buffer.resize((r.end - r.start) as usize, 0);
+        file.read_exact_at(buffer, r.start).map_err(|e| {
+            Error::io(
+                format!("cannot read a Bloom filter of {}", path.display()),
+                e,
+            )
+        })
+    };
+    let mut selected = Vec::new();
+    for (g, ids) in groups {
+        let mut ids = wanted[ids.clone()].to_vec();
+        for column in [0, 1] {
+            // The second filter only after the first (a file without filters has neither).
+            if let Some(r) = filter_at(f, *g, column) {
+                read(r, &mut buffer)?;
+                ids = may_hold(&ids, column, Some(&buffer));
+            } else if column == 0 {
+                break;
+            }
+            if ids.is_empty() {
+                break;
+            }
+        }
+        if !ids.is_empty() {
+            selected.push((*g, rows_of_pages(f.meta.metadata(), *g, &ids)));
+        }
+    }
+    Ok(selected)
+}
+
+/// The ids whose half `column` (0: high, 1: low) `filter` (header and bitset, as the file
+/// holds them) may hold; every id when there is no filter, or none that can be read.
+fn may_hold(ids: &[u128], column: usize, filter: Option<&[u8]>) -> Vec<u128> {
+    let half = |id: &u128| {
+        let (hi, lo) = to_halves(*id);
+        if column == 0 { hi } else { lo }
+    };
+    match filter.and_then(BloomFilter::parse) {
+        Some(filter) => ids
+            .iter()
+            .filter(|id| filter.may_hold(half(id)))
+            .copied()
+            .collect(),
+        None => ids.to_vec(),
+    }
+}
+
+/// A column chunk's split-block Bloom filter, probed where it lies in the file's bytes, as
+/// the Parquet specification defines it (`BloomFilter.md`; parquet's own `Sbbf` copies the
+/// bitset first): the xxHash64 (seed 0) of the plain-encoded value; its upper 32 bits pick
+/// one of the bitset's 32-byte blocks, its lower 32 bits one bit in each of the block's eight
+/// words (through eight salts). `tests::our_bloom_probe_answers_as_parquets` holds it to
+/// parquet's answers.
+struct BloomFilter<'a> {
+    bitset: &'a [u8],
+}
+
+impl<'a> BloomFilter<'a> {
+    const SALT: [u32; 8] = [
+        0x47b6137b, 0x44974d91, 0x8824ad5b, 0xa2b7289d, 0x705495c7, 0x2df1424b, 0x9efc4947,
+        0x5c6bfb31,
+    ];
+
+    /// The bitset of a filter as stored (a Thrift compact `BloomFilterHeader`, then the
+    /// bitset): the header's first field is `numBytes`, a power of two of at least 32.
+    fn parse(bytes: &'a [u8]) -> Option<Self> {
+        // Field 1, type i32: 0x15, then a zigzag varint.
+        if bytes.first() != Some(&0x15) {
+            return None;
+        }
+        let (mut n, mut shift) = (0u64, 0);
+        for b in bytes.get(1..6)? {
+            n |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                let n = ((n >> 1) as i64 ^ -((n & 1) as i64)) as usize;
+                let ok = n >= 32 && n.is_power_of_two() && n < bytes.len();
+                return ok.then(|| BloomFilter {
+                    bitset: &bytes[bytes.len() - n..],
+                });
+            }
+        }
+        None
+    }
+
+    /// Whether the filter may hold `value` (false: it certainly does not).
+    fn may_hold(&self, value: i64) -> bool {
+        let hash = twox_hash::XxHash64::oneshot(0, &value.to_le_bytes());
+        let blocks = (self.bitset.len() / 32) as u64;
+        let block = (((hash >> 32) * blocks) >> 32) as usize * 32;
+        let key = hash as u32;
+        Self::SALT.iter().enumerate().all(|(i, salt)| {
+            let at = block + 4 * i;
+            let word = u32::from_le_bytes(self.bitset[at..at + 4].try_into().expect("4 bytes"));
+            word & (1 << (key.wrapping_mul(*salt) >> 27)) != 0
+        })
+    }
+}
+
+/// The rows of row group `g` in the pages whose range of high halves holds the high half of
+/// one of `ids` (sorted), from the page index; the whole row group when the file has none.
 fn rows_of_pages(
     meta: &deltalake::parquet::file::metadata::ParquetMetaData,
     g: usize,
-    highs: &[i64],
+    ids: &[u128],
 ) -> Vec<std::ops::Range<usize>> {
+    let highs: Vec<i64> = ids.iter().map(|id| to_halves(*id).0).collect();
     let rows = meta.row_group(g).num_rows() as usize;
     let whole = std::iter::once(0..rows).collect();
     let (Some(ColumnIndexMetaData::INT64(index)), Some(offsets)) = (
@@ -388,7 +558,7 @@ fn rows_of_pages(
         return whole;
     }
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();
-    for h in highs {
+    for h in &highs {
         // Pages are sorted: the first whose largest is at least `h`, and on while their
         // smallest is at most `h` (equal high halves may span two pages).
         let mut p = maxes.partition_point(|m| m < h);
@@ -426,12 +596,8 @@ impl IdWriter {
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_data_page_row_count_limit(PAGE_IDS)
             .set_max_row_group_row_count(Some(ROW_GROUP_IDS))
-            .set_column_bloom_filter_enabled(ColumnPath::from(FILTERED_COLUMN), true)
-            .set_column_bloom_filter_fpp(ColumnPath::from(FILTERED_COLUMN), BLOOM_FPP)
-            .set_column_bloom_filter_max_ndv(
-                ColumnPath::from(FILTERED_COLUMN),
-                ROW_GROUP_IDS as u64,
-            )
+            .set_column_bloom_filter_properties(ColumnPath::from("id_hi"), bloom())
+            .set_column_bloom_filter_properties(ColumnPath::from("id_lo"), bloom())
             .build();
         let writer = AsyncArrowWriter::try_new(target, TRANSACTION_IDS.clone(), Some(props))?;
         Ok(IdWriter {
@@ -506,11 +672,17 @@ impl IdWriter {
     }
 }
 
+/// The largest merge of index files a micro-batch of `run --follow` makes itself, in bytes
+/// (about 4 million ids, a fraction of a second): the stream's background housekeeping
+/// merges the larger tiers, so a micro-batch never waits for a merge of the whole index.
+pub const STREAM_INLINE_MERGE_BYTES: u64 = 64 << 20;
+
 /// Merge index files whose sizes are within a factor of 4 of each other once there are 4 of
-/// a tier: each id is rewritten once per tier (log4 of the index size), and the index keeps
-/// at most three files per tier. A `dataChange: false` commit; returns the files merged
-/// (0: nothing to merge).
-pub async fn compact(t: &DeltaTable) -> Result<u64> {
+/// a tier (the smallest such tier, if its files total at most `max_bytes`): each id is
+/// rewritten once per tier (log4 of the index size), and the index keeps at most three files
+/// per tier (more while a large tier waits for a merge that is not inline). A
+/// `dataChange: false` commit; returns the files merged (0: nothing to merge).
+pub async fn compact(t: &DeltaTable, max_bytes: Option<u64>) -> Result<u64> {
     let index = IdIndex::open(t).await?;
     let tier = |size: u64| (64 - (size.max(1) >> 20).leading_zeros()) / 2;
     let mut tiers: std::collections::BTreeMap<u32, Vec<&IndexFile>> = Default::default();
@@ -520,6 +692,9 @@ pub async fn compact(t: &DeltaTable) -> Result<u64> {
     let Some(group) = tiers.into_values().find(|g| g.len() >= 4) else {
         return Ok(0);
     };
+    if max_bytes.is_some_and(|max| group.iter().map(|f| f.size).sum::<u64>() > max) {
+        return Ok(0);
+    }
     let mut writer = IdWriter::new(t)?;
     merge_files(&index, &group, &mut writer).await?;
     let Some(add) = writer.finish(t).await? else {
@@ -539,7 +714,11 @@ pub async fn compact(t: &DeltaTable) -> Result<u64> {
     )
     .actions(removes(&files, false))
     .adds([add.clone()])
-    .meta("pipeline.stage", "ingest.index_compaction");
+    .meta("pipeline.stage", "ingest.index_compaction")
+    // Runs' index commits (adds only) may land meanwhile: they touch none of these files.
+    // Two compactions at once are kept apart by the compaction lock (delta-rs's conflict
+    // check does not see their `dataChange: false` removes).
+    .rebase_if_no_conflict();
     commit_or_discard(commit, t, Some(add)).await?;
     Ok(group.len() as u64)
 }
@@ -821,6 +1000,55 @@ mod tests {
         w.finish(t).await.unwrap().unwrap()
     }
 
+    /// The filters probed in place answer as parquet's own reader of them does, for values
+    /// the filter holds and values it does not, in a file's every row group.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn our_bloom_probe_answers_as_parquets() {
+        use deltalake::parquet::bloom_filter::Sbbf;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = crate::layout::Layout::new(dir.path());
+        let t = delta::open_or_create(&layout, Table::TransactionIds)
+            .await
+            .unwrap();
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
+        let ids = run(&mut rng, 200_000);
+        let add = write(&t, &ids, None).await;
+        let index = IdIndex::of_adds(&t, &[add]).await.unwrap();
+        let f = &index.files[0];
+        let bytes = std::fs::read(f.local.as_ref().unwrap()).unwrap();
+        let groups = f.meta.metadata().num_row_groups();
+        assert!(groups >= 3);
+        let (mut held, mut maybe) = (0, 0);
+        for (g, column) in (0..groups).flat_map(|g| [(g, 0), (g, 1)]) {
+            let r = filter_at(f, g, column).expect("every row group has filters");
+            let raw = &bytes[r.start as usize..r.end as usize];
+            let ours = BloomFilter::parse(raw).expect("a split-block filter");
+            let theirs = Sbbf::from_bytes(raw).unwrap();
+            let half = |id: &u128| {
+                let (hi, lo) = to_halves(*id);
+                if column == 0 { hi } else { lo }
+            };
+            let values: Vec<i64> = ids
+                .iter()
+                .map(half)
+                .chain((0..20_000).map(|_| rng.random()))
+                .collect();
+            for v in values {
+                assert_eq!(
+                    ours.may_hold(v),
+                    theirs.check(&v),
+                    "row group {g}, value {v}"
+                );
+                held += usize::from(theirs.check(&v));
+                maybe += 1;
+            }
+        }
+        // Every id is held by its own row group's filters; others mostly are not.
+        assert!(held >= 2 * ids.len() && held < maybe, "{held} of {maybe}");
+        // Not a filter: the file's first bytes (`PAR1`).
+        assert!(BloomFilter::parse(&bytes[..64]).is_none());
+    }
+
     /// Lookups through the filters and pages find exactly the ids the index holds: in files
     /// with filters and in a file written without them, at the edges of pages and row groups,
     /// for ids the index holds and ids it does not (a false positive reads a page, never
@@ -893,7 +1121,33 @@ mod tests {
             .collect();
         assert!(expected.len() > 2_000, "{}", expected.len());
         assert_eq!(
-            index.matches_in(0, u128::MAX, &wanted).await.unwrap(),
+            index
+                .matches_in(0, u128::MAX, Arc::new(wanted.clone()))
+                .await
+                .unwrap(),
+            expected
+        );
+        // Read through the object store (as on S3), the answers are the same.
+        let remote = IdIndex {
+            store: index.store.clone(),
+            files: (index.files.iter())
+                .map(|f| {
+                    Arc::new(IndexFile {
+                        path: f.path.clone(),
+                        local: None,
+                        ids: f.ids,
+                        size: f.size,
+                        meta: f.meta.clone(),
+                        ranges: f.ranges.clone(),
+                    })
+                })
+                .collect(),
+        };
+        assert_eq!(
+            remote
+                .matches_in(0, u128::MAX, Arc::new(wanted.clone()))
+                .await
+                .unwrap(),
             expected
         );
         // A narrow range: only its ids are looked up and returned.
@@ -903,7 +1157,7 @@ mod tests {
             .filter(|id| (lo..=hi).contains(*id))
             .copied()
             .collect();
-        let found = index.matches_in(lo, hi, &inside).await.unwrap();
+        let found = index.matches_in(lo, hi, Arc::new(inside)).await.unwrap();
         assert_eq!(
             found,
             expected
@@ -914,7 +1168,7 @@ mod tests {
         );
         assert!(
             index
-                .matches_in(0, u128::MAX, &[])
+                .matches_in(0, u128::MAX, Arc::new(Vec::new()))
                 .await
                 .unwrap()
                 .is_empty()

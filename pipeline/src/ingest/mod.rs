@@ -36,6 +36,7 @@ use serde_json::json;
 
 pub use commit::{DERIVED, Tables, catch_up};
 pub use discover::Stream;
+pub use idindex::STREAM_INLINE_MERGE_BYTES;
 pub use options::IngestOptions;
 pub use options::OnBadFile;
 pub use report::{CHANGED_ADVICE, ChangedFile, IngestReport, SET_ASIDE_ADVICE, SetAsideFile};
@@ -151,9 +152,15 @@ async fn run_once(
         let t = Instant::now();
         // Compactions only under the lock: two at once would both land (see CompactionLock).
         let lock = crate::maintain::CompactionLock::take(layout, false)?;
-        report
-            .warnings
-            .extend(commit::housekeeping(&mut tables, &before, lock.is_some()).await);
+        report.warnings.extend(
+            commit::housekeeping(
+                &mut tables,
+                &before,
+                lock.is_some(),
+                opts.inline_index_merge_bytes,
+            )
+            .await,
+        );
         report.step("housekeeping", t);
     }
     drop(scratch);
@@ -446,9 +453,10 @@ pub async fn complete_interrupted_runs(layout: &Layout) -> Result<u64> {
     Ok(commits)
 }
 
-/// Merge the id index's files of similar size (`maintain`); returns the files merged.
+/// Merge the id index's files of similar size, however large (`maintain`, and `run
+/// --follow`'s background housekeeping); returns the files merged.
 pub async fn compact_index(t: &deltalake::DeltaTable) -> Result<u64> {
-    idindex::compact(t).await
+    idindex::compact(t, None).await
 }
 
 /// The landing folder; it must exist (see [`landing_exists`]).

@@ -34,10 +34,16 @@ pub struct IngestOptions {
     /// half-written: a file that changes while a run reads it is deferred. Default: none.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub min_file_age: Option<std::time::Duration>,
-    /// Ids held in memory per dedup bucket: a run with more ids (its own plus the index's)
-    /// is split by id range and spilled to scratch, bounding memory. For tests and tuning.
+    /// Rows held in memory per dedup bucket: a run with more rows is split by id range and
+    /// spilled to scratch, bounding memory. For tests and tuning.
     #[arg(long, hide = true, default_value_t = super::verdicts::DEFAULT_BUCKET_IDS)]
     pub dedup_bucket_ids: u64,
+    /// The largest merge of id index files a run makes itself, in bytes (None: any). Set by
+    /// `run --follow`, whose background housekeeping merges the larger tiers, so that no
+    /// micro-batch waits for a merge of most of the index.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub inline_index_merge_bytes: Option<u64>,
 }
 
 /// What ingest does with a raw file it cannot use.

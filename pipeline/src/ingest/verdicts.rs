@@ -11,8 +11,8 @@
 //!    index's ids), and merge. The result is the sorted set of duplicate ordinals, and the
 //!    run's accepted ids in id order, written as one sorted index file.
 //!
-//! The number of buckets follows the run's rows plus the index's ids, so one bucket holds
-//! about [`DEFAULT_BUCKET_IDS`] ids: memory is the same for a table of ten million ids or a
+//! The number of buckets follows the run's rows, so one bucket holds about
+//! [`DEFAULT_BUCKET_IDS`] of them: memory is the same for a table of ten million ids or a
 //! billion, and what a run reads of the index grows with the run's ids (a filter probe per
 //! file, a page per possible match) plus the filters, about 2 bytes an id of the index.
 
@@ -31,8 +31,8 @@ use super::plan::{Input, Ord, Plan, Rows, read_input};
 use crate::error::{Error, Result};
 use crate::rules::{self, Limits, Reason};
 
-/// Ids per bucket. Entries are 24 bytes and sorting them needs the bucket in memory; index
-/// ids of the bucket's range are 16 bytes: about 16 MiB a bucket at this size.
+/// Rows per bucket. Entries are 24 bytes and sorting them needs the bucket in memory: about
+/// 10 MiB a bucket at this size.
 pub const DEFAULT_BUCKET_IDS: u64 = 400_000;
 /// At most this many buckets (files per collecting worker), whatever the run's size.
 const MAX_BUCKETS: u64 = 512;
@@ -127,9 +127,13 @@ pub struct Ctx<'a> {
 pub async fn decide(ctx: &Ctx<'_>, ids_table: &DeltaTable) -> Result<Verdicts> {
     let index = IdIndex::open(ids_table).await?;
     let index_ids = index.len();
-    let total = ctx.plan.rows + index_ids;
+    // A bucket holds the run's entries of its id range, and of the index only the ids
+    // they share with it: the run's rows set the number, and at least two a worker so the
+    // index lookups of a small run still use every worker.
     let buckets = Buckets {
-        n: total.div_ceil(ctx.bucket_ids.max(1)).clamp(1, MAX_BUCKETS),
+        n: (ctx.plan.rows.div_ceil(ctx.bucket_ids.max(1)))
+            .max(2 * ctx.workers as u64)
+            .clamp(1, MAX_BUCKETS),
     };
     let spill = ctx.plan.rows > ctx.bucket_ids;
     let t = std::time::Instant::now();
@@ -162,7 +166,7 @@ pub async fn decide(ctx: &Ctx<'_>, ids_table: &DeltaTable) -> Result<Verdicts> {
                 }
                 let mut ids: Vec<u128> = entries.iter().map(|e| e.id).collect();
                 ids.dedup();
-                let known = index.matches_in(lo, hi, &ids).await?;
+                let known = index.matches_in(lo, hi, Arc::new(ids)).await?;
                 Ok::<_, Error>(tokio::task::spawn_blocking(move || merge(&entries, &known)).await?)
             }
         })

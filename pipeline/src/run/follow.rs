@@ -504,6 +504,8 @@ async fn start(layout: &Layout, opts: &RunOptions) -> Result<(State, Stop)> {
         ingest: IngestOptions {
             // A stream sets a bad file aside rather than stopping (unless told to stop).
             on_bad_file: Some(opts.ingest.on_bad_file(OnBadFile::Skip)),
+            // Its housekeeping merges the large tiers of the id index in the background.
+            inline_index_merge_bytes: Some(ingest::STREAM_INLINE_MERGE_BYTES),
             ..opts.ingest.clone()
         },
         load_selected,

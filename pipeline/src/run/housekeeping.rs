@@ -5,7 +5,8 @@
 //!   ([`retention::apply`]); files removed before the stream started are vacuumed once.
 //! - **Every N micro-batches** (`--compact-every`, in a background task): small files of the
 //!   transactions and quarantine tables compacted (a `dataChange: false` commit, which
-//!   readers and the incremental stages ignore), the files the tables' commits removed deleted
+//!   readers and the incremental stages ignore), a tier of the id index too large for ingest
+//!   to merge inline merged, the files the tables' commits removed deleted
 //!   once past the vacuum retention ([`retention::Vacuum`]), and, every
 //!   [`LOG_CLEANUP_EVERY`], commit files past the log retention removed.
 
@@ -183,7 +184,11 @@ async fn round(
     };
     let mut compacted = 0;
     if compact {
-        for table in [Table::Transactions, Table::Quarantine] {
+        for table in [
+            Table::Transactions,
+            Table::Quarantine,
+            Table::TransactionIds,
+        ] {
             match maintain::compact(&layout, table).await {
                 Ok(n) => compacted += n,
                 Err(e) => failed(&format!("compact {}", table.name()), e.chain()),
