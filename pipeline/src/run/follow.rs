@@ -7,12 +7,12 @@
 //! 1. **Stop?** a first SIGINT/SIGTERM stops here (a second one aborts at once: every stage
 //!    is safe to kill, the next start resumes), as do `--until-idle` and `--max-batches`.
 //! 2. **Micro-batch**: ingest (bad files set aside, not stopping the stream), aggregate,
-//!    load. ScyllaDB trouble does not stop ingest and aggregate: the load backlog is loaded
-//!    when it answers again.
-//! 3. **Housekeeping** every `--compact-every` micro-batches: small files of the
-//!    transactions and quarantine tables compacted (a `dataChange: false` commit, which
-//!    readers and the incremental stages ignore), expired log entries removed; checkpoints
-//!    are written by the stages as versions cross the checkpoint interval.
+//!    load; the profiles at most every `--profiles-every` (they cost what the customer base
+//!    costs, not what the micro-batch brought). ScyllaDB trouble does not stop ingest and
+//!    aggregate: the load backlog is loaded when it answers again.
+//! 3. **Housekeeping** ([`super::housekeeping`]), beside the loop: compaction, the vacuum of
+//!    replaced files past `--vacuum-retention`, expired log entries; checkpoints are written
+//!    by the stages as versions cross the checkpoint interval.
 //! 4. **Wait** `--interval` when nothing was new, else go on at once.
 //!
 //! Freshness is measured per landing file: from its modification time (when it landed) to

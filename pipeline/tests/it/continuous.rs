@@ -502,3 +502,115 @@ fn an_ingest_commit_lands_on_top_of_a_compaction_that_happened_while_it_ran() {
     d.ok(&["aggregate"]);
     assert_eq!(table(&d), oracle(&d));
 }
+
+/// The table properties of `table`'s latest `metaData` (its commit files, in order).
+fn table_properties(table: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
+    let mut commits: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let mut config = serde_json::Map::new();
+    for c in commits {
+        for line in std::fs::read_to_string(c).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(m) = action["metaData"]["configuration"].as_object() {
+                config = m.clone();
+            }
+        }
+    }
+    config
+}
+
+/// A stream gives the tables it writes the standard retention properties (so any Delta
+/// engine's log cleanup and VACUUM agree with it) and refuses a vacuum retention too short
+/// for a reader. Its profiles follow their cadence: with `--profiles-every 1h` they are
+/// brought up to date in the first micro-batch, not in the next ones, and once more when the
+/// stream stops, which leaves every table (profiles too) equal to a batch run's.
+#[test]
+fn a_stream_sets_its_retention_and_updates_the_profiles_on_their_cadence() {
+    let d = Data::new();
+    let cql = Cql::new();
+    let out = d.run_env(&["run", "--follow", "--vacuum-retention", "1min"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shorter than 5 minutes"), "{err}");
+
+    let land = |name: &str, first: u32, day: &str| {
+        let rows: Vec<_> = (first..first + 50)
+            .map(|n| raw(&id(n), noon(day)))
+            .collect();
+        write_raw(&landing(&d).join(name), &rows);
+    };
+    land("a.parquet", 0, "2024-01-01");
+    let mut child = spawn(
+        &d,
+        &cql,
+        &[
+            "run",
+            "--follow",
+            "--interval",
+            "100ms",
+            "--profiles-every",
+            "1h",
+            "--log-retention",
+            "3days",
+            "--vacuum-retention",
+            "20min",
+        ],
+        Stdio::piped(),
+    );
+    let lines = lines_of(&mut child);
+    let first = wait_for(&lines, "a file", |b| b["files"] == 1);
+    assert!(
+        first["profile_rows"].as_u64().is_some_and(|n| n > 0),
+        "{first}"
+    );
+    land("b.parquet", 100, "2024-01-02");
+    let second = wait_for(&lines, "a file", |b| b["files"] == 1);
+    assert!(second["profile_rows"].is_null(), "{second}");
+    land("c.parquet", 200, "2024-01-03");
+    let third = wait_for(&lines, "a file", |b| b["files"] == 1);
+    assert!(third["profile_rows"].is_null(), "{third}");
+    // SIGTERM: the profiles are brought up to date before the stream stops.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let last = wait_for(&lines, "the profiles", |b| {
+        b.get("profile_rows").is_some_and(|p| !p.is_null())
+    });
+    assert!(
+        last["profile_rows"].as_u64().is_some_and(|n| n > 0),
+        "{last}"
+    );
+    assert!(child.wait().unwrap().success());
+
+    for table in [
+        "customer_transactions",
+        "customer_daily_aggregates",
+        "customer_profiles",
+        "_pipeline/transaction_ids",
+        "_pipeline/ingest_files",
+    ] {
+        let config = table_properties(&d.table(table));
+        assert_eq!(
+            config["delta.logRetentionDuration"], "interval 3 days",
+            "{table}: {config:?}"
+        );
+        assert_eq!(
+            config["delta.deletedFileRetentionDuration"], "interval 20 minutes",
+            "{table}: {config:?}"
+        );
+    }
+
+    let batch = Data::new();
+    let mut files = Vec::new();
+    walk(&landing(&d), &mut files);
+    for f in files {
+        let to = landing(&batch).join(f.strip_prefix(landing(&d)).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &to).unwrap();
+    }
+    let cql2 = Cql::new();
+    cql2.ok(&batch, &["run"]);
+    assert_eq!(world(&d, &cql), world(&batch, &cql2));
+}

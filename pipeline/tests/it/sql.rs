@@ -482,3 +482,56 @@ fn the_output_as_a_user_meets_it() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A version older than the log a table keeps (its commits removed by log cleanup once a
+/// later checkpoint held them) is refused with the oldest version that can still be read;
+/// that one and every later one are read.
+#[test]
+fn as_of_beyond_the_kept_log_names_the_oldest_readable_version() {
+    let (d, _) = data();
+    let log = d.table("customer_transactions").join("_delta_log");
+    // A checkpoint of the latest version, as the stages and `maintain` write them.
+    d.ok(&["maintain", "--no-optimize"]);
+    let latest = crate::common::version(&d.table("customer_transactions")).unwrap();
+    assert!(latest >= 2, "{latest}");
+    // What log cleanup does past the retention: the commits before the checkpoint go.
+    for v in 0..latest {
+        std::fs::remove_file(log.join(format!("{v:020}.json"))).unwrap();
+    }
+    let o = d.run_env(
+        &[
+            "sql",
+            "SELECT count(*) FROM customer_transactions",
+            "--as-of",
+            "1",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("The oldest version that can be read is {latest}")),
+        "{err}"
+    );
+    assert!(err.contains("delta.logRetentionDuration"), "{err}");
+    let at = latest.to_string();
+    let then = csv(&sql(
+        &d,
+        &[
+            "SELECT count(*) FROM customer_transactions",
+            "--format",
+            "csv",
+            "--as-of",
+            &at,
+        ],
+    ));
+    let now = csv(&sql(
+        &d,
+        &[
+            "SELECT count(*) FROM customer_transactions",
+            "--format",
+            "csv",
+        ],
+    ));
+    assert_eq!(then, now);
+}
