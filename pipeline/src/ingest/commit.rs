@@ -453,20 +453,29 @@ async fn compact_small_tables(
     warnings
 }
 
-/// `ingest_files` gets one small file per run; past this many, they are merged into one so
-/// discovery reads a few files whatever the number of runs.
+/// `ingest_files` gets one small file per run; past this many files smaller than
+/// [`SMALL_FILE_BYTES`], those are merged into files of about that size, so discovery reads a
+/// few files per MiB of records whatever the number of runs, and a merge rewrites the recent
+/// records, not all of them (merging everything into one file rewrote every record ever
+/// consumed every 16 runs).
 const MAX_SMALL_FILES: usize = 16;
+const SMALL_FILE_BYTES: u64 = 1 << 20;
 
 async fn compact_small_table(t: &mut DeltaTable, table: Table) -> Result<()> {
     t.update_incremental(None)
         .await
         .map_err(|e| Error::delta(table.name(), e))?;
-    if delta::files(t, table, None)?.len() <= MAX_SMALL_FILES {
+    let small = delta::files(t, table, None)?
+        .iter()
+        .filter(|f| f.size < SMALL_FILE_BYTES)
+        .count();
+    if small <= MAX_SMALL_FILES {
         return Ok(());
     }
     let (compacted, _) = t
         .clone()
         .optimize()
+        .with_target_size(std::num::NonZeroU64::new(SMALL_FILE_BYTES).expect("non-zero"))
         .with_commit_properties(
             deltalake::kernel::transaction::CommitProperties::default()
                 .with_create_checkpoint(false)

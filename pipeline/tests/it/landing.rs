@@ -252,3 +252,23 @@ fn staging_folders_of_other_writers_are_not_landing_files() {
     assert_eq!(u(&r, "files_ingested"), 2, "{r}");
     assert_eq!(ids_of(&d).len(), 1001);
 }
+
+/// `ingest_files` gets one small file per run; past 16 of them they are merged, so many runs
+/// leave a few files that still record every file consumed.
+#[test]
+fn many_runs_leave_a_few_ingest_files_files_that_remember_every_file() {
+    let d = Data::new();
+    for file in 0..20 {
+        write_raw(
+            &landing(&d).join(format!("f{file:02}.parquet")),
+            &[raw(&id(file, 0), noon("2024-01-01"))],
+        );
+        let r = d.ok(&["ingest"]);
+        assert_eq!(u(&r, "files_ingested"), 1, "{r}");
+    }
+    let files = crate::common::live_files(&d.table("_pipeline/ingest_files"));
+    assert!(files.len() < 16, "{} live files", files.len());
+    let r = d.ok(&["ingest"]);
+    assert_eq!(u(&r, "files_ingested"), 0, "{r}");
+    assert_eq!(rows(&d.table(TX)).len(), 20);
+}
