@@ -16,7 +16,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium promtool test-crash test-scylla lint bench bench-s3 bench-follow clean-data docker cql-test-server seaweedfs
+.PHONY: help setup cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium promtool test-crash test-scylla lint bench bench-s3 bench-follow bench-soak bench-late bench-log bench-aggregate clean-data docker cql-test-server seaweedfs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -124,8 +124,20 @@ lint: setup ## cargo fmt --check, clippy with warnings as errors, and no dev-dep
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	python3 scripts/dev-features.py
 
-bench-follow: release ## Continuous mode at RATE rows/s (RATE=50000) for DURATION (DURATION=120s): freshness, RSS, file counts
+bench-follow: release seaweedfs ## Continuous mode at RATE rows/s (RATE=50000) for DURATION (DURATION=120s): freshness, RSS, file counts
 	bench/follow.sh $(or $(RATE),50000) $(or $(DURATION),120s)
+
+bench-soak: release seaweedfs ## The long-run check: bench-follow at 50,000 rows/s for 60 minutes (RATE, DURATION override), minutes 2-12 against the last 10, disk against live data, verify and a batch run compared
+	bench/follow.sh $(or $(RATE),50000) $(or $(DURATION),60m)
+
+bench-late: release ## Late batches into a large table: N rows (N=100000000), then 1% late batches and a 50,000-row micro-batch, rows/s of each
+	bench/late.sh $(or $(N),100000000)
+
+bench-log: release ## One 1,000-row ingest into a table holding COMMITS commits (COMMITS=150000) against a fresh table, and sql count(*)
+	bench/log.sh $(or $(COMMITS),150000)
+
+bench-aggregate: release ## aggregate --full's peak RSS and time at each N (N="30000000 100000000")
+	bench/aggregate.sh $(or $(N),30000000 100000000)
 
 bench: release seaweedfs ## Benchmark the stages at N rows (N=10000000) in a fresh temp dir (release build), then generate/ingest/aggregate on S3 (SeaweedFS) beside local disk
 	bench/run.sh $(N)
