@@ -162,18 +162,23 @@ fn read_names_after(dir: &std::path::Path, after: &str) -> Option<Vec<String>> {
 /// files: 150,000 for about two days at one commit a second).
 ///
 /// `None` (read the folder instead) when `version` has neither a commit nor a checkpoint
-/// (time travel to a version whose commits were cleaned up looks for a later checkpoint), or
+/// (time travel to a version whose commits were cleaned up looks for a later checkpoint),
 /// when the table's checkpoints are of a kind not named by version alone (multi-part or V2,
-/// as `_last_checkpoint` says: written by other engines).
+/// as `_last_checkpoint` says: written by other engines), or when the versions found end
+/// before the last checkpoint: a gap that a log cleanup in progress leaves below it (it
+/// deletes expired commits in parallel), where stopping would hide the newer versions.
 fn probe_log(dir: &std::path::Path, version: u64) -> Option<Vec<String>> {
+    let mut checkpointed = 0;
     if let Ok(hint) = std::fs::read(dir.join("_last_checkpoint")) {
         let hint: serde_json::Value = serde_json::from_slice(&hint).ok()?;
         if hint.get("parts").is_some() || hint.get("v2Checkpoint").is_some() {
             return None;
         }
+        checkpointed = hint.get("version").and_then(serde_json::Value::as_u64)?;
     }
     let exists = |name: &str| std::fs::symlink_metadata(dir.join(name)).is_ok();
     let mut names = Vec::new();
+    let mut last = None;
     for v in version.. {
         let [checkpoint, crc, commit] =
             ["checkpoint.parquet", "crc", "json"].map(|ext| format!("{v:020}.{ext}"));
@@ -191,8 +196,12 @@ fn probe_log(dir: &std::path::Path, version: u64) -> Option<Vec<String>> {
         if has_commit {
             names.push(commit);
         }
+        last = Some(v);
     }
-    if names.is_empty() { None } else { Some(names) }
+    if last? < checkpointed {
+        return None;
+    }
+    Some(names)
 }
 
 impl Default for LocalStore {
@@ -399,6 +408,19 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "listed from version {from}");
         }
+        // A log cleanup in progress left a gap below the last checkpoint: the versions after
+        // the gap are listed all the same (probing stopped at the gap and hid them).
+        std::fs::remove_file(log.join(format!("{:020}.json", 30))).unwrap();
+        let offset = prefix.clone().join(format!("{:020}", 25).as_str());
+        let listed = names(ours.list_with_offset(Some(&prefix), &offset)).await;
+        assert!(
+            listed.iter().any(|(n, _)| n.ends_with("47.json")),
+            "{listed:?}"
+        );
+        assert_eq!(
+            listed,
+            names(theirs.list_with_offset(Some(&prefix), &offset)).await
+        );
         let offset = prefix.clone().join(format!("{:020}.json", 20).as_str());
         assert_eq!(
             names(ours.list_with_offset(Some(&prefix), &offset)).await,
