@@ -87,7 +87,7 @@ pub async fn apply(layout: &Layout, table: Table, r: Retention) -> Result<bool> 
 /// The files a table's commits removed, waiting out the retention before they are deleted.
 #[derive(Debug, Default)]
 struct Removed {
-    /// Commits up to this version are read.
+    /// Commits up to this version are read (-1: none yet).
     read_upto: i64,
     /// Path (as the log writes it) -> when it was removed (ms since the epoch).
     files: BTreeMap<String, i64>,
@@ -95,10 +95,9 @@ struct Removed {
 
 /// Deletes the files the tables' commits removed, once removed for longer than the
 /// retention: VACUUM's rule for removed files, applied from the tail of each log, so its cost
-/// is the commits since the last call, not the table's history. Files a table removed before
-/// the first call are left to `maintain --vacuum` (a stream starts with a delta-rs VACUUM
-/// of them, [`vacuum_all_removed`]). A file added again after its removal (a restore) is not
-/// deleted. Nothing is committed: deleting files that no version within the retention
+/// is the commits since the last call, not the table's history; its first look at a table
+/// takes the removes the table's state holds (its tombstones). A file added again after its
+/// removal (a restore) is not deleted, nor any file live in the table's latest version. Nothing is committed: deleting files that no version within the retention
 /// references is all VACUUM does to the table.
 #[derive(Debug)]
 pub struct Vacuum {
@@ -107,12 +106,14 @@ pub struct Vacuum {
 }
 
 /// What a [`Vacuum::run`] did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Vacuumed {
     /// Files deleted.
     pub files: u64,
     /// Files waiting for the retention.
     pub waiting: u64,
+    /// A table whose vacuum failed, and why (the other tables are vacuumed all the same).
+    pub errors: Vec<String>,
 }
 
 impl Vacuum {
@@ -124,33 +125,77 @@ impl Vacuum {
         }
     }
 
-    /// Read every table's new commits, then delete what has waited out the retention.
-    pub async fn run(&mut self, layout: &Layout) -> Result<Vacuumed> {
+    /// Read every table's new commits, then delete what has waited out the retention. A
+    /// table that fails is reported and the others are vacuumed (one unreadable table must
+    /// not let every other table's disk grow).
+    pub async fn run(&mut self, layout: &Layout) -> Vacuumed {
         let mut done = Vacuumed::default();
         let cutoff = chrono::Utc::now().timestamp_millis() - self.retention.as_millis() as i64;
         for table in Table::ALL {
-            let Some(t) = delta::open(layout, table).await? else {
-                continue;
-            };
-            let latest = delta::version(&t);
-            let removed = self.tables.entry(table).or_insert_with(|| Removed {
+            match self.run_table(layout, table, cutoff).await {
+                Ok((deleted, waiting)) => {
+                    done.files += deleted;
+                    done.waiting += waiting;
+                }
+                Err(e) => done.errors.push(format!("{}: {}", table.name(), e.chain())),
+            }
+        }
+        done
+    }
+
+    /// Vacuum one table: (files deleted, files waiting).
+    async fn run_table(
+        &mut self,
+        layout: &Layout,
+        table: Table,
+        cutoff: i64,
+    ) -> Result<(u64, u64)> {
+        let Some(t) = delta::open(layout, table).await? else {
+            return Ok((0, 0));
+        };
+        let latest = delta::version(&t);
+        let removed = self.tables.entry(table).or_insert(Removed {
+            read_upto: -1,
+            files: BTreeMap::new(),
+        });
+        if removed.read_upto < 0 || latest < removed.read_upto {
+            // A first look, or the table went back (restored from a backup, or created
+            // again: what its other history removed says nothing about this one): start
+            // from the removes the table's state holds, so that files removed within the
+            // retention before the stream started are deleted in their turn too.
+            *removed = Removed {
                 read_upto: latest,
-                files: BTreeMap::new(),
-            });
-            read_removes(&t, table, removed, latest).await?;
-            let due: Vec<String> = (removed.files.iter())
-                .filter(|(_, at)| **at < cutoff)
-                .map(|(path, _)| path.clone())
-                .collect();
-            let store = t.object_store();
-            for path in due {
+                files: tombstones(&t, table).await?,
+            };
+        }
+        read_removes(&t, table, removed, latest).await?;
+        let due: Vec<(String, deltalake::Path)> = (removed.files.iter())
+            .filter(|(_, at)| **at < cutoff)
+            .map(|(path, _)| {
                 let location =
-                    deltalake::Path::from_url_path(&path).map_err(|e| Error::DamagedLog {
+                    deltalake::Path::from_url_path(path).map_err(|e| Error::DamagedLog {
                         table: table.name().into(),
                         what: format!("a remove action's path {path:?} is not a path ({e})"),
                     })?;
+                Ok((path.clone(), location))
+            })
+            .collect::<Result<_>>()?;
+        if due.is_empty() {
+            return Ok((0, removed.files.len() as u64));
+        }
+        // Never a live file, whatever the commits read said: one added again in a commit
+        // this vacuum did not read (cleaned up meanwhile), or spelled otherwise in its add.
+        let live: std::collections::HashSet<deltalake::Path> = delta::files(&t, table, None)?
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        let store = t.object_store();
+        let mut deleted = 0;
+        for (path, location) in due {
+            if !live.contains(&location) {
                 match store.delete(&location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => done.files += 1,
+                    Ok(()) => deleted += 1,
+                    Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => {
                         return Err(Error::io(
                             format!("cannot delete {path} of {table}"),
@@ -158,12 +203,24 @@ impl Vacuum {
                         ));
                     }
                 }
-                removed.files.remove(&path);
             }
-            done.waiting += removed.files.len() as u64;
+            removed.files.remove(&path);
         }
-        Ok(done)
+        Ok((deleted, removed.files.len() as u64))
     }
+}
+
+/// The files `t`'s state holds as removed (its tombstones: VACUUM's list), with when.
+async fn tombstones(t: &DeltaTable, table: Table) -> Result<BTreeMap<String, i64>> {
+    use futures::TryStreamExt;
+    let snapshot = t.snapshot().map_err(|e| Error::delta(table.name(), e))?;
+    let now = chrono::Utc::now().timestamp_millis();
+    snapshot
+        .all_tombstones(t.log_store().as_ref())
+        .map_ok(|r| (r.path().to_string(), r.deletion_timestamp().unwrap_or(now)))
+        .try_collect()
+        .await
+        .map_err(|e| Error::delta(table.name(), e))
 }
 
 /// Add the removes of `t`'s commits after `removed.read_upto` (up to `latest`); forget a
@@ -193,28 +250,6 @@ async fn read_removes(
         removed.read_upto = v;
     }
     Ok(())
-}
-
-/// Delete the files every table removed more than `retention` ago (delta-rs's VACUUM, lite
-/// mode: the removes its log still holds): what a stream does once when it starts, for the
-/// files removed before it. Returns the files deleted.
-pub async fn vacuum_all_removed(layout: &Layout, retention: Duration) -> Result<u64> {
-    let mut deleted = 0;
-    for table in Table::ALL {
-        let Some(t) = delta::open(layout, table).await? else {
-            continue;
-        };
-        let (_, metrics) = t
-            .vacuum()
-            .with_mode(deltalake::operations::vacuum::VacuumMode::Lite)
-            .with_retention_period(chrono::Duration::seconds(retention.as_secs() as i64))
-            .with_enforce_retention_duration(false)
-            .with_commit_properties(super::no_hooks())
-            .await
-            .map_err(|e| Error::delta(table.name(), e))?;
-        deleted += metrics.files_deleted.len() as u64;
-    }
-    Ok(deleted)
 }
 
 /// Remove the commit files older than each table's log retention that a later checkpoint
@@ -259,7 +294,7 @@ mod tests {
 
     /// Files the log removed are deleted once past the retention, and only them: not a
     /// live file, not one added again after its removal (a restore), not one removed within
-    /// the retention, not one removed before the vacuum first looked.
+    /// the retention; one removed before the vacuum first looked is, from the tombstones.
     #[tokio::test(flavor = "multi_thread")]
     async fn the_vacuum_deletes_what_the_log_removed_past_the_retention() {
         let dir = tempfile::tempdir().unwrap();
@@ -291,26 +326,31 @@ mod tests {
         commit(vec![remove("old.parquet"), add("a.parquet")]).await;
         let mut now = Vacuum::new(Duration::ZERO);
         let mut later = Vacuum::new(Duration::from_secs(3_600));
-        assert_eq!(now.run(&layout).await.unwrap().files, 0);
-        later.run(&layout).await.unwrap();
+        // `old` was removed before the vacuum first looked: found among the tombstones.
+        assert_eq!(now.run(&layout).await.files, 1);
+        later.run(&layout).await;
         commit(vec![remove("a.parquet"), add("b.parquet")]).await;
         commit(vec![remove("b.parquet"), add("c.parquet")]).await;
         commit(vec![add("b.parquet")]).await; // b restored
         commit(vec![remove("c.parquet"), add("d.parquet")]).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let done = later.run(&layout).await.unwrap();
-        assert_eq!((done.files, done.waiting), (0, 2));
-        let done = now.run(&layout).await.unwrap();
-        assert_eq!((done.files, done.waiting), (2, 0));
+        let done = later.run(&layout).await;
+        assert_eq!((done.files, done.waiting), (0, 3));
+        let done = now.run(&layout).await;
+        assert_eq!((done.files, done.waiting, done.errors.len()), (2, 0, 0));
+        // A live file is never deleted, whatever the commits read said (a re-add in a commit
+        // the vacuum did not read, cleaned up meanwhile).
+        (now.tables.get_mut(&table).unwrap().files).insert("d.parquet".into(), 0);
+        let done = now.run(&layout).await;
+        assert_eq!((done.files, done.waiting), (0, 0));
         let left: BTreeSet<String> = std::fs::read_dir(&root)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| n.ends_with(".parquet"))
             .collect();
-        // `old` was removed before the vacuum first looked: `maintain --vacuum`'s.
         assert_eq!(
             left,
-            BTreeSet::from(["old.parquet", "b.parquet", "d.parquet"].map(String::from))
+            BTreeSet::from(["b.parquet", "d.parquet"].map(String::from))
         );
     }
 

@@ -2,7 +2,7 @@
 //! what the data dir holds stay bounded however long the stream runs:
 //! - **Retention** (at the start, and for each table once it exists): the tables' log and
 //!   deleted-file retentions set to `--log-retention` and `--vacuum-retention`
-//!   ([`retention::apply`]); files removed before the stream started are vacuumed once.
+//!   ([`retention::apply`]).
 //! - **Every N micro-batches** (`--compact-every`, in a background task): small files of the
 //!   transactions and quarantine tables compacted (a `dataChange: false` commit, which
 //!   readers and the incremental stages ignore), a tier of the id index too large for ingest
@@ -52,7 +52,7 @@ pub struct Housekeeping {
 }
 
 impl Housekeeping {
-    /// Set the retention of the tables there are, and vacuum what they removed before.
+    /// Set the retention of the tables there are.
     /// Failures are warnings: the next micro-batches try again.
     pub async fn start(
         layout: &Layout,
@@ -76,16 +76,6 @@ impl Housekeeping {
             metrics,
         };
         h.configure(layout).await;
-        match retention::vacuum_all_removed(layout, r.files).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                files = n,
-                "vacuumed the files removed before the stream started"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e.chain(), "could not vacuum the files removed before the stream started; `pipeline maintain --vacuum` does")
-            }
-        }
         h
     }
 
@@ -195,10 +185,10 @@ async fn round(
             }
         }
     }
-    let vacuumed = vacuum.run(&layout).await.unwrap_or_else(|e| {
-        failed("vacuum", e.chain());
-        Default::default()
-    });
+    let vacuumed = vacuum.run(&layout).await;
+    for e in &vacuumed.errors {
+        failed("vacuum", e.clone());
+    }
     let logs_cleaned = if clean_logs {
         match retention::clean_logs(&layout).await {
             Ok(n) => Some(n),
