@@ -34,12 +34,21 @@ impl Drop for Seaweed {
     }
 }
 
+/// A port for a test server, below Linux's ephemeral range (32768-60999 by default), so that
+/// no client connection takes it while the server is stopped for an outage and started again
+/// on the same ports (seen in CI: `weed mini` could not bind its Iceberg port on resume, an
+/// ephemeral port picked by binding port 0 having been taken meanwhile), and never one this
+/// test binary handed out before.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id() % 10_000;
+    loop {
+        let port = 20_000 + ((base + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `weed`: `WEED_BIN`, the virtualenv `make test` installs it into, or the PATH.
