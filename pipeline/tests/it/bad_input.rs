@@ -193,12 +193,7 @@ fn bad_option_values_are_usage_errors() {
 
 /// Corrupt the newest commit file of a table, or remove an older one.
 fn damage_log(table: &Path, how: &str) -> std::path::PathBuf {
-    let mut commits: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    commits.sort();
+    let commits = crate::common::commit_files(table);
     match how {
         "corrupt" => {
             let last = commits.last().unwrap().clone();

@@ -337,16 +337,21 @@ pub fn delete_day(table: &Path, day: &str) {
     });
 }
 
-/// The table's id: that of the last `metaData` action in its log's JSON commits.
-pub fn table_id(table: &Path) -> String {
+/// The JSON commit files of a table's log, oldest first.
+pub fn commit_files(table: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
+    files
+}
+
+/// The table's id: that of the last `metaData` action in its log's JSON commits.
+pub fn table_id(table: &Path) -> String {
     let mut id = None;
-    for f in files {
+    for f in commit_files(table) {
         for line in std::fs::read_to_string(f).unwrap().lines() {
             let v: Value = serde_json::from_str(line).unwrap();
             if let Some(m) = v.get("metaData") {

@@ -420,16 +420,7 @@ fn killed_at_random_while_files_land_follow_ends_equal_to_a_batch_run() {
     cql.ok(&d, &["verify"]);
 
     // The same files in one batch run.
-    let batch = Data::new();
-    let mut files = Vec::new();
-    walk(&landing(&d), &mut files);
-    for f in files {
-        let to = landing(&batch).join(f.strip_prefix(landing(&d)).unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&f, &to).unwrap();
-    }
-    let cql2 = Cql::new();
-    cql2.ok(&batch, &["run"]);
+    let (batch, cql2) = batch_run_of(&d);
     eprintln!("{kills} kill(s)");
     assert_eq!(world(&d, &cql), world(&batch, &cql2));
 }
@@ -505,14 +496,8 @@ fn an_ingest_commit_lands_on_top_of_a_compaction_that_happened_while_it_ran() {
 
 /// The table properties of `table`'s latest `metaData` (its commit files, in order).
 fn table_properties(table: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
-    let mut commits: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    commits.sort();
     let mut config = serde_json::Map::new();
-    for c in commits {
+    for c in crate::common::commit_files(table) {
         for line in std::fs::read_to_string(c).unwrap().lines() {
             let action: serde_json::Value = serde_json::from_str(line).unwrap();
             if let Some(m) = action["metaData"]["configuration"].as_object() {
@@ -602,15 +587,21 @@ fn a_stream_sets_its_retention_and_updates_the_profiles_on_their_cadence() {
         );
     }
 
+    let (batch, cql2) = batch_run_of(&d);
+    assert_eq!(world(&d, &cql), world(&batch, &cql2));
+}
+
+/// A batch run (`run`, with its own CQL test server) over a copy of `d`'s landing files.
+fn batch_run_of(d: &Data) -> (Data, Cql) {
     let batch = Data::new();
     let mut files = Vec::new();
-    walk(&landing(&d), &mut files);
+    walk(&landing(d), &mut files);
     for f in files {
-        let to = landing(&batch).join(f.strip_prefix(landing(&d)).unwrap());
+        let to = landing(&batch).join(f.strip_prefix(landing(d)).unwrap());
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&f, &to).unwrap();
     }
-    let cql2 = Cql::new();
-    cql2.ok(&batch, &["run"]);
-    assert_eq!(world(&d, &cql), world(&batch, &cql2));
+    let cql = Cql::new();
+    cql.ok(&batch, &["run"]);
+    (batch, cql)
 }
