@@ -1,8 +1,9 @@
 //! Discovery: which landing files are new, and which changed after they were ingested.
 //!
 //! What ingest has consumed is the `ingest_files` table (path, size, modification time and
-//! content hash of every consumed file), read once per run: the cost of finding the new files
-//! is one listing and one small table scan, whatever the number of files landed so far. A
+//! content hash of every consumed file): the cost of finding the new files is one listing and
+//! one small table scan, and in a process that ran before (a stream's micro-batches) only a
+//! scan of the `ingest_files` data files added since ([`kept`]). A
 //! listed file with the recorded size and time is taken as unchanged; otherwise its content
 //! is hashed, and a different hash is reported (it is not ingested again).
 //!
@@ -27,7 +28,7 @@
 //! whole or absent (a PUT is atomic); an object replaced between the listing and its download
 //! is deferred the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -510,7 +511,6 @@ fn walk(root: &Path, dir: &Path, ancestors: &mut Vec<(u64, u64)>, out: &mut List
     Ok(())
 }
 
-/// The stream's consumed files, from `ingest_files`.
 /// Every stream with a file recorded in `ingest_files`.
 pub async fn streams(t: &DeltaTable) -> Result<std::collections::BTreeSet<String>> {
     let mut out = std::collections::BTreeSet::new();
@@ -534,10 +534,23 @@ pub async fn streams(t: &DeltaTable) -> Result<std::collections::BTreeSet<String
     Ok(out)
 }
 
-async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<HashMap<String, Recorded>> {
-    let mut out = HashMap::new();
+/// The stream's consumed files, from `ingest_files` (see [`kept`]).
+async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<Arc<HashMap<String, Recorded>>> {
+    let live: Vec<deltalake::Path> = delta::files(t, Table::IngestFiles, None)?
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    let key = (t.log_store().root_url().to_string(), stream.prefix.clone());
+    let kept = kept::take(&key);
+    let names: HashSet<&str> = live.iter().map(|p| p.as_ref()).collect();
+    // Files are only added between two runs unless a merge (or a restore) replaced some:
+    // then everything is read again (a merge of small files comes every 16 runs).
+    let (mut files, mut out) = match kept {
+        Some(k) if k.files.iter().all(|f| names.contains(f.as_str())) => (k.files, k.records),
+        _ => (HashSet::new(), Arc::new(HashMap::new())),
+    };
     let store = t.object_store();
-    let names: Vec<&str> = [
+    let columns = [
         "path",
         "size",
         "modified",
@@ -545,16 +558,59 @@ async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<HashMap<String, Rec
         "stream",
         "run_seq",
         "set_aside",
-    ]
-    .to_vec();
-    for f in delta::files(t, Table::IngestFiles, None)? {
-        let mut batches = delta::read::columns(store.clone(), &f.path, &names).await?;
+    ];
+    let added: Vec<&deltalake::Path> = live
+        .iter()
+        .filter(|p| !files.contains(p.as_ref()))
+        .collect();
+    for path in added {
+        let mut batches = delta::read::columns(store.clone(), path, &columns).await?;
         while let Some(b) = batches.next().await {
-            let b = b?;
-            record_batch(&b, stream, &mut out)?;
+            record_batch(&b?, stream, Arc::make_mut(&mut out))?;
         }
+        files.insert(path.to_string());
     }
+    kept::put(
+        key,
+        kept::Kept {
+            files,
+            records: out.clone(),
+        },
+    );
     Ok(out)
+}
+
+/// What a stream consumed, as read from `ingest_files` by this process's last run, with the
+/// data files it was read from: a run reads only the files added since (one small file per
+/// run), not every record of every file ever consumed (which grew by a file's record every
+/// second of a stream). Delta data files never change (new names each), so records read
+/// from a file still live are still true.
+mod kept {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex};
+
+    use super::Recorded;
+
+    pub(super) struct Kept {
+        /// The `ingest_files` data files read.
+        pub files: HashSet<String>,
+        /// Their records of the stream.
+        pub records: Arc<HashMap<String, Recorded>>,
+    }
+
+    /// By table location and stream prefix.
+    type Key = (String, String);
+    static KEPT: Mutex<Option<HashMap<Key, Kept>>> = Mutex::new(None);
+
+    pub(super) fn take(key: &Key) -> Option<Kept> {
+        let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get_or_insert_with(HashMap::new).remove(key)
+    }
+
+    pub(super) fn put(key: Key, k: Kept) {
+        let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get_or_insert_with(HashMap::new).insert(key, k);
+    }
 }
 
 fn record_batch(
