@@ -44,8 +44,19 @@ pub async fn run(
     opts: &AggregateOptions,
     progress: &Progress,
 ) -> Result<AggregateReport> {
+    run_keeping(layout, opts, progress, &mut crate::delta::Kept::default()).await
+}
+
+/// [`run`], with the tables `kept` open by the previous micro-batch of a stream (kept for the
+/// next one when this run succeeds).
+pub async fn run_keeping(
+    layout: &Layout,
+    opts: &AggregateOptions,
+    progress: &Progress,
+    kept: &mut crate::delta::Kept,
+) -> Result<AggregateReport> {
     let started = Instant::now();
-    let mut p = plan::plan(layout, opts).await?;
+    let mut p = plan::plan(layout, opts, kept).await?;
     let mut report = p.report();
     match p.work.take() {
         plan::Work::Nothing => {}
@@ -87,6 +98,11 @@ pub async fn run(
             .await,
         );
     }
+    if opts.source_version.is_none() {
+        kept.keep(crate::tables::Table::Transactions, &p.source)
+            .await;
+    }
+    kept.keep(crate::tables::Table::Aggregates, &p.target).await;
     report.seconds = started.elapsed().as_secs_f64();
     report.rows_per_sec = crate::report::per_sec(report.rows_read, report.seconds);
     report.peak_rss_bytes = crate::progress::peak_rss_bytes();

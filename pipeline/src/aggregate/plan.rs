@@ -79,9 +79,23 @@ pub fn app_id(source_id: &str) -> String {
 }
 
 /// Read both tables' state and decide.
-pub async fn plan(layout: &Layout, opts: &AggregateOptions) -> Result<Plan> {
-    let mut source = delta::open_required(layout, Table::Transactions, "ingest").await?;
-    let target = delta::open_or_create(layout, Table::Aggregates).await?;
+pub async fn plan(
+    layout: &Layout,
+    opts: &AggregateOptions,
+    kept: &mut delta::Kept,
+) -> Result<Plan> {
+    let mut source = kept
+        .take_or(
+            Table::Transactions,
+            delta::open_required(layout, Table::Transactions, "ingest"),
+        )
+        .await?;
+    let target = kept
+        .take_or(
+            Table::Aggregates,
+            delta::open_or_create(layout, Table::Aggregates),
+        )
+        .await?;
     let source_id = delta::table_id(&source, Table::Transactions)?;
     let latest = delta::version(&source);
     let previous = delta::txn_version(&target, Table::Aggregates, &app_id(&source_id)).await?;

@@ -25,6 +25,69 @@ use crate::tables::Table;
 
 pub use commit::{Commit, append_operation};
 
+/// Tables kept open from one micro-batch of a stream (`run --follow`) to the next: a stage
+/// takes its table, brought up to date with the commits since ([`DeltaTable::update_incremental`]),
+/// instead of loading it from its last checkpoint again (whose size grows with the table's
+/// files), and gives it back. A kept table is used only if it is still the same log: the
+/// commit file of its version is still there, unchanged ([`LogStamp`]); a table deleted (and
+/// perhaps created again) under the stream, or one that cannot be brought up to date, is
+/// opened afresh. Empty (nothing kept) for a single run.
+#[derive(Default)]
+pub struct Kept(std::collections::HashMap<Table, (DeltaTable, Option<LogStamp>)>);
+
+impl Kept {
+    /// The kept `table` at its latest version, or what `open` opens.
+    pub async fn take_or<F>(&mut self, table: Table, open: F) -> Result<DeltaTable>
+    where
+        F: std::future::Future<Output = Result<DeltaTable>>,
+    {
+        if let Some((mut t, stamp)) = self.0.remove(&table)
+            && stamp.is_some()
+            && LogStamp::of(&t).await == stamp
+        {
+            match t.update_incremental(None).await {
+                Ok(()) => return Ok(t),
+                Err(e) => tracing::info!(table = table.name(), error = %e, "opening afresh"),
+            }
+        }
+        open.await
+    }
+
+    /// Keep `t` (a snapshot of `table`) for the next micro-batch.
+    pub async fn keep(&mut self, table: Table, t: &DeltaTable) {
+        self.0.insert(table, (t.clone(), LogStamp::of(t).await));
+    }
+}
+
+/// What tells one table's log from another's at the same place: the size and modification
+/// time of the commit file of a version (a table deleted and created again writes its
+/// commits anew). None when that file cannot be looked at (then nothing is kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStamp {
+    version: i64,
+    size: u64,
+    modified_us: i64,
+}
+
+impl LogStamp {
+    /// The stamp of `t`'s version.
+    pub async fn of(t: &DeltaTable) -> Option<LogStamp> {
+        use object_store::ObjectStoreExt;
+        let version = version(t);
+        let path = t
+            .log_store()
+            .log_path()
+            .clone()
+            .join(format!("{version:020}.json"));
+        let head = t.log_store().object_store(None).head(&path).await.ok()?;
+        Some(LogStamp {
+            version,
+            size: head.size,
+            modified_us: head.last_modified.timestamp_micros(),
+        })
+    }
+}
+
 /// Open `table` if it exists. An absent table (no `_delta_log` yet) is `None`; a log that
 /// exists but cannot be read is an error ([`Error::DamagedLog`]), never mistaken for absent.
 pub async fn open(layout: &Layout, table: Table) -> Result<Option<DeltaTable>> {
@@ -458,4 +521,81 @@ pub fn conform(columns: Vec<ArrayRef>, target: &SchemaRef) -> Result<RecordBatch
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(target.clone(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commit `n` data-free versions (a table property each).
+    async fn commit_versions(mut t: DeltaTable, n: usize) -> DeltaTable {
+        for i in 0..n {
+            t = t
+                .set_tbl_properties()
+                .with_properties(
+                    [(
+                        "delta.logRetentionDuration".to_string(),
+                        format!("interval {} days", i + 3),
+                    )]
+                    .into(),
+                )
+                .await
+                .unwrap();
+        }
+        t
+    }
+
+    #[tokio::test]
+    async fn a_kept_table_is_brought_up_to_date_and_one_created_again_is_opened_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let table = Table::Aggregates;
+        let mut t = open_or_create(&layout, table).await.unwrap();
+        // A file (only its log entry: nothing here reads it) and a checkpoint, from which a
+        // kept snapshot's log is listed when it is brought up to date.
+        let add = deltalake::kernel::Add {
+            path: "transaction_date=2026-01-01/part-0.parquet".into(),
+            partition_values: [(
+                crate::schema::PARTITION_COLUMN.to_string(),
+                Some("2026-01-01".to_string()),
+            )]
+            .into(),
+            size: 1,
+            data_change: true,
+            ..Default::default()
+        };
+        Commit::append(table).adds([add]).execute(&t).await.unwrap();
+        t.update_incremental(None).await.unwrap();
+        deltalake::checkpoints::create_checkpoint(&t, None)
+            .await
+            .unwrap();
+        let mut kept = Kept::default();
+        kept.keep(table, &t).await;
+        // Another writer commits: the kept table comes back at its version, not opened again.
+        let other = commit_versions(open_required(&layout, table, "test").await.unwrap(), 1).await;
+        let got = kept
+            .take_or(table, async {
+                panic!("a kept table of the same log is not opened again")
+            })
+            .await
+            .unwrap();
+        assert_eq!(version(&got), version(&other));
+        assert_eq!(files(&got, table, None).unwrap().len(), 1);
+        kept.keep(table, &got).await;
+        // Deleted and created again, with more versions than the kept one and no file:
+        // brought up to date, the kept snapshot would add the new log's commits to the old
+        // table's files.
+        std::fs::remove_dir_all(layout.table_dir(table).unwrap()).unwrap();
+        let again = commit_versions(open_or_create(&layout, table).await.unwrap(), 4).await;
+        let got = kept
+            .take_or(table, open_required(&layout, table, "test"))
+            .await
+            .unwrap();
+        assert_eq!(version(&got), version(&again));
+        assert_eq!(
+            table_id(&got, table).unwrap(),
+            table_id(&again, table).unwrap()
+        );
+        assert!(files(&got, table, None).unwrap().is_empty());
+    }
 }

@@ -62,9 +62,20 @@ pub async fn run(
     opts: &IngestOptions,
     progress: &Progress,
 ) -> Result<IngestReport> {
+    run_keeping(layout, opts, progress, &mut Kept::default()).await
+}
+
+/// [`run`], with the tables `kept` open by the previous run of a stream (and kept open for
+/// the next one when this run succeeds).
+pub async fn run_keeping(
+    layout: &Layout,
+    opts: &IngestOptions,
+    progress: &Progress,
+    kept: &mut Kept,
+) -> Result<IngestReport> {
     let mut lost = 0;
     loop {
-        match run_once(layout, opts, progress).await {
+        match run_once(layout, opts, progress, kept).await {
             Err(e @ Error::Conflict { .. }) if lost < MAX_LOST_RACES => {
                 lost += 1;
                 tracing::warn!(error = %e.chain(), lost, "another writer committed first; ingesting again");
@@ -100,10 +111,52 @@ fn named_as_landed(layout: &Layout, e: Error) -> Error {
     Error::bad_input(root.object_url(&object), problem.clone())
 }
 
+/// Ingest's four tables, kept open between the runs of a stream (`run --follow`): a run
+/// brings them up to date with the commits since the last one, instead of loading each table
+/// from its last checkpoint again (whose size grows with the table's files). Only a run that
+/// succeeded keeps them, and only while each is still the same log (see [`delta::Kept`]);
+/// otherwise the next run opens them afresh.
+#[derive(Default)]
+pub struct Kept(Option<(Tables, Vec<Option<delta::LogStamp>>)>);
+
+impl Kept {
+    async fn open(&mut self, layout: &Layout) -> Result<Tables> {
+        if let Some((mut tables, stamps)) = self.0.take()
+            && stamps.iter().all(Option::is_some)
+            && Self::stamps(&mut tables).await == stamps
+        {
+            match tables.refresh().await {
+                Ok(()) => return Ok(tables),
+                Err(e) => tracing::info!(error = %e.chain(), "opening the tables afresh"),
+            }
+        }
+        Tables::open(layout).await
+    }
+
+    async fn keep(&mut self, mut tables: Tables) {
+        let stamps = Self::stamps(&mut tables).await;
+        self.0 = Some((tables, stamps));
+    }
+
+    async fn stamps(tables: &mut Tables) -> Vec<Option<delta::LogStamp>> {
+        let mut out = Vec::new();
+        for t in [
+            Table::Transactions,
+            Table::Quarantine,
+            Table::IngestFiles,
+            Table::TransactionIds,
+        ] {
+            out.push(delta::LogStamp::of(tables.get_mut(t)).await);
+        }
+        out
+    }
+}
+
 async fn run_once(
     layout: &Layout,
     opts: &IngestOptions,
     progress: &Progress,
+    kept: &mut Kept,
 ) -> Result<IngestReport> {
     let started = Instant::now();
     let stream = Stream::new(layout.landing_prefix());
@@ -113,7 +166,7 @@ async fn run_once(
     }
     // Scratch folders of killed runs go first, also when this run finds nothing new.
     scratch::remove_orphans(&layout.scratch_dir());
-    let mut tables = Tables::open(layout).await?;
+    let mut tables = kept.open(layout).await?;
     let before = versions(&tables);
     let mut report = IngestReport {
         caught_up_commits: catch_up(&mut tables, &stream).await?,
@@ -140,6 +193,7 @@ async fn run_once(
         else {
             // Every new file was deferred: nothing to commit.
             drop(scratch);
+            kept.keep(tables).await;
             return Ok(report.finish(started));
         };
         let t = Instant::now();
@@ -164,6 +218,7 @@ async fn run_once(
         report.step("housekeeping", t);
     }
     drop(scratch);
+    kept.keep(tables).await;
     Ok(report.finish(started))
 }
 

@@ -52,8 +52,26 @@ pub async fn run_on(
     opts: &LoadOptions,
     progress: &Progress,
 ) -> Result<LoadReport> {
+    run_keeping(
+        session,
+        layout,
+        opts,
+        progress,
+        &mut crate::delta::Kept::default(),
+    )
+    .await
+}
+
+/// [`run_on`], with the aggregates table `kept` open by the previous micro-batch of a stream.
+pub async fn run_keeping(
+    session: &scylla::client::session::Session,
+    layout: &Layout,
+    opts: &LoadOptions,
+    progress: &Progress,
+    kept: &mut crate::delta::Kept,
+) -> Result<LoadReport> {
     let started = Instant::now();
-    let mut plan = plan::plan(layout, session, opts).await?;
+    let mut plan = plan::plan(layout, session, opts, kept).await?;
     crate::failpoints::pause("load.after_plan");
     let mut report = LoadReport {
         keyspace: opts.scylla.keyspace.clone(),

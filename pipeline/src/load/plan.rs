@@ -110,11 +110,22 @@ pub fn diverged(keyspace: &str, table: Table, version: i64, layout: &Layout) -> 
 /// Read the table and the load state and decide; unless `dry_run`, the claim is marked. A
 /// repair that finds a newer version recorded or being loaded reads the table again and
 /// repairs that.
-pub async fn plan(layout: &Layout, session: &Session, opts: &LoadOptions) -> Result<Plan> {
+pub async fn plan(
+    layout: &Layout,
+    session: &Session,
+    opts: &LoadOptions,
+    kept: &mut delta::Kept,
+) -> Result<Plan> {
     let mut round = 0;
     loop {
         round += 1;
-        let table = delta::open_required(layout, Table::Aggregates, "aggregate").await?;
+        let table = kept
+            .take_or(
+                Table::Aggregates,
+                delta::open_required(layout, Table::Aggregates, "aggregate"),
+            )
+            .await?;
+        kept.keep(Table::Aggregates, &table).await;
         let mine = mine(layout, &table, Table::Aggregates, opts).await?;
         let what = (&table, Table::Aggregates);
         let begun = claim::begin(

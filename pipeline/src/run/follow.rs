@@ -383,6 +383,10 @@ impl Stop {
 /// What the loop carries from one micro-batch to the next.
 struct State {
     ingest: IngestOptions,
+    /// Ingest's tables, open from one micro-batch to the next.
+    ingest_tables: ingest::Kept,
+    /// Aggregate's and load's tables, likewise.
+    kept: crate::delta::Kept,
     load_selected: bool,
     session: Option<Session>,
     /// Landing times (µs) of files ingested, not yet aggregated.
@@ -508,6 +512,8 @@ async fn start(layout: &Layout, opts: &RunOptions) -> Result<(State, Stop)> {
             inline_index_merge_bytes: Some(ingest::STREAM_INLINE_MERGE_BYTES),
             ..opts.ingest.clone()
         },
+        ingest_tables: ingest::Kept::default(),
+        kept: crate::delta::Kept::default(),
         load_selected,
         session: None,
         awaiting_aggregate: Vec::new(),
@@ -677,7 +683,14 @@ async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Res
         }
         return Ok(());
     }
-    let r = match ingest::run(layout, &st.ingest, &Progress::hidden()).await {
+    let r = match ingest::run_keeping(
+        layout,
+        &st.ingest,
+        &Progress::hidden(),
+        &mut st.ingest_tables,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => return survivable("ingest", e, st, b),
     };
@@ -725,7 +738,8 @@ async fn aggregate_step(
     if !exists(layout, Table::Transactions).await {
         return Ok(()); // nothing ingested yet
     }
-    match aggregate::run(layout, &opts.aggregate, &Progress::hidden()).await {
+    let hidden = Progress::hidden();
+    match aggregate::run_keeping(layout, &opts.aggregate, &hidden, &mut st.kept).await {
         Ok(r) => {
             if !r.skipped() {
                 b.aggregate_mode = Some(r.mode);
@@ -754,7 +768,8 @@ async fn load_step(
         }
     }
     let session = st.session.as_ref().expect("connected above");
-    match load::run_on(session, layout, &opts.load, &Progress::hidden()).await {
+    let hidden = Progress::hidden();
+    match load::run_keeping(session, layout, &opts.load, &hidden, &mut st.kept).await {
         Ok(r) => {
             b.rows_loaded = r.counts.rows_written;
             b.rows_deleted = r.counts.rows_deleted;
