@@ -8,7 +8,8 @@
 # last 10 when the run is long enough, else the first and second half), the data dir against
 # the tables' live files, the backlog; JSON in bench/results/.
 # Usage: bench/follow.sh [RATE] [DURATION]   (defaults 50000 rows/s, 120s; env BENCH_TMP, KEEP=1,
-#        FOLLOW_ARGS="--vacuum-retention 30min")
+#        FOLLOW_ARGS="--vacuum-retention 30min"). With KEEP=1, bench/windows.py BENCH_TMP/pipeline-follow.*/batches.jsonl
+#        shows every window's micro-batch and step medians (what grows over a long run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:-50000}
