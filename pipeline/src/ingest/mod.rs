@@ -41,6 +41,7 @@ pub use options::IngestOptions;
 pub use options::OnBadFile;
 pub use report::{CHANGED_ADVICE, ChangedFile, IngestReport, SET_ASIDE_ADVICE, SetAsideFile};
 pub use verdicts::DEFAULT_BUCKET_IDS;
+pub use write::{DATA_FILE_BYTES, file_schema, writer as day_writer};
 
 use crate::delta;
 use crate::error::{Error, Result};

@@ -36,7 +36,7 @@ const DATA_ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Files are closed at this size. delta-rs's streaming writer uploads a file in 5 MiB parts
 /// while encoding it, so memory is a row group and a part whatever the file size (its older
 /// `RecordBatchWriter` held whole files in memory, which made us close them at 8 MiB).
-const DATA_FILE_BYTES: u64 = 128 * 1024 * 1024;
+pub const DATA_FILE_BYTES: u64 = 128 * 1024 * 1024;
 /// Parts of a file being uploaded at once (delta-rs's default, 10, held up to 100 MiB more
 /// memory per writer for nothing on a local disk).
 const UPLOADS_IN_FLIGHT: usize = 2;
@@ -173,7 +173,7 @@ struct DayWriters {
 
 /// A streaming writer of one partition's data files of `table` (batches without the
 /// partition column).
-fn writer(t: &DeltaTable, table: Table, day: DayKey) -> Result<PartitionWriter> {
+pub fn writer(t: &DeltaTable, table: Table, day: DayKey) -> Result<PartitionWriter> {
     let config = PartitionWriterConfig::try_new(
         file_schema(table),
         DayWriters::partition(day),
@@ -194,7 +194,7 @@ fn writer(t: &DeltaTable, table: Table, day: DayKey) -> Result<PartitionWriter> 
 }
 
 /// A table's schema without its partition column: what its data files hold.
-fn file_schema(table: Table) -> SchemaRef {
+pub fn file_schema(table: Table) -> SchemaRef {
     schema::without_column(&table.schema(), PARTITION_COLUMN)
 }
 

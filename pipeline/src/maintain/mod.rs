@@ -12,6 +12,7 @@
 //! lists what it would delete unless `--vacuum` is given.
 
 pub mod retention;
+mod tiers;
 
 use std::time::Instant;
 
@@ -207,26 +208,11 @@ impl CompactionLock {
     }
 }
 
-/// The file size `run --follow`'s compaction merges small files of `table` up to.
-///
-/// Files of at least that size are left alone and smaller ones are merged up to it, so a
-/// compaction rewrites about what arrived since the last one plus the day's file still below
-/// the target. That file is rewritten by every compaction until it reaches the target: a
-/// day's bytes are written about `target / (2 x bytes a round)` times. The transactions table
-/// gets ~17 MiB a round at 50,000 rows/s, so 16 MiB rewrites each row about once (delta-rs's
-/// default target, 100 MiB, rewrote today's growing file every time: 8 s at 1.5M rows,
-/// measured); the quarantine gets 1% of that across several days, and with 16 MiB every
-/// round rewrote all of it (2.1 GB of replaced files within 15 minutes, against ~50 MB live,
-/// measured), so its target is 1 MiB.
-pub fn stream_target_bytes(table: Table) -> std::num::NonZeroU64 {
-    let mib = if table == Table::Quarantine { 1 } else { 16 };
-    std::num::NonZeroU64::new(mib << 20).expect("non-zero")
-}
-
-/// Compact `table`'s small files (a `dataChange: false` commit that readers and the
-/// incremental stages ignore): what `run --follow` does on its cadence, when no other
-/// process is compacting (else it returns 0 and the next cadence tries again), up to
-/// [`stream_target_bytes`]. Returns the files rewritten.
+/// Compact `table`'s files (a `dataChange: false` commit that readers and the incremental
+/// stages ignore): what `run --follow` does on its cadence, when no other process is
+/// compacting (else it returns 0 and the next cadence tries again). The id index merges its
+/// sorted files by tier; the transactions and quarantine tables merge files of similar size
+/// ([`tiers`]). Returns the files rewritten.
 pub async fn compact(layout: &Layout, table: Table) -> Result<u64> {
     let Some(_lock) = CompactionLock::take(layout, false)? else {
         return Ok(0);
@@ -238,15 +224,7 @@ pub async fn compact(layout: &Layout, table: Table) -> Result<u64> {
         // Sorted runs, merged by tier (the largest merges are left to this, not to ingest).
         return ingest::compact_index(&t).await;
     }
-    let name = table.name();
-    let (_, metrics) = t
-        .optimize()
-        .with_target_size(stream_target_bytes(table))
-        .with_writer_properties(crate::schema::writer_properties(None))
-        .with_commit_properties(no_hooks())
-        .await
-        .map_err(|e| Error::delta(name, e))?;
-    Ok(metrics.num_files_removed)
+    tiers::merge(&t, table).await
 }
 
 /// Commit properties without delta-rs's post-commit hooks (see `delta::commit`).
