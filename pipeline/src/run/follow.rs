@@ -7,9 +7,10 @@
 //! 1. **Stop?** a first SIGINT/SIGTERM stops here (a second one aborts at once: every stage
 //!    is safe to kill, the next start resumes), as do `--until-idle` and `--max-batches`.
 //! 2. **Micro-batch**: ingest (bad files set aside, not stopping the stream), aggregate,
-//!    load; the profiles at most every `--profiles-every` (they cost what the customer base
-//!    costs, not what the micro-batch brought). ScyllaDB trouble does not stop ingest and
-//!    aggregate: the load backlog is loaded when it answers again.
+//!    load. ScyllaDB trouble does not stop ingest and aggregate: the load backlog is loaded
+//!    when it answers again. The profiles, at most every `--profiles-every` (they cost what
+//!    the customer base costs, not what the micro-batch brought), run beside the loop
+//!    ([`super::profiles_task`]); a micro-batch reports a run that finished during it.
 //! 3. **Housekeeping** ([`super::housekeeping`]), beside the loop: compaction, the vacuum of
 //!    replaced files past `--vacuum-retention`, expired log entries; checkpoints are written
 //!    by the stages as versions cross the checkpoint interval.
@@ -32,6 +33,7 @@ use tokio::sync::Notify;
 use super::housekeeping::Housekeeping;
 use super::metrics::Metrics;
 use super::options::{RunOptions, Stage};
+use super::profiles_task::{Done, Profiles};
 use super::report::{RunReport, StageSummary};
 use crate::error::{Error, Result, exit};
 use crate::ingest::{IngestOptions, OnBadFile, SetAsideFile};
@@ -39,7 +41,7 @@ use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::report::{Report, Summary, thousands};
 use crate::tables::Table;
-use crate::{aggregate, cql, delta, ingest, load, profiles};
+use crate::{aggregate, cql, delta, ingest, load};
 
 /// How `run --follow` runs.
 #[derive(Debug, Clone, Args)]
@@ -221,13 +223,14 @@ impl MicroBatch {
         s
     }
 
-    /// Whether it did anything (else the stream waits `--interval`).
+    /// Whether it did anything (else the stream waits `--interval`). The profiles, which run
+    /// beside the loop, do not count: a micro-batch that only reports them is printed, not
+    /// counted.
     pub fn did_work(&self) -> bool {
         self.files > 0
             || self.aggregate_mode.is_some()
             || self.rows_loaded + self.rows_deleted > 0
             || self.compacted_files.is_some()
-            || self.profile_rows.is_some()
             || !self.set_aside.is_empty()
             || !self.changed_files.is_empty()
     }
@@ -388,7 +391,7 @@ struct State {
     /// Aggregate's and load's tables, likewise.
     kept: crate::delta::Kept,
     load_selected: bool,
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     /// Landing times (µs) of files ingested, not yet aggregated.
     awaiting_aggregate: Vec<i64>,
     /// ... aggregated, not yet acknowledged by ScyllaDB.
@@ -399,10 +402,7 @@ struct State {
     waiting_said: bool,
     freshness: hdrhistogram::Histogram<u64>,
     housekeeping: Housekeeping,
-    /// When the profiles were last brought up to date (None: not in this session).
-    profiles_at: Option<Instant>,
-    /// Aggregates changed since: the profiles are behind.
-    profiles_behind: bool,
+    profiles: Profiles,
     report: FollowReport,
     metrics: Arc<Metrics>,
 }
@@ -432,7 +432,7 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
             }
         };
         let idle = !batch.did_work() && batch.backlog_files == 0;
-        if !idle {
+        if !idle || batch.profile_rows.is_some() || !batch.errors.is_empty() {
             print_batch(json, &batch);
         }
         if idle && f.until_idle {
@@ -449,28 +449,7 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
             stop.sleep(f.interval).await;
         }
     };
-    {
-        // Let a housekeeping round in flight finish: stopping leaves nothing half-done.
-        let mut b = MicroBatch::default();
-        state.housekeeping.finish(&mut b).await;
-        state.report.errors += b.errors.len() as u64;
-    }
-    let result = match result {
-        // The profiles waiting for their interval are brought up to date before stopping.
-        Ok(()) if state.profiles_behind && opts.selected().contains(&Stage::Profiles) => {
-            let mut b = MicroBatch {
-                batch: state.report.micro_batches + 1,
-                ..Default::default()
-            };
-            let done = profiles_step(layout, opts, &mut state, &mut b).await;
-            if b.did_work() || !b.errors.is_empty() {
-                print_batch(json, &b);
-            }
-            state.report.errors += b.errors.len() as u64;
-            done
-        }
-        other => other,
-    };
+    let result = stop_background(layout, opts, &mut state, json, result).await;
     let mut report = finish(state, started);
     let ended = chrono::Utc::now();
     match super::history::record(layout, &report.as_run(now, ended), (now, ended)).await {
@@ -478,6 +457,39 @@ pub async fn follow(layout: &Layout, opts: &RunOptions, json: bool) -> (FollowRe
         Err(e) => tracing::warn!(error = %e, "could not record the session in the history table"),
     }
     (report, result)
+}
+
+/// Let the background work in flight finish (stopping leaves nothing half-done), then, when
+/// the loop ended well, bring the profiles waiting for their interval up to date.
+async fn stop_background(
+    layout: &Layout,
+    opts: &RunOptions,
+    st: &mut State,
+    json: bool,
+    result: Result<()>,
+) -> Result<()> {
+    let mut b = MicroBatch {
+        batch: st.report.micro_batches + 1,
+        ..Default::default()
+    };
+    st.housekeeping.finish(&mut b).await;
+    let mut result = match st.profiles.finished(true).await {
+        Some(done) => result.and(profiles_done(done, st, &mut b)),
+        None => result,
+    };
+    if result.is_ok() && st.profiles.behind() && opts.selected().contains(&Stage::Profiles) {
+        st.profiles
+            .start(layout, &opts.profiles, &opts.load, profiles_session(st))
+            .await;
+        if let Some(done) = st.profiles.finished(true).await {
+            result = profiles_done(done, st, &mut b);
+        }
+    }
+    if b.profile_rows.is_some() || !b.errors.is_empty() {
+        print_batch(json, &b);
+    }
+    st.report.errors += b.errors.len() as u64;
+    result
 }
 
 /// Signals, metrics, the ingest policy of a stream.
@@ -529,9 +541,7 @@ async fn start(layout: &Layout, opts: &RunOptions) -> Result<(State, Stop)> {
             metrics.clone(),
         )
         .await,
-        profiles_at: None,
-        // A stream may start behind a batch run's aggregates: catch up at once.
-        profiles_behind: true,
+        profiles: Profiles::new(opts.follow.profiles_every),
         report: FollowReport {
             stages: (selected.iter().copied())
                 .filter(|s| *s != Stage::Load || load_selected)
@@ -583,10 +593,17 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
     } else {
         acknowledge(st, &mut b);
     }
-    // After load: the profiles do not hold up the rows users look up.
-    st.profiles_behind |= b.aggregate_mode.is_some();
-    if profiles_due(opts, st) {
-        profiles_step(layout, opts, st, &mut b).await?;
+    // Beside the loop: the profiles hold up no micro-batch.
+    if b.aggregate_mode.is_some() {
+        st.profiles.aggregates_changed();
+    }
+    if let Some(done) = st.profiles.finished(false).await {
+        profiles_done(done, st, &mut b)?;
+    }
+    if opts.selected().contains(&Stage::Profiles) && st.profiles.due() {
+        st.profiles
+            .start(layout, &opts.profiles, &opts.load, profiles_session(st))
+            .await;
     }
     for (step, seconds) in &b.steps {
         st.metrics.step(step, *seconds);
@@ -609,47 +626,33 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
     Ok(b)
 }
 
-/// Whether the profiles are behind the aggregates and their interval has passed.
-fn profiles_due(opts: &RunOptions, st: &State) -> bool {
-    opts.selected().contains(&Stage::Profiles)
-        && st.profiles_behind
-        && st
-            .profiles_at
-            .is_none_or(|at| at.elapsed() >= opts.follow.profiles_every)
+/// The session the profiles are served with (None: the stream does not load, or is not
+/// connected yet).
+fn profiles_session(st: &State) -> Option<Arc<Session>> {
+    st.session.clone().filter(|_| st.load_selected)
 }
 
-/// Bring the profiles up to date with the aggregates, and serve them.
-async fn profiles_step(
-    layout: &Layout,
-    opts: &RunOptions,
-    st: &mut State,
-    b: &mut MicroBatch,
-) -> Result<()> {
-    if !exists(layout, Table::Aggregates).await {
-        return Ok(());
-    }
-    st.profiles_at = Some(Instant::now());
-    let t = Instant::now();
+/// Take a finished profiles run into the micro-batch `b`: its rows, steps and errors.
+fn profiles_done(done: Done, st: &mut State, b: &mut MicroBatch) -> Result<()> {
     let before = b.errors.len();
-    match profiles::run(layout, &opts.profiles).await {
-        Ok(r) => {
-            st.report.profile_rows += r.rows_written;
-            b.profile_rows = Some(r.rows_written);
+    match done.written {
+        Ok(n) => {
+            st.report.profile_rows += n;
+            b.profile_rows = Some(n);
         }
         Err(e) => survivable("profiles", e, st, b)?,
     }
-    b.steps.push(("profiles", t.elapsed().as_secs_f64()));
-    if st.load_selected
-        && let Some(session) = &st.session
-    {
-        let t = Instant::now();
-        if let Err(e) = load::serve_profiles(session, layout, &opts.load).await {
+    b.steps.push(("profiles", done.seconds));
+    if let Some((served, seconds)) = done.served {
+        if let Err(e) = served {
             survivable("load", e, st, b)?;
         }
-        b.steps.push(("load_profiles", t.elapsed().as_secs_f64()));
+        b.steps.push(("load_profiles", seconds));
     }
     // Behind still when a step failed: tried again at the next interval.
-    st.profiles_behind = b.errors.len() > before;
+    if b.errors.len() > before {
+        st.profiles.failed();
+    }
     Ok(())
 }
 
@@ -763,7 +766,7 @@ async fn load_step(
     }
     if st.session.is_none() {
         match connect(opts).await {
-            Ok(s) => st.session = Some(s),
+            Ok(s) => st.session = Some(Arc::new(s)),
             Err(e) => return survivable("load", e, st, b),
         }
     }

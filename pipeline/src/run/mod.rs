@@ -7,6 +7,7 @@ mod history;
 mod housekeeping;
 pub mod metrics;
 mod options;
+mod profiles_task;
 mod report;
 
 use std::time::{Duration, Instant};
