@@ -614,7 +614,8 @@ async fn micro_batch(layout: &Layout, opts: &RunOptions, st: &mut State) -> Resu
         st.report.micro_batches += 1;
         st.metrics.micro_batches.inc();
     }
-    st.housekeeping.after(layout, &mut b).await;
+    let busy = st.profiles.running().then_some(Table::Profiles);
+    st.housekeeping.after(layout, &mut b, busy).await;
     if b.errors.is_empty() {
         st.metrics
             .last_success

@@ -75,14 +75,16 @@ impl Housekeeping {
             logs_cleaned_at: None,
             metrics,
         };
-        h.configure(layout).await;
+        h.configure(layout, None).await;
         h
     }
 
-    /// Give the stream's retention to tables that do not hold it yet (created since).
-    async fn configure(&mut self, layout: &Layout) {
+    /// Give the stream's retention to tables that do not hold it yet (created since), but
+    /// not to `busy` (a table being written beside the loop: the property change, a metadata
+    /// commit, would make that commit fail).
+    async fn configure(&mut self, layout: &Layout, busy: Option<Table>) {
         for table in Table::ALL {
-            if self.configured.contains(&table) {
+            if self.configured.contains(&table) || busy == Some(table) {
                 continue;
             }
             match retention::apply(layout, table, self.retention).await {
@@ -96,11 +98,11 @@ impl Housekeeping {
         }
     }
 
-    /// After a micro-batch: configure new tables, start a round when one is due, and report
-    /// a finished one in `b`.
-    pub async fn after(&mut self, layout: &Layout, b: &mut MicroBatch) {
+    /// After a micro-batch: configure new tables (except `busy`), start a round when one is
+    /// due, and report a finished one in `b`.
+    pub async fn after(&mut self, layout: &Layout, b: &mut MicroBatch, busy: Option<Table>) {
         if self.configured.len() < Table::ALL.len() {
-            self.configure(layout).await;
+            self.configure(layout, busy).await;
         }
         if b.did_work() {
             self.since += 1;

@@ -75,6 +75,11 @@ impl Profiles {
         self.behind && self.running.is_none() && self.at.is_none_or(|at| at.elapsed() >= self.wait)
     }
 
+    /// A run is in flight (it writes the profiles table).
+    pub fn running(&self) -> bool {
+        self.running.is_some()
+    }
+
     /// Behind the aggregates (the stream brings them up to date before it stops).
     pub fn behind(&self) -> bool {
         self.behind
