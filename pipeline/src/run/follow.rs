@@ -72,9 +72,10 @@ pub struct FollowOptions {
     /// tables' `delta.deletedFileRetentionDuration` to it. At least 5 minutes.
     #[arg(long, default_value = "15min", value_parser = parse_vacuum_retention)]
     pub vacuum_retention: Duration,
-    /// Bring the customer profiles (and their serving table) up to date at most this often
-    /// (0s: every micro-batch), and once more when the stream stops. Each update rewrites
-    /// one row per customer, so every micro-batch would cost what the customer base costs.
+    /// Bring the customer profiles (and their serving table) up to date at most this often,
+    /// beside the micro-batches (0s: as soon as the last update finished, when the aggregates
+    /// changed), and once more when the stream stops. Each update rewrites one row per
+    /// customer: it costs what the customer base costs.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub profiles_every: Duration,
     /// With --follow, serve Prometheus metrics at HOST:PORT (/metrics, and /healthz, which
