@@ -48,12 +48,15 @@ kill -TERM $follow_pid
 wait $follow_pid
 follow_pid=
 du_data=$(du -sb --exclude=_raw --exclude=_scratch "$data" | cut -f1)
+# Kept in a file too: a batch run below that fails (a full disk) must not lose it.
+echo "$du_data" > "$tmp/du_data.txt"
 
 echo "checking: verify, then a batch run over the same landing files"
 verify_rc=0
 "$BIN" --data-dir "$data" --no-progress verify > "$tmp/verify.txt" 2>&1 || verify_rc=$?
 # Measured above: now the stream's replaced files go (contents unchanged), to make room for the
-# batch run's tables and its spill (a 60-minute run at 50,000 rows/s needs ~35 GB for them).
+# batch run's tables and its spill (a 60-minute run at 50,000 rows/s needs ~35 GB for them,
+# beside the stream's ~13 GB: have 55 GB free before a 60-minute run).
 "$BIN" --data-dir "$data" --no-progress maintain --vacuum --retention-hours 0 --no-optimize > "$tmp/vacuum.txt" 2>&1
 mkdir -p "$tmp/batch"
 cp -al "$data/_raw" "$tmp/batch/_raw"
