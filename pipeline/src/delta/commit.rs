@@ -424,6 +424,20 @@ pub async fn checkpoint_if_due(t: &mut DeltaTable, table: Table, before: i64) ->
     }
 }
 
+/// Execute `commit` (whose new files are `adds`); when it certainly did not land, delete
+/// those files (an unknown outcome keeps them: the commit may have landed).
+pub async fn commit_or_discard(commit: Commit, t: &DeltaTable, adds: &[Add]) -> Result<i64> {
+    match commit.execute(t).await {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            if !matches!(e, Error::CommitUnknown { .. }) {
+                discard(t, adds).await;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Best effort: remove data files written by a commit that certainly did not land. Anything
 /// left is unreferenced by the log and invisible to readers; `maintain --vacuum` removes it.
 pub async fn discard(t: &DeltaTable, adds: &[Add]) {

@@ -439,6 +439,12 @@ pub async fn txn_version(t: &DeltaTable, table: Table, app_id: &str) -> Result<O
         .map_err(|e| Error::delta(table.name(), e))
 }
 
+/// The size tier of a data file: sizes within a factor of 4 share one (tier 0 below 2 MiB).
+/// Merging four files of a tier, one tier at a time, rewrites each byte once per tier.
+pub fn size_tier(bytes: u64) -> u32 {
+    (64 - (bytes.max(1) >> 20).leading_zeros()) / 2
+}
+
 /// A live data file of a table.
 #[derive(Debug, Clone)]
 pub struct DataFile {

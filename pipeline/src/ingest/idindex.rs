@@ -747,10 +747,9 @@ pub const STREAM_INLINE_MERGE_BYTES: u64 = 64 << 20;
 /// `dataChange: false` commit; returns the files merged (0: nothing to merge).
 pub async fn compact(t: &DeltaTable, max_bytes: Option<u64>) -> Result<u64> {
     let index = IdIndex::open(t).await?;
-    let tier = |size: u64| (64 - (size.max(1) >> 20).leading_zeros()) / 2;
     let mut tiers: std::collections::BTreeMap<u32, Vec<&IndexFile>> = Default::default();
     for f in &index.files {
-        tiers.entry(tier(f.size)).or_default().push(f);
+        tiers.entry(delta::size_tier(f.size)).or_default().push(f);
     }
     let Some(group) = tiers.into_values().find(|g| g.len() >= 4) else {
         return Ok(0);
@@ -782,7 +781,7 @@ pub async fn compact(t: &DeltaTable, max_bytes: Option<u64>) -> Result<u64> {
     // Two compactions at once are kept apart by the compaction lock (delta-rs's conflict
     // check does not see their `dataChange: false` removes).
     .rebase_if_no_conflict();
-    commit_or_discard(commit, t, Some(add)).await?;
+    delta::commit::commit_or_discard(commit, t, &[add]).await?;
     Ok(group.len() as u64)
 }
 
@@ -855,19 +854,6 @@ fn removes(files: &[(String, u64)], data_change: bool) -> Vec<Action> {
         .collect()
 }
 
-/// Commit; when it certainly did not land, delete the file it would have added.
-async fn commit_or_discard(commit: Commit, t: &DeltaTable, add: Option<Add>) -> Result<i64> {
-    match commit.execute(t).await {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            if let (Some(add), false) = (add, matches!(e, Error::CommitUnknown { .. })) {
-                delta::commit::discard(t, &[add]).await;
-            }
-            Err(e)
-        }
-    }
-}
-
 /// Rows of a table from its files' statistics (None when a file has none).
 pub fn rows_of(t: &DeltaTable, table: Table) -> Result<Option<u64>> {
     let snapshot = t.snapshot().map_err(|e| Error::delta(table.name(), e))?;
@@ -935,7 +921,7 @@ pub async fn rebuild(
     let commit = txns
         .iter()
         .fold(commit, |c, (app_id, seq)| c.txn(app_id.clone(), *seq));
-    commit_or_discard(commit, ids_table, add).await
+    delta::commit::commit_or_discard(commit, ids_table, add.as_slice()).await
 }
 
 /// The transaction ids of a batch of the main table, parsed.

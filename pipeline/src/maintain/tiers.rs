@@ -44,11 +44,6 @@ const FULL_BYTES: u64 = ingest::DATA_FILE_BYTES / 4 * 3;
 /// Files merged at once.
 const FAN_IN: usize = 4;
 
-/// The size tier of a file: sizes within a factor of 4 share one (as the id index's).
-fn tier(size: u64) -> u32 {
-    (64 - (size.max(1) >> 20).leading_zeros()) / 2
-}
-
 /// A live file that may be merged.
 struct Candidate {
     path: deltalake::Path,
@@ -103,15 +98,8 @@ pub async fn merge(t: &DeltaTable, table: Table) -> Result<u64> {
     .meta("pipeline.stage", "compaction.tiers")
     // Ingest's commits (adds only) land meanwhile: they touch none of these files.
     .rebase_if_no_conflict();
-    match commit.execute(t).await {
-        Ok(_) => Ok(merged),
-        Err(e) => {
-            if !matches!(e, Error::CommitUnknown { .. }) {
-                delta::commit::discard(t, &adds).await;
-            }
-            Err(e)
-        }
-    }
+    delta::commit::commit_or_discard(commit, t, &adds).await?;
+    Ok(merged)
 }
 
 /// The groups to merge: per day and tier, the files in groups of [`FAN_IN`] (smallest first).
@@ -126,7 +114,7 @@ fn groups(t: &DeltaTable, table: Table) -> Result<Vec<(Option<Day>, Vec<Candidat
             continue;
         }
         by_tier
-            .entry((delta::day_of_file(&f), tier(size)))
+            .entry((delta::day_of_file(&f), delta::size_tier(size)))
             .or_default()
             .push(Candidate {
                 path: f.object_store_path(),
@@ -154,21 +142,26 @@ async fn merge_group(
     group: &[Candidate],
 ) -> Result<Option<Vec<Add>>> {
     let target = ingest::file_schema(table);
-    let mut writer = ingest::day_writer(t, table, day)?;
+    let names = |s: &deltalake::arrow::datatypes::Schema| {
+        s.fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>()
+    };
+    // Every file's schema is checked before anything is written.
     let store = t.object_store();
+    let mut readers = Vec::with_capacity(group.len());
     for c in group {
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(store.clone(), c.path.clone());
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-        let names = |s: &deltalake::arrow::datatypes::Schema| {
-            s.fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect::<Vec<_>>()
-        };
         if names(builder.schema()) != names(&target) {
             return Ok(None);
         }
+        readers.push(builder);
+    }
+    let mut writer = ingest::day_writer(t, table, day)?;
+    for builder in readers {
         let mut batches = builder.build()?;
         while let Some(batch) = batches.next().await {
             let batch = delta::conform(batch?.columns().to_vec(), &target)?;
@@ -199,6 +192,7 @@ mod tests {
     fn sizes_within_a_factor_of_four_share_a_tier() {
         let mib = 1u64 << 20;
         // OPTIMIZE's outputs at the 16 MiB target, and four of them merged.
+        let tier = delta::size_tier;
         assert_eq!(tier(10 * mib), tier(16 * mib - 1));
         assert_eq!(tier(40 * mib), tier(63 * mib));
         assert_ne!(tier(15 * mib), tier(60 * mib));
