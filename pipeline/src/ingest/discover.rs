@@ -184,24 +184,47 @@ pub struct Discovered {
     pub warnings: Vec<String>,
 }
 
-/// List the stream's landing files and compare them with what was consumed.
+/// List the stream's landing files and compare them with what was consumed. With a `cache`
+/// (a stream's micro-batches), folders whose files were all consumed are not listed again
+/// while they do not change (see [`ListingCache`]).
 pub async fn discover(
     source: &Source,
     stream: &Stream,
     files_table: &DeltaTable,
     scratch: &Path,
     workers: usize,
+    mut cache: Option<&mut ListingCache>,
 ) -> Result<Discovered> {
-    let listing = source.list(&stream.prefix).await?;
-    let consumed = consumed(files_table, stream).await?;
+    let (consumed, forgot) = consumed(files_table, stream).await?;
+    if let Some(cache) = cache.as_deref_mut() {
+        if forgot {
+            // A restore took records back: files of a cached folder may be new again.
+            cache.forget();
+        }
+    }
+    let listing = source.list(&stream.prefix, cache.as_deref_mut()).await?;
     let mut new = Vec::new();
     let mut suspects = Vec::new();
+    // Folders holding a file that is not consumed as it is now (or is set aside).
+    let mut unsettled: HashSet<&Path> = HashSet::new();
     for f in listing.files.iter() {
-        match consumed.get(&f.rel) {
-            None => new.push(f.clone()),
-            Some(r) if r.size == f.size && r.modified_us == Some(f.modified_us) => {}
-            Some(r) => suspects.push((f.clone(), r.clone())),
+        let settled = match consumed.get(&f.rel) {
+            None => {
+                new.push(f.clone());
+                false
+            }
+            Some(r) if r.size == f.size && r.modified_us == Some(f.modified_us) => !r.set_aside,
+            Some(r) => {
+                suspects.push((f.clone(), r.clone()));
+                false
+            }
+        };
+        if !settled {
+            unsettled.extend(f.path.parent());
         }
+    }
+    if let Some(cache) = cache {
+        cache.learn(&listing.folders, &unsettled);
     }
     let mut fetched: Vec<LandingFile> = suspects.iter().map(|(f, _)| f.clone()).collect();
     let mut deferred: Vec<String> = source
@@ -252,7 +275,7 @@ pub async fn discover(
     }
     new.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(Discovered {
-        seen: listing.files.len() as u64,
+        seen: listing.files.len() as u64 + listing.cached_files,
         new,
         changed,
         deferred,
@@ -261,10 +284,11 @@ pub async fn discover(
 }
 
 impl Source {
-    /// Landing files under `prefix`, recursively, sorted by relative path.
-    pub async fn list(&self, prefix: &str) -> Result<Listing> {
+    /// Landing files under `prefix`, recursively, sorted by relative path. On local disk, the
+    /// folders `cache` vouches for are counted, not listed (an object store is listed whole).
+    pub async fn list(&self, prefix: &str, cache: Option<&mut ListingCache>) -> Result<Listing> {
         match self {
-            Source::Local(dir) => list(dir, prefix),
+            Source::Local(dir) => list(dir, prefix, cache),
             Source::Store(root) => list_store(root, prefix).await,
         }
     }
@@ -338,6 +362,10 @@ pub struct Listing {
     pub files: Vec<LandingFile>,
     /// One line per thing skipped that the user must know of.
     pub warnings: Vec<String>,
+    /// Files in folders taken from a [`ListingCache`] (not in `files`).
+    pub cached_files: u64,
+    /// The folders listed that a [`ListingCache`] may keep once their files are consumed.
+    folders: Vec<(PathBuf, CachedFolder)>,
 }
 
 /// Landing files under `prefix` of the landing folder on an object store.
@@ -374,7 +402,7 @@ async fn list_store(root: &StoreRoot, prefix: &str) -> Result<Listing> {
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(Listing {
         files: out,
-        warnings: Vec::new(),
+        ..Default::default()
     })
 }
 
@@ -427,21 +455,31 @@ async fn download(
 
 /// Landing files under `prefix`, recursively, sorted by relative path. Symbolic links are
 /// followed; a link to a folder the walk is already in (a loop) and a broken link are
-/// warnings.
-pub fn list(dir: &Path, prefix: &str) -> Result<Listing> {
+/// warnings. The folders `cache` vouches for are counted, not listed.
+fn list(dir: &Path, prefix: &str, cache: Option<&mut ListingCache>) -> Result<Listing> {
     let mut out = Listing::default();
     let start = if prefix.is_empty() {
         dir.to_path_buf()
     } else {
         dir.join(prefix)
     };
+    let cache = cache.map(|c| &*c.begin(&start));
     if start.is_dir() {
-        let mut ancestors = Vec::new();
-        walk(dir, &start, &mut ancestors, &mut out)?;
+        let walk = Walk {
+            root: dir,
+            cache,
+            // A folder changed after this cannot be vouched for by its time (see ListingCache).
+            settled_before_us: now_us() - ListingCache::SETTLED_US,
+        };
+        walk.folder(&start, &mut Vec::new(), &mut out)?;
     }
     out.files.retain(|f| f.rel.starts_with(prefix));
     out.files.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(out)
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 /// (device, inode) of a folder: how a loop of symbolic links is recognised.
@@ -450,65 +488,182 @@ fn folder_id(meta: &std::fs::Metadata) -> (u64, u64) {
     (meta.dev(), meta.ino())
 }
 
-fn walk(root: &Path, dir: &Path, ancestors: &mut Vec<(u64, u64)>, out: &mut Listing) -> Result<()> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => return Ok(()),
-        Err(e) => return Err(Error::io(format!("cannot list {}", dir.display()), e)),
-    };
-    let here = std::fs::metadata(dir)
-        .map_err(|e| Error::io(format!("cannot stat {}", dir.display()), e))?;
-    ancestors.push(folder_id(&here));
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
-        let path = entry.path();
-        let rel = path
-            .strip_prefix(root)
-            .unwrap_or(&path)
-            .to_string_lossy()
-            .replace('\\', "/");
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if hidden_name(&name) {
-            continue;
-        }
-        let link = entry.file_type().is_ok_and(|t| t.is_symlink());
-        // Follows a symbolic link to what it points to.
-        let meta = match std::fs::metadata(&path) {
+/// A walk of the landing folder.
+struct Walk<'a> {
+    root: &'a Path,
+    cache: Option<&'a ListingCache>,
+    /// Folders last changed before this (µs since the epoch) may be cached.
+    settled_before_us: i64,
+}
+
+impl Walk<'_> {
+    fn folder(&self, dir: &Path, ancestors: &mut Vec<(u64, u64)>, out: &mut Listing) -> Result<()> {
+        let gone =
+            |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound && dir != self.root;
+        // Its time before its entries: a change while they are read makes a later time.
+        let here = match std::fs::metadata(dir) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && link => {
-                out.warnings.push(format!(
-                    "landing {rel} is a symbolic link to something that does not exist ({}): skipped",
-                    std::fs::read_link(&path)
-                        .map(|t| t.display().to_string())
-                        .unwrap_or_default()
-                ));
-                continue;
-            }
-            // Gone between listing and stat: a later run sees it if it comes back.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(format!("cannot stat {}", path.display()), e)),
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(Error::io(format!("cannot stat {}", dir.display()), e)),
         };
-        if meta.is_dir() {
-            if ancestors.contains(&folder_id(&meta)) {
-                out.warnings.push(format!(
-                    "landing {rel} is a symbolic link to a folder it is inside (a loop): not followed"
-                ));
+        let this = CachedFolder {
+            id: folder_id(&here),
+            modified_us: Stat::of(&here).modified_us,
+            files: 0,
+        };
+        if let Some(files) = self.cache.and_then(|c| c.vouches(dir, &this)) {
+            out.cached_files += files;
+            return Ok(());
+        }
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(Error::io(format!("cannot list {}", dir.display()), e)),
+        };
+        ancestors.push(this.id);
+        let (files_before, warnings_before) = (out.files.len(), out.warnings.len());
+        // No folder and no symbolic link in it: what it holds changes only with its time.
+        let mut leaf = true;
+        for entry in rd {
+            let entry =
+                entry.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(self.root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if hidden_name(&name) {
                 continue;
             }
-            walk(root, &path, ancestors, out)?;
-        } else if meta.is_file() && is_landing_path(&rel) {
-            let stat = Stat::of(&meta);
-            out.files.push(LandingFile {
-                path,
-                rel,
-                size: stat.size,
-                modified_us: stat.modified_us,
-                downloaded: false,
-            });
+            let link = entry.file_type().is_ok_and(|t| t.is_symlink());
+            leaf &= !link;
+            // Follows a symbolic link to what it points to.
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && link => {
+                    out.warnings.push(format!(
+                        "landing {rel} is a symbolic link to something that does not exist ({}): skipped",
+                        std::fs::read_link(&path)
+                            .map(|t| t.display().to_string())
+                            .unwrap_or_default()
+                    ));
+                    continue;
+                }
+                // Gone between listing and stat: a later run sees it if it comes back.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("cannot stat {}", path.display()), e)),
+            };
+            if meta.is_dir() {
+                leaf = false;
+                if ancestors.contains(&folder_id(&meta)) {
+                    out.warnings.push(format!(
+                        "landing {rel} is a symbolic link to a folder it is inside (a loop): not followed"
+                    ));
+                    continue;
+                }
+                self.folder(&path, ancestors, out)?;
+            } else if meta.is_file() && is_landing_path(&rel) {
+                let stat = Stat::of(&meta);
+                out.files.push(LandingFile {
+                    path,
+                    rel,
+                    size: stat.size,
+                    modified_us: stat.modified_us,
+                    downloaded: false,
+                });
+            }
+        }
+        ancestors.pop();
+        if leaf
+            && out.warnings.len() == warnings_before
+            && this.modified_us < self.settled_before_us
+        {
+            let files = (out.files.len() - files_before) as u64;
+            out.folders
+                .push((dir.to_path_buf(), CachedFolder { files, ..this }));
+        }
+        Ok(())
+    }
+}
+
+/// What a stream remembers of its landing folder between micro-batches: the folders whose
+/// files were all consumed (none set aside), with the folder's identity and modification
+/// time. A folder's time changes when a file is created, removed or renamed in it, so while
+/// it is the same, the folder is not listed and its files not looked at again: a micro-batch
+/// lists only the folders that changed, not every folder ever landed (a producer writing a
+/// folder a second, as `generate --follow` does, made the walk grow by 3,600 folders an hour:
+/// 0.012 s per micro-batch at the start of a 60-minute stream, 0.071 s at its end).
+///
+/// Only leaf folders (no subfolder, no symbolic link) last changed more than
+/// [`Self::SETTLED_US`] before the listing are kept: a folder's time has the file system's
+/// granularity, so a file created in the same tick as the time read would not change it.
+/// A consumed file rewritten in place (not created anew) changes its own time but not its
+/// folder's: every [`Self::FULL_WALK_EVERY`] the walk is whole again, which reports it among
+/// the changed files (it is not ingested again either way). A file set aside is never in a
+/// kept folder: fixing it in place is seen at once. An object store is listed whole.
+#[derive(Debug, Default)]
+pub struct ListingCache {
+    /// The folder walked.
+    start: PathBuf,
+    folders: HashMap<PathBuf, CachedFolder>,
+    /// When the last whole walk began.
+    whole_at: Option<std::time::Instant>,
+}
+
+/// A folder as listed: identity, time, landing files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CachedFolder {
+    id: (u64, u64),
+    modified_us: i64,
+    files: u64,
+}
+
+impl ListingCache {
+    /// How often the walk is whole again (what a rewrite in place waits to be reported).
+    pub const FULL_WALK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    /// How long before a listing a folder must have last changed to be kept, µs.
+    const SETTLED_US: i64 = 2_000_000;
+
+    /// Begin a listing of `start`: a whole walk (everything forgotten) when it is another
+    /// folder or the last whole walk is [`Self::FULL_WALK_EVERY`] old.
+    fn begin(&mut self, start: &Path) -> &Self {
+        let stale = self
+            .whole_at
+            .is_none_or(|t| t.elapsed() >= Self::FULL_WALK_EVERY);
+        if stale || self.start != start {
+            self.forget();
+            self.start = start.to_path_buf();
+            self.whole_at = Some(std::time::Instant::now());
+        }
+        self
+    }
+
+    /// Forget every folder: the next listing is a whole walk.
+    pub fn forget(&mut self) {
+        self.folders.clear();
+        self.whole_at = None;
+    }
+
+    /// The landing files of `dir`, if it is kept and still the same folder with the same time.
+    fn vouches(&self, dir: &Path, now: &CachedFolder) -> Option<u64> {
+        self.folders
+            .get(dir)
+            .filter(|c| c.id == now.id && c.modified_us == now.modified_us)
+            .map(|c| c.files)
+    }
+
+    /// Keep the `listed` folders but the `unsettled` ones.
+    fn learn(&mut self, listed: &[(PathBuf, CachedFolder)], unsettled: &HashSet<&Path>) {
+        for (dir, folder) in listed {
+            if unsettled.contains(dir.as_path()) {
+                self.folders.remove(dir);
+            } else {
+                self.folders.insert(dir.clone(), *folder);
+            }
         }
     }
-    ancestors.pop();
-    Ok(())
 }
 
 /// Every stream with a file recorded in `ingest_files`.
@@ -534,8 +689,12 @@ pub async fn streams(t: &DeltaTable) -> Result<std::collections::BTreeSet<String
     Ok(out)
 }
 
-/// The stream's consumed files, from `ingest_files` (see [`kept`]).
-async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<Arc<HashMap<String, Recorded>>> {
+/// The stream's consumed files, from `ingest_files` (see [`kept`]), and whether a record
+/// this process read before is gone or changed (a restore took it back).
+async fn consumed(
+    t: &DeltaTable,
+    stream: &Stream,
+) -> Result<(Arc<HashMap<String, Recorded>>, bool)> {
     let live: Vec<deltalake::Path> = delta::files(t, Table::IngestFiles, None)?
         .into_iter()
         .map(|f| f.path)
@@ -545,9 +704,13 @@ async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<Arc<HashMap<String,
     let names: HashSet<&str> = live.iter().map(|p| p.as_ref()).collect();
     // Files are only added between two runs unless a merge (or a restore) replaced some:
     // then everything is read again (a merge of small files comes every 16 runs).
-    let (mut files, mut out) = match kept {
-        Some(k) if k.files.iter().all(|f| names.contains(f.as_str())) => (k.files, k.records),
-        _ => (HashSet::new(), Arc::new(HashMap::new())),
+    let (mut files, mut out, before) = match kept {
+        Some(k) if k.files.iter().all(|f| names.contains(f.as_str())) => (k.files, k.records, None),
+        k => (
+            HashSet::new(),
+            Arc::new(HashMap::new()),
+            k.map(|k| k.records),
+        ),
     };
     let store = t.object_store();
     let columns = [
@@ -570,6 +733,13 @@ async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<Arc<HashMap<String,
         }
         files.insert(path.to_string());
     }
+    let forgot = before.is_some_and(|before| {
+        before.iter().any(|(path, r)| {
+            out.get(path).is_none_or(|now| {
+                (now.size, now.modified_us, now.set_aside) != (r.size, r.modified_us, r.set_aside)
+            })
+        })
+    });
     kept::put(
         key,
         kept::Kept {
@@ -577,7 +747,7 @@ async fn consumed(t: &DeltaTable, stream: &Stream) -> Result<Arc<HashMap<String,
             records: out.clone(),
         },
     );
-    Ok(out)
+    Ok((out, forgot))
 }
 
 /// What a stream consumed, as read from `ingest_files` by this process's last run, with the
@@ -805,4 +975,66 @@ pub fn log_batch(
         )),
     ];
     Ok(RecordBatch::try_new(INGEST_FILES.clone(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(dir: &Path, secs: u64) {
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        std::fs::File::open(dir).unwrap().set_modified(t).unwrap();
+    }
+
+    fn rels(l: &Listing) -> Vec<&str> {
+        l.files.iter().map(|f| f.rel.as_str()).collect()
+    }
+
+    #[test]
+    fn a_stream_lists_again_only_the_folders_that_changed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        for (folder, file) in [("b1", "x"), ("b2", "y")] {
+            std::fs::create_dir(dir.join(folder)).unwrap();
+            std::fs::write(dir.join(folder).join(format!("{file}.parquet")), b"1").unwrap();
+            age(&dir.join(folder), 10);
+        }
+        let mut cache = ListingCache::default();
+        let l = list(dir, "", Some(&mut cache)).unwrap();
+        assert_eq!(rels(&l), ["b1/x.parquet", "b2/y.parquet"]);
+        // b2's file is not consumed: only b1 is kept.
+        let b2 = dir.join("b2");
+        cache.learn(&l.folders, &HashSet::from([b2.as_path()]));
+        let l = list(dir, "", Some(&mut cache)).unwrap();
+        assert_eq!((rels(&l), l.cached_files), (vec!["b2/y.parquet"], 1));
+
+        // A file lands in b1: its time moves, it is listed again (and not kept: too recent).
+        std::fs::write(dir.join("b1/z.parquet"), b"2").unwrap();
+        let l = list(dir, "", Some(&mut cache)).unwrap();
+        assert_eq!(
+            (rels(&l), l.cached_files),
+            (vec!["b1/x.parquet", "b1/z.parquet", "b2/y.parquet"], 0)
+        );
+        cache.learn(&l.folders, &HashSet::new());
+        assert_eq!(list(dir, "", Some(&mut cache)).unwrap().cached_files, 1);
+
+        // Settled and consumed: nothing is listed, every file counted.
+        age(&dir.join("b1"), 10);
+        let l = list(dir, "", Some(&mut cache)).unwrap();
+        cache.learn(&l.folders, &HashSet::new());
+        let l = list(dir, "", Some(&mut cache)).unwrap();
+        assert_eq!((rels(&l), l.cached_files), (vec![], 3));
+
+        // A file rewritten in place leaves its folder's time: the next whole walk sees it.
+        std::fs::write(dir.join("b2/y.parquet"), b"changed").unwrap();
+        assert_eq!(list(dir, "", Some(&mut cache)).unwrap().cached_files, 3);
+        cache.whole_at = Some(std::time::Instant::now() - ListingCache::FULL_WALK_EVERY);
+        let l = list(dir, "", Some(&mut cache)).unwrap();
+        assert_eq!(l.cached_files, 0);
+        let y = l.files.iter().find(|f| f.rel == "b2/y.parquet").unwrap();
+        assert_eq!(y.size, 7);
+
+        // Without a cache (a batch run), everything is listed.
+        assert_eq!(list(dir, "", None).unwrap().files.len(), 3);
+    }
 }

@@ -40,7 +40,7 @@ use deltalake::parquet::file::properties::{
 use deltalake::parquet::file::statistics::Statistics;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::DeltaOperation;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 
@@ -63,6 +63,8 @@ fn bloom() -> BloomFilterProperties {
         .with_max_ndv(ROW_GROUP_IDS as u64)
         .build()
 }
+/// Index files looked up at once by a lookup.
+const FILES_AT_ONCE: usize = 2;
 /// Ids per decoded batch when reading.
 const READ_BATCH: usize = 8 * 1024;
 
@@ -219,60 +221,63 @@ impl IdIndex {
     }
 
     /// The ids of `wanted` (sorted, all within `[lo, hi]`) that the index holds, sorted.
-    ///
-    /// Per file, the row groups whose id range holds some of `wanted`; of those, the ids
-    /// their Bloom filter may hold (a local file's filters read by `pread` into one buffer
-    /// and probed there, on a blocking thread; a remote file's in one ranged read); of
-    /// those, the pages whose id range holds one (page index); those pages are read and
-    /// compared exactly. A row group without a filter or page index is read whole.
+    /// [`FILES_AT_ONCE`] files are looked up at once (a micro-batch has one id range, so this
+    /// is what spreads its lookup over the cores).
     pub async fn matches_in(
         &self,
         lo: u128,
         hi: u128,
         wanted: Arc<Vec<u128>>,
     ) -> Result<Vec<u128>> {
-        let mut out = Vec::new();
-        for f in &self.files {
-            let groups: Vec<(usize, std::ops::Range<usize>)> = f
-                .ranges
+        let found: Vec<Vec<u128>> = futures::stream::iter(
+            self.files
                 .iter()
-                .enumerate()
-                .filter(|(_, (a, b))| *a <= hi && *b >= lo)
-                .map(|(g, (a, b))| {
-                    let from = wanted.partition_point(|id| id < a);
-                    (g, from..wanted.partition_point(|id| id <= b))
-                })
-                .filter(|(_, ids)| !ids.is_empty())
-                .collect();
-            if groups.is_empty() {
-                continue;
+                .map(|f| self.matches_in_file(f, lo, hi, wanted.clone())),
+        )
+        .buffer_unordered(FILES_AT_ONCE)
+        .try_collect()
+        .await?;
+        let mut out: Vec<u128> = found.into_iter().flatten().collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// [`Self::matches_in`] of one file: the row groups whose id range holds some of `wanted`;
+    /// of those, the ids their Bloom filter may hold (a local file's filters read by `pread`
+    /// into one buffer and probed there, on a blocking thread; a remote file's in one ranged
+    /// read); of those, the pages whose id range holds one (page index); those pages are read
+    /// and compared exactly. A row group without a filter or page index is read whole.
+    async fn matches_in_file(
+        &self,
+        f: &Arc<IndexFile>,
+        lo: u128,
+        hi: u128,
+        wanted: Arc<Vec<u128>>,
+    ) -> Result<Vec<u128>> {
+        let mut out = Vec::new();
+        let groups: Vec<(usize, std::ops::Range<usize>)> = f
+            .ranges
+            .iter()
+            .enumerate()
+            .filter(|(_, (a, b))| *a <= hi && *b >= lo)
+            .map(|(g, (a, b))| {
+                let from = wanted.partition_point(|id| id < a);
+                (g, from..wanted.partition_point(|id| id <= b))
+            })
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect();
+        if groups.is_empty() {
+            return Ok(out);
+        }
+        let selected = match &f.local {
+            Some(_) => {
+                let (f, wanted) = (f.clone(), wanted.clone());
+                tokio::task::spawn_blocking(move || probe_local(&f, &groups, &wanted)).await??
             }
-            let groups_len = groups.len();
-            let selected = match &f.local {
-                Some(_) => {
-                    let (f, wanted) = (f.clone(), wanted.clone());
-                    tokio::task::spawn_blocking(move || probe_local(&f, &groups, &wanted)).await??
-                }
-                None => self.probe_remote(f, &groups, &wanted).await?,
-            };
-            if selected.is_empty() {
-                continue;
-            }
-            let t0 = std::time::Instant::now();
-            let before = out.len();
+            None => self.probe_remote(f, &groups, &wanted).await?,
+        };
+        if !selected.is_empty() {
             self.read_selected(f, &selected, &wanted, &mut out).await?;
-            tracing::debug!(
-                file = %f.path,
-                groups = groups_len,
-                selected_groups = selected.len(),
-                selected_rows = selected.iter().flat_map(|(_, r)| r).map(|r| r.len()).sum::<usize>(),
-                found = out.len() - before,
-                read_s = t0.elapsed().as_secs_f64(),
-                "index lookup"
-            );
-            if before > 0 && out.len() > before {
-                out.sort_unstable();
-            }
         }
         Ok(out)
     }

@@ -112,17 +112,21 @@ fn named_as_landed(layout: &Layout, e: Error) -> Error {
     Error::bad_input(root.object_url(&object), problem.clone())
 }
 
-/// Ingest's four tables, kept open between the runs of a stream (`run --follow`): a run
-/// brings them up to date with the commits since the last one, instead of loading each table
-/// from its last checkpoint again (whose size grows with the table's files). Only a run that
-/// succeeded keeps them, and only while each is still the same log (see [`delta::Kept`]);
-/// otherwise the next run opens them afresh.
+/// What a stream (`run --follow`) keeps between its runs. Ingest's four tables, kept open: a
+/// run brings them up to date with the commits since the last one, instead of loading each
+/// table from its last checkpoint again (whose size grows with the table's files). Only a run
+/// that succeeded keeps them, and only while each is still the same log (see
+/// [`delta::Kept`]); otherwise the next run opens them afresh. And the landing folders whose
+/// files are all consumed ([`discover::ListingCache`]).
 #[derive(Default)]
-pub struct Kept(Option<(Tables, Vec<Option<delta::LogStamp>>)>);
+pub struct Kept {
+    tables: Option<(Tables, Vec<Option<delta::LogStamp>>)>,
+    listing: discover::ListingCache,
+}
 
 impl Kept {
     async fn open(&mut self, layout: &Layout) -> Result<Tables> {
-        if let Some((mut tables, stamps)) = self.0.take()
+        if let Some((mut tables, stamps)) = self.tables.take()
             && stamps.iter().all(Option::is_some)
             && Self::stamps(&mut tables).await == stamps
         {
@@ -136,7 +140,7 @@ impl Kept {
 
     async fn keep(&mut self, mut tables: Tables) {
         let stamps = Self::stamps(&mut tables).await;
-        self.0 = Some((tables, stamps));
+        self.tables = Some((tables, stamps));
     }
 
     async fn stamps(tables: &mut Tables) -> Vec<Option<delta::LogStamp>> {
@@ -177,7 +181,16 @@ async fn run_once(
     sync_index(&mut tables, &stream, &scratch, opts, &mut report).await?;
     report.step("open", started);
     let t = Instant::now();
-    let mut new = discover(&source, &mut tables, &stream, &scratch, opts, &mut report).await?;
+    let mut new = discover(
+        &source,
+        &mut tables,
+        &stream,
+        &scratch,
+        opts,
+        &mut kept.listing,
+        &mut report,
+    )
+    .await?;
     report.step("discover", t);
     if !new.is_empty() {
         let t = Instant::now();
@@ -230,10 +243,18 @@ async fn discover(
     stream: &Stream,
     scratch: &Scratch,
     opts: &IngestOptions,
+    listing: &mut discover::ListingCache,
     report: &mut IngestReport,
 ) -> Result<Vec<LandingFile>> {
-    let found =
-        discover::discover(source, stream, &tables.files, &scratch.dir, opts.workers()).await?;
+    let found = discover::discover(
+        source,
+        stream,
+        &tables.files,
+        &scratch.dir,
+        opts.workers(),
+        Some(listing),
+    )
+    .await?;
     report.files_seen = found.seen;
     report.changed_files = found.changed;
     report.defer(found.deferred);
