@@ -196,11 +196,11 @@ pub async fn discover(
     mut cache: Option<&mut ListingCache>,
 ) -> Result<Discovered> {
     let (consumed, forgot) = consumed(files_table, stream).await?;
-    if let Some(cache) = cache.as_deref_mut() {
-        if forgot {
-            // A restore took records back: files of a cached folder may be new again.
-            cache.forget();
-        }
+    if let Some(cache) = cache.as_deref_mut()
+        && forgot
+    {
+        // A restore took records back: files of a cached folder may be new again.
+        cache.forget();
     }
     let listing = source.list(&stream.prefix, cache.as_deref_mut()).await?;
     let mut new = Vec::new();
@@ -463,7 +463,7 @@ fn list(dir: &Path, prefix: &str, cache: Option<&mut ListingCache>) -> Result<Li
     } else {
         dir.join(prefix)
     };
-    let cache = cache.map(|c| &*c.begin(&start));
+    let cache = cache.map(|c| c.begin(&start));
     if start.is_dir() {
         let walk = Walk {
             root: dir,
