@@ -467,9 +467,9 @@ fn list(dir: &Path, prefix: &str, cache: Option<&mut ListingCache>) -> Result<Li
     if start.is_dir() {
         let walk = Walk {
             root: dir,
-            cache,
             // A folder changed after this cannot be vouched for by its time (see ListingCache).
-            settled_before_us: now_us() - ListingCache::SETTLED_US,
+            settled_before_ns: cache.map_or(0, |c| now_ns() - c.settle_ns),
+            cache,
         };
         walk.folder(&start, &mut Vec::new(), &mut out)?;
     }
@@ -478,8 +478,16 @@ fn list(dir: &Path, prefix: &str, cache: Option<&mut ListingCache>) -> Result<Li
     Ok(out)
 }
 
-fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// A folder's status change time (ctime), ns since the epoch: it moves whenever its entries
+/// change (as its modification time does) and also when its times are set, which a producer
+/// may do (`touch -d`, an archive's times); no one can set it back.
+fn changed_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec()
 }
 
 /// (device, inode) of a folder: how a loop of symbolic links is recognised.
@@ -492,8 +500,8 @@ fn folder_id(meta: &std::fs::Metadata) -> (u64, u64) {
 struct Walk<'a> {
     root: &'a Path,
     cache: Option<&'a ListingCache>,
-    /// Folders last changed before this (µs since the epoch) may be cached.
-    settled_before_us: i64,
+    /// Folders last changed before this (ns since the epoch) may be cached.
+    settled_before_ns: i64,
 }
 
 impl Walk<'_> {
@@ -508,7 +516,7 @@ impl Walk<'_> {
         };
         let this = CachedFolder {
             id: folder_id(&here),
-            modified_us: Stat::of(&here).modified_us,
+            changed_ns: changed_ns(&here),
             files: 0,
         };
         if let Some(files) = self.cache.and_then(|c| c.vouches(dir, &this)) {
@@ -578,7 +586,8 @@ impl Walk<'_> {
         ancestors.pop();
         if leaf
             && out.warnings.len() == warnings_before
-            && this.modified_us < self.settled_before_us
+            && this.changed_ns > 0
+            && this.changed_ns < self.settled_before_ns
         {
             let files = (out.files.len() - files_before) as u64;
             out.folders
@@ -589,22 +598,27 @@ impl Walk<'_> {
 }
 
 /// What a stream remembers of its landing folder between micro-batches: the folders whose
-/// files were all consumed (none set aside), with the folder's identity and modification
-/// time. A folder's time changes when a file is created, removed or renamed in it, so while
-/// it is the same, the folder is not listed and its files not looked at again: a micro-batch
-/// lists only the folders that changed, not every folder ever landed (a producer writing a
-/// folder a second, as `generate --follow` does, made the walk grow by 3,600 folders an hour:
-/// 0.012 s per micro-batch at the start of a 60-minute stream, 0.071 s at its end).
+/// files were all consumed (none set aside), with the folder's identity and status change
+/// time (ctime). A folder's ctime changes when a file is created, removed or renamed in it
+/// (and when its times are set), so while it is the same, the folder is not listed and its
+/// files not looked at again: a micro-batch lists only the folders that changed, not every
+/// folder ever landed (a producer writing a folder a second, as `generate --follow` does,
+/// made the walk grow by 3,600 folders an hour: 0.012 s per micro-batch at the start of a
+/// 60-minute stream, 0.071 s at its end).
 ///
 /// Only leaf folders (no subfolder, no symbolic link) last changed more than
-/// [`Self::SETTLED_US`] before the listing are kept: a folder's time has the file system's
+/// 2 s before the listing are kept: a folder's time has the file system's
 /// granularity, so a file created in the same tick as the time read would not change it.
 /// A consumed file rewritten in place (not created anew) changes its own time but not its
 /// folder's: every [`Self::FULL_WALK_EVERY`] the walk is whole again, which reports it among
 /// the changed files (it is not ingested again either way). A file set aside is never in a
-/// kept folder: fixing it in place is seen at once. An object store is listed whole.
-#[derive(Debug, Default)]
+/// kept folder: fixing it in place is seen at once. A file system whose folders' ctime does
+/// not follow their entries (some FUSE mounts of object stores) delays a new file there by
+/// up to a whole walk; an object store itself is listed whole.
+#[derive(Debug)]
 pub struct ListingCache {
+    /// How long before a listing a folder must have last changed to be kept, ns.
+    settle_ns: i64,
     /// The folder walked.
     start: PathBuf,
     folders: HashMap<PathBuf, CachedFolder>,
@@ -612,19 +626,28 @@ pub struct ListingCache {
     whole_at: Option<std::time::Instant>,
 }
 
-/// A folder as listed: identity, time, landing files.
+/// A folder as listed: identity, status change time, landing files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct CachedFolder {
     id: (u64, u64),
-    modified_us: i64,
+    changed_ns: i64,
     files: u64,
+}
+
+impl Default for ListingCache {
+    fn default() -> Self {
+        ListingCache {
+            settle_ns: 2_000_000_000,
+            start: PathBuf::new(),
+            folders: HashMap::new(),
+            whole_at: None,
+        }
+    }
 }
 
 impl ListingCache {
     /// How often the walk is whole again (what a rewrite in place waits to be reported).
     pub const FULL_WALK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-    /// How long before a listing a folder must have last changed to be kept, µs.
-    const SETTLED_US: i64 = 2_000_000;
 
     /// Begin a listing of `start`: a whole walk (everything forgotten) when it is another
     /// folder or the last whole walk is [`Self::FULL_WALK_EVERY`] old.
@@ -650,7 +673,7 @@ impl ListingCache {
     fn vouches(&self, dir: &Path, now: &CachedFolder) -> Option<u64> {
         self.folders
             .get(dir)
-            .filter(|c| c.id == now.id && c.modified_us == now.modified_us)
+            .filter(|c| c.id == now.id && c.changed_ns == now.changed_ns)
             .map(|c| c.files)
     }
 
@@ -705,12 +728,11 @@ async fn consumed(
     // Files are only added between two runs unless a merge (or a restore) replaced some:
     // then everything is read again (a merge of small files comes every 16 runs).
     let (mut files, mut out, before) = match kept {
-        Some(k) if k.files.iter().all(|f| names.contains(f.as_str())) => (k.files, k.records, None),
-        k => (
-            HashSet::new(),
-            Arc::new(HashMap::new()),
-            k.map(|k| k.records),
-        ),
+        Some(k) if k.files.iter().all(|f| names.contains(f.as_str())) => {
+            (k.files, k.records, Before::Kept)
+        }
+        Some(k) => (HashSet::new(), Arc::new(HashMap::new()), Before::Read(k.records)),
+        None => (HashSet::new(), Arc::new(HashMap::new()), Before::Unknown),
     };
     let store = t.object_store();
     let columns = [
@@ -733,13 +755,16 @@ async fn consumed(
         }
         files.insert(path.to_string());
     }
-    let forgot = before.is_some_and(|before| {
-        before.iter().any(|(path, r)| {
+    let forgot = match before {
+        Before::Kept => false,
+        Before::Read(before) => before.iter().any(|(path, r)| {
             out.get(path).is_none_or(|now| {
                 (now.size, now.modified_us, now.set_aside) != (r.size, r.modified_us, r.set_aside)
             })
-        })
-    });
+        }),
+        // Nothing read before (a first run, or one whose read failed): nothing to compare.
+        Before::Unknown => true,
+    };
     kept::put(
         key,
         kept::Kept {
@@ -748,6 +773,16 @@ async fn consumed(
         },
     );
     Ok((out, forgot))
+}
+
+/// What this process read of a stream's records before a run.
+enum Before {
+    /// Still true: only new records were read.
+    Kept,
+    /// Read again whole (a merge or a restore replaced files): these were the records.
+    Read(Arc<HashMap<String, Recorded>>),
+    /// None (a first run, or the last read failed).
+    Unknown,
 }
 
 /// What a stream consumed, as read from `ingest_files` by this process's last run, with the
@@ -981,11 +1016,6 @@ pub fn log_batch(
 mod tests {
     use super::*;
 
-    fn age(dir: &Path, secs: u64) {
-        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
-        std::fs::File::open(dir).unwrap().set_modified(t).unwrap();
-    }
-
     fn rels(l: &Listing) -> Vec<&str> {
         l.files.iter().map(|f| f.rel.as_str()).collect()
     }
@@ -997,35 +1027,54 @@ mod tests {
         for (folder, file) in [("b1", "x"), ("b2", "y")] {
             std::fs::create_dir(dir.join(folder)).unwrap();
             std::fs::write(dir.join(folder).join(format!("{file}.parquet")), b"1").unwrap();
-            age(&dir.join(folder), 10);
         }
+        // Folders changed a moment ago are not kept (their time may not move yet).
         let mut cache = ListingCache::default();
         let l = list(dir, "", Some(&mut cache)).unwrap();
         assert_eq!(rels(&l), ["b1/x.parquet", "b2/y.parquet"]);
-        // b2's file is not consumed: only b1 is kept.
+        cache.learn(&l.folders, &HashSet::new());
+        assert_eq!(list(dir, "", Some(&mut cache)).unwrap().cached_files, 0);
+
+        // Settled: b2's file is not consumed, only b1 is kept. (A folder's time has the
+        // granularity of the kernel's clock tick: the test waits out a shorter settling time
+        // after each change.)
+        let settle = || std::thread::sleep(std::time::Duration::from_millis(60));
+        let mut cache = ListingCache {
+            settle_ns: 50_000_000,
+            ..Default::default()
+        };
+        settle();
+        let l = list(dir, "", Some(&mut cache)).unwrap();
         let b2 = dir.join("b2");
         cache.learn(&l.folders, &HashSet::from([b2.as_path()]));
         let l = list(dir, "", Some(&mut cache)).unwrap();
         assert_eq!((rels(&l), l.cached_files), (vec!["b2/y.parquet"], 1));
 
-        // A file lands in b1: its time moves, it is listed again (and not kept: too recent).
+        // A file lands in b1: its folder changes, it is listed again.
         std::fs::write(dir.join("b1/z.parquet"), b"2").unwrap();
+        settle();
         let l = list(dir, "", Some(&mut cache)).unwrap();
         assert_eq!(
             (rels(&l), l.cached_files),
             (vec!["b1/x.parquet", "b1/z.parquet", "b2/y.parquet"], 0)
         );
+        // Setting a folder's times back (as an archive's do) changes it too.
         cache.learn(&l.folders, &HashSet::new());
-        assert_eq!(list(dir, "", Some(&mut cache)).unwrap().cached_files, 1);
-
-        // Settled and consumed: nothing is listed, every file counted.
-        age(&dir.join("b1"), 10);
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::open(dir.join("b1"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        settle();
         let l = list(dir, "", Some(&mut cache)).unwrap();
+        assert_eq!((rels(&l), l.cached_files), (vec!["b1/x.parquet", "b1/z.parquet"], 1));
+
+        // Consumed, unchanged: nothing is listed, every file counted.
         cache.learn(&l.folders, &HashSet::new());
         let l = list(dir, "", Some(&mut cache)).unwrap();
         assert_eq!((rels(&l), l.cached_files), (vec![], 3));
 
-        // A file rewritten in place leaves its folder's time: the next whole walk sees it.
+        // A file rewritten in place leaves its folder as it was: the next whole walk sees it.
         std::fs::write(dir.join("b2/y.parquet"), b"changed").unwrap();
         assert_eq!(list(dir, "", Some(&mut cache)).unwrap().cached_files, 3);
         cache.whole_at = Some(std::time::Instant::now() - ListingCache::FULL_WALK_EVERY);
