@@ -127,14 +127,39 @@ fn with_a_watermark_late_rows_for_final_days_are_quarantined_and_newer_days_stay
 }
 
 /// `pipeline --data-dir D --json <args>` as a child with ScyllaDB's address in its env.
-fn spawn(d: &Data, cql: &Cql, args: &[&str], stdout: Stdio) -> Child {
+fn spawn(d: &Data, cql: &Cql, args: &[&str], stdout: Stdio) -> Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipeline"));
     cmd.arg("--data-dir").arg(d.path()).arg("--json").args(args);
     cmd.env_remove("PIPELINE_FAILPOINTS");
     for (k, v) in cql.env() {
         cmd.env(k, v);
     }
-    cmd.stdout(stdout).stderr(Stdio::null()).spawn().unwrap()
+    Running(cmd.stdout(stdout).stderr(Stdio::null()).spawn().unwrap())
+}
+
+/// A child killed when dropped: a test that fails while a `run --follow` runs does not leave
+/// it running (it would run until the machine stops).
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Already waited for: nothing to kill (Ok either way).
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The JSON lines a child prints, as they come.
