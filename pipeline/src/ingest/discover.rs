@@ -731,7 +731,11 @@ async fn consumed(
         Some(k) if k.files.iter().all(|f| names.contains(f.as_str())) => {
             (k.files, k.records, Before::Kept)
         }
-        Some(k) => (HashSet::new(), Arc::new(HashMap::new()), Before::Read(k.records)),
+        Some(k) => (
+            HashSet::new(),
+            Arc::new(HashMap::new()),
+            Before::Read(k.records),
+        ),
         None => (HashSet::new(), Arc::new(HashMap::new()), Before::Unknown),
     };
     let store = t.object_store();
@@ -1067,7 +1071,10 @@ mod tests {
             .unwrap();
         settle();
         let l = list(dir, "", Some(&mut cache)).unwrap();
-        assert_eq!((rels(&l), l.cached_files), (vec!["b1/x.parquet", "b1/z.parquet"], 1));
+        assert_eq!(
+            (rels(&l), l.cached_files),
+            (vec!["b1/x.parquet", "b1/z.parquet"], 1)
+        );
 
         // Consumed, unchanged: nothing is listed, every file counted.
         cache.learn(&l.folders, &HashSet::new());
