@@ -538,6 +538,61 @@ fn table_properties(table: &std::path::Path) -> serde_json::Map<String, serde_js
 /// for a reader. Its profiles follow their cadence: with `--profiles-every 1h` they are
 /// brought up to date after the first micro-batch (beside the loop), not after the next
 /// ones, and once more when the stream stops, which leaves every table (profiles too) equal to a batch run's.
+/// A stream does not list again a landing folder whose files it consumed while the folder is
+/// unchanged (it walks everything again only once a minute): a file that lands later in such
+/// a folder, created there or renamed into it, changes the folder and is ingested at once.
+#[test]
+fn a_file_landing_in_a_folder_the_stream_consumed_earlier_is_ingested_at_once() {
+    let d = Data::new();
+    let cql = Cql::new();
+    let land = |name: &str, first: u32| {
+        let rows: Vec<_> = (first..first + 50)
+            .map(|n| raw(&id(n), noon("2024-01-01")))
+            .collect();
+        write_raw(&landing(&d).join(name), &rows);
+    };
+    land("old/a.parquet", 0);
+    let mut child = spawn(
+        &d,
+        &cql,
+        &[
+            "run",
+            "--follow",
+            "--interval",
+            "100ms",
+            "--profiles-every",
+            "1h",
+        ],
+        Stdio::piped(),
+    );
+    let lines = lines_of(&mut child);
+    wait_for(&lines, "the first file", |b| b["files"] == 1);
+    let arrives = |what: &str| {
+        let landed = Instant::now();
+        let b = wait_for(&lines, what, |b| b["files"] == 1);
+        assert_eq!(u(&b, "rows_in"), 50, "{b}");
+        // Well before the next whole walk: the folder was listed because it changed.
+        assert!(landed.elapsed() < Duration::from_secs(15), "{what}: {b}");
+    };
+    // The folder is kept once it has been settled for 2 s: wait past that, and a few
+    // micro-batches more.
+    std::thread::sleep(Duration::from_secs(4));
+    land("old/b.parquet", 100);
+    arrives("a file created in the consumed folder");
+    std::thread::sleep(Duration::from_secs(4));
+    land("_staging/c.parquet", 200);
+    std::fs::rename(
+        landing(&d).join("_staging/c.parquet"),
+        landing(&d).join("old/c.parquet"),
+    )
+    .unwrap();
+    arrives("a file renamed into the consumed folder");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_for(&lines, "the summary", |v| v.get("stopped_by").is_some());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(rows(&d.path().join(TX)).len(), 150);
+}
+
 #[test]
 fn a_stream_sets_its_retention_and_updates_the_profiles_on_their_cadence() {
     let d = Data::new();
