@@ -199,7 +199,8 @@ pub async fn discover(
     if let Some(cache) = cache.as_deref_mut()
         && forgot
     {
-        // A restore took records back: files of a cached folder may be new again.
+        // Records taken back (a restore), or none to compare with: a kept folder's files may
+        // be new again.
         cache.forget();
     }
     let listing = source.list(&stream.prefix, cache.as_deref_mut()).await?;
