@@ -485,7 +485,10 @@ fn now_ns() -> i64 {
 
 /// A folder's status change time (ctime), ns since the epoch: it moves whenever its entries
 /// change (as its modification time does) and also when its times are set, which a producer
-/// may do (`touch -d`, an archive's times); no one can set it back.
+/// may do (`touch -d`, an archive's times); no one can set it back. (POSIX: `open` with
+/// `O_CREAT`, `link`, `unlink` and `rename` "shall mark for update the last data modification
+/// and last file status change timestamps of the parent directory"; `utimensat` marks the
+/// last file status change timestamp.)
 fn changed_ns(meta: &std::fs::Metadata) -> i64 {
     use std::os::unix::fs::MetadataExt;
     meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec()

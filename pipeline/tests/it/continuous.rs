@@ -137,6 +137,14 @@ fn spawn(d: &Data, cql: &Cql, args: &[&str], stdout: Stdio) -> Running {
     Running(cmd.stdout(stdout).stderr(Stdio::null()).spawn().unwrap())
 }
 
+/// Land 50 rows (ids `first`.., at noon of `day`) as the landing file `name`.
+fn land_50(d: &Data, name: &str, first: u32, day: &str) {
+    let rows: Vec<_> = (first..first + 50)
+        .map(|n| raw(&id(n), noon(day)))
+        .collect();
+    write_raw(&landing(d).join(name), &rows);
+}
+
 /// A child killed when dropped: a test that fails while a `run --follow` runs does not leave
 /// it running (it would run until the machine stops).
 struct Running(Child);
@@ -545,12 +553,7 @@ fn table_properties(table: &std::path::Path) -> serde_json::Map<String, serde_js
 fn a_file_landing_in_a_folder_the_stream_consumed_earlier_is_ingested_at_once() {
     let d = Data::new();
     let cql = Cql::new();
-    let land = |name: &str, first: u32| {
-        let rows: Vec<_> = (first..first + 50)
-            .map(|n| raw(&id(n), noon("2024-01-01")))
-            .collect();
-        write_raw(&landing(&d).join(name), &rows);
-    };
+    let land = |name: &str, first: u32| land_50(&d, name, first, "2024-01-01");
     land("old/a.parquet", 0);
     let mut child = spawn(
         &d,
@@ -602,12 +605,7 @@ fn a_stream_sets_its_retention_and_updates_the_profiles_on_their_cadence() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("shorter than 5 minutes"), "{err}");
 
-    let land = |name: &str, first: u32, day: &str| {
-        let rows: Vec<_> = (first..first + 50)
-            .map(|n| raw(&id(n), noon(day)))
-            .collect();
-        write_raw(&landing(&d).join(name), &rows);
-    };
+    let land = |name: &str, first: u32, day: &str| land_50(&d, name, first, day);
     land("a.parquet", 0, "2024-01-01");
     let mut child = spawn(
         &d,
