@@ -316,13 +316,21 @@ impl IdIndex {
                 maybe.push((*g, ids));
             }
         }
-        let mut lows = read(1, maybe.iter().map(|(g, _)| *g).collect())
-            .await?
-            .into_iter();
+        let pays = |(g, ids): &(usize, Vec<u128>)| second_filter_pays(f, *g, ids.len()).is_some();
+        let mut lows = read(
+            1,
+            maybe.iter().filter(|m| pays(m)).map(|(g, _)| *g).collect(),
+        )
+        .await?
+        .into_iter();
         let mut selected = Vec::new();
-        for (g, ids) in maybe {
-            let filter = filter_at(f, g, 1).map(|_| lows.next().expect("one read per filter"));
-            let ids = may_hold(&ids, 1, filter.as_deref());
+        for m in maybe {
+            let filter = pays(&m).then(|| lows.next().expect("one read per filter"));
+            let (g, ids) = m;
+            let ids = match filter {
+                Some(filter) => may_hold(&ids, 1, Some(&filter)),
+                None => ids,
+            };
             if !ids.is_empty() {
                 selected.push((g, rows_of_pages(f.meta.metadata(), g, &ids)));
             }
@@ -480,12 +488,24 @@ fn filter_at(f: &IndexFile, g: usize, column: usize) -> Option<std::ops::Range<u
     }
 }
 
+/// Bytes read for one page of the index (both id columns) when an id may be in it.
+const PAGE_BYTES: u64 = PAGE_IDS as u64 * 16;
+
+/// Where row group `g`'s filter of the low halves is, when reading it costs less than
+/// reading the pages of the `maybe` ids its filter of the high halves may hold: a stream's
+/// micro-batch has a few ids in each row group of a large file, and of those about one in
+/// a thousand passes the first filter, so reading the 128 KiB second filter to spare a
+/// 32 KiB page read per id was most of a lookup's bytes after the first filters'. A large
+/// batch has many such ids in a group, and the second filter pays.
+fn second_filter_pays(f: &IndexFile, g: usize, maybe: usize) -> Option<std::ops::Range<u64>> {
+    filter_at(f, g, 1).filter(|r| maybe > 0 && r.end - r.start < maybe as u64 * PAGE_BYTES)
+}
+
 /// Which of the `groups` of a local file may hold one of their ids, and where: a group's
 /// filter of the high halves, then, for the ids it may hold, its filter of the low halves
-/// (read only for groups with such ids: a large batch's ids pass the first filter in most
-/// groups, a stream's in few), each read into one reused buffer and probed there. What a
-/// lookup costs is then the filters' bytes read from the page cache once, and the pages of
-/// the ids both filters may hold.
+/// when that costs less than their pages ([`second_filter_pays`]), each read into one reused
+/// buffer and probed there. What a lookup costs is then the filters' bytes read from the
+/// page cache once, and the pages of the ids the filters may hold.
 fn probe_local(
     f: &IndexFile,
     groups: &[(usize, std::ops::Range<usize>)],
@@ -508,16 +528,12 @@ fn probe_local(
     let mut selected = Vec::new();
     for (g, ids) in groups {
         let mut ids = wanted[ids.clone()].to_vec();
-        for column in [0, 1] {
-            // The second filter only after the first (a file without filters has neither).
-            if let Some(r) = filter_at(f, *g, column) {
+        if let Some(r) = filter_at(f, *g, 0) {
+            read(r, &mut buffer)?;
+            ids = may_hold(&ids, 0, Some(&buffer));
+            if let Some(r) = second_filter_pays(f, *g, ids.len()) {
                 read(r, &mut buffer)?;
-                ids = may_hold(&ids, column, Some(&buffer));
-            } else if column == 0 {
-                break;
-            }
-            if ids.is_empty() {
-                break;
+                ids = may_hold(&ids, 1, Some(&buffer));
             }
         }
         if !ids.is_empty() {
@@ -1204,6 +1220,17 @@ mod tests {
                 .unwrap(),
             expected
         );
+        // A stream's few ids: most row groups see one or two, and their pages are read
+        // without the second filter (which pays only for many ids in a group).
+        assert!(second_filter_pays(first, 0, 1).is_none());
+        assert!(second_filter_pays(first, 0, 1_000).is_some());
+        let few: Vec<u128> = wanted.iter().step_by(200).copied().collect();
+        let found: Vec<u128> = few.iter().filter(|id| held.contains(id)).copied().collect();
+        assert!(!found.is_empty() && found.len() < few.len(), "{found:?}");
+        for index in [&index, &remote] {
+            let answer = index.matches_in(0, u128::MAX, Arc::new(few.clone()));
+            assert_eq!(answer.await.unwrap(), found);
+        }
         // A narrow range: only its ids are looked up and returned.
         let (lo, hi) = (u128::MAX / 8 * 3, u128::MAX / 8 * 5);
         let inside: Vec<u128> = wanted
