@@ -123,20 +123,36 @@ impl Commit {
     /// data (compaction: every action `dataChange: false`): they cannot change what it
     /// decided (ids, days), so `run --follow` can compact while ingest runs. A commit that
     /// removes files never does: the files it removes may have been rewritten.
-    pub async fn execute(mut self, t: &DeltaTable) -> Result<i64> {
+    pub async fn execute(self, t: &DeltaTable) -> Result<i64> {
+        self.execute_into(&mut t.clone()).await
+    }
+
+    /// [`Self::execute`], and `t` is then at the new version: delta-rs brings the snapshot
+    /// up to the commit it made (replaying the live files once), and that snapshot is kept
+    /// rather than thrown away and built again by the caller's next update. When the commit
+    /// fails, or landed but its answer was lost, `t` is as it was.
+    pub async fn execute_into(mut self, t: &mut DeltaTable) -> Result<i64> {
         let commit_id = uuid::Uuid::new_v4().to_string();
         self.metadata
             .insert(COMMIT_ID.to_string(), Value::String(commit_id.clone()));
         let only_adds = self.actions.iter().all(|a| !matches!(a, Action::Remove(_)));
-        let mut t = t.clone();
-        for _ in 0..MAX_DATA_NEUTRAL_REBASES {
-            match self.attempt(&t, &commit_id).await {
+        let mut base = t.clone();
+        for attempt in 0..=MAX_DATA_NEUTRAL_REBASES {
+            match self.attempt(&base, &commit_id).await {
                 Err(Error::Conflict { .. })
-                    if only_adds && self.only_data_neutral_since(&mut t).await? => {}
-                other => return other,
+                    if attempt < MAX_DATA_NEUTRAL_REBASES
+                        && only_adds
+                        && self.only_data_neutral_since(&mut base).await? => {}
+                Ok((version, state)) => {
+                    if let Some(state) = state {
+                        t.state = Some(state);
+                    }
+                    return Ok(version);
+                }
+                Err(e) => return Err(e),
             }
         }
-        self.attempt(&t, &commit_id).await
+        unreachable!("the last attempt returns")
     }
 
     /// Whether every commit after `t`'s version changed no data (or is accepted by the
@@ -176,7 +192,12 @@ impl Commit {
         Ok(true)
     }
 
-    async fn attempt(&self, t: &DeltaTable, commit_id: &str) -> Result<i64> {
+    /// One try: the new version, and the table's state at it when delta-rs built one.
+    async fn attempt(
+        &self,
+        t: &DeltaTable,
+        commit_id: &str,
+    ) -> Result<(i64, Option<deltalake::table::state::DeltaTableState>)> {
         let name = self.table.name();
         let snapshot = t.snapshot().map_err(|e| Error::delta(name, e))?;
         let read_version = snapshot.version();
@@ -192,7 +213,7 @@ impl Commit {
             .build(Some(snapshot), store, self.operation.clone())
             .await;
         let error = match result {
-            Ok(done) => return Ok(done.version() as i64),
+            Ok(done) => return Ok((done.version() as i64, Some(done.snapshot))),
             Err(e) => e,
         };
         // Whatever the error, the commit may be in the log (an answer lost after the store
@@ -202,7 +223,7 @@ impl Commit {
             Ok(Some(v)) => {
                 tracing::warn!(table = name, version = v, error = %error,
                     "the commit call reported an error, but the commit is in the log: it landed");
-                Ok(v)
+                Ok((v, None))
             }
             // Not in the log after a failed request to the store: it may still be applied (a
             // timeout, a dropped connection), so its files are kept.

@@ -142,7 +142,7 @@ pub async fn commit_run(
     }
     crate::failpoints::hit("ingest.before_commit");
     crate::failpoints::pause("ingest.before_commit");
-    let version = match commit.execute(&tables.main).await {
+    let version = match commit.execute_into(&mut tables.main).await {
         Ok(v) => v,
         Err(e) => {
             if !matches!(e, Error::CommitUnknown { .. }) {
@@ -238,7 +238,7 @@ async fn commit_derived(
             // An append: it may land on top of other commits, but not on one that records
             // the same stream (delta-rs refuses a concurrent txn of the same application).
             .rebase_if_no_conflict();
-        match commit.execute(t).await {
+        match commit.execute_into(t).await {
             Ok(v) => return Ok(Some(v)),
             Err(Error::Conflict { .. }) if attempt < 2 => {
                 t.update_incremental(None)
