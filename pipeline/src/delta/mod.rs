@@ -57,6 +57,12 @@ impl Kept {
     pub async fn keep(&mut self, table: Table, t: &DeltaTable) {
         self.0.insert(table, (t.clone(), LogStamp::of(t).await));
     }
+
+    /// [`Self::keep`], with the stamp of `t`'s version already taken.
+    pub fn keep_stamped(&mut self, table: Table, t: &DeltaTable, stamp: LogStamp) {
+        debug_assert_eq!(stamp.version, version(t));
+        self.0.insert(table, (t.clone(), Some(stamp)));
+    }
 }
 
 /// What tells one table's log from another's at the same place: the size and modification

@@ -138,6 +138,17 @@ impl Kept {
         Tables::open(layout).await
     }
 
+    /// Lend the kept `customer_transactions` to the stages after ingest (`kept`), so that
+    /// aggregate reads the snapshot ingest brought up to date instead of replaying the
+    /// table's live files again from an older one.
+    pub fn share_transactions(&self, kept: &mut delta::Kept) {
+        if let Some((tables, stamps)) = &self.tables
+            && let Some(Some(stamp)) = stamps.first()
+        {
+            kept.keep_stamped(Table::Transactions, &tables.main, *stamp);
+        }
+    }
+
     async fn keep(&mut self, mut tables: Tables) {
         let stamps = Self::stamps(&mut tables).await;
         self.tables = Some((tables, stamps));

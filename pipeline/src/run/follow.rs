@@ -699,6 +699,7 @@ async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Res
         Ok(r) => r,
         Err(e) => return survivable("ingest", e, st, b),
     };
+    st.ingest_tables.share_transactions(&mut st.kept);
     b.files = r.files_ingested;
     b.rows_in = r.rows_in;
     b.rows_out = r.rows_out;
