@@ -541,11 +541,6 @@ fn table_properties(table: &std::path::Path) -> serde_json::Map<String, serde_js
     config
 }
 
-/// A stream gives the tables it writes the standard retention properties (so any Delta
-/// engine's log cleanup and VACUUM agree with it) and refuses a vacuum retention too short
-/// for a reader. Its profiles follow their cadence: with `--profiles-every 1h` they are
-/// brought up to date after the first micro-batch (beside the loop), not after the next
-/// ones, and once more when the stream stops, which leaves every table (profiles too) equal to a batch run's.
 /// A stream does not list again a landing folder whose files it consumed while the folder is
 /// unchanged (it walks everything again only once a minute): a file that lands later in such
 /// a folder, created there or renamed into it, changes the folder and is ingested at once.
@@ -596,6 +591,11 @@ fn a_file_landing_in_a_folder_the_stream_consumed_earlier_is_ingested_at_once() 
     assert_eq!(rows(&d.path().join(TX)).len(), 150);
 }
 
+/// A stream gives the tables it writes the standard retention properties (so any Delta
+/// engine's log cleanup and VACUUM agree with it) and refuses a vacuum retention too short
+/// for a reader. Its profiles follow their cadence: with `--profiles-every 1h` they are
+/// brought up to date after the first micro-batch (beside the loop), not after the next
+/// ones, and once more when the stream stops, which leaves every table (profiles too) equal to a batch run's.
 #[test]
 fn a_stream_sets_its_retention_and_updates_the_profiles_on_their_cadence() {
     let d = Data::new();
