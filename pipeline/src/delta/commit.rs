@@ -128,7 +128,10 @@ impl Commit {
     }
 
     /// [`Self::execute`], and `t` is then at the new version: delta-rs brings the snapshot
-    /// up to the commit it made (replaying the live files once), and that snapshot is kept
+    /// up to the commit it made (replaying the live files once: deltalake-core 1.1
+    /// `kernel/transaction/mod.rs`, `PostCommit::run_post_commit_hook` calls
+    /// `snapshot.update(log_store, Some(version))` and returns it as
+    /// `FinalizedCommit::snapshot`), and that snapshot is kept
     /// rather than thrown away and built again by the caller's next update. When the commit
     /// fails, or landed but its answer was lost, `t` is as it was.
     pub async fn execute_into(mut self, t: &mut DeltaTable) -> Result<i64> {
