@@ -395,13 +395,51 @@ pub fn apply(
     let Some((path, explicit)) = locate(args, env)? else {
         return Ok(Loaded::default());
     };
+    let table = read_table(&path)?;
+    let file = File {
+        root,
+        opts: options(root),
+        invoked: invoked(root, args),
+        shown: path.display().to_string(),
+        path: &path,
+        explicit,
+    };
+    let mut env_values: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for (section, key, value) in file.settings(&table) {
+        let id = key.replace('-', "_");
+        if !seen.insert((section.clone(), id.clone())) {
+            return Err(Error::Invalid(format!(
+                "{}: `{key}` is set twice{} (as `{id}` and with dashes): keep one",
+                file.shown,
+                if section.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in [{section}]")
+                }
+            )));
+        }
+        if let Some((name, text)) = file.setting(&section, key, &id, value)?
+            && env(&name).is_none()
+        {
+            env_values.insert(name, text);
+        }
+    }
+    Ok(Loaded {
+        path: Some(path),
+        env: env_values.into_iter().collect(),
+    })
+}
+
+/// The file's text as a TOML table; an error names the line and column, not the line's text
+/// (it may hold a password).
+fn read_table(path: &Path) -> Result<toml::Table> {
     let file = path.display().to_string();
-    let text = std::fs::read(&path)
-        .map_err(|e| Error::io(format!("cannot read config file {file}"), e))?;
+    let text =
+        std::fs::read(path).map_err(|e| Error::io(format!("cannot read config file {file}"), e))?;
     let text = String::from_utf8(text)
         .map_err(|_| Error::Invalid(format!("config file {file} is not UTF-8 text")))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        // Not e's own text: it quotes the line, which may hold a password.
+    text.parse().map_err(|e: toml::de::Error| {
         let at = e
             .span()
             .map(|span| {
@@ -415,48 +453,54 @@ pub fn apply(
             "config file {file} is not valid TOML{at}: {}",
             e.message()
         ))
-    })?;
-    let opts = options(root);
-    let invoked = invoked(root, args);
-    let subcommand = |name: &str| root.get_subcommands().find(|c| c.get_name() == name);
-    // (section or "", key, value): the top level first, so a section overrides it.
-    let mut settings: Vec<(String, &String, &toml::Value)> = Vec::new();
-    let mut sections = Vec::new();
-    for (key, value) in &table {
-        match value {
-            toml::Value::Table(section) if subcommand(key).is_some() => {
-                sections.push((key.clone(), section))
-            }
-            _ => settings.push((String::new(), key, value)),
-        }
+    })
+}
+
+/// A configuration file being read: the command line it is read for and its options.
+struct File<'a> {
+    root: &'a Command,
+    opts: BTreeMap<String, Opt>,
+    /// The subcommand invoked.
+    invoked: Option<String>,
+    /// The file, as said in messages.
+    shown: String,
+    path: &'a Path,
+    /// Given with --config (or its variable), not found in the data dir.
+    explicit: bool,
+}
+
+impl<'a> File<'a> {
+    fn subcommand(&self, name: &str) -> Option<&'a Command> {
+        self.root.get_subcommands().find(|c| c.get_name() == name)
     }
-    for (name, section) in sections {
-        settings.extend(section.iter().map(|(k, v)| (name.clone(), k, v)));
-    }
-    let mut env_values: BTreeMap<String, String> = BTreeMap::new();
-    let mut seen = BTreeSet::new();
-    for (section, key, value) in settings {
-        let id = key.replace('-', "_");
-        if !seen.insert((section.clone(), id.clone())) {
-            return Err(Error::Invalid(format!(
-                "{file}: `{key}` is set twice{} (as `{id}` and with dashes): keep one",
-                if section.is_empty() {
-                    String::new()
-                } else {
-                    format!(" in [{section}]")
+
+    /// Every setting as (section or "", key, value): the top level first, so a section
+    /// overrides it.
+    fn settings<'t>(&self, table: &'t toml::Table) -> Vec<(String, &'t String, &'t toml::Value)> {
+        let mut settings = Vec::new();
+        let mut sections = Vec::new();
+        for (key, value) in table {
+            match value {
+                toml::Value::Table(section) if self.subcommand(key).is_some() => {
+                    sections.push((key.clone(), section))
                 }
-            )));
+                _ => settings.push((String::new(), key, value)),
+            }
         }
-        let place = if section.is_empty() {
-            format!("{file}: `{key}`")
-        } else {
-            format!("{file}: [{section}] `{key}`")
-        };
+        for (name, section) in sections {
+            settings.extend(section.iter().map(|(k, v)| (name.clone(), k, v)));
+        }
+        settings
+    }
+
+    /// The option `id` a setting names, checked: known, in its place, not a secret.
+    fn option(&self, section: &str, key: &str, id: &str, value: &toml::Value) -> Result<&Opt> {
+        let place = self.place(section, key);
         if let Some(hint) = secret_hint(&id.to_ascii_lowercase()) {
             return Err(Error::Invalid(format!("{place}: {hint}")));
         }
-        let Some(opt) = opts.get(&id) else {
-            let near = suggest(&id, opts.keys())
+        let Some(opt) = self.opts.get(id) else {
+            let near = suggest(id, self.opts.keys())
                 .map(|k| format!(" (did you mean `{k}`?)"))
                 .unwrap_or_default();
             let hint = if matches!(value, toml::Value::Table(_)) {
@@ -478,51 +522,72 @@ pub fn apply(
             )));
         }
         let global = opt.commands.contains("");
-        if !section.is_empty() && !opt.commands.contains(&section) && !global {
+        if !section.is_empty() && !opt.commands.contains(section) && !global {
             return Err(Error::Invalid(format!(
                 "{place}: `{section}` has no option `{id}`"
             )));
         }
-        if id == "data_dir" && !explicit {
+        if id == "data_dir" && !self.explicit {
             return Err(Error::Invalid(format!(
                 "{place}: the pipeline.toml found in the data dir cannot move the data dir; \
                  give a file that names data_dir with --config"
             )));
         }
-        let values = as_text(value).ok_or_else(|| {
+        Ok(opt)
+    }
+
+    /// Where a setting is, as said in messages.
+    fn place(&self, section: &str, key: &str) -> String {
+        if section.is_empty() {
+            format!("{}: `{key}`", self.shown)
+        } else {
+            format!("{}: [{section}] `{key}`", self.shown)
+        }
+    }
+
+    /// A setting checked against its option's parser; the environment variable and text
+    /// that stand for it when it applies to the invoked command (a key for other commands,
+    /// or another command's section, is checked but not applied).
+    fn setting(
+        &self,
+        section: &str,
+        key: &str,
+        id: &str,
+        value: &toml::Value,
+    ) -> Result<Option<(String, String)>> {
+        let opt = self.option(section, key, id, value)?;
+        let place = self.place(section, key);
+        let mut values = as_text(value).ok_or_else(|| {
             Error::Invalid(format!(
                 "{place}: expected a string, number, boolean or list of them"
             ))
         })?;
-        // The option as the invoked command has it (a global one at the top level); a key
-        // for other commands, or another command's section, is checked but not applied.
-        let applies = section.is_empty() || invoked.as_deref() == Some(section.as_str());
-        let arg = root
-            .get_arguments()
-            .find(|a| a.get_id() == id.as_str())
+        // The option as the invoked command has it (a global one at the top level).
+        let applies = section.is_empty() || self.invoked.as_deref() == Some(section);
+        let arg = (self.root.get_arguments())
+            .find(|a| a.get_id() == id)
             .or_else(|| {
-                let sub = invoked.as_deref().and_then(subcommand)?;
-                sub.get_arguments().find(|a| a.get_id() == id.as_str())
+                let sub = self.subcommand(self.invoked.as_deref()?)?;
+                sub.get_arguments().find(|a| a.get_id() == id)
             });
         let checked_arg = arg.cloned().or_else(|| {
             let name = if section.is_empty() {
                 opt.commands.first()?
             } else {
-                &section
+                section
             };
-            subcommand(name)?
+            self.subcommand(name)?
                 .get_arguments()
-                .find(|a| a.get_id() == id.as_str())
+                .find(|a| a.get_id() == id)
                 .cloned()
         });
         let Some(checked_arg) = checked_arg else {
-            continue;
+            return Ok(None);
         };
-        let mut values = values;
         if checked_arg.get_value_parser().type_id() == std::any::TypeId::of::<PathBuf>() {
             // A relative path in the file is relative to the file, not to where the
             // command runs.
-            let dir = path.parent().unwrap_or(Path::new("."));
+            let dir = self.path.parent().unwrap_or(Path::new("."));
             for v in &mut values {
                 if Path::new(v.as_str()).is_relative() && !dir.as_os_str().is_empty() {
                     *v = dir.join(&*v).display().to_string();
@@ -532,19 +597,12 @@ pub fn apply(
         let text = env_value(&checked_arg, &values)
             .map_err(|e| Error::Invalid(format!("{place} = {:?}: {e}", values.join(","))))?;
         let (Some(arg), true) = (arg, applies) else {
-            continue;
+            return Ok(None);
         };
-        let Some(name) = arg.get_env().map(|e| e.to_string_lossy().to_string()) else {
-            continue;
-        };
-        if env(&name).is_none() {
-            env_values.insert(name, text);
-        }
+        Ok(arg
+            .get_env()
+            .map(|e| (e.to_string_lossy().to_string(), text)))
     }
-    Ok(Loaded {
-        path: Some(path),
-        env: env_values.into_iter().collect(),
-    })
 }
 
 #[cfg(test)]

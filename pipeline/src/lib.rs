@@ -25,6 +25,7 @@ pub mod html;
 pub mod ingest;
 pub mod layout;
 pub mod load;
+pub mod lock;
 pub mod lookup;
 pub mod maintain;
 pub mod process;

@@ -290,9 +290,25 @@ fn asks_for_help(args: &[std::ffi::OsString]) -> bool {
 
 /// Run the command and print its report; returns the exit code.
 fn execute(cli: Cli) -> Result<u8> {
+    let (layout, rt) = prepare(&cli)?;
+    if let Command::Sql(o) = &cli.command {
+        // On a runtime of its own (see `QUERY_STACK`).
+        drop(rt);
+        return query_runtime()?.block_on(sql::run(&layout, o, cli.json));
+    }
+    // generate (synchronous) uploads to an object store through this runtime.
+    let _entered = rt.enter();
+    if let (Some(store), true) = (layout.store(), cli.command.commits()) {
+        rt.block_on(store.require_conditional_writes())?;
+    }
+    dispatch(cli.command, &layout, &rt, (cli.json, !cli.no_progress))
+}
+
+/// The data dir, checked, and the runtime the command runs on.
+fn prepare(cli: &Cli) -> Result<(Layout, tokio::runtime::Runtime)> {
     store::set_retry_window(cli.store_retry_secs);
     let layout = Layout::parse(&cli.data_dir)?
-        .with_scratch(cli.scratch_dir)
+        .with_scratch(cli.scratch_dir.clone())
         .with_landing_prefix(&cli.landing_prefix)?;
     if let (Some(dir), true) = (layout.local_root(), cli.command.needs_existing_data_dir())
         && !dir.exists()
@@ -305,35 +321,36 @@ fn execute(cli: Cli) -> Result<u8> {
     if let Command::Run(o) = &cli.command {
         o.check()?;
     }
-    let (json, bars) = (cli.json, !cli.no_progress);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    // generate (synchronous) uploads to an object store through this runtime.
-    let _entered = rt.enter();
-    if let (Some(store), true) = (layout.store(), cli.command.commits()) {
-        rt.block_on(store.require_conditional_writes())?;
-    }
+    Ok((layout, rt))
+}
+
+/// Run `command` on `rt`: the match of commands to stages.
+fn dispatch(
+    command: Command,
+    layout: &Layout,
+    rt: &tokio::runtime::Runtime,
+    (json, bars): (bool, bool),
+) -> Result<u8> {
     let stage = |name: &str| Progress::new(name, bars);
-    match cli.command {
+    match command {
         Command::Generate { options, follow } if follow.follow => {
-            done(json, generate::follow(&layout, &options, &follow))
+            done(json, generate::follow(layout, &options, &follow))
         }
         Command::Generate { options, .. } => {
-            done(json, generate::run(&layout, &options, &stage("generate")))
+            done(json, generate::run(layout, &options, &stage("generate")))
         }
-        Command::Ingest(o) => done(
-            json,
-            rt.block_on(ingest::run(&layout, &o, &stage("ingest"))),
-        ),
+        Command::Ingest(o) => done(json, rt.block_on(ingest::run(layout, &o, &stage("ingest")))),
         Command::Aggregate(o) => done(
             json,
-            rt.block_on(aggregate::run(&layout, &o, &stage("aggregate"))),
+            rt.block_on(aggregate::run(layout, &o, &stage("aggregate"))),
         ),
-        Command::Profiles(o) => done(json, rt.block_on(profiles::run(&layout, &o))),
+        Command::Profiles(o) => done(json, rt.block_on(profiles::run(layout, &o))),
         Command::InitScylla(o) => done(json, rt.block_on(cql::init(&o))),
-        Command::Load(o) => match rt.block_on(load::run(&layout, &o, &stage("load"))) {
+        Command::Load(o) => match rt.block_on(load::run(layout, &o, &stage("load"))) {
             // An incomplete load still prints what it did (the error goes to stderr).
             Err(e @ Error::LoadIncomplete { .. }) if json => {
                 if let Error::LoadIncomplete { report, .. } = &e {
@@ -347,14 +364,14 @@ fn execute(cli: Cli) -> Result<u8> {
             r => done(json, r),
         },
         Command::Lookup(o) => done(json, rt.block_on(lookup::run(&o))),
-        Command::Verify(o) => done(json, rt.block_on(verify::run(&layout, &o))),
+        Command::Verify(o) => done(json, rt.block_on(verify::run(layout, &o))),
         Command::Run(o) if o.follow.follow => {
-            let (report, result) = rt.block_on(run::follow(&layout, &o, json));
+            let (report, result) = rt.block_on(run::follow(layout, &o, json));
             report.print_last(json);
             result.map(|()| exit::OK)
         }
         Command::Run(o) => {
-            let (report, result) = rt.block_on(run::run(&layout, &o, bars));
+            let (report, result) = rt.block_on(run::run(layout, &o, bars));
             let code = print(json, &report);
             if let Err(e @ Error::Interrupted { .. }) = &result {
                 eprintln!("error: {}", e.chain());
@@ -367,27 +384,27 @@ fn execute(cli: Cli) -> Result<u8> {
             }
             result.map(|()| code)
         }
-        Command::History(o) => done(json, rt.block_on(run::history(&layout, &o))),
-        Command::Maintain(o) => done(json, rt.block_on(maintain::run(&layout, &o))),
+        Command::History(o) => done(json, rt.block_on(run::history(layout, &o))),
+        Command::Maintain(o) => done(json, rt.block_on(maintain::run(layout, &o))),
         Command::CheckStore(o) => done(json, rt.block_on(store::check(&o))),
         Command::Health(o) => done(json, rt.block_on(run::metrics::health(&o))),
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "pipeline", &mut script);
-            // A closed stdout (`| head`) ends the output quietly, as `sql` does.
-            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Err(Error::io("cannot write the completion script", e))
-                }
-                _ => Ok(exit::OK),
-            }
+        Command::Completions { shell } => completions(shell),
+        Command::Report(o) => done(json, rt.block_on(html::run(layout, &o))),
+        Command::Sql(_) => unreachable!("sql runs on its own runtime (see execute)"),
+    }
+}
+
+/// Print the completion script for `shell`.
+fn completions(shell: clap_complete::Shell) -> Result<u8> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "pipeline", &mut script);
+    // A closed stdout (`| head`) ends the output quietly, as `sql` does.
+    match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("cannot write the completion script", e))
         }
-        Command::Report(o) => done(json, rt.block_on(html::run(&layout, &o))),
-        Command::Sql(o) => {
-            drop(rt);
-            query_runtime()?.block_on(sql::run(&layout, &o, json))
-        }
+        _ => Ok(exit::OK),
     }
 }
 

@@ -4,14 +4,13 @@
 use std::collections::BTreeSet;
 
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::DeltaWriter;
 use futures::StreamExt;
 
 use super::plan::Plan;
 use crate::dates::{self, Day};
-use crate::delta::{self, Commit, query};
+use crate::delta::{self, keys, query};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::schema::PARTITION_COLUMN;
@@ -58,23 +57,6 @@ pub struct Recomputed {
     pub passes: u64,
 }
 
-/// Record a newer source version without changing any day.
-pub async fn record_version(p: &Plan) -> Result<i64> {
-    Commit::new(
-        Table::Aggregates,
-        DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: None,
-            predicate: None,
-        },
-    )
-    .txn(p.app_id(), p.version)
-    .meta("pipeline.stage", "aggregate")
-    .meta("pipeline.source_version", p.version)
-    .execute(&p.target)
-    .await
-}
-
 /// Recompute `days` (all when `None`) and replace them in one commit, in passes of whole
 /// days of at most `rows_per_pass` source rows ([`ROWS_PER_PASS`]).
 pub async fn recompute(
@@ -83,7 +65,7 @@ pub async fn recompute(
     rows_per_pass: u64,
     progress: &Progress,
 ) -> Result<Recomputed> {
-    let source_files = delta::files(&p.source, Table::Transactions, days)?;
+    let source_files = delta::files(&p.d.source, Table::Transactions, days)?;
     let rows_read: u64 = source_files.iter().map(|f| f.rows).sum();
     let day_count = match days {
         Some(d) => d.len() as u64,
@@ -94,7 +76,7 @@ pub async fn recompute(
             .len() as u64,
     };
     progress.set_length(rows_read);
-    let mut writer = delta::writer(&p.target, Table::Aggregates, p.widen.is_some())?;
+    let mut writer = delta::writer(&p.d.target, Table::Aggregates, p.d.widen.is_some())?;
     let mut written = Written::default();
     let passes = passes(&source_files, rows_per_pass);
     for (pass, rows) in &passes {
@@ -110,7 +92,7 @@ pub async fn recompute(
             }
             Err(e) => {
                 // Files of earlier passes were written, never committed.
-                delta::commit::discard(&p.target, &written.adds).await;
+                delta::commit::discard(&p.d.target, &written.adds).await;
                 return Err(e);
             }
         }
@@ -160,7 +142,7 @@ pub async fn merge(
         .iter()
         .filter_map(|a| deltalake::Path::from_url_path(a).ok())
         .collect();
-    let rows_read: u64 = delta::files(&p.source, Table::Transactions, Some(days))?
+    let rows_read: u64 = delta::files(&p.d.source, Table::Transactions, Some(days))?
         .iter()
         .filter(|f| wanted.contains(&f.path))
         .map(|f| f.rows)
@@ -168,13 +150,13 @@ pub async fn merge(
     progress.set_length(rows_read);
     let ctx = merge_session(p, days, added).await?;
     let stream = ctx.sql(&merge_query()).await?.execute_stream().await?;
-    let mut writer = delta::writer(&p.target, Table::Aggregates, p.widen.is_some())?;
+    let mut writer = delta::writer(&p.d.target, Table::Aggregates, p.d.widen.is_some())?;
     let mut written = Written {
         adds: Vec::new(),
         rows: write_stream(&mut writer, stream).await?,
     };
     written.flush(&mut writer).await?;
-    let mut out = commit_replacing(p, written, Some(days), super::APPEND_MERGE).await?;
+    let mut out = commit_replacing(p, written, Some(days), keys::APPEND_MERGE).await?;
     out.passes = 1;
     progress.inc(rows_read);
     out.days = days.len() as u64;
@@ -254,19 +236,11 @@ async fn commit_replacing(
     days: Option<&BTreeSet<Day>>,
     mode: &str,
 ) -> Result<Recomputed> {
-    let name = Table::Aggregates.name();
     let Written {
         adds,
         rows: rows_written,
     } = written;
     let bytes_written = adds.iter().map(|a| a.size as u64).sum();
-    let snapshot = p.target.snapshot().map_err(|e| Error::delta(name, e))?;
-    let removes: Vec<Action> = snapshot
-        .log_data()
-        .iter()
-        .filter(|f| days.is_none_or(|d| delta::day_of_file(f).is_some_and(|day| d.contains(&day))))
-        .map(|f| Action::Remove(f.remove_action(true)))
-        .collect();
     let predicate = days.map(|d| {
         let list: Vec<String> = d
             .iter()
@@ -274,32 +248,19 @@ async fn commit_replacing(
             .collect();
         format!("{PARTITION_COLUMN} IN ({})", list.join(", "))
     });
-    crate::failpoints::hit("aggregate.before_commit");
-    let commit = Commit::new(
-        Table::Aggregates,
-        DeltaOperation::Write {
-            mode: SaveMode::Overwrite,
-            partition_by: Some(vec![PARTITION_COLUMN.to_string()]),
-            predicate,
-        },
-    )
-    .actions(p.widen.clone())
-    .actions(removes)
-    .adds(adds.clone())
-    .txn(p.app_id(), p.version)
-    .meta("pipeline.stage", "aggregate")
-    .meta(super::MODE_KEY, mode)
-    .meta("pipeline.source_version", p.version)
-    .meta("pipeline.source_table_id", p.source_id.clone());
-    let version = match commit.execute(&p.target).await {
-        Ok(v) => v,
-        Err(e) => {
-            if !matches!(e, Error::CommitUnknown { .. }) {
-                delta::commit::discard(&p.target, &adds).await;
-            }
-            return Err(e);
-        }
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Overwrite,
+        partition_by: Some(vec![PARTITION_COLUMN.to_string()]),
+        predicate,
     };
+    let replaced = |f: &deltalake::kernel::LogicalFileView| {
+        days.is_none_or(|d| delta::day_of_file(f).is_some_and(|day| d.contains(&day)))
+    };
+    crate::failpoints::hit("aggregate.before_commit");
+    let info = (keys::AGGREGATE_MODE, mode);
+    let version = (p.d)
+        .commit_replacing(operation, adds, replaced, p.version, info)
+        .await?;
     Ok(Recomputed {
         days: 0,
         rows_read: 0,
@@ -313,7 +274,7 @@ async fn commit_replacing(
 /// A session with `customer_transactions` registered as the source, restricted to `days`.
 async fn session(p: &Plan, days: Option<&BTreeSet<Day>>) -> Result<SessionContext> {
     let ctx = query::session(QUERY_MEMORY);
-    query::register(&ctx, Table::Transactions.name(), &p.source, days).await?;
+    query::register(&ctx, Table::Transactions.name(), &p.d.source, days).await?;
     Ok(ctx)
 }
 
@@ -321,15 +282,14 @@ async fn session(p: &Plan, days: Option<&BTreeSet<Day>>) -> Result<SessionContex
 /// `current_aggregates`, the aggregates table restricted to their days.
 async fn merge_session(p: &Plan, days: &BTreeSet<Day>, added: &[String]) -> Result<SessionContext> {
     let ctx = query::session(QUERY_MEMORY);
-    p.source
+    p.d.source
         .update_datafusion_session(&ctx.state())
         .map_err(|e| Error::delta(Table::Transactions.name(), e))?;
-    let rows = p
-        .source
+    let rows = (p.d.source)
         .table_provider()
         .with_file_paths(added.iter().cloned())
         .await?;
     ctx.register_table(Table::Transactions.name(), rows)?;
-    query::register(&ctx, "current_aggregates", &p.target, Some(days)).await?;
+    query::register(&ctx, "current_aggregates", &p.d.target, Some(days)).await?;
     Ok(ctx)
 }

@@ -21,22 +21,15 @@ mod report;
 
 use std::time::Instant;
 
-/// The `commitInfo` key recording how a commit computed the days it replaced: `full`,
-/// `recompute` or [`APPEND_MERGE`].
-pub const MODE_KEY: &str = "pipeline.aggregate_mode";
-
-/// The mode of a merge of appended rows. A row then changes only when rows counted in it
-/// arrive, and its counts only grow, so a row equal at two versions is equal at every
-/// version in between: `load` relies on it to write only the rows that changed.
-pub const APPEND_MERGE: &str = "append_merge";
-
 pub use execute::QUERY;
 pub use options::AggregateOptions;
 pub use report::AggregateReport;
 
+use crate::delta::keys;
 use crate::error::Result;
 use crate::layout::Layout;
 use crate::progress::Progress;
+use crate::tables::Table;
 
 /// Bring the aggregates up to date with `customer_transactions` (or to `--source-version`).
 pub async fn run(
@@ -61,50 +54,41 @@ pub async fn run_keeping(
     match p.work.take() {
         plan::Work::Nothing => {}
         plan::Work::RecordVersion => {
-            report.table_version = Some(execute::record_version(&p).await?);
+            report.table_version = Some(p.d.record_version(p.version).await?);
             report.source_version = Some(p.version);
         }
         plan::Work::Merge { days, added } => {
             let out = execute::merge(&p, &days, &added, progress).await?;
-            report.mode = APPEND_MERGE;
-            report.days_recomputed = out.days;
-            report.rows_read = out.rows_read;
-            report.passes = out.passes;
-            report.rows_written = out.rows_written;
-            report.bytes_written = out.bytes_written;
-            report.table_version = Some(out.version);
-            report.source_version = Some(p.version);
+            took(&mut report, keys::APPEND_MERGE, &out, p.version);
         }
         plan::Work::Recompute(days) => {
             let out = execute::recompute(&p, days.as_ref(), opts.rows_per_pass, progress).await?;
-            report.mode = if days.is_some() { "recompute" } else { "full" };
             report.full_rebuild = days.is_none();
-            report.days_recomputed = out.days;
-            report.rows_read = out.rows_read;
-            report.passes = out.passes;
-            report.rows_written = out.rows_written;
-            report.bytes_written = out.bytes_written;
-            report.table_version = Some(out.version);
-            report.source_version = Some(p.version);
+            let mode = if days.is_some() { "recompute" } else { "full" };
+            took(&mut report, mode, &out, p.version);
         }
     }
     if let Some(v) = report.table_version {
-        report.warnings.extend(
-            crate::delta::commit::checkpoint_if_due(
-                &mut p.target,
-                crate::tables::Table::Aggregates,
-                v - 1,
-            )
-            .await,
-        );
+        report.warnings.extend(p.d.checkpoint(v).await);
     }
     if opts.source_version.is_none() {
-        kept.keep(crate::tables::Table::Transactions, &p.source)
-            .await;
+        kept.keep(Table::Transactions, &p.d.source).await;
     }
-    kept.keep(crate::tables::Table::Aggregates, &p.target).await;
+    kept.keep(Table::Aggregates, &p.d.target).await;
     report.seconds = started.elapsed().as_secs_f64();
     report.rows_per_sec = crate::report::per_sec(report.rows_read, report.seconds);
     report.peak_rss_bytes = crate::progress::peak_rss_bytes();
     Ok(report)
+}
+
+/// Take what a merge or recomputation (in `mode`) did into the report.
+fn took(report: &mut AggregateReport, mode: &'static str, out: &execute::Recomputed, source: i64) {
+    report.mode = mode;
+    report.days_recomputed = out.days;
+    report.rows_read = out.rows_read;
+    report.passes = out.passes;
+    report.rows_written = out.rows_written;
+    report.bytes_written = out.bytes_written;
+    report.table_version = Some(out.version);
+    report.source_version = Some(source);
 }

@@ -3,11 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use deltalake::DeltaTable;
-
 use super::{AggregateOptions, AggregateReport};
 use crate::dates::Day;
-use crate::delta;
+use crate::delta::{self, derive::Derivation, derive::Spec};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::tables::Table;
@@ -37,45 +35,35 @@ impl Work {
     }
 }
 
+/// The derivation: `customer_transactions` -> the aggregates.
+pub const DERIVATION: Spec = Spec {
+    source: Table::Transactions,
+    source_made_by: "ingest",
+    target: Table::Aggregates,
+    stage: "aggregate",
+    app: delta::keys::aggregate_app,
+};
+
 /// The plan: the tables, the versions and the work.
 pub struct Plan {
-    /// `customer_transactions` as of `version`.
-    pub source: DeltaTable,
-    /// The aggregates table.
-    pub target: DeltaTable,
-    /// The source's identity.
-    pub source_id: String,
+    /// Both tables (the source as of `version`) and what the aggregates reflect.
+    pub d: Derivation,
     /// The source version to reflect.
     pub version: i64,
-    /// The source version reflected before (for this source identity).
-    pub previous: Option<i64>,
     /// What to do.
     pub work: Work,
-    /// The table was made with narrower sums by an earlier version: the `metaData` action
-    /// that widens them, committed with a full rebuild.
-    pub widen: Option<deltalake::kernel::Action>,
 }
 
 impl Plan {
-    /// The application id under which the aggregates record the source version.
-    pub fn app_id(&self) -> String {
-        app_id(&self.source_id)
-    }
-
     /// The report's facts known from the plan.
     pub fn report(&self) -> AggregateReport {
         AggregateReport {
-            source_table_id: self.source_id.clone(),
-            previous_source_version: self.previous,
-            source_version: self.previous,
+            source_table_id: self.d.source_id.clone(),
+            previous_source_version: self.d.previous,
+            source_version: self.d.previous,
             ..Default::default()
         }
     }
-}
-
-/// `pipeline.aggregate:<source table id>`.
-pub fn app_id(source_id: &str) -> String {
-    format!("pipeline.aggregate:{source_id}")
 }
 
 /// Read both tables' state and decide.
@@ -84,21 +72,8 @@ pub async fn plan(
     opts: &AggregateOptions,
     kept: &mut delta::Kept,
 ) -> Result<Plan> {
-    let mut source = kept
-        .take_or(
-            Table::Transactions,
-            delta::open_required(layout, Table::Transactions, "ingest"),
-        )
-        .await?;
-    let target = kept
-        .take_or(
-            Table::Aggregates,
-            delta::open_or_create(layout, Table::Aggregates),
-        )
-        .await?;
-    let source_id = delta::table_id(&source, Table::Transactions)?;
-    let latest = delta::version(&source);
-    let previous = delta::txn_version(&target, Table::Aggregates, &app_id(&source_id)).await?;
+    let mut d = Derivation::open(layout, DERIVATION, kept).await?;
+    let latest = d.latest();
     let version = match opts.source_version {
         Some(v) if v < 0 || v > latest => {
             return Err(Error::Invalid(format!(
@@ -110,18 +85,25 @@ pub async fn plan(
         None => latest,
     };
     if version != latest {
-        source = delta::open_at(layout, Table::Transactions, version).await?;
+        d.source = delta::open_at(layout, Table::Transactions, version).await?;
     }
-    let widen = delta::widening(&target, Table::Aggregates)?;
-    if widen.is_some() {
+    if d.widen.is_some() {
         tracing::info!("the aggregates' sums are widened to Decimal(38, 2): rebuilding every day");
     }
-    let work = match previous {
-        _ if opts.full || opts.source_version.is_some() || widen.is_some() => Work::Recompute(None),
+    let work = work(&d, opts, version).await?;
+    Ok(Plan { d, version, work })
+}
+
+/// What the run does to reflect source `version`.
+async fn work(d: &Derivation, opts: &AggregateOptions, version: i64) -> Result<Work> {
+    Ok(match d.previous {
+        _ if opts.full || opts.source_version.is_some() || d.widen.is_some() => {
+            Work::Recompute(None)
+        }
         None => Work::Recompute(None),
         Some(p) if p == version => Work::Nothing,
         Some(p) if p > version => Work::Recompute(None),
-        Some(p) => match delta::log::changes(&source, Table::Transactions, p, version).await? {
+        Some(p) => match delta::log::changes(&d.source, Table::Transactions, p, version).await? {
             Some(c) if c.days.is_empty() => Work::RecordVersion,
             Some(c) if !c.removed_data && !c.rewrote_files => Work::Merge {
                 days: c.days,
@@ -135,14 +117,5 @@ pub async fn plan(
                 Work::Recompute(None)
             }
         },
-    };
-    Ok(Plan {
-        source,
-        target,
-        source_id,
-        version,
-        previous,
-        work,
-        widen,
     })
 }

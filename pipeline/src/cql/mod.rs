@@ -1,12 +1,12 @@
 //! The ScyllaDB side, shared by `init-scylla`, `load`, `lookup` and `verify`: how to connect
-//! (options, credentials, TLS), the schema, the row codec, the load progress record and the
-//! retry policy.
+//! (options, credentials, TLS), the schema and every statement on the serving tables, the
+//! row codecs, the read consistency and the retry policy.
 
 pub mod codec;
 pub mod profile;
-pub mod progress;
 pub mod retry;
 pub mod schema;
+pub mod statements;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -312,4 +312,20 @@ pub async fn init(o: &ScyllaOptions) -> Result<InitReport> {
         keyspace: o.keyspace.clone(),
         scylla_uri: o.scylla_uri.clone(),
     })
+}
+
+/// The consistency of the load state's statements, and of the reads a load's decisions
+/// rest on (a full load's listing, the emptiness check): the session's (`--consistency`) when it is at
+/// least a quorum, else LOCAL_QUORUM, so a read always sees what was acknowledged before it
+/// in the data center. Loads running at once in two data centers need QUORUM or EACH_QUORUM.
+pub fn consistency(session: &Session) -> Consistency {
+    use Consistency::*;
+    match session
+        .get_default_execution_profile_handle()
+        .to_profile()
+        .get_consistency()
+    {
+        c @ (Quorum | All | EachQuorum | LocalQuorum) => c,
+        _ => LocalQuorum,
+    }
 }

@@ -14,7 +14,7 @@ pub const SCHEMA_CQL: &str = include_str!("../../../scylla/schema.cql");
 pub const TABLE: &str = "customer_daily_aggregates";
 /// The serving table of the customer profiles.
 pub const PROFILES_TABLE: &str = "customer_profiles";
-/// The load state table (see `cql::progress`).
+/// The load state table (see `load::claim::state`).
 pub const STATE_TABLE: &str = "pipeline_load_state";
 /// The keyspace the schema file names.
 pub const DEFAULT_KEYSPACE: &str = "analytics";

@@ -37,9 +37,6 @@ use crate::tables::Table;
 /// Times a commit lands on top of newer compaction commits before it gives up as a conflict.
 const MAX_DATA_NEUTRAL_REBASES: usize = 8;
 
-/// Key of the commit's own id in its `commitInfo`.
-pub const COMMIT_ID: &str = "pipeline.commit_id";
-
 /// One atomic commit: the actions, the progress recorded with them (application
 /// transactions), what it is (operation and metadata), and whether it may land on top of
 /// commits that happened since the snapshot it was planned from.
@@ -136,8 +133,10 @@ impl Commit {
     /// fails, or landed but its answer was lost, `t` is as it was.
     pub async fn execute_into(mut self, t: &mut DeltaTable) -> Result<i64> {
         let commit_id = uuid::Uuid::new_v4().to_string();
-        self.metadata
-            .insert(COMMIT_ID.to_string(), Value::String(commit_id.clone()));
+        self.metadata.insert(
+            super::keys::COMMIT_ID.to_string(),
+            Value::String(commit_id.clone()),
+        );
         let only_adds = self.actions.iter().all(|a| !matches!(a, Action::Remove(_)));
         let mut base = t.clone();
         for attempt in 0..=MAX_DATA_NEUTRAL_REBASES {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use deltalake::DeltaTable;
 use serde_json::Value;
 
-use super::commit::COMMIT_ID;
+use super::keys::COMMIT_ID;
 use crate::dates::{self, Day};
 use crate::error::{Error, Result};
 use crate::schema::PARTITION_COLUMN;
@@ -240,7 +240,7 @@ pub async fn changes(
         if changed_data {
             out.modes.push(
                 commit_info(&actions)
-                    .and_then(|c| c.get(crate::aggregate::MODE_KEY))
+                    .and_then(|c| c.get(super::keys::AGGREGATE_MODE))
                     .and_then(Value::as_str)
                     .map(str::to_string),
             );

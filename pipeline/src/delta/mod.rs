@@ -3,9 +3,12 @@
 //! stage uses ([`commit`]).
 
 pub mod commit;
+pub mod derive;
+pub mod keys;
 pub mod log;
 pub mod query;
 pub mod read;
+mod write;
 
 use deltalake::arrow::array::{ArrayRef, RecordBatch};
 use deltalake::arrow::compute::cast;
@@ -24,6 +27,7 @@ use crate::schema::PARTITION_COLUMN;
 use crate::tables::Table;
 
 pub use commit::{Commit, append_operation};
+pub use write::write_batch;
 
 /// Tables kept open from one micro-batch of a stream (`run --follow`) to the next: a stage
 /// takes its table, brought up to date with the commits since ([`DeltaTable::update_incremental`]),

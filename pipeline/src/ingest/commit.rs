@@ -18,6 +18,7 @@ use deltalake::kernel::Add;
 use serde_json::{Value, json};
 
 use super::discover::Stream;
+use crate::delta::keys;
 use crate::delta::{self, Commit};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -25,9 +26,6 @@ use crate::tables::Table;
 
 /// The tables brought up to date from `customer_transactions`' commits.
 pub const DERIVED: [Table; 3] = [Table::Quarantine, Table::IngestFiles, Table::TransactionIds];
-
-/// Key of the derived tables' actions in the main commit's `commitInfo`.
-const DERIVED_KEY: &str = "pipeline.derived";
 
 /// The four tables of ingest, open.
 pub struct Tables {
@@ -124,11 +122,11 @@ pub async fn commit_run(
     let mut commit = Commit::append(Table::Transactions)
         .adds(main_adds.clone())
         .txn(stream.app_id(), run.seq)
-        .meta("pipeline.stage", "ingest")
-        .meta("pipeline.stream", stream.prefix.clone())
-        .meta("pipeline.run_seq", run.seq)
-        .meta("pipeline.run_id", run.run_id.clone())
-        .meta(DERIVED_KEY, Value::Object(derived_json));
+        .meta(keys::STAGE, "ingest")
+        .meta(keys::STREAM, stream.prefix.clone())
+        .meta(keys::RUN_SEQ, run.seq)
+        .meta(keys::RUN_ID, run.run_id.clone())
+        .meta(keys::DERIVED, Value::Object(derived_json));
     for (k, v) in &run.info {
         commit = commit.meta(k, v.clone());
     }
@@ -190,12 +188,11 @@ fn disjoint_runs(ids: DeltaTable, stream: &Stream, ours: Vec<Add>) -> delta::com
                 return Ok(false);
             };
             let text = |k: &str| info.get(k).and_then(Value::as_str);
-            if text("pipeline.stage") != Some("ingest") || text("pipeline.stream") == Some(&prefix)
-            {
+            if text(keys::STAGE) != Some("ingest") || text(keys::STREAM) == Some(&prefix) {
                 return Ok(false);
             }
             let Some(theirs) = info
-                .get(DERIVED_KEY)
+                .get(keys::DERIVED)
                 .and_then(|d| d.get(Table::TransactionIds.name()))
                 .and_then(|a| serde_json::from_value::<Vec<Add>>(a.clone()).ok())
             else {
@@ -232,9 +229,9 @@ async fn commit_derived(
         let commit = Commit::append(table)
             .adds(adds.clone())
             .txn(stream.app_id(), seq_no)
-            .meta("pipeline.stage", "ingest")
-            .meta("pipeline.stream", stream.prefix.clone())
-            .meta("pipeline.run_seq", seq_no)
+            .meta(keys::STAGE, "ingest")
+            .meta(keys::STREAM, stream.prefix.clone())
+            .meta(keys::RUN_SEQ, seq_no)
             // An append: it may land on top of other commits, but not on one that records
             // the same stream (delta-rs refuses a concurrent txn of the same application).
             .rebase_if_no_conflict();
@@ -323,8 +320,8 @@ pub async fn streams_with_runs(tables: &Tables, recent: i64) -> BTreeSet<String>
         let Some(info) = delta::log::commit_info(&actions) else {
             continue;
         };
-        if info.get("pipeline.stage").and_then(Value::as_str) == Some("ingest")
-            && let Some(prefix) = info.get("pipeline.stream").and_then(Value::as_str)
+        if info.get(keys::STAGE).and_then(Value::as_str) == Some("ingest")
+            && let Some(prefix) = info.get(keys::STREAM).and_then(Value::as_str)
         {
             out.insert(prefix.to_string());
         }
@@ -351,16 +348,16 @@ async fn recorded_runs(
         let Some(info) = delta::log::commit_info(&actions) else {
             continue;
         };
-        let run_seq = info.get("pipeline.run_seq").and_then(Value::as_i64);
+        let run_seq = info.get(keys::RUN_SEQ).and_then(Value::as_i64);
         let same_stream =
-            info.get("pipeline.stream").and_then(Value::as_str) == Some(stream.prefix.as_str());
+            info.get(keys::STREAM).and_then(Value::as_str) == Some(stream.prefix.as_str());
         let (Some(run), true) = (run_seq, same_stream) else {
             continue;
         };
         if run <= after {
             break;
         }
-        let derived: HashMap<String, Vec<Add>> = match info.get(DERIVED_KEY) {
+        let derived: HashMap<String, Vec<Add>> = match info.get(keys::DERIVED) {
             Some(d) => serde_json::from_value(d.clone()).map_err(|e| Error::DamagedLog {
                 table: Table::Transactions.name().into(),
                 what: format!("version {} records unreadable ingest actions ({e})", v + 1),
@@ -485,4 +482,22 @@ async fn compact_small_table(t: &mut DeltaTable, table: Table) -> Result<()> {
         .map_err(|e| Error::delta(table.name(), e))?;
     *t = compacted;
     Ok(())
+}
+
+/// Complete ingest runs interrupted between their commits, of every landing stream
+/// (`maintain` does this before it removes any file). Returns the commits made.
+pub async fn complete_interrupted_runs(layout: &Layout) -> Result<u64> {
+    if delta::open(layout, Table::Transactions).await?.is_none() {
+        return Ok(0);
+    }
+    let mut tables = Tables::open(layout).await?;
+    // Every stream that has recorded a file (a stream whose first run was interrupted has
+    // none yet: its own next ingest completes it).
+    let mut streams = super::discover::streams(&tables.files).await?;
+    streams.insert(String::new());
+    let mut commits = 0;
+    for prefix in streams {
+        commits += catch_up(&mut tables, &Stream { prefix }).await?;
+    }
+    Ok(commits)
 }

@@ -69,7 +69,7 @@ impl Stream {
 
     /// The application id under which every table records this stream's last run.
     pub fn app_id(&self) -> String {
-        format!("pipeline.ingest.stream:{}", self.prefix)
+        crate::delta::keys::ingest_stream_app(&self.prefix)
     }
 }
 
@@ -227,6 +227,37 @@ pub async fn discover(
     if let Some(cache) = cache {
         cache.learn(&listing.folders, &unsettled);
     }
+    let judged = judge(source, suspects, scratch, workers).await?;
+    new.extend(judged.fixed);
+    new.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(Discovered {
+        seen: listing.files.len() as u64 + listing.cached_files,
+        new,
+        changed: judged.changed,
+        deferred: judged.deferred,
+        warnings: listing.warnings,
+    })
+}
+
+/// What [`judge`] found of files listed with another size or time than recorded.
+struct Judged {
+    /// Set-aside files whose content changed: fixed, new again.
+    fixed: Vec<LandingFile>,
+    /// Consumed files whose content changed.
+    changed: Vec<ChangedFile>,
+    /// Files changing while they were looked at.
+    deferred: Vec<String>,
+}
+
+/// Compare each suspect's content (fetched, hashed) with its record: a file whose size or
+/// time moved but whose content did not is unchanged (a `touch`, a copy).
+async fn judge(
+    source: &Source,
+    mut suspects: Vec<(LandingFile, Recorded)>,
+    scratch: &Path,
+    workers: usize,
+) -> Result<Judged> {
+    let mut new = Vec::new();
     let mut fetched: Vec<LandingFile> = suspects.iter().map(|(f, _)| f.clone()).collect();
     let mut deferred: Vec<String> = source
         .fetch(&mut fetched, scratch, workers)
@@ -274,13 +305,10 @@ pub async fn discover(
             });
         }
     }
-    new.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(Discovered {
-        seen: listing.files.len() as u64 + listing.cached_files,
-        new,
+    Ok(Judged {
+        fixed: new,
         changed,
         deferred,
-        warnings: listing.warnings,
     })
 }
 
@@ -551,21 +579,8 @@ impl Walk<'_> {
             }
             let link = entry.file_type().is_ok_and(|t| t.is_symlink());
             leaf &= !link;
-            // Follows a symbolic link to what it points to.
-            let meta = match std::fs::metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && link => {
-                    out.warnings.push(format!(
-                        "landing {rel} is a symbolic link to something that does not exist ({}): skipped",
-                        std::fs::read_link(&path)
-                            .map(|t| t.display().to_string())
-                            .unwrap_or_default()
-                    ));
-                    continue;
-                }
-                // Gone between listing and stat: a later run sees it if it comes back.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(format!("cannot stat {}", path.display()), e)),
+            let Some(meta) = followed(&path, &rel, link, &mut out.warnings)? else {
+                continue;
             };
             if meta.is_dir() {
                 leaf = false;
@@ -598,6 +613,31 @@ impl Walk<'_> {
                 .push((dir.to_path_buf(), CachedFolder { files, ..this }));
         }
         Ok(())
+    }
+}
+
+/// What a landing entry is, following a symbolic link to what it points to; None when it is
+/// gone (between listing and stat: a later run sees it if it comes back) or a link to
+/// nothing (said in `warnings`).
+fn followed(
+    path: &Path,
+    rel: &str,
+    link: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<std::fs::Metadata>> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && link => {
+            warnings.push(format!(
+                "landing {rel} is a symbolic link to something that does not exist ({}): skipped",
+                std::fs::read_link(path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default()
+            ));
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("cannot stat {}", path.display()), e)),
     }
 }
 

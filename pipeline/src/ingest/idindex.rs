@@ -44,6 +44,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 
+use crate::delta::keys;
 use crate::delta::{self, Commit};
 use crate::error::{Error, Result};
 use crate::schema::TRANSACTION_IDS;
@@ -797,7 +798,7 @@ pub async fn compact(t: &DeltaTable, max_bytes: Option<u64>) -> Result<u64> {
     )
     .actions(removes(&files, false))
     .adds([add.clone()])
-    .meta("pipeline.stage", "ingest.index_compaction")
+    .meta(keys::STAGE, "ingest.index_compaction")
     // Runs' index commits (adds only) may land meanwhile: they touch none of these files.
     // Two compactions at once are kept apart by the compaction lock (delta-rs's conflict
     // check does not see their `dataChange: false` removes).
@@ -937,8 +938,8 @@ pub async fn rebuild(
     )
     .actions(removes(&old, true))
     .adds(add.clone())
-    .meta("pipeline.stage", "ingest.index_rebuild")
-    .meta("pipeline.main_version", delta::version(main));
+    .meta(keys::STAGE, "ingest.index_rebuild")
+    .meta(keys::MAIN_VERSION, delta::version(main));
     let commit = txns
         .iter()
         .fold(commit, |c, (app_id, seq)| c.txn(app_id.clone(), *seq));
@@ -1043,6 +1044,12 @@ impl Spill {
         }
         Ok(())
     }
+}
+
+/// Merge the id index's files of similar size, however large (`maintain`, and `run
+/// --follow`'s background housekeeping); returns the files merged.
+pub async fn compact_all(t: &deltalake::DeltaTable) -> Result<u64> {
+    compact(t, None).await
 }
 
 #[cfg(test)]

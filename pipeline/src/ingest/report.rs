@@ -240,3 +240,32 @@ impl Report for IngestReport {
         &self.warnings
     }
 }
+
+impl IngestReport {
+    /// Record the seconds of a step that started at `t`.
+    pub(super) fn step(&mut self, name: &'static str, t: std::time::Instant) {
+        self.steps.push((name, t.elapsed().as_secs_f64()));
+    }
+
+    /// Take the written rows' counts.
+    pub(super) fn tally(&mut self, w: &super::write::Written) {
+        self.rows_out = w.rows_out;
+        self.duplicates = w.duplicates;
+        self.quarantine_reasons = w.reasons.clone();
+        self.rows_quarantined = w.reasons.values().sum();
+        self.data_files_written = (w.main_adds.len() + w.quarantine_adds.len()) as u64;
+        self.bytes_written = w
+            .main_adds
+            .iter()
+            .chain(&w.quarantine_adds)
+            .map(|a| a.size as u64)
+            .sum();
+    }
+
+    pub(super) fn finish(mut self, started: std::time::Instant) -> Self {
+        self.seconds = started.elapsed().as_secs_f64();
+        self.rows_per_sec = crate::report::per_sec(self.rows_in, self.seconds);
+        self.peak_rss_bytes = crate::progress::peak_rss_bytes();
+        self
+    }
+}

@@ -11,15 +11,16 @@
 //! load, another table or history, an unreadable old version or `--repair` writes every row
 //! and deletes every older one.
 
-mod claim;
-mod execute;
+mod aggregates;
+pub mod claim;
 mod options;
-mod plan;
 mod profiles;
 mod report;
+mod sender;
 
-use std::collections::BTreeSet;
 use std::time::Instant;
+
+use scylla::client::session::Session;
 
 pub use options::{ErrorBudget, LoadOptions};
 pub use profiles::ProfilesLoad;
@@ -30,101 +31,74 @@ use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::progress::Progress;
 
-/// Load the aggregates changed since the last loaded version, then the profiles.
-pub async fn run(layout: &Layout, opts: &LoadOptions, progress: &Progress) -> Result<LoadReport> {
+/// Connect to ScyllaDB and create the serving schema where it is missing: the session every
+/// load runs on (`run --follow` keeps it from one micro-batch to the next).
+pub async fn connect(opts: &LoadOptions) -> Result<Session> {
     let session = cql::connect(&opts.scylla).await?;
     cql::schema::init(&session, &opts.scylla).await?;
-    let started = Instant::now();
-    let mut report = run_on(&session, layout, opts, progress).await?;
-    if !opts.dry_run {
-        report.profiles = serve_profiles(&session, layout, opts).await?;
-        report = report.finish(started);
-    }
-    Ok(report)
+    Ok(session)
 }
 
-/// The aggregates part of [`run`] over a session the caller keeps (connected, schema
-/// created), as `run --follow` does across micro-batches (it serves the profiles with
-/// [`serve_profiles`] after computing them, so they never delay the aggregates).
-pub async fn run_on(
-    session: &scylla::client::session::Session,
-    layout: &Layout,
-    opts: &LoadOptions,
-    progress: &Progress,
-) -> Result<LoadReport> {
-    run_keeping(
-        session,
-        layout,
-        opts,
-        progress,
-        &mut crate::delta::Kept::default(),
-    )
-    .await
+/// When the profiles are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profiles {
+    /// After the aggregates, in the same load (`pipeline load`, a batch run).
+    After,
+    /// Apart, by [`serve_profiles`] ( `run --follow` serves them once computed, beside its
+    /// micro-batches, so they never delay the aggregates).
+    Apart,
 }
 
-/// [`run_on`], with the aggregates table `kept` open by the previous micro-batch of a stream.
+/// Load the aggregates changed since the last loaded version, then the profiles.
+pub async fn run(layout: &Layout, opts: &LoadOptions, progress: &Progress) -> Result<LoadReport> {
+    let session = connect(opts).await?;
+    let kept = &mut crate::delta::Kept::default();
+    run_keeping(&session, layout, opts, progress, kept, Profiles::After).await
+}
+
+/// [`run`] over a session the caller keeps (see [`connect`]), with the aggregates table
+/// `kept` open by the previous micro-batch of a stream.
 pub async fn run_keeping(
-    session: &scylla::client::session::Session,
+    session: &Session,
     layout: &Layout,
     opts: &LoadOptions,
     progress: &Progress,
     kept: &mut crate::delta::Kept,
+    profiles: Profiles,
 ) -> Result<LoadReport> {
     let started = Instant::now();
-    let mut plan = plan::plan(layout, session, opts, kept).await?;
-    crate::failpoints::pause("load.after_plan");
-    let mut report = LoadReport {
-        keyspace: opts.scylla.keyspace.clone(),
-        table_id: plan.table_id.clone(),
-        aggregates_version: Some(plan.version),
-        previous_version: plan.previous,
-        full_load: matches!(plan.work, plan::Work::Full { .. }),
-        full_because: plan.full_because.clone(),
-        loads_made_good: plan.made_good,
-        overtaken: matches!(plan.work, plan::Work::Overtaken),
-        days: plan
-            .files
-            .iter()
-            .filter_map(|f| f.day)
-            .collect::<BTreeSet<_>>()
-            .len() as u64,
-        files: plan.files.len() as u64,
-        rows_to_load: plan.files.iter().map(|f| f.rows).sum(),
-        dry_run: opts.dry_run,
-        ..Default::default()
-    };
-    let nothing = matches!(plan.work, plan::Work::Nothing | plan::Work::Overtaken);
-    if !nothing && !opts.dry_run {
-        progress.set_length(report.rows_to_load);
-        match execute::execute(&mut plan, opts, layout, session, &mut report, progress).await {
-            Ok(()) => {}
-            Err(Error::LoadIncomplete {
-                what,
-                failed,
-                over_budget,
-                bad_rows_file,
-                version,
-                ..
-            }) => {
-                let report = report.finish(started);
-                return Err(Error::LoadIncomplete {
-                    what,
-                    failed,
-                    over_budget,
-                    bad_rows_file,
-                    version,
-                    report: Box::new(serde_json::to_value(&report).unwrap_or_default()),
-                });
-            }
-            Err(e) => return Err(e),
-        }
+    let mut report = aggregates::load(session, layout, opts, progress, kept).await?;
+    if profiles == Profiles::After && !opts.dry_run {
+        report.profiles = serve_profiles(session, layout, opts).await?;
     }
     Ok(report.finish(started))
 }
 
+/// An incomplete load's error carries the report of what it did (`--json` prints it).
+fn with_report(e: Error, report: &LoadReport) -> Error {
+    match e {
+        Error::LoadIncomplete {
+            what,
+            failed,
+            over_budget,
+            bad_rows_file,
+            version,
+            ..
+        } => Error::LoadIncomplete {
+            what,
+            failed,
+            over_budget,
+            bad_rows_file,
+            version,
+            report: Box::new(serde_json::to_value(report).unwrap_or_default()),
+        },
+        e => e,
+    }
+}
+
 /// Serve `customer_profiles` (see [`profiles`]); None when there is no profiles table.
 pub async fn serve_profiles(
-    session: &scylla::client::session::Session,
+    session: &Session,
     layout: &Layout,
     opts: &LoadOptions,
 ) -> Result<Option<ProfilesLoad>> {

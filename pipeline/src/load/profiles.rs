@@ -17,11 +17,10 @@ use scylla::client::session::Session;
 use serde::Serialize;
 
 use super::LoadOptions;
-use super::claim::{self, Begun, Serving};
-use super::execute::{Op, Shared, Tally, failures_file, send_all};
+use super::claim::{self, Begun, Serving, state::PROFILES};
 use super::report::Counts;
+use super::sender::{Op, Sender, Tally, customers, failures_file, send_all};
 use crate::cql::profile::ProfileRow;
-use crate::cql::progress::PROFILES;
 use crate::cql::schema::PROFILES_TABLE;
 use crate::delta::{self, query};
 use crate::error::{Error, Result};
@@ -112,36 +111,20 @@ pub async fn serve(
 ) -> Result<Option<ProfilesLoad>> {
     let started = Instant::now();
     let keyspace = &opts.scylla.keyspace;
-    let mut round = 0;
-    let (table, version, mut report, begun) = loop {
-        round += 1;
-        let Some(table) = delta::open(layout, Table::Profiles).await? else {
-            return Ok(None);
-        };
-        let mine = super::plan::mine(layout, &table, Table::Profiles, opts).await?;
-        let version = mine.version;
-        let report = ProfilesLoad {
-            table_id: mine.table_id.clone(),
-            rounds: round,
-            ..Default::default()
-        };
-        let what = (&table, Table::Profiles);
-        let begun = claim::begin(session, keyspace, PROFILES, mine, what, false).await?;
-        // A repair that finds a newer version repairs that one.
-        if !(matches!(begun, Begun::Overtaken) && opts.repair && round < 3) {
-            break (table, version, report, begun);
-        }
+    let open = claim::Open::IfAny;
+    let which = (PROFILES, Table::Profiles, false);
+    let Some((table, begun, rounds)) =
+        claim::begin_latest(session, layout, opts, which, open).await?
+    else {
+        return Ok(None);
+    };
+    let version = delta::version(&table);
+    let mut report = ProfilesLoad {
+        table_id: delta::table_id(&table, Table::Profiles)?,
+        rounds,
+        ..Default::default()
     };
     let mut serving = match begun {
-        Begun::Refused { owner } => return Err(super::plan::refused(keyspace, &owner, layout)),
-        Begun::Diverged { version } => {
-            return Err(super::plan::diverged(
-                keyspace,
-                Table::Profiles,
-                version,
-                layout,
-            ));
-        }
         Begun::Nothing => {
             report.version = Some(version);
             report.previous_version = Some(version);
@@ -199,12 +182,10 @@ async fn work(
         }
     }
     if claim.full.is_some() {
-        let empty = super::plan::serving_table_empty(session, keyspace, PROFILES_TABLE);
-        let sweep = match claim.sweep {
-            claim::Sweep::No => false,
-            claim::Sweep::Yes => true,
-            claim::Sweep::IfNotEmpty => !empty.await?,
-        };
+        let sweep = claim
+            .sweep
+            .resolve(session, keyspace, PROFILES_TABLE)
+            .await?;
         return Ok(Work::Full { sweep, olds });
     }
     if let Some(why) = unreadable {
@@ -226,7 +207,7 @@ async fn write(
     report: &mut ProfilesLoad,
 ) -> Result<()> {
     let version = delta::version(table);
-    let shared = Shared::new(
+    let sender = Sender::new(
         session,
         (&opts.scylla.keyspace, PROFILES_TABLE),
         serving.timestamp(),
@@ -267,14 +248,15 @@ async fn write(
         }
     };
     let rows = upsert_ops(ctx.sql(&upserts).await?.execute_stream().await?);
-    let mut complete = send_all(&shared, &mut tally, rows, n, (counts, u64::MAX), &hidden).await?;
+    let mut complete = send_all(&sender, &mut tally, rows, n, (counts, u64::MAX), &hidden).await?;
     if complete && let Some(q) = deletes {
         let gone = delete_ops(ctx.sql(&q).await?.execute_stream().await?);
-        complete = send_all(&shared, &mut tally, gone, n, (counts, u64::MAX), &hidden).await?;
+        complete = send_all(&sender, &mut tally, gone, n, (counts, u64::MAX), &hidden).await?;
     }
     if complete && matches!(work, Work::Full { sweep: true, .. }) {
-        let swept = sweep_ops(session, &opts.scylla.keyspace);
-        complete = send_all(&shared, &mut tally, swept, n, (counts, u64::MAX), &hidden).await?;
+        let op = |customer_id| Op::SweepProfile { customer_id };
+        let swept = customers(session, &opts.scylla.keyspace, PROFILES_TABLE, op);
+        complete = send_all(&sender, &mut tally, swept, n, (counts, u64::MAX), &hidden).await?;
     }
     tally.failures.close()?;
     if report.counts.failures > 0 {
@@ -318,27 +300,4 @@ fn delete_ops(batches: Batches) -> impl Stream<Item = Result<Op>> {
             ))
         })
         .try_flatten()
-}
-
-/// Every profile in ScyllaDB, to delete it just below this version (ours stay).
-fn sweep_ops<'a>(session: &'a Session, keyspace: &'a str) -> impl Stream<Item = Result<Op>> + 'a {
-    let what = "listing the served profiles";
-    futures::stream::once(async move {
-        let mut q = scylla::statement::unprepared::Statement::new(format!(
-            "SELECT customer_id FROM {keyspace}.{PROFILES_TABLE}"
-        ));
-        q.set_page_size(5000);
-        q.set_consistency(crate::cql::progress::consistency(session));
-        let rows = session
-            .query_iter(q, ())
-            .await
-            .map_err(|e| Error::scylla(what, e))?
-            .rows_stream::<(i64,)>()
-            .map_err(|e| Error::scylla(what, e))?;
-        Ok::<_, Error>(rows.map(move |r| {
-            r.map(|(customer_id,)| Op::SweepProfile { customer_id })
-                .map_err(|e| Error::scylla(what, e))
-        }))
-    })
-    .try_flatten()
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::cql::codec::{cents, format_cents};
 use crate::cql::profile::{self, ProfileRow};
 use crate::cql::schema::{PROFILES_TABLE, TABLE};
+use crate::cql::statements;
 use crate::cql::{self, ScyllaOptions};
 use crate::dates;
 use crate::error::{Error, Result};
@@ -232,11 +233,7 @@ fn profile_text(customer: i64, keyspace: &str, p: Option<&ProfileView>) -> Strin
 async fn profile(session: &Session, o: &LookupOptions) -> Result<Option<ProfileView>> {
     let what = format!("looking up the profile of customer {}", o.customer);
     let stmt = session
-        .prepare(format!(
-            "SELECT {} FROM {}.{PROFILES_TABLE} WHERE customer_id = ?",
-            profile::COLUMNS,
-            o.scylla.keyspace
-        ))
+        .prepare(statements::customer_profile(&o.scylla.keyspace))
         .await
         .map_err(|e| Error::scylla(what.clone(), e))?;
     let rows = session
@@ -269,11 +266,7 @@ pub async fn run(o: &LookupOptions) -> Result<LookupReport> {
         });
     }
     let what = format!("looking up customer {}", o.customer);
-    let mut q = format!(
-        "SELECT transaction_date, total_amount, transaction_count, declined_count, min_amount, max_amount \
-         FROM {}.{TABLE} WHERE customer_id = ?",
-        o.scylla.keyspace
-    );
+    let mut q = statements::customer_days(&o.scylla.keyspace);
     let mut bounds = Vec::new();
     if let Some(d) = o.from {
         q.push_str(" AND transaction_date >= ?");

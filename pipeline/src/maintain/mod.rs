@@ -145,7 +145,8 @@ pub async fn run(layout: &Layout, opts: &MaintainOptions) -> Result<MaintainRepo
     // Waits for a stream's compaction in progress (seconds), then holds it to the end.
     let _lock = {
         let layout = layout.clone();
-        tokio::task::spawn_blocking(move || CompactionLock::take(&layout, true)).await??
+        tokio::task::spawn_blocking(move || crate::lock::CompactionLock::take(&layout, true))
+            .await??
     };
     let mut report = MaintainReport {
         retention_hours: opts.retention_hours,
@@ -162,59 +163,13 @@ pub async fn run(layout: &Layout, opts: &MaintainOptions) -> Result<MaintainRepo
     Ok(report)
 }
 
-/// Held while a process compacts the data dir's tables: delta-rs 1.1's conflict check skips
-/// `dataChange: false` removes, so two compactions of the same files at once both land and
-/// every row of those files is then in the table twice (reproduced with `maintain` beside
-/// `run --follow`). One compactor at a time per data dir, by an advisory lock on
-/// `DATA_DIR/_pipeline/compaction.lock` (released with the process). On an object store the
-/// lock file is in the local scratch space, so it holds per machine only: run compactions
-/// (`maintain`, `run --follow`) from one machine.
-pub struct CompactionLock {
-    _file: std::fs::File,
-}
-
-impl CompactionLock {
-    /// Take the lock; `wait: false` returns `None` at once when another process holds it.
-    /// `None` too when the data dir does not exist (nothing to compact; nothing created).
-    pub fn take(layout: &Layout, wait: bool) -> Result<Option<Self>> {
-        if layout.local_root().is_some_and(|root| !root.is_dir()) {
-            return Ok(None);
-        }
-        let dir = layout.lock_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-        let path = dir.join("compaction.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        use std::os::fd::AsRawFd;
-        let op = if wait {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_EX | libc::LOCK_NB
-        };
-        // SAFETY: flock on a file descriptor we own; released when the file is closed.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(Some(CompactionLock { _file: file }));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::WouldBlock {
-            return Ok(None);
-        }
-        Err(Error::io(format!("cannot lock {}", path.display()), e))
-    }
-}
-
 /// Compact `table`'s files (a `dataChange: false` commit that readers and the incremental
 /// stages ignore): what `run --follow` does on its cadence, when no other process is
 /// compacting (else it returns 0 and the next cadence tries again). The id index merges its
 /// sorted files by tier; the transactions and quarantine tables merge files of similar size
 /// ([`tiers`]). Returns the files rewritten.
 pub async fn compact(layout: &Layout, table: Table) -> Result<u64> {
-    let Some(_lock) = CompactionLock::take(layout, false)? else {
+    let Some(_lock) = crate::lock::CompactionLock::take(layout, false)? else {
         return Ok(0);
     };
     let Some(t) = delta::open(layout, table).await? else {

@@ -33,6 +33,7 @@ use deltalake::protocol::DeltaOperation;
 use futures::StreamExt;
 
 use crate::dates::Day;
+use crate::delta::keys;
 use crate::delta::{self, commit::Commit};
 use crate::error::{Error, Result};
 use crate::ingest;
@@ -95,7 +96,7 @@ pub async fn merge(t: &DeltaTable, table: Table) -> Result<u64> {
     )
     .actions(removes)
     .adds(adds.clone())
-    .meta("pipeline.stage", "compaction.tiers")
+    .meta(keys::STAGE, "compaction.tiers")
     // Ingest's commits (adds only) land meanwhile: they touch none of these files.
     .rebase_if_no_conflict();
     delta::commit::commit_or_discard(commit, t, &adds).await?;

@@ -8,7 +8,6 @@ use deltalake::DeltaTable;
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::Int64Type;
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::DeltaWriter;
 use futures::StreamExt;
@@ -16,7 +15,7 @@ use futures::StreamExt;
 use super::ALPHA;
 use super::plan::{Plan, Work};
 use crate::dates::Day;
-use crate::delta::{self, Commit, query};
+use crate::delta::{self, keys, query};
 use crate::error::{Error, Result};
 use crate::tables::Table;
 
@@ -155,24 +154,24 @@ pub async fn execute(p: &Plan) -> Result<Executed> {
         return commit(p, Vec::new(), "full", None, 0, 0).await;
     };
     let ctx = query::session(QUERY_MEMORY);
-    query::register(&ctx, "aggregates", &p.source, None).await?;
+    query::register(&ctx, "aggregates", &p.d.source, None).await?;
     let (mode, because, rows_read) = match &p.work {
         Work::Incremental { days, old } => {
-            query::register(&ctx, "new_days", &p.source, Some(days)).await?;
+            query::register(&ctx, "new_days", &p.d.source, Some(days)).await?;
             query::register(&ctx, "old_days", old, Some(days)).await?;
             if vanished(&ctx, r).await? == 0 {
-                let read = rows(&p.source, days)? + rows(old, days)?;
+                let read = rows(&p.d.source, days)? + rows(old, days)?;
                 ("incremental", None, read)
             } else {
                 let why = "aggregate rows vanished from changed days".to_string();
-                ("full", Some(why), rows(&p.source, &BTreeSet::new())?)
+                ("full", Some(why), rows(&p.d.source, &BTreeSet::new())?)
             }
         }
-        Work::Full(why) => ("full", why.clone(), rows(&p.source, &BTreeSet::new())?),
+        Work::Full(why) => ("full", why.clone(), rows(&p.d.source, &BTreeSet::new())?),
         Work::Nothing => unreachable!("nothing to execute"),
     };
     let state = if mode == "incremental" {
-        query::register(&ctx, "profiles", &p.target, None).await?;
+        query::register(&ctx, "profiles", &p.d.target, None).await?;
         let changed = ctx.sql(&changed_state(r)).await?.into_view();
         ctx.register_table("changed", changed)?;
         ctx.sql(APPLY).await?.into_view()
@@ -216,7 +215,7 @@ async fn write_and_commit(
     rows_read: u64,
 ) -> Result<Executed> {
     let name = Table::Profiles.name();
-    let mut writer = delta::writer(&p.target, Table::Profiles, p.widen.is_some())?
+    let mut writer = delta::writer(&p.d.target, Table::Profiles, p.d.widen.is_some())?
         .with_writer_properties(crate::schema::profile_writer_properties());
     let schema = writer.arrow_schema();
     let (mut rows_written, mut customers) = (0u64, 0u64);
@@ -245,39 +244,16 @@ async fn commit(
     rows_read: u64,
     rows_written: u64,
 ) -> Result<Executed> {
-    let name = Table::Profiles.name();
-    let snapshot = p.target.snapshot().map_err(|e| Error::delta(name, e))?;
-    let removes: Vec<Action> = snapshot
-        .log_data()
-        .iter()
-        .map(|f| Action::Remove(f.remove_action(true)))
-        .collect();
     crate::failpoints::hit("profiles.before_commit");
-    let commit = Commit::new(
-        Table::Profiles,
-        DeltaOperation::Write {
-            mode: SaveMode::Overwrite,
-            partition_by: None,
-            predicate: None,
-        },
-    )
-    .actions(p.widen.clone())
-    .actions(removes)
-    .adds(adds.clone())
-    .txn(p.app_id(), p.version)
-    .meta("pipeline.stage", "profiles")
-    .meta("pipeline.profiles_mode", mode)
-    .meta("pipeline.source_version", p.version)
-    .meta("pipeline.source_table_id", p.source_id.clone());
-    let version = match commit.execute(&p.target).await {
-        Ok(v) => v,
-        Err(e) => {
-            if !matches!(e, Error::CommitUnknown { .. }) {
-                delta::commit::discard(&p.target, &adds).await;
-            }
-            return Err(e);
-        }
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Overwrite,
+        partition_by: None,
+        predicate: None,
     };
+    let info = (keys::PROFILES_MODE, mode);
+    let version = (p.d)
+        .commit_replacing(operation, adds, |_| true, p.version, info)
+        .await?;
     Ok(Executed {
         mode,
         full_because: because,

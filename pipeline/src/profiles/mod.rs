@@ -54,14 +54,7 @@ pub async fn run(layout: &Layout, opts: &ProfilesOptions) -> Result<ProfilesRepo
         report.full_because = out.full_because;
         report.table_version = Some(out.version);
         report.source_version = Some(p.version);
-        report.warnings.extend(
-            crate::delta::commit::checkpoint_if_due(
-                &mut p.target,
-                crate::tables::Table::Profiles,
-                out.version - 1,
-            )
-            .await,
-        );
+        report.warnings.extend(p.d.checkpoint(out.version).await);
     }
     report.seconds = started.elapsed().as_secs_f64();
     report.peak_rss_bytes = crate::progress::peak_rss_bytes();

@@ -9,7 +9,7 @@ use deltalake::arrow::datatypes::Date32Type;
 use super::options::AsOf;
 use super::{ProfilesOptions, ProfilesReport};
 use crate::dates::{self, Day};
-use crate::delta;
+use crate::delta::{self, derive::Derivation, derive::Spec};
 use crate::error::Result;
 use crate::layout::Layout;
 use crate::tables::Table;
@@ -29,41 +29,36 @@ pub enum Work {
     },
 }
 
+/// The derivation: the aggregates -> the profiles.
+pub const DERIVATION: Spec = Spec {
+    source: Table::Aggregates,
+    source_made_by: "aggregate",
+    target: Table::Profiles,
+    stage: "profiles",
+    app: delta::keys::profiles_app,
+};
+
 /// The plan: the tables, versions and the work.
 pub struct Plan {
-    /// `customer_daily_aggregates` at `version`.
-    pub source: DeltaTable,
-    /// `customer_profiles`.
-    pub target: DeltaTable,
-    /// The aggregates' identity.
-    pub source_id: String,
-    /// The aggregates version to reflect.
+    /// Both tables and what the profiles reflect.
+    pub d: Derivation,
+    /// The aggregates version to reflect (the latest).
     pub version: i64,
-    /// The version reflected before (for this identity).
-    pub previous: Option<i64>,
     /// The day the profiles are as of (None: no aggregates yet).
     pub as_of: Option<Day>,
     /// Days with aggregate rows after `as_of` (not counted), and their rows.
     pub after: (u64, u64),
     /// What to do.
     pub work: Work,
-    /// The table was made with narrower sums by an earlier version: the `metaData` action
-    /// that widens them, committed with a full recompute.
-    pub widen: Option<deltalake::kernel::Action>,
 }
 
 impl Plan {
-    /// `pipeline.profiles:<aggregates table id>`.
-    pub fn app_id(&self) -> String {
-        format!("pipeline.profiles:{}", self.source_id)
-    }
-
     /// The report's facts known from the plan.
     pub fn report(&self) -> ProfilesReport {
         ProfilesReport {
-            source_table_id: self.source_id.clone(),
-            previous_source_version: self.previous,
-            source_version: self.previous,
+            source_table_id: self.d.source_id.clone(),
+            previous_source_version: self.d.previous,
+            source_version: self.d.previous,
             as_of_day: self.as_of.map(dates::format),
             days_after_as_of: self.after.0,
             rows_after_as_of: self.after.1,
@@ -78,20 +73,15 @@ impl Plan {
 
 /// Read both tables' state and decide.
 pub async fn plan(layout: &Layout, opts: &ProfilesOptions) -> Result<Plan> {
-    let source = delta::open_required(layout, Table::Aggregates, "aggregate").await?;
-    let target = delta::open_or_create(layout, Table::Profiles).await?;
-    let source_id = delta::table_id(&source, Table::Aggregates)?;
-    let version = delta::version(&source);
-    let app_id = format!("pipeline.profiles:{source_id}");
-    let previous = delta::txn_version(&target, Table::Profiles, &app_id).await?;
-    let (as_of, after) = as_of_day(&source, opts.as_of_day)?;
-    let widen = delta::widening(&target, Table::Profiles)?;
-    let work = match previous {
-        _ if widen.is_some() => Work::Full(Some(
+    let d = Derivation::open(layout, DERIVATION, &mut delta::Kept::default()).await?;
+    let (source, target, version) = (&d.source, &d.target, d.latest());
+    let (as_of, after) = as_of_day(source, opts.as_of_day)?;
+    let work = match d.previous {
+        _ if d.widen.is_some() => Work::Full(Some(
             "the profiles' sums are widened to Decimal(38, 2)".into(),
         )),
         Some(p) if p == version && !opts.full => {
-            let recorded = recorded_as_of(&target).await?;
+            let recorded = recorded_as_of(target).await?;
             if recorded == as_of || recorded.is_none() {
                 Work::Nothing
             } else {
@@ -107,18 +97,14 @@ pub async fn plan(layout: &Layout, opts: &ProfilesOptions) -> Result<Plan> {
         Some(p) if p > version => Work::Full(Some(format!(
             "the aggregates went back from version {p} to {version}"
         ))),
-        Some(p) => incremental(layout, &source, &target, p, version, as_of).await?,
+        Some(p) => incremental(layout, source, target, p, version, as_of).await?,
     };
     Ok(Plan {
-        source,
-        target,
-        source_id,
+        d,
         version,
-        previous,
         as_of,
         after,
         work,
-        widen,
     })
 }
 

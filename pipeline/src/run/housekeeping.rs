@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use super::follow::MicroBatch;
+use super::follow_report::MicroBatch;
 use super::metrics::Metrics;
 use crate::layout::Layout;
 use crate::maintain::{self, retention};

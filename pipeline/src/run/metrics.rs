@@ -91,7 +91,13 @@ impl Metrics {
                 .step_seconds
                 .get_or_create(&vec![("step", step.to_string())]);
         }
+        m.register();
+        m
+    }
 
+    /// Register every metric, with its help text.
+    fn register(&mut self) {
+        let m = self;
         let r = &mut m.registry;
         r.register("rows_in", "Rows read from landing files", m.rows_in.clone());
         r.register(
@@ -164,7 +170,6 @@ impl Metrics {
             "The running binary's version and commit (always 1)",
             build,
         );
-        m
     }
 
     /// Observe how long a micro-batch step took.

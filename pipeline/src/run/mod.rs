@@ -3,24 +3,29 @@
 //! table (`_pipeline/run_history`) that `pipeline history` prints.
 
 mod follow;
+mod follow_report;
 mod history;
 mod housekeeping;
 pub mod metrics;
 mod options;
 mod profiles_task;
 mod report;
+pub mod steps;
+mod stop;
 
 use std::time::{Duration, Instant};
 
-pub use follow::{FollowOptions, FollowReport, MicroBatch, follow};
+pub use follow::follow;
+pub use follow_report::{FollowReport, MicroBatch};
 pub use history::{HistoryOptions, HistoryReport, HistoryRow, history};
-pub use options::{RunOptions, Stage};
+pub use options::{FollowOptions, RunOptions, Stage};
 pub use report::{RunReport, StageSummary};
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::load;
 use crate::progress::Progress;
-use crate::{aggregate, cql, generate, ingest, load, profiles};
+use steps::Kept;
 
 /// Run the selected stages in order; record the run (also a failed one) in the history table.
 /// The report comes back with the result, so a failed run still prints what it did.
@@ -43,9 +48,12 @@ pub async fn run(
     // half-committed) and the run is recorded as interrupted (it ended silently, unrecorded).
     let stop = crate::process::stop_signal();
     tokio::pin!(stop);
+    // The tables a stage opened, kept for the next (as a stream keeps them between
+    // micro-batches).
+    let mut kept = Kept::default();
     for stage in opts.selected() {
         let done = tokio::select! {
-            r = with_retries(layout, opts, stage, &display) => r,
+            r = with_retries(layout, opts, stage, &display, &mut kept) => r,
             sig = &mut stop => Err(Error::Interrupted {
                 stage: stage.name(),
                 signal: sig.name,
@@ -73,10 +81,21 @@ pub async fn run(
     let ended = chrono::Utc::now();
     report.ended_at = crate::report::timestamp(ended);
     report.seconds = started.elapsed().as_secs_f64();
-    // A signal while the run is recorded (a store retrying for minutes) ends the wait:
-    // the run's work is done or safely stopped either way. After an interruption the wait is
-    // bounded too.
-    let record = history::record(layout, &report, (now, ended));
+    record(layout, &mut report, &mut result, (now, ended), stop).await;
+    (report, result)
+}
+
+/// Record the run in the history table. A signal while it is recorded (a store retrying for
+/// minutes) ends the wait: the run's work is done or safely stopped either way. After an
+/// interruption the wait is bounded too.
+async fn record(
+    layout: &Layout,
+    report: &mut RunReport,
+    result: &mut Result<()>,
+    (now, ended): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    stop: std::pin::Pin<&mut impl std::future::Future<Output = crate::process::StopSignal>>,
+) {
+    let record = history::record(layout, report, (now, ended));
     let recorded = if matches!(result, Err(Error::Interrupted { .. })) {
         tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(15), record) => r.unwrap_or_else(|_| {
@@ -89,9 +108,9 @@ pub async fn run(
     } else {
         tokio::select! {
             r = record => r,
-            sig = &mut stop => {
+            sig = stop => {
                 if result.is_ok() {
-                    result = Err(Error::Interrupted {
+                    *result = Err(Error::Interrupted {
                         stage: "recording the run",
                         signal: sig.name,
                         code: sig.exit_code,
@@ -106,11 +125,10 @@ pub async fn run(
         Err(e) => {
             tracing::warn!(error = %e, "could not record the run in the history table");
             if result.is_ok() {
-                result = Err(e);
+                *result = Err(e);
             }
         }
     }
-    (report, result)
 }
 
 /// Run one stage, retrying transient failures with backoff.
@@ -119,11 +137,12 @@ async fn with_retries(
     opts: &RunOptions,
     stage: Stage,
     display: &indicatif::MultiProgress,
+    kept: &mut Kept,
 ) -> Result<StageSummary> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match run_stage(layout, opts, stage, display).await {
+        match run_stage(layout, opts, stage, display, kept).await {
             Ok(mut s) => {
                 s.attempts = attempt;
                 return Ok(s);
@@ -149,41 +168,12 @@ async fn run_stage(
     opts: &RunOptions,
     stage: Stage,
     display: &indicatif::MultiProgress,
+    kept: &mut Kept,
 ) -> Result<StageSummary> {
     let progress = Progress::in_display(display, stage.name());
     let started = Instant::now();
     tracing::info!(stage = stage.name(), "stage {} started", stage.name());
-    let mut s = match stage {
-        Stage::Generate => {
-            let (layout, o, p) = (
-                layout.clone(),
-                opts.generate_options.clone(),
-                progress.clone(),
-            );
-            let r = tokio::task::spawn_blocking(move || generate::run(&layout, &o, &p)).await??;
-            StageSummary::of(&r)
-        }
-        Stage::Ingest => StageSummary::of(&ingest::run(layout, &opts.ingest, &progress).await?),
-        Stage::Aggregate => {
-            StageSummary::of(&aggregate::run(layout, &opts.aggregate, &progress).await?)
-        }
-        Stage::Profiles => StageSummary::of(&profiles::run(layout, &opts.profiles).await?),
-        Stage::Load if !opts.load_requested() && !cql::answers(&opts.load.scylla).await => {
-            StageSummary {
-                stage: stage.name(),
-                skipped: true,
-                summary: crate::report::Summary {
-                    note: format!(
-                        "no ScyllaDB at {}: start one (docker compose up -d scylla) or set SCYLLA_URI",
-                        opts.load.scylla.scylla_uri
-                    ),
-                    ..Default::default()
-                },
-                ..Default::default()
-            }
-        }
-        Stage::Load => StageSummary::of(&load::run(layout, &opts.load, &progress).await?),
-    };
+    let mut s = steps::summary(layout, opts, stage, &progress, kept).await?;
     progress.finish_visible();
     s.seconds = started.elapsed().as_secs_f64();
     s.rows_per_sec = if s.skipped {

@@ -1,5 +1,8 @@
 //! `run`'s options: which stages, how often to retry, and every stage's own options (one
-//! definition each, shared with the stage's command).
+//! definition each, shared with the stage's command), and those of `run --follow`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
@@ -80,7 +83,7 @@ pub struct RunOptions {
     pub attempts: u32,
     /// Continuous mode.
     #[command(flatten, next_help_heading = "Follow (continuous mode)")]
-    pub follow: super::follow::FollowOptions,
+    pub follow: FollowOptions,
     /// Generate options.
     #[command(flatten, next_help_heading = "Generate")]
     pub generate_options: GenerateOptions,
@@ -154,6 +157,80 @@ impl RunOptions {
     pub fn load_requested(&self) -> bool {
         self.stages.contains(&Stage::Load) || self.to == Some(Stage::Load) || self.scylla_configured
     }
+}
+
+/// How `run --follow` runs.
+#[derive(Debug, Clone, Args)]
+pub struct FollowOptions {
+    /// Keep running: a micro-batch (ingest -> aggregate -> load -> profiles) whenever new landing files
+    /// appear, until SIGINT/SIGTERM (or --until-idle / --max-batches).
+    #[arg(long, conflicts_with = "generate")]
+    pub follow: bool,
+    /// How often to look for new files when the last look found none (e.g. 2s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Stop when a look finds nothing new and nothing is left to load.
+    #[arg(long)]
+    pub until_idle: bool,
+    /// Stop after this many micro-batches that did work.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batches: Option<u64>,
+    /// Compact small files every this many micro-batches (0: never); the stream's other
+    /// housekeeping (vacuum, log cleanup) runs at the same cadence (every 10 when 0).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub compact_every: u64,
+    /// Keep the tables' commit files (time travel) this long: the stream sets the tables'
+    /// `delta.logRetentionDuration` to it and removes older ones that a checkpoint holds.
+    #[arg(long, default_value = "2days", value_parser = humantime::parse_duration)]
+    pub log_retention: Duration,
+    /// Keep files the tables no longer use (replaced aggregates and profiles, compacted
+    /// files) this long for readers of older versions, then delete them: the stream sets the
+    /// tables' `delta.deletedFileRetentionDuration` to it. At least 5 minutes.
+    #[arg(long, default_value = "15min", value_parser = parse_vacuum_retention)]
+    pub vacuum_retention: Duration,
+    /// Bring the customer profiles (and their serving table) up to date at most this often,
+    /// beside the micro-batches (0s: as soon as the last update finished, when the aggregates
+    /// changed), and once more when the stream stops. Each update rewrites one row per
+    /// customer: it costs what the customer base costs.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub profiles_every: Duration,
+    /// With --follow, serve Prometheus metrics at HOST:PORT (/metrics, and /healthz, which
+    /// `pipeline health` checks); a batch run ignores it. Not `requires = "follow"`: clap
+    /// counts the environment variable as given, so a batch run in the follow service's
+    /// container (which sets it) was refused.
+    #[arg(long, env = "PIPELINE_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The shortest `--vacuum-retention`: readers of a version (a `sql` query, `verify`, the
+/// load's diff against the version it loaded last) need its files while they run.
+pub const MIN_VACUUM_RETENTION: Duration = Duration::from_secs(300);
+
+fn parse_vacuum_retention(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < MIN_VACUUM_RETENTION {
+        return Err(format!(
+            "{s} is shorter than 5 minutes: a query or a load reading a version needs its files \
+             while it runs"
+        ));
+    }
+    Ok(d)
+}
+
+impl FollowOptions {
+    /// The retention the stream keeps its tables' history for.
+    pub fn retention(&self) -> crate::maintain::retention::Retention {
+        crate::maintain::retention::Retention {
+            log: self.log_retention,
+            files: self.vacuum_retention,
+        }
+    }
+
+    /// The options that mean something only with `--follow`: given as flags without it,
+    /// they are a usage error. Not clap's `requires`: clap counts an environment variable
+    /// (and so a `pipeline.toml` value) as given, so one file or container could not hold
+    /// both a stream's settings and batch runs.
+    pub const NEEDS_FOLLOW: [&str; 3] = ["interval", "until_idle", "max_batches"];
 }
 
 #[cfg(test)]

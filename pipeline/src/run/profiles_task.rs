@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::error::Result;
 use crate::layout::Layout;
 use crate::load::LoadOptions;
-use crate::profiles::{self, ProfilesOptions};
+use crate::profiles::ProfilesOptions;
 use crate::tables::Table;
 use crate::{delta, load};
 
@@ -105,7 +105,7 @@ impl Profiles {
         let (layout, profiles, load) = (layout.clone(), profiles.clone(), load.clone());
         self.running = Some(tokio::spawn(async move {
             let t = Instant::now();
-            let written = profiles::run(&layout, &profiles)
+            let written = super::steps::profiles(&layout, &profiles)
                 .await
                 .map(|r| r.rows_written);
             let seconds = t.elapsed().as_secs_f64();

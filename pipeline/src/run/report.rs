@@ -50,6 +50,21 @@ impl StageSummary {
     }
 }
 
+impl StageSummary {
+    /// A stage that did not run, and why.
+    pub fn skipped(stage: &'static str, note: String) -> Self {
+        StageSummary {
+            stage,
+            skipped: true,
+            summary: Summary {
+                note,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct RunReport {

@@ -10,12 +10,13 @@ use serde::Serialize;
 
 use crate::cql::codec::{self, AggRow, format_cents};
 use crate::cql::profile::{self, ProfileRow};
-use crate::cql::schema::{PROFILES_TABLE, TABLE};
+use crate::cql::statements;
 use crate::cql::{self, ScyllaOptions};
 use crate::dates::{self, Day};
 use crate::delta;
 use crate::error::{Error, Result, exit};
 use crate::layout::Layout;
+use crate::load::claim::state;
 use crate::report::{Report, Summary, thousands};
 use crate::tables::Table;
 
@@ -276,7 +277,7 @@ pub async fn run(layout: &Layout, o: &VerifyOptions) -> Result<VerifyReport> {
     let started = std::time::Instant::now();
     let session = cql::connect(&o.scylla).await?;
     let keyspace = &o.scylla.keyspace;
-    let state = cql::progress::read(&session, keyspace, cql::progress::AGGREGATES).await?;
+    let state = state::read(&session, keyspace, state::AGGREGATES).await?;
     let Some(served) = state.current else {
         return Err(Error::Invalid(format!(
             "nothing has been loaded into keyspace {keyspace} yet: run `pipeline load` first"
@@ -353,7 +354,7 @@ pub async fn run(layout: &Layout, o: &VerifyOptions) -> Result<VerifyReport> {
 /// Whether the version recorded as served is this data dir's table's own (same data dir,
 /// same history); otherwise says why not in `problems`.
 async fn servable(
-    served: &cql::progress::Entry,
+    served: &state::Entry,
     owner: Option<&str>,
     (t, table): (&deltalake::DeltaTable, Table),
     problems: &mut Vec<String>,
@@ -403,7 +404,7 @@ async fn profiles_check(
     problems: &mut Vec<String>,
     in_progress: &mut u64,
 ) -> Result<Option<ProfilesCheck>> {
-    let state = cql::progress::read(session, keyspace, cql::progress::PROFILES).await?;
+    let state = state::read(session, keyspace, state::PROFILES).await?;
     *in_progress += state.markers.len() as u64;
     let record = state.current;
     let current = delta::open(layout, Table::Profiles).await?;
@@ -448,10 +449,7 @@ async fn profiles_check(
     }
     let what = "scanning the served profiles";
     let mut stmt = session
-        .prepare(format!(
-            "SELECT {} FROM {keyspace}.{PROFILES_TABLE}",
-            profile::COLUMNS
-        ))
+        .prepare(statements::all_profiles(keyspace))
         .await
         .map_err(|e| Error::scylla(what, e))?;
     stmt.set_page_size(5000);
@@ -490,10 +488,7 @@ async fn scylla_checks(
     keyspace: &str,
 ) -> Result<BTreeMap<Day, DayCheck>> {
     let what = "scanning the serving table";
-    let q = format!(
-        "SELECT customer_id, transaction_date, total_amount, transaction_count, declined_count, \
-         min_amount, max_amount FROM {keyspace}.{TABLE}"
-    );
+    let q = statements::all_aggregates(keyspace);
     let mut stmt = session
         .prepare(q)
         .await

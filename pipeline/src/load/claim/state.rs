@@ -14,23 +14,23 @@
 //!   deleted just above its own write time once a record covers it.
 //!
 //! The decisions these records support (which epoch, which earlier versions a load must make
-//! good, when it is overtaken) are in `load::claim`. Reads and writes here use LOCAL_QUORUM
+//! good, when it is overtaken) are in [`super`]. Reads and writes here use LOCAL_QUORUM
 //! (or the stronger `--consistency`), so a read sees every marker and record acknowledged
 //! before it in the data center (R + W > RF): what the protocol relies on. The listing a full
 //! load sweeps and the emptiness check use the same.
 
 use scylla::client::session::Session;
-use scylla::frame::types::Consistency;
 use scylla::statement::unprepared::Statement;
 use scylla::value::CqlTimestamp;
 
-use super::schema::STATE_TABLE;
+use crate::cql::consistency;
+use crate::cql::schema::{PROFILES_TABLE, STATE_TABLE, TABLE};
 use crate::error::{Error, Result};
 
 /// The state partition of the aggregates' serving table.
-pub const AGGREGATES: &str = super::schema::TABLE;
+pub const AGGREGATES: &str = TABLE;
 /// The state partition of the profiles' serving table.
-pub const PROFILES: &str = super::schema::PROFILES_TABLE;
+pub const PROFILES: &str = PROFILES_TABLE;
 /// The entry of the `current` record.
 const CURRENT: &str = "current";
 /// The entries of markers start with this.
@@ -108,21 +108,6 @@ impl State {
             .chain(&self.markers)
             .map(Entry::timestamp)
             .max()
-    }
-}
-
-/// The consistency of the state's statements: the session's (`--consistency`) when it is at
-/// least a quorum, else LOCAL_QUORUM, so a read always sees what was acknowledged before it
-/// in the data center. Loads running at once in two data centers need QUORUM or EACH_QUORUM.
-pub fn consistency(session: &Session) -> Consistency {
-    use Consistency::*;
-    match session
-        .get_default_execution_profile_handle()
-        .to_profile()
-        .get_consistency()
-    {
-        c @ (Quorum | All | EachQuorum | LocalQuorum) => c,
-        _ => LocalQuorum,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The serving protocol, shared by the aggregates' and the profiles' loads: which write
 //! timestamps a load uses, which earlier versions it must make good, and when it has nothing
-//! to do. It needs no lightweight transaction (see [`crate::cql::progress`]), only writes
+//! to do. It needs no lightweight transaction (see [`state`]), only writes
 //! ordered by timestamp and reads that see what was acknowledged before them.
 //!
 //! Every write of a load of version `v` in a serving *epoch* with base `b` carries the
@@ -36,10 +36,14 @@ use std::collections::HashMap;
 use deltalake::DeltaTable;
 use scylla::client::session::Session;
 
-use crate::cql::progress::{self, Entry, State};
+pub mod state;
+
+use super::LoadOptions;
 use crate::delta;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::tables::Table;
+use state::{Entry, State};
 
 /// Rounds of "a load standing higher appeared between the two reads" before giving up.
 const MAX_ROUNDS: u32 = 4;
@@ -118,6 +122,33 @@ pub enum Sweep {
     IfNotEmpty,
 }
 
+impl Sweep {
+    /// Whether the full load of the serving `table` deletes older rows.
+    pub async fn resolve(self, session: &Session, keyspace: &str, table: &str) -> Result<bool> {
+        Ok(match self {
+            Sweep::No => false,
+            Sweep::Yes => true,
+            Sweep::IfNotEmpty => !serving_table_empty(session, keyspace, table).await?,
+        })
+    }
+}
+
+/// True when the serving table `table` has no row.
+async fn serving_table_empty(session: &Session, keyspace: &str, table: &str) -> Result<bool> {
+    let what = format!("checking whether {keyspace}.{table} is empty");
+    let mut q = scylla::statement::unprepared::Statement::new(crate::cql::statements::any_row(
+        keyspace, table,
+    ));
+    q.set_consistency(crate::cql::consistency(session));
+    let rows = session
+        .query_unpaged(q, ())
+        .await
+        .map_err(|e| Error::scylla(what.clone(), e))?
+        .into_rows_result()
+        .map_err(|e| Error::scylla(what, e))?;
+    Ok(rows.rows_num() == 0)
+}
+
 impl Claim {
     /// The timestamp of this load's writes.
     pub fn timestamp(&self, version: i64) -> i64 {
@@ -139,15 +170,24 @@ pub enum Line {
 
 /// Decide from `state`. `line(e)` places each record and marker (see [`Line`]).
 pub fn decide(state: &State, mine: &Mine, line: &dyn Fn(&Entry) -> Line, now_us: i64) -> Decision {
+    if let Some(d) = not_loading(state, mine, line) {
+        return d;
+    }
+    let base = epoch_base(state, mine, line, now_us);
+    Decision::Load(claim(state, mine, line, base))
+}
+
+/// The decisions that load nothing: refused, diverged, overtaken, or already loaded.
+fn not_loading(state: &State, mine: &Mine, line: &dyn Fn(&Entry) -> Line) -> Option<Decision> {
     let current = state.current.as_ref();
     if let Some(c) = current.filter(|_| !mine.take_over) {
         if c.owner != mine.owner {
-            return Decision::Refused {
+            return Some(Decision::Refused {
                 owner: c.owner.clone(),
-            };
+            });
         }
         if c.table_id == mine.table_id && line(c) == Line::Other {
-            return Decision::Diverged { version: c.version };
+            return Some(Decision::Diverged { version: c.version });
         }
     }
     let ours = |e: &Entry| line(e) == Line::Ours;
@@ -159,15 +199,21 @@ pub fn decide(state: &State, mine: &Mine, line: &dyn Fn(&Entry) -> Line, now_us:
             .iter()
             .any(|m| ours(m) && m.version > mine.version)
     {
-        return Decision::Overtaken;
+        return Some(Decision::Overtaken);
     }
     let repair = mine.full || mine.take_over;
-    if !repair
+    (!repair
         && current.is_some_and(|c| ours(c) && c.version == mine.version)
-        && state.markers.is_empty()
-    {
-        return Decision::Nothing;
-    }
+        && state.markers.is_empty())
+    .then_some(Decision::Nothing)
+}
+
+/// The write-timestamp base of the load: its serving epoch's, or a new epoch's above
+/// everything recorded and marked.
+fn epoch_base(state: &State, mine: &Mine, line: &dyn Fn(&Entry) -> Line, now_us: i64) -> i64 {
+    let current = state.current.as_ref();
+    let ours = |e: &Entry| line(e) == Line::Ours;
+    let repair = mine.full || mine.take_over;
     // The epoch goes on unless something of another epoch stands at or above this load's
     // timestamp in it (equal timestamps of two epochs would merge cell by cell).
     let top = state.top();
@@ -178,10 +224,17 @@ pub fn decide(state: &State, mine: &Mine, line: &dyn Fn(&Entry) -> Line, now_us:
             .chain(&state.markers)
             .all(|e| e.timestamp() < ts || (e.base == c.base && ours(e)))
     };
-    let base = match current {
+    match current {
         Some(c) if !repair && ours(c) && keeps(c) => c.base,
         _ => now_us.max(top.map_or(i64::MIN, |t| t.saturating_add(1))),
-    };
+    }
+}
+
+/// The claim of a load at `base`: the versions it diffs against (or why it writes every
+/// row), the markers it makes good, and whether it sweeps.
+fn claim(state: &State, mine: &Mine, line: &dyn Fn(&Entry) -> Line, base: i64) -> Claim {
+    let current = state.current.as_ref();
+    let ours = |e: &Entry| line(e) == Line::Ours;
     let ts = base.saturating_add(mine.version);
     let mut olds = Vec::new();
     let mut full = if mine.full {
@@ -231,28 +284,18 @@ pub fn decide(state: &State, mine: &Mine, line: &dyn Fn(&Entry) -> Line, now_us:
         Some(_) if current.is_none() && state.markers.is_empty() => Sweep::IfNotEmpty,
         Some(_) => Sweep::Yes,
     };
-    Decision::Load(Claim {
+    Claim {
         base,
         olds,
         full,
         sweep,
         made_good,
         recorded: current.filter(|c| ours(c)).map(|c| c.version),
-    })
+    }
 }
 
-/// How [`begin`] ended.
+/// How [`begin`] ended (refused and diverged end as errors).
 pub enum Begun {
-    /// See [`Decision::Refused`].
-    Refused {
-        /// The other data dir's id.
-        owner: String,
-    },
-    /// See [`Decision::Diverged`].
-    Diverged {
-        /// The version served.
-        version: i64,
-    },
     /// See [`Decision::Nothing`].
     Nothing,
     /// See [`Decision::Overtaken`].
@@ -303,11 +346,11 @@ impl Serving {
             rows: rows as i64,
             written_at: 0,
         };
-        progress::record(session, keyspace, self.name, &record).await?;
+        state::record(session, keyspace, self.name, &record).await?;
         let mut done = self.claim.made_good;
         done.push(self.marker);
-        progress::unmark(session, keyspace, self.name, &done).await?;
-        let now = progress::read(session, keyspace, self.name).await?;
+        state::unmark(session, keyspace, self.name, &done).await?;
+        let now = state::read(session, keyspace, self.name).await?;
         Ok(now
             .current
             .is_none_or(|c| c.timestamp() <= record.timestamp()))
@@ -319,20 +362,22 @@ impl Serving {
 /// along its history).
 pub async fn begin(
     session: &Session,
-    keyspace: &str,
+    (keyspace, layout): (&str, &Layout),
     name: &'static str,
     mine: Mine,
     (t, table): (&DeltaTable, Table),
     dry_run: bool,
 ) -> Result<Begun> {
-    let mut state = progress::read(session, keyspace, name).await?;
+    let mut state = state::read(session, keyspace, name).await?;
     for _ in 0..MAX_ROUNDS {
         let lines = lineages(t, table, &mine, &state).await?;
         let line = |e: &Entry| place(&mine, &lines, e);
         let now = chrono::Utc::now().timestamp_micros();
         let claim = match decide(&state, &mine, &line, now) {
-            Decision::Refused { owner } => return Ok(Begun::Refused { owner }),
-            Decision::Diverged { version } => return Ok(Begun::Diverged { version }),
+            Decision::Refused { owner } => return Err(refused(keyspace, &owner, layout)),
+            Decision::Diverged { version } => {
+                return Err(diverged(keyspace, table, version, layout));
+            }
             Decision::Nothing => return Ok(Begun::Nothing),
             Decision::Overtaken => return Ok(Begun::Overtaken),
             Decision::Load(c) if dry_run => return Ok(Begun::DryRun(c)),
@@ -345,11 +390,11 @@ pub async fn begin(
             mine.version,
             mine.lineage.clone(),
         );
-        progress::mark(session, keyspace, name, &marker).await?;
+        state::mark(session, keyspace, name, &marker).await?;
         crate::failpoints::pause("load.after_mark");
         // Loads that marked themselves meanwhile: one standing higher does the work; the
         // others join what this one makes good.
-        let mut again = progress::read(session, keyspace, name).await?;
+        let mut again = state::read(session, keyspace, name).await?;
         again.markers.retain(|m| m.entry != marker.entry);
         let lines = lineages(t, table, &mine, &again).await?;
         let line = |e: &Entry| place(&mine, &lines, e);
@@ -366,10 +411,12 @@ pub async fn begin(
             Decision::Load(_) => None,
             other => Some(other),
         };
-        progress::unmark(session, keyspace, name, std::slice::from_ref(&marker)).await?;
+        state::unmark(session, keyspace, name, std::slice::from_ref(&marker)).await?;
         match outcome {
-            Some(Decision::Refused { owner }) => return Ok(Begun::Refused { owner }),
-            Some(Decision::Diverged { version }) => return Ok(Begun::Diverged { version }),
+            Some(Decision::Refused { owner }) => return Err(refused(keyspace, &owner, layout)),
+            Some(Decision::Diverged { version }) => {
+                return Err(diverged(keyspace, table, version, layout));
+            }
             Some(Decision::Nothing) => return Ok(Begun::Nothing),
             Some(_) => return Ok(Begun::Overtaken),
             None => state = again,
@@ -379,6 +426,100 @@ pub async fn begin(
         "other loads into {keyspace}.{name} kept starting above this one ({MAX_ROUNDS} rounds): \
          run `pipeline load` again"
     )))
+}
+
+/// How the table to serve is opened.
+pub enum Open<'k> {
+    /// It must exist; kept open for the next load.
+    Required {
+        /// The stage that makes it (named when it does not exist yet).
+        made_by: &'static str,
+        /// The tables a stream keeps open.
+        kept: &'k mut delta::Kept,
+    },
+    /// It may not exist yet (nothing to serve then).
+    IfAny,
+}
+
+impl Open<'_> {
+    async fn open(&mut self, layout: &Layout, which: Table) -> Result<Option<DeltaTable>> {
+        match self {
+            Open::Required { made_by, kept } => {
+                let open = delta::open_required(layout, which, made_by);
+                let table = kept.take_or(which, open).await?;
+                kept.keep(which, &table).await;
+                Ok(Some(table))
+            }
+            Open::IfAny => delta::open(layout, which).await,
+        }
+    }
+}
+
+/// Open the table (None: there is none) and [`begin`] a load of its version into the
+/// serving table `name`. A repair that finds a newer version recorded or being loaded opens
+/// the table again and repairs that one (three rounds at most). Returns the table, how the
+/// load began, and the rounds.
+pub async fn begin_latest(
+    session: &Session,
+    layout: &Layout,
+    opts: &LoadOptions,
+    (name, which, dry_run): (&'static str, Table, bool),
+    mut open: Open<'_>,
+) -> Result<Option<(DeltaTable, Begun, u32)>> {
+    let at = (opts.scylla.keyspace.as_str(), layout);
+    let mut round = 0;
+    loop {
+        round += 1;
+        let Some(table) = open.open(layout, which).await? else {
+            return Ok(None);
+        };
+        let mine = mine(layout, &table, which, opts).await?;
+        let begun = begin(session, at, name, mine, (&table, which), dry_run).await?;
+        if !(matches!(begun, Begun::Overtaken) && opts.repair && round < 3) {
+            return Ok(Some((table, begun, round)));
+        }
+    }
+}
+
+/// Who is loading what: the data dir's id, and the table's version and fingerprint.
+async fn mine(
+    layout: &Layout,
+    table: &DeltaTable,
+    which: Table,
+    opts: &LoadOptions,
+) -> Result<Mine> {
+    let version = delta::version(table);
+    Ok(Mine {
+        owner: layout.data_dir_id(!opts.dry_run).await?.unwrap_or_default(),
+        table_id: delta::table_id(table, which)?,
+        version,
+        lineage: delta::log::fingerprint(table, which, version).await?,
+        take_over: opts.take_over,
+        full: opts.repair,
+    })
+}
+
+/// The error for a keyspace that serves another data dir's tables.
+fn refused(keyspace: &str, owner: &str, layout: &Layout) -> Error {
+    Error::Invalid(format!(
+        "keyspace {keyspace} serves the tables of another data dir (id {owner}), not of {}: \
+         nothing was written. Load into another keyspace (--keyspace, SCYLLA_KEYSPACE), or \
+         replace what it serves with this data dir's tables (--take-over)",
+        layout.shown()
+    ))
+}
+
+/// The error for a keyspace that serves this table along another history.
+fn diverged(keyspace: &str, table: Table, version: i64, layout: &Layout) -> Error {
+    Error::Invalid(format!(
+        "keyspace {keyspace} serves version {version} of {table} from another history than \
+         {}'s: this data dir was restored from a backup, or it is a copy of the data dir \
+         ScyllaDB serves. Nothing was written. Restored: serve it with `pipeline load \
+         --take-over`. A copy: load it into its own keyspace (--keyspace), or give it its own \
+         identity first (remove its {})",
+        layout.shown(),
+        Layout::DATA_DIR_ID
+    ))
 }
 
 /// Where `e` stands (see [`Line`]), from the fingerprints of `lineages`.

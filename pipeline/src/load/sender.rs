@@ -1,35 +1,30 @@
-//! Executing a load plan: every write carries the version's timestamp, rows are upserted,
-//! vanished rows deleted, and (on a full load) older rows of every partition swept; all
-//! through one pool of in-flight requests with retries, failures written to a file. The
-//! version is recorded only when every request succeeded.
+//! Sending a load's writes to a serving table: prepared, idempotent statements at the
+//! version's write timestamp, `--concurrency` requests in flight over one session, each
+//! retried ([`crate::cql::retry`]); outcomes counted, latencies recorded, failures written to
+//! a file, and the load stopped when the error budget runs out or ScyllaDB is unreachable.
+//! Both serving tables' loads ([`super::aggregates`], [`super::profiles`]) send through it,
+//! as vector's sinks share one request service.
 
-use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::LoadOptions;
-use super::plan::{Plan, Work};
-use super::report::Counts;
-use super::report::{Latency, LoadReport};
+use super::report::{Counts, Latency};
 use crate::cql::codec::{self, AggRow};
-use crate::cql::profile::{self, ProfileRow};
-use crate::cql::retry;
-use crate::cql::schema::{PROFILES_TABLE, TABLE};
+use crate::cql::profile::ProfileRow;
+use crate::cql::schema::PROFILES_TABLE;
+use crate::cql::{retry, statements};
 use crate::dates::{self, Day};
-use crate::delta;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::progress::Progress;
-use crate::tables::Table;
 
 /// One write to a serving table.
-pub(super) enum Op {
+pub enum Op {
     Upsert(AggRow),
     DeleteRow {
         customer_id: i64,
@@ -120,59 +115,45 @@ impl Statements {
         };
         if table == PROFILES_TABLE {
             return Ok(Statements::Profiles {
-                upsert: prep(format!(
-                    "INSERT INTO {keyspace}.{PROFILES_TABLE} ({}) VALUES \
-                     (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
-                    profile::COLUMNS
-                ))
-                .await?,
-                delete: prep(format!(
-                    "DELETE FROM {keyspace}.{PROFILES_TABLE} USING TIMESTAMP ? WHERE customer_id = ?"
-                ))
-                .await?,
+                upsert: prep(statements::upsert_profile(keyspace)).await?,
+                delete: prep(statements::delete_profile(keyspace)).await?,
             });
         }
         Ok(Statements::Aggregates {
-            upsert: prep(format!(
-                "INSERT INTO {keyspace}.{TABLE} (customer_id, transaction_date, total_amount, \
-                 transaction_count, declined_count, min_amount, max_amount) VALUES (?, ?, ?, ?, ?, ?, ?) \
-                 USING TIMESTAMP ?"
-            ))
-            .await?,
-            delete_row: prep(format!(
-                "DELETE FROM {keyspace}.{TABLE} USING TIMESTAMP ? WHERE customer_id = ? AND transaction_date = ?"
-            ))
-            .await?,
-            delete_partition: prep(format!(
-                "DELETE FROM {keyspace}.{TABLE} USING TIMESTAMP ? WHERE customer_id = ?"
-            ))
-            .await?,
+            upsert: prep(statements::upsert_aggregate(keyspace)).await?,
+            delete_row: prep(statements::delete_aggregate_row(keyspace)).await?,
+            delete_partition: prep(statements::delete_aggregate_partition(keyspace)).await?,
         })
     }
 }
 
 /// What every request needs: the session, the statements, the version's timestamp.
-pub(super) struct Shared<'a> {
+pub struct Sender<'a> {
     session: &'a Session,
     statements: Statements,
     timestamp: i64,
     max_attempts: u32,
 }
 
-impl<'a> Shared<'a> {
+impl<'a> Sender<'a> {
     /// Prepare the statements that load `table`, for writes at `timestamp`.
-    pub(super) async fn new(
+    pub async fn new(
         session: &'a Session,
         (keyspace, table): (&str, &'static str),
         timestamp: i64,
         max_attempts: u32,
     ) -> Result<Self> {
-        Ok(Shared {
+        Ok(Sender {
             session,
             statements: Statements::prepare(session, keyspace, table).await?,
             timestamp,
             max_attempts,
         })
+    }
+
+    /// The session it sends on.
+    pub fn session(&self) -> &'a Session {
+        self.session
     }
 
     async fn send(&self, op: &Op) -> Result<(u32, std::result::Result<Duration, Failed>)> {
@@ -247,17 +228,17 @@ fn is_outage(e: &scylla::errors::ExecutionError) -> bool {
 }
 
 /// The counts, the latency histogram and the failures of the requests sent.
-pub(super) struct Tally {
+pub struct Tally {
     histogram: hdrhistogram::Histogram<u64>,
-    pub(super) failures: Failures,
+    pub failures: Failures,
     budget: u64,
     /// The last failure, when it was an outage (see [`Failed::outage`]).
-    pub(super) outage: Option<String>,
+    pub outage: Option<String>,
 }
 
 impl Tally {
     /// An empty tally failing the load after `budget` failures, which go to `failures_file`.
-    pub(super) fn new(failures_file: PathBuf, budget: u64) -> Self {
+    pub fn new(failures_file: PathBuf, budget: u64) -> Self {
         Tally {
             histogram: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
                 .expect("valid bounds"),
@@ -272,7 +253,7 @@ impl Tally {
 
     /// The error of a load whose requests failed: ScyllaDB unreachable (exit 5, the stream
     /// treats it as an outage) when the last failure was one, else incomplete (exit 6).
-    pub(super) fn error(
+    pub fn error(
         &self,
         what: &'static str,
         counts: &Counts,
@@ -332,7 +313,7 @@ impl Tally {
         }
     }
 
-    pub(super) fn latency(&self) -> Latency {
+    pub fn latency(&self) -> Latency {
         let q = |p: f64| self.histogram.value_at_quantile(p) as f64 / 1000.0;
         Latency {
             p50: q(0.5),
@@ -345,8 +326,8 @@ impl Tally {
 
 /// Send every op, `concurrency` at a time; false when the error budget ran out (the load
 /// stops early). `midway` is the upsert count at which the `load.midway` failpoint fires.
-pub(super) async fn send_all(
-    shared: &Shared<'_>,
+pub async fn send_all(
+    sender: &Sender<'_>,
     tally: &mut Tally,
     ops: impl Stream<Item = Result<Op>>,
     concurrency: usize,
@@ -355,7 +336,7 @@ pub(super) async fn send_all(
 ) -> Result<bool> {
     let mut results = std::pin::pin!(
         ops.map_ok(|op| async move {
-            let (attempts, r) = shared.send(&op).await?;
+            let (attempts, r) = sender.send(&op).await?;
             Ok::<_, Error>((op, attempts, r))
         })
         .try_buffer_unordered(concurrency.max(1))
@@ -374,7 +355,7 @@ pub(super) async fn send_all(
 }
 
 /// Failed requests, written as JSON lines to a file created on the first one.
-pub(super) struct Failures {
+pub struct Failures {
     path: PathBuf,
     file: Option<std::io::BufWriter<std::fs::File>>,
 }
@@ -394,7 +375,7 @@ impl Failures {
             .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))
     }
 
-    pub(super) fn close(&mut self) -> Result<()> {
+    pub fn close(&mut self) -> Result<()> {
         if let Some(f) = self.file.as_mut() {
             f.flush()
                 .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
@@ -403,233 +384,37 @@ impl Failures {
     }
 }
 
-/// Write the plan's rows (its work is `Full` or `Days`), delete what must go, and record the
-/// version when every request succeeded. Fills `report`. A failed load leaves its marker: the
-/// next load makes its writes good.
-pub async fn execute(
-    plan: &mut Plan,
-    opts: &LoadOptions,
-    layout: &Layout,
-    session: &Session,
-    report: &mut LoadReport,
-    progress: &Progress,
-) -> Result<()> {
-    let keyspace = &opts.scylla.keyspace;
-    let serving = plan
-        .serving
-        .take()
-        .ok_or_else(|| Error::Invalid("internal error: loading without a marked claim".into()))?;
-    let timestamp = serving.timestamp();
-    report.write_timestamp = Some(timestamp);
-    let shared = Shared::new(session, (keyspace, TABLE), timestamp, opts.max_attempts).await?;
-    let mut tally = Tally::new(
-        failures_file(layout, "", plan.version),
-        opts.max_errors.allowed(report.rows_to_load),
-    );
-    let complete = send_work(plan, opts, &shared, &mut tally, report, progress).await?;
-    tally.failures.close()?;
-    report.latency_ms = tally.latency();
-    if report.counts.failures > 0 {
-        let so_far = serde_json::to_value(&*report).unwrap_or_default();
-        return Err(tally.error(TABLE, &report.counts, complete, plan.version, so_far));
-    }
-    if !serving
-        .finish(session, keyspace, report.counts.rows_written)
-        .await?
-    {
-        tracing::info!(
-            version = plan.version,
-            "a newer version was recorded meanwhile; its rows win"
-        );
-        report.overtaken = true;
-    }
-    Ok(())
-}
-
 /// Where a load's failed requests go: `load/bad-rows[-what]-v<version>-<time>.jsonl`.
-pub(super) fn failures_file(layout: &Layout, what: &str, version: i64) -> PathBuf {
+pub fn failures_file(layout: &Layout, what: &str, version: i64) -> PathBuf {
     layout.load_dir().join(format!(
         "bad-rows{what}-v{version}-{}.jsonl",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
     ))
 }
 
-/// Send the plan's writes and deletes; false when the error budget stopped it early.
-async fn send_work(
-    plan: &Plan,
-    opts: &LoadOptions,
-    shared: &Shared<'_>,
-    tally: &mut Tally,
-    report: &mut LoadReport,
-    progress: &Progress,
-) -> Result<bool> {
-    let (n, session, keyspace) = (opts.concurrency, shared.session, &opts.scylla.keyspace);
-    let midway = report.rows_to_load / 2;
-    Ok(match &plan.work {
-        Work::Days { days, olds } => {
-            let unchanged = AtomicU64::new(0);
-            let ops = changed_rows(plan, days, olds, &unchanged, progress);
-            let counts = (&mut report.counts, midway);
-            let complete = send_all(shared, tally, ops, n, counts, progress).await?;
-            report.rows_unchanged = unchanged.into_inner();
-            complete
-        }
-        Work::Full { sweep, olds } => {
-            let rows = upserts(plan, opts.parallel_files);
-            let counts = (&mut report.counts, midway);
-            let mut complete = send_all(shared, tally, rows, n, counts, progress).await?;
-            if complete && !olds.is_empty() {
-                let gone = vanished(plan, olds);
-                let counts = (&mut report.counts, midway);
-                complete = send_all(shared, tally, gone, n, counts, progress).await?;
-            }
-            if complete && *sweep {
-                let partitions = partitions(session, keyspace);
-                let counts = (&mut report.counts, midway);
-                send_all(shared, tally, partitions, n, counts, progress).await?
-            } else {
-                complete
-            }
-        }
-        Work::Nothing | Work::Overtaken => true,
-    })
-}
-
-/// Every row of the plan's files, as upserts.
-fn upserts(plan: &Plan, parallel: usize) -> impl Stream<Item = Result<Op>> + '_ {
-    futures::stream::iter(
-        plan.files
-            .iter()
-            .map(|f| Box::pin(codec::file_rows(&plan.table, f))),
-    )
-    .flatten_unordered(parallel.max(1))
-    .map_ok(|rows| futures::stream::iter(rows.into_iter().map(|r| Ok(Op::Upsert(r)))))
-    .try_flatten()
-}
-
-/// The writes that turn whatever ScyllaDB may hold of the changed days (the rows of any of
-/// `olds`) into this version's, row by row: upserts of rows that differ from any old one (or
-/// are missing from one), deletes of rows any old one had and this version has not; rows
-/// equal in every old version are counted in `unchanged`. One day's rows are held at a time.
-fn changed_rows<'a>(
-    plan: &'a Plan,
-    days: &'a std::collections::BTreeSet<Day>,
-    olds: &'a [deltalake::DeltaTable],
-    unchanged: &'a AtomicU64,
-    progress: &'a Progress,
+/// Every customer served in `table`, as the op `op` makes of each (a full load's sweep of
+/// what older loads wrote), read at the consistency the load's decisions rest on.
+pub fn customers<'a>(
+    session: &'a Session,
+    keyspace: &'a str,
+    table: &'static str,
+    op: fn(i64) -> Op,
 ) -> impl Stream<Item = Result<Op>> + 'a {
-    futures::stream::iter(days.iter().copied())
-        .then(move |day| day_changes(plan, olds, day, unchanged, progress))
-        .map_ok(|ops| futures::stream::iter(ops.into_iter().map(Ok)))
-        .try_flatten()
-}
-
-async fn day_changes(
-    plan: &Plan,
-    olds: &[deltalake::DeltaTable],
-    day: Day,
-    unchanged: &AtomicU64,
-    progress: &Progress,
-) -> Result<Vec<Op>> {
-    let days = std::collections::BTreeSet::from([day]);
-    let mut before: Vec<HashMap<i64, AggRow>> = Vec::with_capacity(olds.len());
-    for old in olds {
-        let mut rows = HashMap::new();
-        for f in delta::files(old, Table::Aggregates, Some(&days))? {
-            let mut s = std::pin::pin!(codec::file_rows(old, &f));
-            while let Some(batch) = s.next().await {
-                rows.extend(batch?.into_iter().map(|r| (r.customer_id, r)));
-            }
-        }
-        before.push(rows);
-    }
-    let mut ops = Vec::new();
-    let mut now: HashSet<i64> = HashSet::new();
-    for f in plan.files.iter().filter(|f| f.day == Some(day)) {
-        let mut s = std::pin::pin!(codec::file_rows(&plan.table, f));
-        while let Some(rows) = s.next().await {
-            for row in rows? {
-                now.insert(row.customer_id);
-                if before.iter().all(|b| b.get(&row.customer_id) == Some(&row)) {
-                    unchanged.fetch_add(1, Ordering::Relaxed);
-                    progress.inc(1);
-                } else {
-                    ops.push(Op::Upsert(row));
-                }
-            }
-        }
-    }
-    let gone: std::collections::BTreeSet<i64> = before
-        .iter()
-        .flat_map(|b| b.keys().copied())
-        .filter(|c| !now.contains(c))
-        .collect();
-    ops.extend(
-        gone.into_iter()
-            .map(|customer_id| Op::DeleteRow { customer_id, day }),
-    );
-    Ok(ops)
-}
-
-/// Deletes of the rows any of `olds` has and this version has not, day by day (one day's
-/// customers held at a time).
-fn vanished<'a>(
-    plan: &'a Plan,
-    olds: &'a [deltalake::DeltaTable],
-) -> impl Stream<Item = Result<Op>> + 'a {
-    let days: std::collections::BTreeSet<Day> = olds
-        .iter()
-        .filter_map(|t| delta::files(t, Table::Aggregates, None).ok())
-        .flatten()
-        .filter_map(|f| f.day)
-        .collect();
-    futures::stream::iter(days)
-        .then(move |day| async move {
-            let mut now: HashSet<i64> = HashSet::new();
-            for f in plan.files.iter().filter(|f| f.day == Some(day)) {
-                let mut s = std::pin::pin!(codec::file_customers(&plan.table, f));
-                while let Some(ids) = s.next().await {
-                    now.extend(ids?);
-                }
-            }
-            let mut gone = std::collections::BTreeSet::new();
-            let one = std::collections::BTreeSet::from([day]);
-            for old in olds {
-                for f in delta::files(old, Table::Aggregates, Some(&one))? {
-                    let mut s = std::pin::pin!(codec::file_customers(old, &f));
-                    while let Some(ids) = s.next().await {
-                        gone.extend(ids?.into_iter().filter(|c| !now.contains(c)));
-                    }
-                }
-            }
-            Ok::<_, Error>(
-                gone.into_iter()
-                    .map(|customer_id| Op::DeleteRow { customer_id, day })
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .map_ok(|ops| futures::stream::iter(ops.into_iter().map(Ok)))
-        .try_flatten()
-}
-
-/// Every partition of the serving table, to delete its rows older than this version.
-fn partitions<'a>(session: &'a Session, keyspace: &'a str) -> impl Stream<Item = Result<Op>> + 'a {
-    let what = "listing the serving table's partitions";
+    let what = format!("listing the customers served in {keyspace}.{table}");
     futures::stream::once(async move {
-        let mut q = scylla::statement::unprepared::Statement::new(format!(
-            "SELECT DISTINCT customer_id FROM {keyspace}.{TABLE}"
-        ));
+        let mut q =
+            scylla::statement::unprepared::Statement::new(statements::customers(keyspace, table));
         q.set_page_size(5000);
-        q.set_consistency(crate::cql::progress::consistency(session));
+        q.set_consistency(crate::cql::consistency(session));
         let rows = session
             .query_iter(q, ())
             .await
-            .map_err(|e| Error::scylla(what, e))?
+            .map_err(|e| Error::scylla(what.clone(), e))?
             .rows_stream::<(i64,)>()
-            .map_err(|e| Error::scylla(what, e))?;
+            .map_err(|e| Error::scylla(what.clone(), e))?;
         Ok::<_, Error>(rows.map(move |r| {
-            r.map(|(customer_id,)| Op::DeletePartition { customer_id })
-                .map_err(|e| Error::scylla(what, e))
+            r.map(|(customer_id,)| op(customer_id))
+                .map_err(|e| Error::scylla(what.clone(), e))
         }))
     })
     .try_flatten()

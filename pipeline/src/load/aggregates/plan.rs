@@ -8,14 +8,13 @@ use std::collections::BTreeSet;
 use deltalake::DeltaTable;
 use scylla::client::session::Session;
 
-use super::LoadOptions;
-use super::claim::{self, Begun, Claim, Mine, Serving, Sweep};
-use crate::cql::progress;
 use crate::cql::schema::TABLE;
 use crate::dates::Day;
 use crate::delta::{self, DataFile};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layout::Layout;
+use crate::load::claim::{self, Begun, Claim, Serving, state};
+use crate::load::{LoadOptions, LoadReport};
 use crate::tables::Table;
 
 /// The work of a load.
@@ -66,82 +65,46 @@ pub struct Plan {
     pub files: Vec<DataFile>,
 }
 
-/// Who is loading what: the data dir's id, and the table's version and fingerprint.
-pub async fn mine(
-    layout: &Layout,
-    table: &DeltaTable,
-    which: Table,
-    opts: &LoadOptions,
-) -> Result<Mine> {
-    let version = delta::version(table);
-    Ok(Mine {
-        owner: layout.data_dir_id(!opts.dry_run).await?.unwrap_or_default(),
-        table_id: delta::table_id(table, which)?,
-        version,
-        lineage: delta::log::fingerprint(table, which, version).await?,
-        take_over: opts.take_over,
-        full: opts.repair,
-    })
+impl Plan {
+    /// The report's facts known from the plan.
+    pub fn report(&self, opts: &LoadOptions) -> LoadReport {
+        LoadReport {
+            keyspace: opts.scylla.keyspace.clone(),
+            table_id: self.table_id.clone(),
+            aggregates_version: Some(self.version),
+            previous_version: self.previous,
+            full_load: matches!(self.work, Work::Full { .. }),
+            full_because: self.full_because.clone(),
+            loads_made_good: self.made_good,
+            overtaken: matches!(self.work, Work::Overtaken),
+            days: (self.files.iter().filter_map(|f| f.day))
+                .collect::<BTreeSet<_>>()
+                .len() as u64,
+            files: self.files.len() as u64,
+            rows_to_load: self.files.iter().map(|f| f.rows).sum(),
+            dry_run: opts.dry_run,
+            ..Default::default()
+        }
+    }
 }
 
-/// The error for a keyspace that serves another data dir's tables.
-pub fn refused(keyspace: &str, owner: &str, layout: &Layout) -> Error {
-    Error::Invalid(format!(
-        "keyspace {keyspace} serves the tables of another data dir (id {owner}), not of {}: \
-         nothing was written. Load into another keyspace (--keyspace, SCYLLA_KEYSPACE), or \
-         replace what it serves with this data dir's tables (--take-over)",
-        layout.shown()
-    ))
-}
-
-/// The error for a keyspace that serves this table along another history.
-pub fn diverged(keyspace: &str, table: Table, version: i64, layout: &Layout) -> Error {
-    Error::Invalid(format!(
-        "keyspace {keyspace} serves version {version} of {table} from another history than \
-         {}'s: this data dir was restored from a backup, or it is a copy of the data dir \
-         ScyllaDB serves. Nothing was written. Restored: serve it with `pipeline load \
-         --take-over`. A copy: load it into its own keyspace (--keyspace), or give it its own \
-         identity first (remove its {})",
-        layout.shown(),
-        Layout::DATA_DIR_ID
-    ))
-}
-
-/// Read the table and the load state and decide; unless `dry_run`, the claim is marked. A
-/// repair that finds a newer version recorded or being loaded reads the table again and
-/// repairs that.
+/// Read the table and the load state and decide; unless `dry_run`, the claim is marked (see
+/// [`claim::begin_latest`]).
 pub async fn plan(
     layout: &Layout,
     session: &Session,
     opts: &LoadOptions,
     kept: &mut delta::Kept,
 ) -> Result<Plan> {
-    let mut round = 0;
-    loop {
-        round += 1;
-        let table = kept
-            .take_or(
-                Table::Aggregates,
-                delta::open_required(layout, Table::Aggregates, "aggregate"),
-            )
-            .await?;
-        kept.keep(Table::Aggregates, &table).await;
-        let mine = mine(layout, &table, Table::Aggregates, opts).await?;
-        let what = (&table, Table::Aggregates);
-        let begun = claim::begin(
-            session,
-            &opts.scylla.keyspace,
-            progress::AGGREGATES,
-            mine,
-            what,
-            opts.dry_run,
-        )
-        .await?;
-        match begun {
-            Begun::Overtaken if opts.repair && round < 3 => continue,
-            begun => return planned(layout, session, opts, table, begun).await,
-        }
-    }
+    let open = claim::Open::Required {
+        made_by: "aggregate",
+        kept,
+    };
+    let which = (state::AGGREGATES, Table::Aggregates, opts.dry_run);
+    let (table, begun, _) = claim::begin_latest(session, layout, opts, which, open)
+        .await?
+        .expect("the aggregates table is required");
+    planned(layout, session, opts, table, begun).await
 }
 
 /// The plan of a load that began (see [`plan`]).
@@ -156,10 +119,6 @@ async fn planned(
     let version = delta::version(&table);
     let table_id = delta::table_id(&table, Table::Aggregates)?;
     let (claim, mut serving) = match begun {
-        Begun::Refused { owner } => return Err(refused(keyspace, &owner, layout)),
-        Begun::Diverged { version } => {
-            return Err(diverged(keyspace, Table::Aggregates, version, layout));
-        }
         Begun::Nothing | Begun::Overtaken => {
             let overtaken = matches!(begun, Begun::Overtaken);
             return Ok(Plan {
@@ -184,7 +143,7 @@ async fn planned(
     let mut full_because = claim.full.clone();
     let work = match &claim.full {
         Some(_) => Work::Full {
-            sweep: sweeps(session, keyspace, claim.sweep).await?,
+            sweep: claim.sweep.resolve(session, keyspace, TABLE).await?,
             olds: readable(layout, &claim.olds).await,
         },
         None => match changed_days(layout, &table, &claim, version).await {
@@ -218,31 +177,6 @@ async fn planned(
         work,
         files,
     })
-}
-
-/// Whether a full load deletes older rows.
-pub async fn sweeps(session: &Session, keyspace: &str, sweep: Sweep) -> Result<bool> {
-    Ok(match sweep {
-        Sweep::No => false,
-        Sweep::Yes => true,
-        Sweep::IfNotEmpty => !serving_table_empty(session, keyspace, TABLE).await?,
-    })
-}
-
-/// True when the serving table `table` has no row.
-pub async fn serving_table_empty(session: &Session, keyspace: &str, table: &str) -> Result<bool> {
-    let what = format!("checking whether {keyspace}.{table} is empty");
-    let mut q = scylla::statement::unprepared::Statement::new(format!(
-        "SELECT customer_id FROM {keyspace}.{table} LIMIT 1"
-    ));
-    q.set_consistency(progress::consistency(session));
-    let rows = session
-        .query_unpaged(q, ())
-        .await
-        .map_err(|e| Error::scylla(what.clone(), e))?
-        .into_rows_result()
-        .map_err(|e| Error::scylla(what, e))?;
-    Ok(rows.rows_num() == 0)
 }
 
 /// The days changed since each of the claim's old versions, with the table as of each;
