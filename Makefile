@@ -119,10 +119,11 @@ lookup: build ## A customer's daily totals from ScyllaDB (ARGS="--customer 42")
 verify: build ## Compare ScyllaDB with the Delta aggregates
 	$(PIPELINE) verify $(ARGS)
 
-lint: setup ## cargo fmt --check, clippy with warnings as errors, and no dev-dependency changing a shared crate's features
+lint: setup ## cargo fmt --check, clippy with warnings as errors, no dev-dependency changing a shared crate's features, no import up a floor (docs/architecture.md)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	python3 scripts/dev-features.py
+	python3 scripts/floors.py
 
 bench-follow: release seaweedfs ## Continuous mode at RATE rows/s (RATE=50000) for DURATION (DURATION=120s): freshness, RSS, file counts
 	bench/follow.sh $(or $(RATE),50000) $(or $(DURATION),120s)
