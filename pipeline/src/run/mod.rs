@@ -23,7 +23,6 @@ pub use report::{RunReport, StageSummary};
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
-use crate::load;
 use crate::progress::Progress;
 use steps::Kept;
 
