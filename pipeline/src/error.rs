@@ -38,6 +38,9 @@ pub mod exit {
     /// (`--on-bad-file skip`): the other files were committed; the report names each set-aside
     /// file and why.
     pub const SET_ASIDE_INPUT: u8 = 9;
+    /// The Kafka broker could not be reached or refused a request, or it no longer holds
+    /// messages the table has not consumed yet (retention): nothing was committed.
+    pub const KAFKA: u8 = 10;
     /// Stopped by a signal: `run --follow` at a second SIGINT/SIGTERM, `sql` at the first
     /// (nothing half-written is left).
     pub const INTERRUPTED: u8 = 130;
@@ -155,6 +158,17 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The Kafka broker could not be reached, refused or failed a request, or no longer has
+    /// what the table has not consumed.
+    #[error("{what}: {source}{}", kafka_hint(source))]
+    Kafka {
+        /// What we were doing.
+        what: String,
+        /// What the client said.
+        #[source]
+        source: BoxError,
+    },
+
     /// `load` wrote some rows but not all of them.
     #[error(
         "load incomplete: {failed} row(s) of {what} still failed after retries{}; they are listed with their errors in {}. \
@@ -261,6 +275,14 @@ impl Error {
         }
     }
 
+    /// A Kafka failure while doing `what`.
+    pub fn kafka(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Kafka {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
     /// A ScyllaDB failure while doing `what`.
     pub fn scylla(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::Scylla {
@@ -303,6 +325,7 @@ impl Error {
             Error::Invalid(_) | Error::Sql(_) => exit::USAGE,
             Error::Conflict { .. } => exit::CONFLICT,
             Error::Scylla { .. } => exit::SCYLLA,
+            Error::Kafka { .. } => exit::KAFKA,
             Error::LoadIncomplete { .. } => exit::LOAD_INCOMPLETE,
             Error::StageFailed { source, .. } => source.exit_code(),
             Error::Interrupted { code, .. } => *code,
@@ -328,6 +351,16 @@ impl Error {
             source = s.source();
         }
         msg
+    }
+}
+
+/// What to do about a Kafka failure: a broker that cannot be reached, or one that answered.
+fn kafka_hint(source: &BoxError) -> &'static str {
+    let text = source.to_string();
+    if text.contains("Connection") || text.contains("connect") || text.contains("I/O") {
+        ". Is the broker running and reachable at that address? (`make kafka-broker` starts one)"
+    } else {
+        ""
     }
 }
 

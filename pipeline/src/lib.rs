@@ -23,6 +23,7 @@ pub mod failpoints;
 pub mod generate;
 pub mod html;
 pub mod ingest;
+pub mod kafka;
 pub mod layout;
 pub mod load;
 pub mod lock;

@@ -149,6 +149,10 @@ pub fn parse_uuid(s: &str) -> Option<u128> {
     uuid::Uuid::try_parse(s).ok().map(|u| u.as_u128())
 }
 
+/// The quarantine reason of a Kafka message that cannot be read as a transaction (not JSON, a
+/// field of the wrong type, a time or amount that cannot be read): no rule could judge it.
+pub const UNPARSEABLE_MESSAGE: &str = "unparseable_message";
+
 /// Check every row of a batch in the `RAW_LENIENT` schema (see `ingest::normalize`).
 pub fn check(batch: &RecordBatch, limits: Limits) -> Checked {
     let n = batch.num_rows();

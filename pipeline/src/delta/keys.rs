@@ -39,6 +39,8 @@ pub const SOURCE_TABLE_ID: &str = "pipeline.source_table_id";
 /// Aggregate: how the commit computed the days it replaced, `full`, `recompute` or
 /// [`APPEND_MERGE`].
 pub const AGGREGATE_MODE: &str = "pipeline.aggregate_mode";
+/// Ingest from a topic: its `kafka://HOST:PORT/TOPIC`.
+pub const SOURCE: &str = "pipeline.source";
 /// Profiles: `full` or `incremental`.
 pub const PROFILES_MODE: &str = "pipeline.profiles_mode";
 
@@ -60,6 +62,12 @@ pub fn profiles_app(source_id: &str) -> String {
 /// The app id under which every ingest table records a stream's last run.
 pub fn ingest_stream_app(prefix: &str) -> String {
     format!("pipeline.ingest.stream:{prefix}")
+}
+
+/// The app id under which `customer_transactions` records the next offset of a Kafka topic's
+/// partition to ingest: `pipeline.kafka:TOPIC/PARTITION`.
+pub fn kafka_offset_app(topic: &str, partition: i32) -> String {
+    format!("pipeline.kafka:{topic}/{partition}")
 }
 
 /// The app id an earlier pipeline version recorded per ingested file (read when adopting

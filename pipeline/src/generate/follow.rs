@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::GenerateOptions;
 use crate::error::{Error, Result};
+use crate::kafka::Topic;
 use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::report::{Report, Summary, thousands};
@@ -30,12 +31,19 @@ pub struct FollowGenerate {
     /// Stop after this long (e.g. 2m); default: until stopped.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Send each tick's rows to a Kafka topic (one JSON message per row) instead of landing
+    /// files: `kafka://HOST:PORT/TOPIC`. The batches are kept in `<data-dir>/_producer/TOPIC`.
+    #[arg(long, value_name = "kafka://HOST:PORT/TOPIC")]
+    pub to: Option<Topic>,
+    /// Partitions of the topic, when `--to` creates it.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
 }
 
 impl FollowGenerate {
     /// The options that mean something only with `--follow`: given as flags without it,
     /// they are a usage error; from the environment or `pipeline.toml` a batch ignores them.
-    pub const NEEDS_FOLLOW: [&str; 2] = ["rate", "duration"];
+    pub const NEEDS_FOLLOW: [&str; 4] = ["rate", "duration", "to", "partitions"];
 }
 
 /// What a producer session landed.
@@ -47,6 +55,8 @@ pub struct FollowGenerateReport {
     pub files: u64,
     /// Rows landed.
     pub rows: u64,
+    /// Messages sent (`--to`): the rows, and the unreadable ones made with `--dirty-rate`.
+    pub messages: u64,
     /// Ticks that started late because the one before took longer than the period.
     pub late_ticks: u64,
     /// Wall time.
@@ -65,8 +75,12 @@ impl Report for FollowGenerateReport {
     }
 
     fn text(&self) -> String {
+        let sent = match self.messages {
+            0 => String::new(),
+            n => format!(", {} messages sent", thousands(n)),
+        };
         format!(
-            "generate --follow: {} batch(es), {} file(s), {} rows in {:.1} s ({} rows/s; {} late tick(s))",
+            "generate --follow: {} batch(es), {} file(s), {} rows{sent} in {:.1} s ({} rows/s; {} late tick(s))",
             self.batches,
             self.files,
             thousands(self.rows),
@@ -95,6 +109,11 @@ pub fn run(
         return Err(Error::Invalid("generate: --rate must be at least 1".into()));
     }
     base.validate()?;
+    let sink = match &f.to {
+        Some(topic) => Some(super::kafka::Sink::open(layout, topic, f.partitions)?),
+        None => None,
+    };
+    let layout = sink.as_ref().map_or(layout, |s| &s.layout);
     let period = Duration::from_secs_f64(base.rows_per_file as f64 / f.rate as f64);
     let started = Instant::now();
     let mut report = FollowGenerateReport::default();
@@ -121,6 +140,9 @@ pub fn run(
         report.batches += 1;
         report.files += r.files;
         report.rows += r.rows;
+        if let Some(sink) = &sink {
+            report.messages += sink.send_batch(batch, &opts)?;
+        }
         batch = batch
             .checked_add(1)
             .ok_or_else(|| Error::Invalid("generate: batch numbers exhausted".into()))?;

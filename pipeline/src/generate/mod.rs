@@ -6,6 +6,7 @@
 //! written under a temporary name and renamed into place; the batch manifest is written last.
 
 mod follow;
+mod kafka;
 mod options;
 mod plan;
 mod redeliver;

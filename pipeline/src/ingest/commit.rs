@@ -104,6 +104,9 @@ pub struct RunRecord {
     /// Whether the commit may land on top of other streams' runs whose ids it does not share
     /// ([`disjoint_runs`]) instead of losing the race.
     pub lands_over_other_streams: bool,
+    /// More application transactions of the main commit: what else the run consumed (a
+    /// Kafka partition's next offset), `(app id, version)`.
+    pub consumed: Vec<(String, i64)>,
 }
 
 /// Commit a run: the main table, then the derived tables. Returns the main version and the
@@ -129,6 +132,9 @@ pub async fn commit_run(
         .meta(keys::DERIVED, Value::Object(derived_json));
     for (k, v) in &run.info {
         commit = commit.meta(k, v.clone());
+    }
+    for (app, version) in &run.consumed {
+        commit = commit.txn(app.clone(), *version);
     }
     if run.lands_over_other_streams {
         let ours = run

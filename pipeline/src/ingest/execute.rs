@@ -301,6 +301,7 @@ impl Run {
             // With a watermark, another stream's rows can move it: this run's decisions would
             // then depend on the order, so it is done again instead.
             lands_over_other_streams: self.limits.open_from_us == i64::MIN,
+            consumed: Vec::new(),
         }
     }
 

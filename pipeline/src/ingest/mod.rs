@@ -17,6 +17,7 @@ mod commit;
 mod discover;
 mod execute;
 mod idindex;
+mod kafka;
 mod kept;
 mod legacy;
 mod options;
@@ -36,6 +37,7 @@ use futures::StreamExt;
 pub use commit::{DERIVED, Tables, catch_up, complete_interrupted_runs};
 pub use discover::Stream;
 pub use idindex::{STREAM_INLINE_MERGE_BYTES, compact_all as compact_index};
+pub use kafka::{KafkaRead, PartitionRead};
 pub use kept::Kept;
 pub use options::IngestOptions;
 pub use options::OnBadFile;
@@ -118,22 +120,18 @@ async fn run_once(
     progress: &Progress,
     kept: &mut Kept,
 ) -> Result<IngestReport> {
+    if let Some(topic) = &opts.source {
+        return kafka::run_once(layout, opts, topic, progress, kept).await;
+    }
     let started = Instant::now();
     let stream = Stream::new(layout.landing_prefix());
     let source = landing(layout).await?;
-    if let Some(store) = layout.store() {
-        store.require_conditional_writes().await?;
-    }
-    // Scratch folders of killed runs go first, also when this run finds nothing new.
-    scratch::remove_orphans(&layout.scratch_dir());
-    let mut tables = kept.open(layout).await?;
-    let before = versions(&tables);
-    let mut report = IngestReport {
-        caught_up_commits: catch_up(&mut tables, &stream).await?,
-        ..Default::default()
-    };
-    let scratch = Scratch::new(&layout.scratch_dir())?;
-    sync::sync_index(&mut tables, &stream, &scratch, opts, &mut report).await?;
+    let Opened {
+        mut tables,
+        before,
+        mut report,
+        scratch,
+    } = open_run(layout, opts, &stream, kept).await?;
     report.step("open", started);
     let t = Instant::now();
     let mut new = discover(
@@ -178,6 +176,43 @@ async fn run_once(
     drop(scratch);
     kept.keep(tables).await;
     Ok(report.finish(started))
+}
+
+/// A run's tables, open and caught up, and its scratch folder.
+struct Opened {
+    tables: Tables,
+    before: Versions,
+    report: IngestReport,
+    scratch: Scratch,
+}
+
+/// The steps every run takes first, whatever its source: open the tables (the stream's
+/// interrupted run completed), check the id index.
+async fn open_run(
+    layout: &Layout,
+    opts: &IngestOptions,
+    stream: &Stream,
+    kept: &mut Kept,
+) -> Result<Opened> {
+    if let Some(store) = layout.store() {
+        store.require_conditional_writes().await?;
+    }
+    // Scratch folders of killed runs go first, also when this run finds nothing new.
+    scratch::remove_orphans(&layout.scratch_dir());
+    let mut tables = kept.open(layout).await?;
+    let before = versions(&tables);
+    let mut report = IngestReport {
+        caught_up_commits: catch_up(&mut tables, stream).await?,
+        ..Default::default()
+    };
+    let scratch = Scratch::new(&layout.scratch_dir())?;
+    sync::sync_index(&mut tables, stream, &scratch, opts, &mut report).await?;
+    Ok(Opened {
+        tables,
+        before,
+        report,
+        scratch,
+    })
 }
 
 /// Commit the run (the main table, then the derived ones), then the housekeeping: checkpoints

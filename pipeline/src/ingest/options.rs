@@ -4,9 +4,21 @@ use chrono::NaiveDate;
 use clap::Args;
 use serde::Serialize;
 
+use crate::kafka::{OnMissingOffsets, Topic};
+
 /// How ingest runs. The quality rules' bounds are recorded in each commit.
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct IngestOptions {
+    /// Ingest from a Kafka topic instead of the landing folder: `kafka://HOST:PORT/TOPIC`.
+    /// Each run reads every partition up to its latest offset when the run starts, and
+    /// commits the next offsets with the rows (docs/kafka.md).
+    #[arg(long, value_name = "kafka://HOST:PORT/TOPIC")]
+    pub source: Option<Topic>,
+    /// When the broker no longer has messages the table has not ingested (removed by
+    /// retention, or the topic recreated): `fail` commits nothing and exits 10 saying what was
+    /// lost; `earliest` goes on from the partition's earliest offset with a warning.
+    #[arg(long, value_enum, default_value = "fail", value_name = "fail|earliest")]
+    pub on_missing_offsets: OnMissingOffsets,
     /// Days (and files) processed concurrently (default: number of CPUs).
     #[arg(long)]
     pub workers: Option<usize>,

@@ -27,6 +27,9 @@ pub struct IngestReport {
     /// its freshness in `run --follow`.
     #[serde(skip)]
     pub landed_us: Vec<i64>,
+    /// From a Kafka topic: each partition's offsets read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<super::kafka::KafkaRead>,
     /// Rows read.
     pub rows_in: u64,
     /// Rows added to `customer_transactions`.
@@ -132,7 +135,13 @@ impl Report for IngestReport {
     }
 
     fn text(&self) -> String {
-        let mut s = if self.skipped() {
+        let mut s = if let (true, Some(k)) = (self.skipped(), &self.kafka) {
+            format!(
+                "ingest: no new messages in {} ({} partitions); nothing committed",
+                k.topic,
+                k.partitions.len()
+            )
+        } else if self.skipped() {
             format!(
                 "ingest: no new files ({} already ingested); nothing committed",
                 self.files_seen - self.changed_files.len() as u64
@@ -165,6 +174,25 @@ impl Report for IngestReport {
             }
             s
         };
+        if let Some(k) = self.kafka.as_ref().filter(|_| !self.skipped()) {
+            let read: Vec<String> = k
+                .partitions
+                .iter()
+                .filter(|p| p.messages > 0)
+                .map(|p| format!("{}: {}..{}", p.partition, p.from, p.next))
+                .collect();
+            s.push_str(&format!(
+                "\n  {} offsets read: {}",
+                k.topic,
+                read.join(", ")
+            ));
+            for u in &k.unparseable_examples {
+                s.push_str(&format!(
+                    "\n  unparseable message at partition {} offset {}: {}",
+                    u.partition, u.offset, u.problem
+                ));
+            }
+        }
         for f in &self.set_aside_files {
             s.push_str(&format!("\n  set aside {}: {}", f.path, f.problem));
         }

@@ -321,8 +321,13 @@ fn survivable(stage: &str, e: Error, st: &State, b: &mut MicroBatch) -> Result<(
 }
 
 async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Result<()> {
-    // A stream may start before its source: wait for the landing folder (said once).
-    let exists = match ingest::landing_exists(layout).await {
+    // A stream may start before its source: wait for the landing folder (said once). A
+    // topic's absence is the ingest step's error, said at every try.
+    let exists = match st.ingest.source {
+        Some(_) => Ok(true),
+        None => ingest::landing_exists(layout).await,
+    };
+    let exists = match exists {
         Ok(exists) => exists,
         Err(e) => return survivable("ingest", e, st, b),
     };
@@ -359,6 +364,9 @@ async fn ingest_step(layout: &Layout, st: &mut State, b: &mut MicroBatch) -> Res
     }
     st.awaiting_aggregate.extend(&r.landed_us);
     let m = &st.metrics;
+    if let Some(read) = &r.kafka {
+        m.kafka_lag(read);
+    }
     m.files_ingested.inc_by(r.files_ingested);
     m.files_set_aside.inc_by(r.set_aside_files.len() as u64);
     m.rows_in.inc_by(r.rows_in);

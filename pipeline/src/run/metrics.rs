@@ -57,6 +57,12 @@ pub struct Metrics {
     pub freshness: Histogram,
     /// Each micro-batch step's duration, by step.
     pub step_seconds: Family<Label, Histogram>,
+    /// A Kafka source's lag, by partition: offsets not yet ingested when the micro-batch
+    /// ended its read (its latest offset at the start, less the next offset).
+    pub kafka_lag_offsets: Family<Label, Gauge>,
+    /// A Kafka source's lag, by partition, in seconds: 0 when caught up, else the age of the
+    /// newest message ingested (the oldest one waiting is at least that old).
+    pub kafka_lag_seconds: Family<Label, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -81,6 +87,8 @@ impl Metrics {
             step_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.01, 2.0, 13))
             }),
+            kafka_lag_offsets: Family::default(),
+            kafka_lag_seconds: Family::default(),
         };
         for stage in ERROR_STAGES {
             let _ = m.errors.get_or_create(&vec![("stage", stage.to_string())]);
@@ -152,6 +160,16 @@ impl Metrics {
             m.freshness.clone(),
         );
         r.register(
+            "kafka_lag_offsets",
+            "A Kafka source's offsets not yet ingested, by partition",
+            m.kafka_lag_offsets.clone(),
+        );
+        r.register(
+            "kafka_lag_seconds",
+            "A Kafka source's lag in seconds, by partition (0 when caught up)",
+            m.kafka_lag_seconds.clone(),
+        );
+        r.register(
             "step_duration_seconds",
             "How long each micro-batch step took, by step",
             m.step_seconds.clone(),
@@ -177,6 +195,21 @@ impl Metrics {
         self.step_seconds
             .get_or_create(&vec![("step", step.to_string())])
             .observe(seconds);
+    }
+
+    /// Record a Kafka source's lag after a micro-batch's read.
+    pub fn kafka_lag(&self, read: &crate::ingest::KafkaRead) {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        for p in &read.partitions {
+            let label = vec![("partition", p.partition.to_string())];
+            let behind = (p.latest - p.next).max(0);
+            self.kafka_lag_offsets.get_or_create(&label).set(behind);
+            let seconds = match p.newest_us {
+                Some(us) if behind > 0 => (now_us - us).max(0) as f64 / 1e6,
+                _ => 0.0,
+            };
+            self.kafka_lag_seconds.get_or_create(&label).set(seconds);
+        }
     }
 
     /// Count a failure of `stage`.

@@ -312,6 +312,19 @@ pub fn quarantine(d: &Data) -> Vec<(String, String, String)> {
     out
 }
 
+/// Every value of a string column of a table's live files, sorted.
+pub fn column_values(table: &Path, column: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, _) in live_files(table) {
+        for b in read_parquet(&path) {
+            let c = b.column_by_name(column).unwrap().as_string::<i32>();
+            out.extend((0..b.num_rows()).map(|i| c.value(i).to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Every file under `dir`, recursively.
 pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {

@@ -11,6 +11,7 @@ mod crash;
 mod exactly_once;
 mod faulty_proxy;
 mod ingest;
+mod kafka;
 mod landing;
 mod maintain;
 mod object_store;

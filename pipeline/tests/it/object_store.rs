@@ -39,7 +39,7 @@ impl Drop for Seaweed {
 /// on the same ports (seen in CI: `weed mini` could not bind its Iceberg port on resume, an
 /// ephemeral port picked by binding port 0 having been taken meanwhile), and never one this
 /// test binary handed out before.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = std::process::id() % 10_000;
