@@ -96,6 +96,26 @@ pub struct KafkaRead {
     pub unparseable_examples: Vec<Unparseable>,
 }
 
+impl KafkaRead {
+    /// The lines of the text report: offsets read, and the unreadable messages named.
+    pub fn text(&self) -> String {
+        let read: Vec<String> = self
+            .partitions
+            .iter()
+            .filter(|p| p.messages > 0)
+            .map(|p| format!("{}: {}..{}", p.partition, p.from, p.next))
+            .collect();
+        let mut s = format!("\n  {} offsets read: {}", self.topic, read.join(", "));
+        for u in &self.unparseable_examples {
+            s.push_str(&format!(
+                "\n  unparseable message at partition {} offset {}: {}",
+                u.partition, u.offset, u.problem
+            ));
+        }
+        s
+    }
+}
+
 /// One ingest run from `topic` (the caller retries a lost race).
 pub(super) async fn run_once(
     layout: &Layout,
@@ -305,23 +325,14 @@ async fn fetch(plan: PartitionPlan, dir: &Path, topic: &Topic) -> Result<Fetched
     let mut empty = 0;
     while read.next < read.latest {
         let messages = client.fetch(read.next, FETCH_BYTES, FETCH_WAIT).await?;
-        let mut took = false;
+        let before = read.next;
         for m in messages {
             if m.offset < read.next || m.offset >= read.latest {
                 continue;
             }
-            took = true;
-            read.next = m.offset + 1;
-            read.messages += 1;
             let ts = m.record.timestamp.timestamp_micros();
             oldest_us = oldest_us.min(ts);
-            read.newest_us = Some(read.newest_us.map_or(ts, |n| n.max(ts)));
-            let parsed = match &m.record.value {
-                Some(value) => decoder.push(value),
-                None => Err("the message has no value (a tombstone)".to_string()),
-            };
-            if let Err(problem) = parsed {
-                read.unparseable += 1;
+            if let Err(problem) = take(&mut read, &mut decoder, &m, ts) {
                 bad.push(Unparseable {
                     partition: p,
                     offset: m.offset,
@@ -332,11 +343,7 @@ async fn fetch(plan: PartitionPlan, dir: &Path, topic: &Topic) -> Result<Fetched
                 out.write(&decoder.finish()?)?;
             }
         }
-        if took {
-            empty = 0;
-            continue;
-        }
-        empty += 1;
+        empty = if read.next > before { 0 } else { empty + 1 };
         if empty >= EMPTY_FETCHES {
             tracing::warn!(
                 partition = p,
@@ -373,6 +380,26 @@ async fn fetch(plan: PartitionPlan, dir: &Path, topic: &Topic) -> Result<Fetched
         file: Some(file),
         bad,
     })
+}
+
+/// Read one message (at `ts`) into `decoder`, counted in `read`; `Err`: why it cannot be read.
+fn take(
+    read: &mut PartitionRead,
+    decoder: &mut Decoder,
+    m: &crate::kafka::Message,
+    ts: i64,
+) -> std::result::Result<(), String> {
+    read.next = m.offset + 1;
+    read.messages += 1;
+    read.newest_us = Some(read.newest_us.map_or(ts, |n| n.max(ts)));
+    let parsed = match &m.record.value {
+        Some(value) => decoder.push(value),
+        None => Err("the message has no value (a tombstone)".to_string()),
+    };
+    if parsed.is_err() {
+        read.unparseable += 1;
+    }
+    parsed
 }
 
 /// A scratch Parquet file of raw rows, written a batch at a time.

@@ -175,23 +175,7 @@ impl Report for IngestReport {
             s
         };
         if let Some(k) = self.kafka.as_ref().filter(|_| !self.skipped()) {
-            let read: Vec<String> = k
-                .partitions
-                .iter()
-                .filter(|p| p.messages > 0)
-                .map(|p| format!("{}: {}..{}", p.partition, p.from, p.next))
-                .collect();
-            s.push_str(&format!(
-                "\n  {} offsets read: {}",
-                k.topic,
-                read.join(", ")
-            ));
-            for u in &k.unparseable_examples {
-                s.push_str(&format!(
-                    "\n  unparseable message at partition {} offset {}: {}",
-                    u.partition, u.offset, u.problem
-                ));
-            }
+            s.push_str(&k.text());
         }
         for f in &self.set_aside_files {
             s.push_str(&format!("\n  set aside {}: {}", f.path, f.problem));

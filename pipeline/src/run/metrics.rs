@@ -105,6 +105,7 @@ impl Metrics {
 
     /// Register every metric, with its help text.
     fn register(&mut self) {
+        self.register_kafka();
         let m = self;
         let r = &mut m.registry;
         r.register("rows_in", "Rows read from landing files", m.rows_in.clone());
@@ -160,16 +161,6 @@ impl Metrics {
             m.freshness.clone(),
         );
         r.register(
-            "kafka_lag_offsets",
-            "A Kafka source's offsets not yet ingested, by partition",
-            m.kafka_lag_offsets.clone(),
-        );
-        r.register(
-            "kafka_lag_seconds",
-            "A Kafka source's lag in seconds, by partition (0 when caught up)",
-            m.kafka_lag_seconds.clone(),
-        );
-        r.register(
             "step_duration_seconds",
             "How long each micro-batch step took, by step",
             m.step_seconds.clone(),
@@ -195,6 +186,21 @@ impl Metrics {
         self.step_seconds
             .get_or_create(&vec![("step", step.to_string())])
             .observe(seconds);
+    }
+
+    /// Register a Kafka source's metrics (series appear once a micro-batch read a topic).
+    fn register_kafka(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "kafka_lag_offsets",
+            "A Kafka source's offsets not yet ingested, by partition",
+            self.kafka_lag_offsets.clone(),
+        );
+        r.register(
+            "kafka_lag_seconds",
+            "A Kafka source's lag in seconds, by partition (0 when caught up)",
+            self.kafka_lag_seconds.clone(),
+        );
     }
 
     /// Record a Kafka source's lag after a micro-batch's read.
