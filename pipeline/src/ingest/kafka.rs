@@ -219,9 +219,9 @@ async fn plan(
     let mut plans = Vec::with_capacity(partitions.len());
     for p in partitions {
         let client = conn.partition(p).await?;
-        let (earliest, latest) = client.bounds().await?;
         let app = keys::kafka_offset_app(&topic.name, p);
         let consumed = delta::txn_version(main, Table::Transactions, &app).await?;
+        let (earliest, latest) = client.bounds(consumed).await?;
         let mut warning = None;
         let from = match consumed {
             None => earliest,

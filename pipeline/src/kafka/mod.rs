@@ -200,23 +200,27 @@ pub type Message = rskafka::record::RecordAndOffset;
 
 impl Partition {
     /// The offsets it holds: `(earliest, latest)`, latest being the next one to be written
-    /// (the high watermark).
+    /// (the high watermark). `from`: the offset the caller will read from, if it has one.
     ///
-    /// Latest is the larger of `ListOffsets(latest)` and the high watermark a fetch at the
-    /// earliest offset reports. Kafka gives the same number both ways; tansu 0.6.0 (our test
-    /// broker) answers `ListOffsets(latest)` with the newest record batch's *base* offset + 1
-    /// (tansu-storage 0.6.0, `dynostore.rs`, `list_offsets`: `ListOffset::Latest => offset +
-    /// 1`, the offset taken from the batch object's name), which ends a run inside the last
-    /// batch and leaves its other records until another batch arrives. Its fetch reports the
-    /// true high watermark.
-    pub async fn bounds(&self) -> Result<(i64, i64)> {
+    /// Latest is the larger of `ListOffsets(latest)` and the high watermark that a fetch
+    /// reports (at `from` when it is within the listed offsets, so that a caught-up reader
+    /// fetches nothing; else at the earliest). Kafka gives the same number both ways; tansu
+    /// 0.6.0 (our test broker) answers `ListOffsets(latest)` with the newest record batch's
+    /// *base* offset + 1 (tansu-storage 0.6.0, `dynostore.rs`, `list_offsets`:
+    /// `ListOffset::Latest => offset + 1`, the offset taken from the batch object's name),
+    /// which ends a run inside the last batch and leaves its other records until another batch
+    /// arrives. Its fetch reports the true high watermark.
+    pub async fn bounds(&self, from: Option<i64>) -> Result<(i64, i64)> {
         let earliest = self.offset(OffsetAt::Earliest).await?;
         let listed = self.offset(OffsetAt::Latest).await?;
+        let at = from
+            .filter(|f| (earliest..=listed).contains(f))
+            .unwrap_or(earliest);
         let (_, high_watermark) = self
             .client
-            .fetch_records(earliest, 1..2, 0)
+            .fetch_records(at, 1..2, 0)
             .await
-            .map_err(|e| self.error(&format!("cannot fetch from offset {earliest}"), e))?;
+            .map_err(|e| self.error(&format!("cannot fetch from offset {at}"), e))?;
         Ok((earliest, listed.max(high_watermark)))
     }
 
