@@ -169,6 +169,16 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The broker no longer has messages the table has not consumed: never retried, never
+    /// skipped without being told (`--on-missing-offsets earliest`).
+    #[error("{what}: {problem}")]
+    KafkaLost {
+        /// The topic and partition.
+        what: String,
+        /// What was lost and what to do.
+        problem: String,
+    },
+
     /// `load` wrote some rows but not all of them.
     #[error(
         "load incomplete: {failed} row(s) of {what} still failed after retries{}; they are listed with their errors in {}. \
@@ -325,7 +335,7 @@ impl Error {
             Error::Invalid(_) | Error::Sql(_) => exit::USAGE,
             Error::Conflict { .. } => exit::CONFLICT,
             Error::Scylla { .. } => exit::SCYLLA,
-            Error::Kafka { .. } => exit::KAFKA,
+            Error::Kafka { .. } | Error::KafkaLost { .. } => exit::KAFKA,
             Error::LoadIncomplete { .. } => exit::LOAD_INCOMPLETE,
             Error::StageFailed { source, .. } => source.exit_code(),
             Error::Interrupted { code, .. } => *code,
@@ -333,9 +343,13 @@ impl Error {
         }
     }
 
-    /// Worth retrying as it is: another writer got there first, or ScyllaDB had trouble.
+    /// Worth retrying as it is: another writer got there first, or ScyllaDB or the Kafka
+    /// broker had trouble (a stream waits for a topic that does not exist yet).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Conflict { .. } | Error::Scylla { .. })
+        matches!(
+            self,
+            Error::Conflict { .. } | Error::Scylla { .. } | Error::Kafka { .. }
+        )
     }
 
     /// The whole cause chain on one line, each cause once (ripgrep's `{:#}` habit).

@@ -210,11 +210,14 @@ async fn plan(
     let topic = &conn.topic;
     let partitions = conn.partitions().await?;
     if partitions.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{topic}: no such topic at {}: create it, or start a producer \
-             (`pipeline generate --follow --to {topic}`)",
-            topic.bootstrap
-        )));
+        return Err(Error::kafka(
+            topic.to_string(),
+            format!(
+                "no such topic at {}: create it, or start a producer \
+                 (`pipeline generate --follow --to {topic}`)",
+                topic.bootstrap
+            ),
+        ));
     }
     let mut plans = Vec::with_capacity(partitions.len());
     for p in partitions {
@@ -230,14 +233,14 @@ async fn plan(
                 let lost = missing(topic, p, next, earliest, latest);
                 match opts.on_missing_offsets {
                     OnMissingOffsets::Fail => {
-                        return Err(Error::kafka(
-                            format!("{topic} partition {p}"),
-                            format!(
+                        return Err(Error::KafkaLost {
+                            what: format!("{topic} partition {p}"),
+                            problem: format!(
                                 "{lost}. Nothing was committed. To go on from the earliest offset \
                                  the broker has, accepting the loss, rerun with \
                                  --on-missing-offsets earliest"
                             ),
-                        ));
+                        });
                     }
                     OnMissingOffsets::Earliest => {
                         warning = Some(format!(
