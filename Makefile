@@ -16,7 +16,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup tansu kafka-broker bench-kafka cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium promtool test-crash test-scylla lint bench bench-s3 bench-follow bench-soak bench-late bench-log bench-aggregate clean-data docker cql-test-server seaweedfs
+.PHONY: help setup tansu kafka-clients kafka-broker bench-kafka cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium promtool test-crash test-scylla lint bench bench-s3 bench-follow bench-soak bench-late bench-log bench-aggregate clean-data docker cql-test-server seaweedfs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ tansu: ## Install tansu 0.6.0 (crates.io, a Kafka-protocol broker) into TANSU_DI
 	  && env -u CARGO_TARGET_DIR cargo install tansu@0.6.0 --locked --no-default-features --features dynostore --root $(TANSU_DIR) >$(TANSU_DIR).log 2>&1 \
 	  && echo "installed $$($(TANSU) --version 2>/dev/null || echo tansu)" \
 	  || echo "WARNING: tansu could not be installed (see $(TANSU_DIR).log): the Kafka tests will be SKIPPED"; }
+
+kafka-clients: ## Install librdkafka (PyPI confluent-kafka, the standard Kafka client) into target/kafka-venv for the Kafka tests, if missing and possible
+	@[ -x target/kafka-venv/bin/python ] && target/kafka-venv/bin/python -c 'import confluent_kafka' 2>/dev/null || \
+	  { (python3 -m venv target/kafka-venv && target/kafka-venv/bin/pip install -q confluent-kafka) >/dev/null 2>&1 \
+	    && echo "installed librdkafka $$(target/kafka-venv/bin/python -c 'import confluent_kafka; print(confluent_kafka.libversion()[0])')" \
+	    || echo "WARNING: PyPI confluent-kafka could not be installed: reading and writing with librdkafka will be SKIPPED"; }
 
 kafka-broker: tansu ## Run a Kafka-protocol broker (tansu, topics in memory) on 127.0.0.1:PORT (9092) to try the Kafka source by hand
 	$(TANSU) broker --listener-url tcp://127.0.0.1:$(KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(KAFKA_PORT) --storage-engine memory://tansu/
@@ -105,7 +111,7 @@ sql: build ## Ask the tables in SQL: make sql Q="SELECT count(*) FROM customer_t
 CQL_PROFILES ?= scylla-5.4 scylla-2025.1 scylla-2025.1-enforced scylla-2025.4 cassandra-4.1 cassandra-5.0
 SCYLLA_TESTS := scylla:: served_profiles:: serving:: clients:: crash:: continuous::
 
-test: setup chromium promtool seaweedfs cql-clients tansu ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server, once per server profile)
+test: setup chromium promtool seaweedfs cql-clients tansu kafka-clients ## Run every test (unit and integration; ScyllaDB parts against the in-repo CQL test server, once per server profile)
 	cargo test $(CARGO_PROFILE) --workspace --locked
 	@$(MAKE) --no-print-directory test-profiles
 

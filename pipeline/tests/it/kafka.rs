@@ -641,3 +641,72 @@ fn a_stream_rides_out_a_broker_restart_and_reads_a_partition_added_meanwhile() {
     batch.ok(&["ingest", "--source", &url]);
     assert_eq!(rows(&d.table(TX)), rows(&batch.table(TX)));
 }
+
+/// The Python with librdkafka (PyPI confluent-kafka) that `make test` installs, if any.
+fn rdkafka_python() -> Option<PathBuf> {
+    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/kafka-venv/bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import confluent_kafka"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    eprintln!(
+        "\n*** SKIPPED: librdkafka (PyPI confluent-kafka) is not installed in target/kafka-venv \
+         (`make test` installs it when it can): reading and writing with the standard Kafka \
+         client was NOT tested ***\n"
+    );
+    None
+}
+
+fn rdkafka(py: &PathBuf, args: &[&str]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/rdkafka_client.py");
+    let out = Command::new(py).arg(script).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn librdkafka_and_the_pipeline_read_each_others_messages() {
+    let Some(broker) = Broker::start("librdkafka interoperability") else {
+        return;
+    };
+    let Some(py) = rdkafka_python() else {
+        return;
+    };
+    // librdkafka's producer (batched, keyed) -> our source: every message, the sum exact.
+    let url = broker.topic("fromrd");
+    let topic: Topic = url.parse().unwrap();
+    let sent = rdkafka(&py, &[&broker.bootstrap, &topic.name, "produce", "20000"]);
+    assert_eq!(sent["unsent"], 0, "{sent}");
+    let d = Data::new();
+    let r = d.ok(&["ingest", "--source", &url]);
+    assert_eq!(u(&r, "rows_out"), 20_000, "{r}");
+    assert_eq!(r["quarantine_reasons"]["unparseable_message"], 1, "{r}");
+    let out = d.run_env(
+        &["sql", "SELECT sum(amount) AS s FROM customer_transactions"],
+        &[],
+    );
+    let sum = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        sum.contains(sent["sum"].as_str().unwrap()),
+        "{sum} vs {sent}"
+    );
+
+    // Our producer -> librdkafka's consumer: every message we sent.
+    let ours = broker.topic("tord");
+    let ours_topic: Topic = ours.parse().unwrap();
+    let producer = Data::new();
+    let made = produce(&producer, &ours, "20000", "1s", "3");
+    let read = rdkafka(&py, &[&broker.bootstrap, &ours_topic.name, "consume"]);
+    assert_eq!(
+        read["messages"].as_u64(),
+        Some(u(&made, "messages")),
+        "{read} vs {made}"
+    );
+}
