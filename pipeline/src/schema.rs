@@ -2,7 +2,12 @@
 
 use std::sync::{Arc, LazyLock};
 
+use deltalake::arrow::array::{
+    ArrayRef, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::error::ArrowError;
 use deltalake::parquet::basic::{Compression, Encoding};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
@@ -81,6 +86,56 @@ fn raw_fields(not_null: bool) -> Vec<Field> {
         Field::new(col::CHANNEL, DataType::Utf8, true),
         Field::new(col::STATUS, DataType::Utf8, true),
     ]
+}
+
+/// Builders of the raw columns, in the raw schema's order: rows made by the generator, or read
+/// from Kafka messages.
+#[allow(missing_docs)] // one per raw column, named as in `col`
+pub struct RawBuilders {
+    pub id: StringBuilder,
+    pub customer: Int64Builder,
+    pub merchant: Int64Builder,
+    pub ts: TimestampMicrosecondBuilder,
+    pub amount: Decimal128Builder,
+    pub category: StringBuilder,
+    pub channel: StringBuilder,
+    pub status: StringBuilder,
+}
+
+impl RawBuilders {
+    /// Builders with room for `n` rows.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            id: StringBuilder::with_capacity(n, n * 36),
+            customer: Int64Builder::with_capacity(n),
+            merchant: Int64Builder::with_capacity(n),
+            ts: TimestampMicrosecondBuilder::with_capacity(n),
+            amount: Decimal128Builder::with_capacity(n),
+            category: StringBuilder::with_capacity(n, n * 8),
+            channel: StringBuilder::with_capacity(n, n * 7),
+            status: StringBuilder::with_capacity(n, n * 8),
+        }
+    }
+
+    /// The rows appended, as a batch of `schema` (`RAW` or `RAW_LENIENT`); the builders are
+    /// empty again.
+    pub fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        let amount = self
+            .amount
+            .finish()
+            .with_precision_and_scale(AMOUNT_PRECISION, AMOUNT_SCALE)?;
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.customer.finish()),
+            Arc::new(self.merchant.finish()),
+            Arc::new(self.ts.finish().with_timezone("UTC")),
+            Arc::new(amount),
+            Arc::new(self.category.finish()),
+            Arc::new(self.channel.finish()),
+            Arc::new(self.status.finish()),
+        ];
+        RecordBatch::try_new(schema.clone(), cols)
+    }
 }
 
 /// Raw transactions as the generator writes them and ingest expects them.

@@ -3,14 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use chrono::NaiveTime;
-use deltalake::arrow::array::{
-    ArrayRef, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
+use deltalake::arrow::array::RecordBatch;
 use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::file::properties::WriterProperties;
 use rand::distr::Distribution;
@@ -265,58 +262,27 @@ fn spoil(rng: &mut Pcg64Mcg, r: &mut Row, kind: Dirty) {
     }
 }
 
-struct Builders {
-    id: StringBuilder,
-    customer: Int64Builder,
-    merchant: Int64Builder,
-    ts: TimestampMicrosecondBuilder,
-    amount: Decimal128Builder,
-    category: StringBuilder,
-    channel: StringBuilder,
-    status: StringBuilder,
-}
+/// The generator's rows, as raw columns.
+struct Builders(schema::RawBuilders);
 
 impl Builders {
     fn new(n: usize) -> Self {
-        Self {
-            id: StringBuilder::with_capacity(n, n * 36),
-            customer: Int64Builder::with_capacity(n),
-            merchant: Int64Builder::with_capacity(n),
-            ts: TimestampMicrosecondBuilder::with_capacity(n),
-            amount: Decimal128Builder::with_capacity(n),
-            category: StringBuilder::with_capacity(n, n * 8),
-            channel: StringBuilder::with_capacity(n, n * 7),
-            status: StringBuilder::with_capacity(n, n * 8),
-        }
+        Self(schema::RawBuilders::with_capacity(n))
     }
 
     fn push(&mut self, r: &Row) {
-        self.id
-            .append_value(std::str::from_utf8(&r.id).expect("ascii"));
-        self.customer.append_value(r.customer);
-        self.merchant.append_value(r.merchant);
-        self.ts.append_value(r.ts);
-        self.amount.append_value(i128::from(r.cents));
-        self.category.append_value(r.category);
-        self.channel.append_value(r.channel);
-        self.status.append_value(r.status);
+        let b = &mut self.0;
+        b.id.append_value(std::str::from_utf8(&r.id).expect("ascii"));
+        b.customer.append_value(r.customer);
+        b.merchant.append_value(r.merchant);
+        b.ts.append_value(r.ts);
+        b.amount.append_value(i128::from(r.cents));
+        b.category.append_value(r.category);
+        b.channel.append_value(r.channel);
+        b.status.append_value(r.status);
     }
 
     fn finish(mut self) -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(self.id.finish()),
-            Arc::new(self.customer.finish()),
-            Arc::new(self.merchant.finish()),
-            Arc::new(self.ts.finish().with_timezone("UTC")),
-            Arc::new(
-                self.amount
-                    .finish()
-                    .with_precision_and_scale(schema::AMOUNT_PRECISION, schema::AMOUNT_SCALE)?,
-            ),
-            Arc::new(self.category.finish()),
-            Arc::new(self.channel.finish()),
-            Arc::new(self.status.finish()),
-        ];
-        Ok(RecordBatch::try_new(RAW.clone(), cols)?)
+        Ok(self.0.finish(&RAW)?)
     }
 }

@@ -8,18 +8,13 @@
 //! field of the wrong type, a time or amount that cannot be read) is unparseable: it goes to
 //! the quarantine as `unparseable_message`.
 
-use std::sync::Arc;
-
-use deltalake::arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Array, Decimal128Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder,
-};
+use deltalake::arrow::array::{Array, AsArray, Decimal128Array, RecordBatch};
 use deltalake::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::Result;
-use crate::schema::{AMOUNT_PRECISION, AMOUNT_SCALE, RAW_LENIENT};
+use crate::schema::{AMOUNT_SCALE, RAW_LENIENT, RawBuilders};
 
 /// A message as sent: every field optional (a null is the rules' business).
 #[derive(Deserialize)]
@@ -37,28 +32,14 @@ struct Wire<'a> {
 
 /// Rows read from messages, in the `RAW_LENIENT` schema, built a message at a time.
 pub struct Decoder {
-    id: StringBuilder,
-    customer: Int64Builder,
-    merchant: Int64Builder,
-    ts: TimestampMicrosecondBuilder,
-    amount: Decimal128Builder,
-    category: StringBuilder,
-    channel: StringBuilder,
-    status: StringBuilder,
+    cols: RawBuilders,
     rows: usize,
 }
 
 impl Default for Decoder {
     fn default() -> Self {
         Decoder {
-            id: StringBuilder::new(),
-            customer: Int64Builder::new(),
-            merchant: Int64Builder::new(),
-            ts: TimestampMicrosecondBuilder::new(),
-            amount: Decimal128Builder::new(),
-            category: StringBuilder::new(),
-            channel: StringBuilder::new(),
-            status: StringBuilder::new(),
+            cols: RawBuilders::with_capacity(1024),
             rows: 0,
         }
     }
@@ -81,14 +62,15 @@ impl Decoder {
             Some(raw) if raw.get() == "null" => None,
             Some(raw) => Some(parse_amount(raw.get())?),
         };
-        self.id.append_option(wire.transaction_id);
-        self.customer.append_option(wire.customer_id);
-        self.merchant.append_option(wire.merchant_id);
-        self.ts.append_option(ts);
-        self.amount.append_option(amount);
-        self.category.append_option(wire.category);
-        self.channel.append_option(wire.channel);
-        self.status.append_option(wire.status);
+        let c = &mut self.cols;
+        c.id.append_option(wire.transaction_id);
+        c.customer.append_option(wire.customer_id);
+        c.merchant.append_option(wire.merchant_id);
+        c.ts.append_option(ts);
+        c.amount.append_option(amount);
+        c.category.append_option(wire.category);
+        c.channel.append_option(wire.channel);
+        c.status.append_option(wire.status);
         self.rows += 1;
         Ok(())
     }
@@ -101,21 +83,7 @@ impl Decoder {
     /// The rows added, as a batch; the decoder starts empty again.
     pub fn finish(&mut self) -> Result<RecordBatch> {
         self.rows = 0;
-        let amount = self
-            .amount
-            .finish()
-            .with_precision_and_scale(AMOUNT_PRECISION, AMOUNT_SCALE)?;
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(self.id.finish()),
-            Arc::new(self.customer.finish()),
-            Arc::new(self.merchant.finish()),
-            Arc::new(self.ts.finish().with_timezone("UTC")),
-            Arc::new(amount),
-            Arc::new(self.category.finish()),
-            Arc::new(self.channel.finish()),
-            Arc::new(self.status.finish()),
-        ];
-        Ok(RecordBatch::try_new(RAW_LENIENT.clone(), cols)?)
+        Ok(self.cols.finish(&RAW_LENIENT)?)
     }
 }
 
