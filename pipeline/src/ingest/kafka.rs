@@ -172,6 +172,11 @@ pub(super) async fn run_once(
         )));
     };
     let quarantined = quarantine(&tables.quarantine, topic, &unparseable).await?;
+    report.data_files_written += quarantined.len() as u64;
+    report.bytes_written += quarantined
+        .iter()
+        .map(|a| a.size.max(0) as u64)
+        .sum::<u64>();
     record
         .derived
         .entry(Table::Quarantine)
