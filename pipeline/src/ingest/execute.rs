@@ -321,15 +321,7 @@ impl Run {
             ),
             (keys::READ_VERSION, json!(self.read_version)),
             (keys::FILES, json!(r.files_ingested)),
-            (
-                keys::ROWS,
-                json!({
-                    "in": r.rows_in,
-                    "out": r.rows_out,
-                    "quarantined": r.rows_quarantined,
-                    "duplicates": r.duplicates,
-                }),
-            ),
+            (keys::ROWS, r.rows_json()),
         ]
     }
 }

@@ -491,12 +491,7 @@ fn count_unparseable(report: &mut IngestReport, record: &mut super::commit::RunR
         .or_default() += n;
     for (key, value) in record.info.iter_mut() {
         if *key == keys::ROWS {
-            *value = json!({
-                "in": report.rows_in,
-                "out": report.rows_out,
-                "quarantined": report.rows_quarantined,
-                "duplicates": report.duplicates,
-            });
+            *value = report.rows_json();
         }
     }
 }

@@ -115,6 +115,16 @@ impl IngestReport {
         self.bytes_read = files.iter().map(|f| f.size).sum();
     }
 
+    /// The row accounts, as the run's commit records them.
+    pub(super) fn rows_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "in": self.rows_in,
+            "out": self.rows_out,
+            "quarantined": self.rows_quarantined,
+            "duplicates": self.duplicates,
+        })
+    }
+
     /// Add files left for a later run.
     pub(super) fn defer(&mut self, rels: impl IntoIterator<Item = String>) {
         for rel in rels {
