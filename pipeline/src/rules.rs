@@ -153,7 +153,7 @@ pub fn parse_uuid(s: &str) -> Option<u128> {
 /// field of the wrong type, a time or amount that cannot be read): no rule could judge it.
 pub const UNPARSEABLE_MESSAGE: &str = "unparseable_message";
 
-/// Check every row of a batch in the `RAW_LENIENT` schema (see `ingest::normalize`).
+/// Check every row of a batch whose first columns are `RAW_LENIENT`'s (see `ingest::normalize`).
 pub fn check(batch: &RecordBatch, limits: Limits) -> Checked {
     let n = batch.num_rows();
     let id = batch.column(0).as_string::<i32>();

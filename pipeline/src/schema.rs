@@ -49,6 +49,8 @@ pub mod col {
     pub const TRANSACTION_DATE: &str = "transaction_date";
     pub const SOURCE_FILE: &str = "source_file";
     pub const REJECTION_REASON: &str = "rejection_reason";
+    pub const MESSAGE_KEY: &str = "message_key";
+    pub const MESSAGE_TIMESTAMP: &str = "message_timestamp";
 }
 
 /// `Timestamp(µs, "UTC")`: every instant in every table.
@@ -85,6 +87,17 @@ fn raw_fields(not_null: bool) -> Vec<Field> {
         Field::new(col::CATEGORY, DataType::Utf8, true),
         Field::new(col::CHANNEL, DataType::Utf8, true),
         Field::new(col::STATUS, DataType::Utf8, true),
+    ]
+}
+
+/// The lineage of a row read from a Kafka message: the message's key (bytes, as Kafka keeps
+/// them; Spark's Kafka source exposes `key` as binary too) and its timestamp (the record's, as
+/// the broker returned it). Null for rows from landing files, and in tables written before the
+/// Kafka source (added to them as nullable columns by a schema update).
+fn lineage_fields() -> Vec<Field> {
+    vec![
+        Field::new(col::MESSAGE_KEY, DataType::Binary, true),
+        Field::new(col::MESSAGE_TIMESTAMP, timestamp_type(), true),
     ]
 }
 
@@ -147,7 +160,16 @@ pub static RAW: LazyLock<SchemaRef> = LazyLock::new(|| Arc::new(Schema::new(raw_
 pub static RAW_LENIENT: LazyLock<SchemaRef> =
     LazyLock::new(|| Arc::new(Schema::new(raw_fields(false))));
 
-/// `customer_transactions`: the raw columns, the partition date and the source file.
+/// What ingest reads from a source, row by row: the `RAW_LENIENT` columns, then the lineage
+/// columns (null for a landing file without them).
+pub static INPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = raw_fields(false);
+    fields.extend(lineage_fields());
+    Arc::new(Schema::new(fields))
+});
+
+/// `customer_transactions`: the raw columns, the partition date, the source file and the
+/// message lineage.
 pub static TRANSACTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
     let mut fields = raw_fields(true);
     // category/channel/status are validated against fixed sets, so never null here.
@@ -156,16 +178,18 @@ pub static TRANSACTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
     }
     fields.push(Field::new(col::TRANSACTION_DATE, DataType::Date32, false));
     fields.push(Field::new(col::SOURCE_FILE, DataType::Utf8, false));
+    fields.extend(lineage_fields());
     Arc::new(Schema::new(fields))
 });
 
 /// `customer_transactions_quarantine`: every raw column (nullable), the reason, the source
-/// file and the date (null when the timestamp is).
+/// file, the date (null when the timestamp is) and the message lineage.
 pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
     let mut fields = raw_fields(false);
     fields.push(Field::new(col::REJECTION_REASON, DataType::Utf8, false));
     fields.push(Field::new(col::SOURCE_FILE, DataType::Utf8, false));
     fields.push(Field::new(col::TRANSACTION_DATE, DataType::Date32, true));
+    fields.extend(lineage_fields());
     Arc::new(Schema::new(fields))
 });
 
@@ -338,7 +362,25 @@ mod tests {
             .collect();
         assert_eq!(&tx[..raw.len()], &raw[..]);
         assert_eq!(&q[..raw.len()], &raw[..]);
-        assert_eq!(tx[raw.len()..], ["transaction_date", "source_file"]);
+        assert_eq!(
+            tx[raw.len()..],
+            [
+                "transaction_date",
+                "source_file",
+                "message_key",
+                "message_timestamp"
+            ]
+        );
+        assert_eq!(
+            q[raw.len()..],
+            [
+                "rejection_reason",
+                "source_file",
+                "transaction_date",
+                "message_key",
+                "message_timestamp"
+            ]
+        );
         assert!(
             QUARANTINE
                 .fields()
@@ -346,7 +388,23 @@ mod tests {
                 .take(raw.len())
                 .all(|f| f.is_nullable())
         );
-        assert!(TRANSACTIONS.fields().iter().all(|f| !f.is_nullable()));
+        // Every column of a valid row has a value, but its Kafka lineage: added last and
+        // nullable, as a schema update of an older table can only add nullable columns.
+        let n = TRANSACTIONS.fields().len();
+        assert!(
+            TRANSACTIONS.fields()[..n - 2]
+                .iter()
+                .all(|f| !f.is_nullable())
+        );
+        assert!(
+            TRANSACTIONS.fields()[n - 2..]
+                .iter()
+                .all(|f| f.is_nullable())
+        );
+        // What ingest reads: the lenient raw columns, then the lineage, as the tables end.
+        let input: Vec<_> = INPUT.fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(&input[..raw.len()], &raw[..]);
+        assert_eq!(input[raw.len()..], tx[n - 2..]);
     }
 
     #[test]

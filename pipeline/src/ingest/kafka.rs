@@ -19,7 +19,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
+use deltalake::arrow::array::{
+    ArrayRef, BinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array,
+};
 use deltalake::kernel::Add;
 use deltalake::parquet::arrow::ArrowWriter;
 use serde::Serialize;
@@ -31,11 +33,12 @@ use super::scratch::Scratch;
 use super::{IngestOptions, IngestReport, Kept};
 use crate::delta::{self, keys};
 use crate::error::{Error, Result};
-use crate::kafka::{Connection, OnMissingOffsets, Partition, Topic, json::Decoder};
+use crate::kafka::json::{Decoder, Lineage};
+use crate::kafka::{Connection, OnMissingOffsets, Partition, Topic};
 use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::rules::UNPARSEABLE_MESSAGE;
-use crate::schema::{QUARANTINE, RAW_LENIENT};
+use crate::schema::{INPUT, QUARANTINE, col};
 use crate::tables::Table;
 
 /// Bytes asked of the broker per fetch.
@@ -86,6 +89,12 @@ pub struct Unparseable {
     pub offset: i64,
     /// What is wrong with it.
     pub problem: String,
+    /// Its key (kept in the quarantine row, not in the report).
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
+    /// Its timestamp (µs since the epoch).
+    #[serde(skip)]
+    pub timestamp_us: i64,
 }
 
 /// What an ingest run from a topic read (in its report).
@@ -348,6 +357,8 @@ async fn fetch(plan: PartitionPlan, dir: &Path, topic: &Topic) -> Result<Fetched
                     partition: p,
                     offset: m.offset,
                     problem,
+                    key: m.record.key.clone(),
+                    timestamp_us: ts,
                 });
             }
             if decoder.rows() >= ROWS_PER_BATCH {
@@ -403,8 +414,12 @@ fn take(
     read.next = m.offset + 1;
     read.messages += 1;
     read.newest_us = Some(read.newest_us.map_or(ts, |n| n.max(ts)));
+    let lineage = Lineage {
+        key: m.record.key.as_deref(),
+        timestamp_us: ts,
+    };
     let parsed = match &m.record.value {
-        Some(value) => decoder.push(value),
+        Some(value) => decoder.push(value, lineage),
         None => Err("the message has no value (a tombstone)".to_string()),
     };
     if parsed.is_err() {
@@ -424,7 +439,7 @@ impl ScratchFile {
         let file = std::fs::File::create(path)
             .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
         let props = crate::schema::writer_properties(Some(128 * 1024));
-        let writer = ArrowWriter::try_new(file, RAW_LENIENT.clone(), Some(props))?;
+        let writer = ArrowWriter::try_new(file, INPUT.clone(), Some(props))?;
         Ok(ScratchFile {
             path: path.to_path_buf(),
             writer: Some(writer),
@@ -465,12 +480,17 @@ async fn quarantine(
         .iter()
         .map(|u| Some(format!("kafka/{}/{}/{}", topic.name, u.partition, u.offset)))
         .collect();
+    let key: BinaryArray = bad.iter().map(|u| u.key.as_deref()).collect();
+    let timestamp = TimestampMicrosecondArray::from_iter_values(bad.iter().map(|u| u.timestamp_us))
+        .with_timezone("UTC");
     let cols: Vec<ArrayRef> = QUARANTINE
         .fields()
         .iter()
         .map(|f| match f.name().as_str() {
-            crate::schema::col::REJECTION_REASON => Arc::new(reason.clone()) as ArrayRef,
-            crate::schema::col::SOURCE_FILE => Arc::new(lineage.clone()) as ArrayRef,
+            col::REJECTION_REASON => Arc::new(reason.clone()) as ArrayRef,
+            col::SOURCE_FILE => Arc::new(lineage.clone()),
+            col::MESSAGE_KEY => Arc::new(key.clone()),
+            col::MESSAGE_TIMESTAMP => Arc::new(timestamp.clone()),
             _ => new_null_array(f.data_type(), n),
         })
         .collect();

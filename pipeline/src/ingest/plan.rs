@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, new_null_array};
 use deltalake::arrow::compute::{cast, take_record_batch};
 use deltalake::arrow::datatypes::{
     DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
@@ -25,7 +25,7 @@ use deltalake::parquet::arrow::arrow_reader::{
 use super::discover::LandingFile;
 use crate::dates::{self, Day};
 use crate::error::{Error, Result};
-use crate::schema::{RAW, RAW_LENIENT, col};
+use crate::schema::{INPUT, RAW, col};
 
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 64 * 1024;
@@ -68,7 +68,7 @@ pub enum Input {
 pub struct Footer {
     /// The parsed footer.
     pub meta: ArrowReaderMetadata,
-    /// The raw columns, by position in the file.
+    /// The raw columns (and the lineage ones it has), by position in the file.
     pub projection: ProjectionMask,
 }
 
@@ -178,13 +178,9 @@ fn row_group_days(meta: &ArrowReaderMetadata) -> Result<Vec<DayKey>> {
         .collect())
 }
 
-/// `RAW_LENIENT` plus `__row`: the schema of a spilled split.
+/// `INPUT` plus `__row`: the schema of a spilled split.
 fn spilled_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = RAW_LENIENT
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
+    let mut fields: Vec<Field> = INPUT.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("__row", DataType::UInt32, false));
     Arc::new(Schema::new(fields))
 }
@@ -289,6 +285,24 @@ fn raw_projection(path: &Path, meta: &ArrowReaderMetadata) -> Result<ProjectionM
         }
         roots.push(idx);
     }
+    // The lineage columns, when the file has them (a Kafka run's scratch files do).
+    for want in &INPUT.fields()[RAW.fields().len()..] {
+        let Some((idx, got)) = file_schema.column_with_name(want.name()) else {
+            continue;
+        };
+        if !compatible(got.data_type(), want.data_type()) {
+            return Err(Error::bad_input(
+                path,
+                format!(
+                    "column `{}` has type {}, expected {} (or no such column)",
+                    want.name(),
+                    got.data_type(),
+                    want.data_type()
+                ),
+            ));
+        }
+        roots.push(idx);
+    }
     Ok(ProjectionMask::roots(meta.parquet_schema(), roots))
 }
 
@@ -299,6 +313,7 @@ pub(super) fn compatible(got: &DataType, want: &DataType) -> bool {
         (g, w) if g == w => true,
         (Utf8 | LargeUtf8 | Utf8View, Utf8) => true,
         (Dictionary(_, v), Utf8) => matches!(v.as_ref(), Utf8 | LargeUtf8 | Utf8View),
+        (Binary | LargeBinary | BinaryView | Utf8 | LargeUtf8 | Utf8View, Binary) => true,
         (Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32, Int64) => true,
         // Any unit, as long as it is an instant (has a time zone); a naive timestamp is ambiguous.
         (Timestamp(_, Some(_)), Timestamp(_, Some(_))) => true,
@@ -309,24 +324,22 @@ pub(super) fn compatible(got: &DataType, want: &DataType) -> bool {
     }
 }
 
-/// Reorder and cast a raw batch to `RAW_LENIENT` (compatibility was checked at planning).
+/// Reorder and cast a raw batch to `INPUT` (compatibility was checked at planning; the raw
+/// columns are there, the lineage ones null when the file has none).
 fn normalize(batch: &RecordBatch) -> Result<RecordBatch> {
-    let cols = RAW_LENIENT
+    let cols = INPUT
         .fields()
         .iter()
-        .map(|f| {
-            let c = batch.column_by_name(f.name()).expect("projected column");
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
-            } else {
-                cast(c, f.data_type())
-            }
+        .map(|f| match batch.column_by_name(f.name()) {
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => cast(c, f.data_type()),
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(RAW_LENIENT.clone(), cols)?)
+    Ok(RecordBatch::try_new(INPUT.clone(), cols)?)
 }
 
-/// A batch of raw rows (`RAW_LENIENT`) and the ordinals of its rows.
+/// A batch of raw rows (`INPUT`) and the ordinals of its rows.
 pub struct Rows {
     /// The rows.
     pub batch: RecordBatch,
@@ -360,7 +373,7 @@ impl Rows {
 /// An iterator over one input's rows.
 pub type RowsIter = Box<dyn Iterator<Item = Result<Rows>> + Send>;
 
-/// Read one input's rows, normalised to `RAW_LENIENT`, with their ordinals.
+/// Read one input's rows, normalised to `INPUT`, with their ordinals.
 pub fn read_input(paths: &[PathBuf], footers: &[Footer], input: &Input) -> Result<RowsIter> {
     match input {
         Input::RowGroup {
@@ -413,7 +426,7 @@ pub fn read_input(paths: &[PathBuf], footers: &[Footer], input: &Input) -> Resul
                 let mut b = b;
                 b.remove_column(last);
                 Ok(Rows {
-                    batch: RecordBatch::try_new(RAW_LENIENT.clone(), b.columns().to_vec())?,
+                    batch: RecordBatch::try_new(INPUT.clone(), b.columns().to_vec())?,
                     file: fi,
                     ords: Ords::List(rows),
                 })
@@ -447,6 +460,10 @@ mod tests {
         assert!(!compatible(&Decimal128(12, 3), &Decimal128(12, 2)));
         assert!(!compatible(&Utf8, &Int64));
         assert!(!compatible(&UInt64, &Int64));
+        // A message key: bytes, or text taken as its UTF-8 bytes.
+        assert!(compatible(&LargeBinary, &Binary));
+        assert!(compatible(&Utf8, &Binary));
+        assert!(!compatible(&Int64, &Binary));
     }
 
     #[test]

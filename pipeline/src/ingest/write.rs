@@ -346,15 +346,20 @@ fn repeat_str(value: &str, n: usize) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-/// `batch` (RAW_LENIENT columns) plus `extra` columns, conformed to `target` (the writer's
-/// file schema).
+/// `batch` (`INPUT` columns) with `extra` columns between the raw and the lineage ones, as
+/// the tables order them, conformed to `target` (the writer's file schema).
 fn with_extra_columns(
     batch: &RecordBatch,
     target: &SchemaRef,
     extra: Vec<ArrayRef>,
 ) -> Result<RecordBatch> {
+    let (raw, lineage) = batch.columns().split_at(schema::RAW.fields().len());
     delta::conform(
-        batch.columns().iter().cloned().chain(extra).collect(),
+        raw.iter()
+            .cloned()
+            .chain(extra)
+            .chain(lineage.iter().cloned())
+            .collect(),
         target,
     )
 }

@@ -8,13 +8,18 @@
 //! field of the wrong type, a time or amount that cannot be read) is unparseable: it goes to
 //! the quarantine as `unparseable_message`.
 
-use deltalake::arrow::array::{Array, AsArray, Decimal128Array, RecordBatch};
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, Decimal128Array, RecordBatch,
+    TimestampMicrosecondBuilder,
+};
 use deltalake::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::Result;
-use crate::schema::{AMOUNT_SCALE, RAW_LENIENT, RawBuilders};
+use crate::schema::{AMOUNT_SCALE, INPUT, RAW_LENIENT, RawBuilders};
 
 /// A message as sent: every field optional (a null is the rules' business).
 #[derive(Deserialize)]
@@ -30,9 +35,12 @@ struct Wire<'a> {
     status: Option<String>,
 }
 
-/// Rows read from messages, in the `RAW_LENIENT` schema, built a message at a time.
+/// Rows read from messages, in the `INPUT` schema (the raw columns and the message's key and
+/// timestamp), built a message at a time.
 pub struct Decoder {
     cols: RawBuilders,
+    key: BinaryBuilder,
+    timestamp: TimestampMicrosecondBuilder,
     rows: usize,
 }
 
@@ -40,14 +48,25 @@ impl Default for Decoder {
     fn default() -> Self {
         Decoder {
             cols: RawBuilders::with_capacity(1024),
+            key: BinaryBuilder::new(),
+            timestamp: TimestampMicrosecondBuilder::with_capacity(1024),
             rows: 0,
         }
     }
 }
 
+/// Where a message came from: its key and timestamp (µs), kept with its row.
+#[derive(Clone, Copy)]
+pub struct Lineage<'a> {
+    /// The message key (none: a null key).
+    pub key: Option<&'a [u8]>,
+    /// The record's timestamp.
+    pub timestamp_us: i64,
+}
+
 impl Decoder {
     /// Add a message's row; `Err` says why the message cannot be read (nothing added).
-    pub fn push(&mut self, value: &[u8]) -> std::result::Result<(), String> {
+    pub fn push(&mut self, value: &[u8], lineage: Lineage<'_>) -> std::result::Result<(), String> {
         let wire: Wire<'_> = serde_json::from_slice(value).map_err(|e| e.to_string())?;
         let ts = match &wire.transaction_ts {
             None => None,
@@ -71,6 +90,8 @@ impl Decoder {
         c.category.append_option(wire.category);
         c.channel.append_option(wire.channel);
         c.status.append_option(wire.status);
+        self.key.append_option(lineage.key);
+        self.timestamp.append_value(lineage.timestamp_us);
         self.rows += 1;
         Ok(())
     }
@@ -83,7 +104,11 @@ impl Decoder {
     /// The rows added, as a batch; the decoder starts empty again.
     pub fn finish(&mut self) -> Result<RecordBatch> {
         self.rows = 0;
-        Ok(self.cols.finish(&RAW_LENIENT)?)
+        let raw = self.cols.finish(&RAW_LENIENT)?;
+        let mut cols = raw.columns().to_vec();
+        cols.push(Arc::new(self.key.finish()) as ArrayRef);
+        cols.push(Arc::new(self.timestamp.finish().with_timezone("UTC")));
+        Ok(RecordBatch::try_new(INPUT.clone(), cols)?)
     }
 }
 
@@ -205,12 +230,23 @@ mod tests {
     #[test]
     fn messages_round_trip_and_bad_ones_are_refused() {
         let mut d = Decoder::default();
+        let at = |timestamp_us| Lineage {
+            key: Some(b"42"),
+            timestamp_us,
+        };
         let good = br#"{"transaction_id":"6f1c4f6e-8d3a-4c1e-9a53-0d8c2b1b7e11","customer_id":42,
             "merchant_id":7,"transaction_ts":"2026-12-07T10:00:00.123456Z","amount":"12.30",
             "category":"grocery","channel":"online","status":"approved"}"#;
-        d.push(good).unwrap();
-        d.push(br#"{"transaction_id":null,"amount":null,"extra":1}"#)
-            .unwrap();
+        d.push(good, at(1_000)).unwrap();
+        let keyless = Lineage {
+            key: None,
+            timestamp_us: 2_000,
+        };
+        d.push(
+            br#"{"transaction_id":null,"amount":null,"extra":1}"#,
+            keyless,
+        )
+        .unwrap();
         for bad in [
             &b"not json"[..],
             br#"[1,2]"#,
@@ -219,15 +255,26 @@ mod tests {
             br#"{"amount":"1.234"}"#,
             br#"{"transaction_id":"x""#,
         ] {
-            assert!(d.push(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            let refused = d.push(bad, at(3_000));
+            assert!(refused.is_err(), "{}", String::from_utf8_lossy(bad));
         }
         let batch = d.finish().unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(d.rows(), 0);
+        // Each row keeps its message's key and timestamp; a refused message adds neither.
+        let key = batch
+            .column_by_name("message_key")
+            .unwrap()
+            .as_binary::<i32>();
+        assert_eq!((key.value(0), key.is_null(1)), (&b"42"[..], true));
+        let ts = batch.column_by_name("message_timestamp").unwrap();
+        let ts = ts.as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(ts.values().to_vec(), [1_000, 2_000]);
+
         let again = encode(&batch);
         let mut d2 = Decoder::default();
-        for m in &again {
-            d2.push(m).unwrap();
+        for (m, lineage) in again.iter().zip([at(1_000), keyless]) {
+            d2.push(m, lineage).unwrap();
         }
         assert_eq!(d2.finish().unwrap(), batch);
         let first: serde_json::Value = serde_json::from_slice(&again[0]).unwrap();

@@ -221,24 +221,73 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .block_on(f)
 }
 
-/// Send `values` to partition 0 of the topic (created with one partition if missing).
-fn send(url: &str, values: &[Option<&[u8]>]) {
+/// Send `values` to partition 0 of the topic (created with one partition if missing), the
+/// `i`th with key `k{i}` and timestamp now + `i` ms; returns the first's timestamp (µs, whole
+/// milliseconds: Kafka keeps milliseconds).
+fn send(url: &str, values: &[Option<&[u8]>]) -> i64 {
     let topic: Topic = url.parse().unwrap();
+    let first_ms = chrono::Utc::now().timestamp_millis();
     block_on(async {
         let conn = Connection::open(&topic).await.unwrap();
         conn.ensure_topic(1).await.unwrap();
         let p = conn.partition(0).await.unwrap();
         let records = values
             .iter()
-            .map(|v| rskafka::record::Record {
-                key: None,
+            .enumerate()
+            .map(|(i, v)| rskafka::record::Record {
+                key: Some(format!("k{i}").into_bytes()),
                 value: v.map(|v| v.to_vec()),
                 headers: Default::default(),
-                timestamp: chrono::Utc::now(),
+                timestamp: chrono::DateTime::from_timestamp_millis(first_ms + i as i64).unwrap(),
             })
             .collect();
         p.produce(records).await.unwrap();
     });
+    first_ms * 1000
+}
+
+/// A row's Kafka lineage as a table holds it.
+#[derive(Debug, PartialEq)]
+struct Lineage {
+    id: Option<String>,
+    customer: Option<i64>,
+    key: Option<Vec<u8>>,
+    timestamp_us: Option<i64>,
+}
+
+/// Every row of a table's live files with its lineage (none where a file lacks the columns).
+fn lineage(table: &std::path::Path) -> Vec<Lineage> {
+    use deltalake::arrow::array::{Array, AsArray};
+    use deltalake::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+    let mut out = Vec::new();
+    for (path, _) in crate::common::live_files(table) {
+        for b in crate::common::read_parquet(&path) {
+            let id = b
+                .column_by_name("transaction_id")
+                .unwrap()
+                .as_string::<i32>();
+            let customer = b.column_by_name("customer_id").unwrap();
+            let customer = customer.as_primitive::<Int64Type>();
+            let key = b
+                .column_by_name("message_key")
+                .map(|c| c.as_binary::<i32>().clone());
+            let ts = b.column_by_name("message_timestamp");
+            let ts = ts.map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
+            for i in 0..b.num_rows() {
+                out.push(Lineage {
+                    id: id.is_valid(i).then(|| id.value(i).to_string()),
+                    customer: customer.is_valid(i).then(|| customer.value(i)),
+                    key: key
+                        .as_ref()
+                        .filter(|k| k.is_valid(i))
+                        .map(|k| k.value(i).to_vec()),
+                    timestamp_us: ts.as_ref().filter(|t| t.is_valid(i)).map(|t| t.value(i)),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.id, &a.key).cmp(&(&b.id, &b.key)));
+    out
 }
 
 fn good(id: u32, cents: u32) -> Vec<u8> {
@@ -292,6 +341,15 @@ fn a_topic_is_ingested_once_equal_to_the_producers_own_files() {
     expected.sort();
     assert_eq!(recorded, expected);
 
+    // Each row keeps its message's key (the producer keys by customer) and timestamp.
+    let kept = lineage(&d.table(TX));
+    assert!(!kept.is_empty());
+    for r in &kept {
+        let customer = r.customer.unwrap().to_string().into_bytes();
+        assert_eq!(r.key.as_ref(), Some(&customer), "{r:?}");
+        assert!(r.timestamp_us.is_some(), "{r:?}");
+    }
+
     // Nothing new: nothing committed.
     let again = d.ok(&["ingest", "--source", &url]);
     assert_eq!(u(&again, "files_ingested"), 0, "{again}");
@@ -302,6 +360,13 @@ fn a_topic_is_ingested_once_equal_to_the_producers_own_files() {
     let files = producer_files(&producer, &url);
     files.ok(&["ingest"]);
     assert_eq!(rows(&d.table(TX)), rows(&files.table(TX)));
+    let from_files = lineage(&files.table(TX));
+    assert!(
+        from_files
+            .iter()
+            .all(|r| r.key.is_none() && r.timestamp_us.is_none()),
+        "rows from landing files have no message lineage"
+    );
     let q = quarantine(&d);
     let unread: Vec<_> = q.iter().filter(|r| r.2 == "unparseable_message").collect();
     assert_eq!(unread.len() as u64, unparseable);
@@ -316,7 +381,7 @@ fn unreadable_messages_are_quarantined_with_their_offsets() {
     let url = broker.topic("bad");
     let topic: Topic = url.parse().unwrap();
     let late = good(2, 1).into_iter().collect::<Vec<u8>>();
-    send(
+    let sent_us = send(
         &url,
         &[
             Some(&good(1, 1230)),
@@ -348,14 +413,33 @@ fn unreadable_messages_are_quarantined_with_their_offsets() {
         "{r}"
     );
     // Lineage: the quarantine row names the message's partition and offset.
-    let lineage =
+    let sources =
         crate::common::column_values(&d.table("_quarantine/customer_transactions"), "source_file");
     for offset in 1..=4 {
         let want = format!("kafka/{}/0/{offset}", topic.name);
-        assert!(lineage.contains(&want), "{want} in {lineage:?}");
+        assert!(sources.contains(&want), "{want} in {sources:?}");
     }
     let good_lineage = crate::common::column_values(&d.table(TX), "source_file");
     assert_eq!(good_lineage, vec![format!("kafka/{}/0/0-6", topic.name); 2]);
+    // And every row, good or not, keeps its message's key and timestamp (offset i: `k{i}`,
+    // sent_us + i ms).
+    let at = |offset: i64| {
+        (
+            Some(format!("k{offset}").into_bytes()),
+            Some(sent_us + offset * 1000),
+        )
+    };
+    let good_rows: Vec<_> = lineage(&d.table(TX))
+        .into_iter()
+        .map(|r| (r.key, r.timestamp_us))
+        .collect();
+    assert_eq!(good_rows, [at(0), at(5)]);
+    let mut rejected: Vec<_> = lineage(&d.table("_quarantine/customer_transactions"))
+        .into_iter()
+        .map(|r| (r.key, r.timestamp_us))
+        .collect();
+    rejected.sort();
+    assert_eq!(rejected, [at(1), at(2), at(3), at(4), at(6)]);
 }
 
 /// An ingest of `url` exits 10 saying each of `said`, and commits nothing; with
@@ -757,4 +841,105 @@ fn messages_removed_by_retention_before_they_were_ingested_stop_the_run() {
     });
     let lost = "earliest offset is 3: messages 2..2 were removed (retention)";
     lost_then_go_on(&d, &url, &[lost], 3);
+}
+
+/// A `customer_transactions` table as the pipeline made it before the Kafka source (without
+/// the lineage columns), holding `ids` (customer 1, 10.00 each, on 2026-01-05), written by
+/// delta-rs itself.
+fn table_from_before_the_lineage_columns(table: &std::path::Path, ids: &[&str]) {
+    use deltalake::arrow::array::{ArrayRef, Date32Array, RecordBatch, StringArray};
+    use deltalake::arrow::datatypes::Schema;
+    use deltalake::kernel::StructType;
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    use std::sync::Arc;
+    let now = pipeline::schema::TRANSACTIONS.clone();
+    let older = Arc::new(Schema::new(now.fields()[..now.fields().len() - 2].to_vec()));
+    let landing = tempfile::tempdir().unwrap();
+    let file = landing.path().join("old.parquet");
+    let raws: Vec<_> = ids
+        .iter()
+        .map(|id| crate::common::raw(id, crate::common::noon("2026-01-05")))
+        .collect();
+    crate::common::write_raw(&file, &raws);
+    let raw = crate::common::read_parquet(&file).remove(0);
+    let n = raw.num_rows();
+    let mut cols: Vec<ArrayRef> = raw.columns().to_vec();
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
+    let days = day
+        .signed_duration_since(chrono::NaiveDate::default())
+        .num_days() as i32;
+    cols.push(Arc::new(Date32Array::from(vec![days; n])));
+    cols.push(Arc::new(StringArray::from(vec!["old.parquet"; n])));
+    let cols = cols
+        .into_iter()
+        .zip(older.fields())
+        .map(|(c, f)| deltalake::arrow::compute::cast(&c, f.data_type()).unwrap())
+        .collect();
+    let batch = RecordBatch::try_new(older.clone(), cols).unwrap();
+    let kernel: StructType = older.as_ref().try_into_kernel().unwrap();
+    std::fs::create_dir_all(table).unwrap();
+    block_on(async {
+        let url = url::Url::from_directory_path(table).unwrap();
+        let t = deltalake::DeltaTable::try_from_url(url)
+            .await
+            .unwrap()
+            .create()
+            .with_columns(kernel.fields().cloned())
+            .with_partition_columns(["transaction_date"])
+            .await
+            .unwrap();
+        t.write(vec![batch]).await.unwrap();
+    });
+}
+
+#[test]
+fn a_table_from_before_the_kafka_source_gains_the_lineage_columns_by_a_schema_update() {
+    let Some(broker) = Broker::start("a table from before the lineage columns") else {
+        return;
+    };
+    let url = broker.topic("upgrade");
+    let d = Data::new();
+    let old_ids = [
+        "00000000-0000-4000-8000-00000000a001",
+        "00000000-0000-4000-8000-00000000a002",
+    ];
+    table_from_before_the_lineage_columns(&d.table(TX), &old_ids);
+    let id_before = crate::common::table_id(&d.table(TX));
+    let sent_us = send(&url, &[Some(&good(1, 100)), Some(&good(2, 200))]);
+    let r = d.ok(&["ingest", "--source", &url]);
+    assert_eq!(u(&r, "rows_out"), 2, "{r}");
+
+    // The same table (a metaData update, not a new table), older rows' lineage null.
+    assert_eq!(crate::common::table_id(&d.table(TX)), id_before);
+    let got: Vec<_> = lineage(&d.table(TX))
+        .into_iter()
+        .map(|r| (r.key, r.timestamp_us))
+        .collect();
+    let k = |i: i64| (Some(format!("k{i}").into_bytes()), Some(sent_us + i * 1000));
+    assert_eq!(
+        got,
+        [k(0), k(1), (None, None), (None, None)],
+        "by id: the new ones first"
+    );
+    // Through delta-rs's reader (our sql): the older files read with nulls in the new columns.
+    let out = d.run_env(
+        &[
+            "sql",
+            "SELECT count(*) AS n, count(message_key) AS keyed, \
+             count(message_timestamp) AS stamped FROM customer_transactions",
+            "--format",
+            "csv",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().nth(1), Some("4,2,2"), "{text}");
+    // And the stages downstream read it: all four rows aggregated.
+    let a = d.ok(&["aggregate"]);
+    assert_eq!(u(&a, "rows_read"), 4, "{a}");
 }
