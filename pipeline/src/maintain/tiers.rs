@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 
 use deltalake::DeltaTable;
+use deltalake::arrow::array::new_null_array;
 use deltalake::kernel::{Action, Add};
 #[allow(deprecated)]
 // deprecated upstream in favour of hand-written readers; delta-rs itself still uses it
@@ -54,8 +55,9 @@ struct Candidate {
 
 /// Merge every group of [`FAN_IN`] files of one day and one tier, in one `dataChange:
 /// false` commit; returns the files merged (0: nothing to merge). Files with a deletion
-/// vector, and groups whose files do not hold the table's current file schema (written
-/// before a widening), are left alone.
+/// vector, and groups whose files hold other columns than the table's current file schema,
+/// are left alone; files written before the table's last nullable columns were added are
+/// merged, with nulls in those columns.
 pub async fn merge(t: &DeltaTable, table: Table) -> Result<u64> {
     let groups = groups(t, table)?;
     if groups.is_empty() {
@@ -135,7 +137,9 @@ fn groups(t: &DeltaTable, table: Table) -> Result<Vec<(Option<Day>, Vec<Candidat
 }
 
 /// Write `group`'s rows into new files of `day` (None when a file's schema is not the
-/// table's current one: the group is left as it is).
+/// table's current one, or the current one without some of its last, nullable columns: the
+/// group is left as it is). Files written before columns were added to the table get nulls
+/// in them, as readers see them.
 async fn merge_group(
     t: &DeltaTable,
     table: Table,
@@ -143,11 +147,14 @@ async fn merge_group(
     group: &[Candidate],
 ) -> Result<Option<Vec<Add>>> {
     let target = ingest::file_schema(table);
-    let names = |s: &deltalake::arrow::datatypes::Schema| {
-        s.fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect::<Vec<_>>()
+    let fits = |s: &deltalake::arrow::datatypes::Schema| {
+        let n = s.fields().len();
+        n <= target.fields().len()
+            && s.fields()
+                .iter()
+                .zip(target.fields())
+                .all(|(a, b)| a.name() == b.name())
+            && target.fields()[n..].iter().all(|f| f.is_nullable())
     };
     // Every file's schema is checked before anything is written.
     let store = t.object_store();
@@ -156,7 +163,7 @@ async fn merge_group(
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(store.clone(), c.path.clone());
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-        if names(builder.schema()) != names(&target) {
+        if !fits(builder.schema()) {
             return Ok(None);
         }
         readers.push(builder);
@@ -165,7 +172,12 @@ async fn merge_group(
     for builder in readers {
         let mut batches = builder.build()?;
         while let Some(batch) = batches.next().await {
-            let batch = delta::conform(batch?.columns().to_vec(), &target)?;
+            let batch = batch?;
+            let mut columns = batch.columns().to_vec();
+            for f in &target.fields()[columns.len()..] {
+                columns.push(new_null_array(f.data_type(), batch.num_rows()));
+            }
+            let batch = delta::conform(columns, &target)?;
             writer
                 .write(&batch)
                 .await
@@ -184,7 +196,7 @@ async fn merge_group(
 mod tests {
     use super::*;
     use crate::layout::Layout;
-    use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use deltalake::arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray};
     use deltalake::arrow::compute::cast;
     use deltalake::arrow::datatypes::DataType;
     use std::sync::Arc;
@@ -214,6 +226,9 @@ mod tests {
                 match f.data_type() {
                     DataType::Utf8 => Arc::new(StringArray::from_iter_values(
                         numbers.values().iter().map(|v| format!("{}-{v}", f.name())),
+                    )),
+                    DataType::Binary => Arc::new(BinaryArray::from_iter_values(
+                        numbers.values().iter().map(|v| v.to_be_bytes()),
                     )),
                     DataType::Date32 => {
                         cast(&cast(&numbers, &DataType::Int32).unwrap(), f.data_type()).unwrap()
@@ -247,6 +262,92 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    /// Every row of the table: its id and whether it has a message key (none in a file
+    /// without the column), sorted.
+    async fn keyed(t: &DeltaTable) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        for f in delta::files(t, Table::Transactions, None).unwrap() {
+            #[allow(deprecated)]
+            let reader = ParquetObjectReader::new(t.object_store(), f.path);
+            let mut s = ParquetRecordBatchStreamBuilder::new(reader)
+                .await
+                .unwrap()
+                .build()
+                .unwrap();
+            while let Some(b) = s.next().await {
+                let b = b.unwrap();
+                let id = b.column_by_name("transaction_id").unwrap();
+                let id = id.as_any().downcast_ref::<StringArray>().unwrap();
+                let key = b.column_by_name("message_key");
+                for i in 0..b.num_rows() {
+                    let has = key.is_some_and(|k| k.is_valid(i));
+                    out.push((id.value(i).to_string(), has));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn files_from_before_the_lineage_columns_are_merged_with_nulls_in_them() {
+        use deltalake::arrow::datatypes::Schema;
+        use deltalake::datafile::writer::{PartitionWriter, PartitionWriterConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let table = Table::Transactions;
+        let mut t = delta::open_or_create(&layout, table).await.unwrap();
+        let full = ingest::file_schema(table);
+        // A table upgraded by a schema update keeps its older files, without the columns.
+        let older = Arc::new(Schema::new(
+            full.fields()[..full.fields().len() - 2].to_vec(),
+        ));
+        for i in 0..4 {
+            let rows = rows(i * 100, 100);
+            let adds = if i < 2 {
+                let partition = indexmap::IndexMap::from([(
+                    crate::schema::PARTITION_COLUMN.to_string(),
+                    delta_kernel::expressions::Scalar::Date(20_000),
+                )]);
+                let config = PartitionWriterConfig::try_new(
+                    older.clone(),
+                    partition,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+                .unwrap();
+                let mut w = PartitionWriter::try_with_config(
+                    t.object_store(),
+                    config,
+                    delta_kernel::table_properties::DataSkippingNumIndexedCols::NumColumns(32),
+                    None,
+                )
+                .unwrap();
+                let n = older.fields().len();
+                let old_rows =
+                    RecordBatch::try_new(older.clone(), rows.columns()[..n].to_vec()).unwrap();
+                w.write(&old_rows).await.unwrap();
+                w.close().await.unwrap()
+            } else {
+                let mut w = ingest::day_writer(&t, table, Some(20_000)).unwrap();
+                w.write(&rows).await.unwrap();
+                w.close().await.unwrap()
+            };
+            Commit::append(table).adds(adds).execute(&t).await.unwrap();
+            t.update_incremental(None).await.unwrap();
+        }
+        let before = keyed(&t).await;
+        assert_eq!(before.iter().filter(|r| r.1).count(), 200);
+
+        assert_eq!(merge(&t, table).await.unwrap(), 4);
+        t.update_incremental(None).await.unwrap();
+        assert_eq!(delta::files(&t, table, None).unwrap().len(), 1);
+        assert_eq!(keyed(&t).await, before, "the older rows' keys are null");
     }
 
     #[tokio::test]
