@@ -165,8 +165,8 @@ bench: release seaweedfs ## Benchmark the stages at N rows (N=10000000) in a fre
 	bench/run.sh $(N)
 	@if [ -x target/seaweedfs-venv/bin/weed ]; then bench/s3.sh $(N); else echo "WARNING: SeaweedFS not installed: no S3 variant"; fi
 
-bench-kafka: release tansu ## The Kafka source at a sustained rate (RATE=50000 rows/s for DURATION=60s): p99 freshness, beside the file source's on the same machine
-	bench/kafka.sh $(or $(RATE),50000) $(or $(DURATION),60)
+bench-kafka: release tansu ## The Kafka source at a sustained rate (RATE=50000 rows/s for DURATION=60s): p99 freshness, beside the file source's on the same machine (SOURCES="kafka kafka-arrow files")
+	SOURCES="$(or $(SOURCES),kafka files)" bench/kafka.sh $(or $(RATE),50000) $(or $(DURATION),60)
 
 bench-s3: release seaweedfs ## generate/ingest/aggregate at N rows (N=10000000; several: N="1000000 10000000") on S3 (a local SeaweedFS) beside local disk: ratio and peak RSS
 	bench/s3.sh $(or $(N),10000000)

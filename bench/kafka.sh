@@ -7,7 +7,7 @@
 # timestamp -> acknowledged by ScyllaDB; files: landing -> acknowledged), the backlog at the
 # end, and `verify`. JSON in bench/results/.
 # Usage: bench/kafka.sh [RATE] [DURATION_SECONDS]   (defaults 50000, 60; env BENCH_TMP, KEEP=1,
-#        SOURCES="kafka files")
+#        SOURCES="kafka files"; `kafka-arrow` is the Kafka source fed Arrow IPC messages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:-50000}
@@ -33,12 +33,14 @@ for _ in $(seq 100); do grep -q listening "$tmp/cql.log" && (echo > "/dev/tcp/12
 export SCYLLA_URI=127.0.0.1:$cql_port
 tick=$((RATE / 2))
 
-bench() { # $1: kafka|files
-  local src=$1 data="$tmp/$1" keyspace="bench_$1" source_args=() to_args=()
-  if [ "$src" = kafka ]; then
-    source_args=(--source "kafka://127.0.0.1:$kafka_port/transactions")
-    to_args=(--to "kafka://127.0.0.1:$kafka_port/transactions" --partitions 3)
-  fi
+bench() { # $1: kafka|kafka-arrow|files
+  local src=$1 data="$tmp/$1" keyspace="bench_${1//-/_}" source_args=() to_args=()
+  case "$src" in
+    kafka|kafka-arrow)
+      source_args=(--source "kafka://127.0.0.1:$kafka_port/$src")
+      to_args=(--to "kafka://127.0.0.1:$kafka_port/$src" --partitions 3)
+      [ "$src" = kafka-arrow ] && to_args+=(--message-format arrow) ;;
+  esac
   echo "== $src: $RATE rows/s for ${DURATION}s (ticks of $tick rows), $(nproc) cores"
   SCYLLA_KEYSPACE=$keyspace "$BIN" --data-dir "$data" --json --no-progress run --follow --interval 500ms \
     "${source_args[@]}" > "$tmp/$src.batches.jsonl" 2> "$tmp/$src.follow.err" &

@@ -4,8 +4,9 @@ use std::sync::{Arc, LazyLock};
 
 use deltalake::arrow::array::{
     ArrayRef, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    TimestampMicrosecondBuilder, new_null_array,
 };
+use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::error::ArrowError;
 use deltalake::parquet::basic::{Compression, Encoding};
@@ -302,7 +303,10 @@ pub fn writer_properties(max_row_group_rows: Option<usize>) -> WriterProperties 
         .set_column_statistics_enabled(
             ColumnPath::from(col::TRANSACTION_ID),
             EnabledStatistics::None,
-        );
+        )
+        // Nor `message_key`: delta-rs keeps no statistics of a binary column (it logged a
+        // warning per file for the Parquet ones, delta-rs 1.1 `writer/stats.rs`).
+        .set_column_statistics_enabled(ColumnPath::from(col::MESSAGE_KEY), EnabledStatistics::None);
     for c in [
         col::CATEGORY,
         col::CHANNEL,
@@ -326,6 +330,39 @@ pub fn writer_properties(max_row_group_rows: Option<usize>) -> WriterProperties 
         b = b.set_max_row_group_row_count(max_row_group_rows);
     }
     b.build()
+}
+
+/// Types we accept for a raw column and convert losslessly to the contract's type.
+pub fn compatible(got: &DataType, want: &DataType) -> bool {
+    use DataType::*;
+    match (got, want) {
+        (g, w) if g == w => true,
+        (Utf8 | LargeUtf8 | Utf8View, Utf8) => true,
+        (Dictionary(_, v), Utf8) => matches!(v.as_ref(), Utf8 | LargeUtf8 | Utf8View),
+        (Binary | LargeBinary | BinaryView | Utf8 | LargeUtf8 | Utf8View, Binary) => true,
+        (Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32, Int64) => true,
+        // Any unit, as long as it is an instant (has a time zone); a naive timestamp is ambiguous.
+        (Timestamp(_, Some(_)), Timestamp(_, Some(_))) => true,
+        (Decimal128(p, s) | Decimal256(p, s), Decimal128(wp, ws)) => {
+            *s >= 0 && *s <= *ws && (*p as i16 - *s as i16) <= (*wp as i16 - *ws as i16)
+        }
+        _ => false,
+    }
+}
+
+/// `batch`'s columns of `target`, by name, cast to `target`'s types (compatibility checked
+/// before, see [`compatible`]); a column `batch` lacks is null.
+pub fn by_name(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let cols = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => cast(c, f.data_type()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(target.clone(), cols)
 }
 
 /// Every Delta table of the pipeline is partitioned by day.
@@ -405,6 +442,33 @@ mod tests {
         let input: Vec<_> = INPUT.fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(&input[..raw.len()], &raw[..]);
         assert_eq!(input[raw.len()..], tx[n - 2..]);
+    }
+
+    #[test]
+    fn accepts_lossless_variants_and_rejects_the_rest() {
+        use DataType::*;
+        let ts = timestamp_type();
+        assert!(compatible(
+            &Dictionary(Box::new(Int8), Box::new(Utf8)),
+            &Utf8
+        ));
+        assert!(compatible(&LargeUtf8, &Utf8));
+        assert!(compatible(&Int32, &Int64));
+        assert!(compatible(
+            &Timestamp(TimeUnit::Nanosecond, Some("+00:00".into())),
+            &ts
+        ));
+        assert!(compatible(&Decimal128(10, 2), &Decimal128(12, 2)));
+        assert!(!compatible(&Timestamp(TimeUnit::Microsecond, None), &ts));
+        assert!(!compatible(&Float64, &Decimal128(12, 2)));
+        assert!(!compatible(&Decimal128(14, 2), &Decimal128(12, 2)));
+        assert!(!compatible(&Decimal128(12, 3), &Decimal128(12, 2)));
+        assert!(!compatible(&Utf8, &Int64));
+        assert!(!compatible(&UInt64, &Int64));
+        // A message key: bytes, or text taken as its UTF-8 bytes.
+        assert!(compatible(&LargeBinary, &Binary));
+        assert!(compatible(&Utf8, &Binary));
+        assert!(!compatible(&Int64, &Binary));
     }
 
     #[test]

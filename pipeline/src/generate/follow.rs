@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::GenerateOptions;
 use crate::error::{Error, Result};
-use crate::kafka::Topic;
+use crate::kafka::{MessageFormat, Topic};
 use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::report::{Report, Summary, thousands};
@@ -31,19 +31,24 @@ pub struct FollowGenerate {
     /// Stop after this long (e.g. 2m); default: until stopped.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Send each tick's rows to a Kafka topic (one JSON message per row) instead of landing
-    /// files: `kafka://HOST:PORT/TOPIC`. The batches are kept in `<data-dir>/_producer/TOPIC`.
+    /// Send each tick's rows to a Kafka topic (one JSON message per row, or see
+    /// `--message-format`) instead of landing files: `kafka://HOST:PORT/TOPIC`. The batches
+    /// are kept in `<data-dir>/_producer/TOPIC`.
     #[arg(long, value_name = "kafka://HOST:PORT/TOPIC")]
     pub to: Option<Topic>,
     /// Partitions of the topic, when `--to` creates it.
     #[arg(long, default_value_t = 3)]
     pub partitions: i32,
+    /// How `--to` writes messages: `json` (one row per message, keyed by customer) or
+    /// `arrow` (Arrow IPC streams of up to 1,000 rows, no key). Ingest reads both.
+    #[arg(long, value_enum, default_value_t)]
+    pub message_format: MessageFormat,
 }
 
 impl FollowGenerate {
     /// The options that mean something only with `--follow`: given as flags without it,
     /// they are a usage error; from the environment or `pipeline.toml` a batch ignores them.
-    pub const NEEDS_FOLLOW: [&str; 4] = ["rate", "duration", "to", "partitions"];
+    pub const NEEDS_FOLLOW: [&str; 5] = ["rate", "duration", "to", "partitions", "message_format"];
 }
 
 /// What a producer session landed.
@@ -110,7 +115,12 @@ pub fn run(
     }
     base.validate()?;
     let sink = match &f.to {
-        Some(topic) => Some(super::kafka::Sink::open(layout, topic, f.partitions)?),
+        Some(topic) => Some(super::kafka::Sink::open(
+            layout,
+            topic,
+            f.partitions,
+            f.message_format,
+        )?),
         None => None,
     };
     let layout = sink.as_ref().map_or(layout, |s| &s.layout);

@@ -1,9 +1,12 @@
 //! `generate --follow --to kafka://HOST:PORT/TOPIC`: the producer of a topic. Each tick is an
 //! ordinary batch, written to the producer's own folder (`<data-dir>/_producer/TOPIC`, where
 //! re-deliveries find earlier batches), then sent a row per message (JSON, [`json::encode`]),
-//! keyed by `customer_id` (so a customer's messages keep their order in one partition).
-//! With `--dirty-rate`, a tenth of that rate more messages are unreadable on purpose (not
-//! JSON, or an amount with three decimals): the ingest's `unparseable_message`.
+//! keyed by `customer_id` (so a customer's messages keep their order in one partition); or,
+//! with `--message-format arrow`, as Arrow IPC messages of up to 1,000 rows each
+//! ([`arrow::encode`]), a customer's rows in the partition of its key, the messages without a
+//! key. With `--dirty-rate`, a tenth of that rate more messages are unreadable on purpose
+//! (JSON: cut short, or an amount with three decimals; Arrow: a stream cut short): the
+//! ingest's `unparseable_message`.
 //!
 //! A producer killed in the middle of a tick has sent part of its batch; it goes on with the
 //! next batch (the part not sent is not sent: at most once, as a producer without
@@ -11,28 +14,39 @@
 
 use std::path::PathBuf;
 
+use deltalake::arrow::array::{AsArray, RecordBatch, UInt32Array};
+use deltalake::arrow::compute::take_record_batch;
+use deltalake::arrow::datatypes::Int64Type;
 use rand::{Rng, SeedableRng};
 use rskafka::record::Record;
 
 use super::GenerateOptions;
 use crate::error::{Error, Result};
-use crate::kafka::{Connection, Partition, Topic, json, partition_for};
+use crate::kafka::{Connection, MessageFormat, Partition, Topic, arrow, json, partition_for};
 use crate::layout::Layout;
 
 /// Messages per produce request.
 const PER_REQUEST: usize = 2_000;
+/// Rows per Arrow message (about 100 KB, well below Kafka's default 1 MB message limit).
+const ARROW_ROWS_PER_MESSAGE: usize = 1_000;
 
 /// A topic being produced to, with the producer's own data dir.
 pub struct Sink {
     rt: tokio::runtime::Runtime,
     partitions: Vec<Partition>,
+    format: MessageFormat,
     /// Where the producer keeps its batches.
     pub layout: Layout,
 }
 
 impl Sink {
     /// Connect, creating the topic with `partitions` partitions if missing.
-    pub fn open(layout: &Layout, topic: &Topic, partitions: i32) -> Result<Sink> {
+    pub fn open(
+        layout: &Layout,
+        topic: &Topic,
+        partitions: i32,
+        format: MessageFormat,
+    ) -> Result<Sink> {
         let Some(root) = layout.local_root() else {
             return Err(Error::Invalid(
                 "generate --to kafka://...: keeps its batches in a local --data-dir".into(),
@@ -54,6 +68,7 @@ impl Sink {
         Ok(Sink {
             rt,
             partitions,
+            format,
             layout: Layout::new(own),
         })
     }
@@ -64,26 +79,40 @@ impl Sink {
         let mut by_partition: Vec<Vec<Record>> = vec![Vec::new(); self.partitions.len()];
         let mut rng = rand_pcg::Pcg64::seed_from_u64(opts.seed ^ u64::from(batch).rotate_left(17));
         let now = chrono::Utc::now();
+        let unreadable_rate = (opts.dirty_rate / 10.0).clamp(0.0, 1.0);
         let mut sent = 0;
         for path in parquet_files(&dir)? {
             for rows in read(&path)? {
-                let customers = rows
-                    .column_by_name("customer_id")
-                    .expect("raw schema")
-                    .clone();
-                let customers = deltalake::arrow::array::AsArray::as_primitive::<
-                    deltalake::arrow::datatypes::Int64Type,
-                >(&customers);
-                for (i, value) in json::encode(&rows).into_iter().enumerate() {
-                    let key = match deltalake::arrow::array::Array::is_null(customers, i) {
-                        true => Vec::new(),
-                        false => customers.value(i).to_string().into_bytes(),
-                    };
-                    let p = partition_for(&key, self.partitions.len());
-                    if rng.random_bool((opts.dirty_rate / 10.0).clamp(0.0, 1.0)) {
-                        by_partition[p].push(record(&key, unreadable(&value, &mut rng), now));
+                let keys = customer_keys(&rows);
+                match self.format {
+                    MessageFormat::Json => {
+                        for (value, key) in json::encode(&rows).into_iter().zip(keys) {
+                            let p = &mut by_partition[partition_for(&key, self.partitions.len())];
+                            if rng.random_bool(unreadable_rate) {
+                                p.push(record(&key, unreadable(&value, &mut rng), now));
+                            }
+                            p.push(record(&key, value, now));
+                        }
                     }
-                    by_partition[p].push(record(&key, value, now));
+                    MessageFormat::Arrow => {
+                        let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); self.partitions.len()];
+                        for (i, key) in keys.iter().enumerate() {
+                            rows_of[partition_for(key, self.partitions.len())].push(i as u32);
+                        }
+                        for (p, idx) in by_partition.iter_mut().zip(rows_of) {
+                            for chunk in idx.chunks(ARROW_ROWS_PER_MESSAGE) {
+                                let part =
+                                    take_record_batch(&rows, &UInt32Array::from(chunk.to_vec()))?;
+                                let value = arrow::encode(&part)?;
+                                if rng.random_bool(unreadable_rate) {
+                                    // Cut short: a damaged stream.
+                                    let cut = value[..value.len() / 2].to_vec();
+                                    p.push(record(&[], cut, now));
+                                }
+                                p.push(record(&[], value, now));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -120,6 +149,16 @@ fn record(key: &[u8], value: Vec<u8>, at: chrono::DateTime<chrono::Utc>) -> Reco
     }
 }
 
+/// Each row's message key: its `customer_id` as text (empty when null: no key).
+fn customer_keys(rows: &RecordBatch) -> Vec<Vec<u8>> {
+    let customers = rows.column_by_name("customer_id").expect("raw schema");
+    let customers = customers.as_primitive::<Int64Type>();
+    customers
+        .iter()
+        .map(|c| c.map_or_else(Vec::new, |c| c.to_string().into_bytes()))
+        .collect()
+}
+
 /// A message the ingest cannot read, made from a good one.
 fn unreadable(value: &[u8], rng: &mut impl Rng) -> Vec<u8> {
     if rng.random_bool(0.5) {
@@ -142,7 +181,7 @@ fn parquet_files(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<deltalake::arrow::array::RecordBatch>> {
+fn read(path: &std::path::Path) -> Result<Vec<RecordBatch>> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let reader =

@@ -33,7 +33,7 @@ use super::scratch::Scratch;
 use super::{IngestOptions, IngestReport, Kept};
 use crate::delta::{self, keys};
 use crate::error::{Error, Result};
-use crate::kafka::json::{Decoder, Lineage};
+use crate::kafka::decode::{Decoder, Lineage};
 use crate::kafka::{Connection, OnMissingOffsets, Partition, Topic};
 use crate::layout::Layout;
 use crate::progress::Progress;
@@ -352,7 +352,7 @@ async fn fetch(plan: PartitionPlan, dir: &Path, topic: &Topic) -> Result<Fetched
             }
             let ts = m.record.timestamp.timestamp_micros();
             oldest_us = oldest_us.min(ts);
-            if let Err(problem) = take(&mut read, &mut decoder, &m, ts) {
+            if let Err(problem) = take(&mut read, &mut decoder, &m, ts)? {
                 bad.push(Unparseable {
                     partition: p,
                     offset: m.offset,
@@ -404,13 +404,14 @@ async fn fetch(plan: PartitionPlan, dir: &Path, topic: &Topic) -> Result<Fetched
     })
 }
 
-/// Read one message (at `ts`) into `decoder`, counted in `read`; `Err`: why it cannot be read.
+/// Read one message (at `ts`) into `decoder`, counted in `read`; `Ok(Err(why))`: it cannot
+/// be read.
 fn take(
     read: &mut PartitionRead,
     decoder: &mut Decoder,
     m: &crate::kafka::Message,
     ts: i64,
-) -> std::result::Result<(), String> {
+) -> Result<std::result::Result<(), String>> {
     read.next = m.offset + 1;
     read.messages += 1;
     read.newest_us = Some(read.newest_us.map_or(ts, |n| n.max(ts)));
@@ -419,13 +420,13 @@ fn take(
         timestamp_us: ts,
     };
     let parsed = match &m.record.value {
-        Some(value) => decoder.push(value, lineage),
+        Some(value) => decoder.push(value, lineage)?,
         None => Err("the message has no value (a tombstone)".to_string()),
     };
     if parsed.is_err() {
         read.unparseable += 1;
     }
-    parsed
+    Ok(parsed)
 }
 
 /// A scratch Parquet file of raw rows, written a batch at a time.

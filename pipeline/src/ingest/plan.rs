@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, new_null_array};
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{cast, take_record_batch};
 use deltalake::arrow::datatypes::{
     DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
@@ -25,7 +25,7 @@ use deltalake::parquet::arrow::arrow_reader::{
 use super::discover::LandingFile;
 use crate::dates::{self, Day};
 use crate::error::{Error, Result};
-use crate::schema::{INPUT, RAW, col};
+use crate::schema::{INPUT, RAW, col, compatible};
 
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 64 * 1024;
@@ -306,37 +306,10 @@ fn raw_projection(path: &Path, meta: &ArrowReaderMetadata) -> Result<ProjectionM
     Ok(ProjectionMask::roots(meta.parquet_schema(), roots))
 }
 
-/// Types we accept for a raw column and convert losslessly to the contract's type.
-pub(super) fn compatible(got: &DataType, want: &DataType) -> bool {
-    use DataType::*;
-    match (got, want) {
-        (g, w) if g == w => true,
-        (Utf8 | LargeUtf8 | Utf8View, Utf8) => true,
-        (Dictionary(_, v), Utf8) => matches!(v.as_ref(), Utf8 | LargeUtf8 | Utf8View),
-        (Binary | LargeBinary | BinaryView | Utf8 | LargeUtf8 | Utf8View, Binary) => true,
-        (Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32, Int64) => true,
-        // Any unit, as long as it is an instant (has a time zone); a naive timestamp is ambiguous.
-        (Timestamp(_, Some(_)), Timestamp(_, Some(_))) => true,
-        (Decimal128(p, s) | Decimal256(p, s), Decimal128(wp, ws)) => {
-            *s >= 0 && *s <= *ws && (*p as i16 - *s as i16) <= (*wp as i16 - *ws as i16)
-        }
-        _ => false,
-    }
-}
-
 /// Reorder and cast a raw batch to `INPUT` (compatibility was checked at planning; the raw
 /// columns are there, the lineage ones null when the file has none).
 fn normalize(batch: &RecordBatch) -> Result<RecordBatch> {
-    let cols = INPUT
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => cast(c, f.data_type()),
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(INPUT.clone(), cols)?)
+    Ok(crate::schema::by_name(batch, &INPUT)?)
 }
 
 /// A batch of raw rows (`INPUT`) and the ordinals of its rows.
@@ -438,33 +411,6 @@ pub fn read_input(paths: &[PathBuf], footers: &[Footer], input: &Input) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accepts_lossless_variants_and_rejects_the_rest() {
-        use DataType::*;
-        let ts = crate::schema::timestamp_type();
-        assert!(compatible(
-            &Dictionary(Box::new(Int8), Box::new(Utf8)),
-            &Utf8
-        ));
-        assert!(compatible(&LargeUtf8, &Utf8));
-        assert!(compatible(&Int32, &Int64));
-        assert!(compatible(
-            &Timestamp(TimeUnit::Nanosecond, Some("+00:00".into())),
-            &ts
-        ));
-        assert!(compatible(&Decimal128(10, 2), &Decimal128(12, 2)));
-        assert!(!compatible(&Timestamp(TimeUnit::Microsecond, None), &ts));
-        assert!(!compatible(&Float64, &Decimal128(12, 2)));
-        assert!(!compatible(&Decimal128(14, 2), &Decimal128(12, 2)));
-        assert!(!compatible(&Decimal128(12, 3), &Decimal128(12, 2)));
-        assert!(!compatible(&Utf8, &Int64));
-        assert!(!compatible(&UInt64, &Int64));
-        // A message key: bytes, or text taken as its UTF-8 bytes.
-        assert!(compatible(&LargeBinary, &Binary));
-        assert!(compatible(&Utf8, &Binary));
-        assert!(!compatible(&Int64, &Binary));
-    }
 
     #[test]
     fn ordinals_order_by_file_then_row() {

@@ -8,18 +8,12 @@
 //! field of the wrong type, a time or amount that cannot be read) is unparseable: it goes to
 //! the quarantine as `unparseable_message`.
 
-use std::sync::Arc;
-
-use deltalake::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, Decimal128Array, RecordBatch,
-    TimestampMicrosecondBuilder,
-};
+use deltalake::arrow::array::{Array, AsArray, Decimal128Array, RecordBatch};
 use deltalake::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::error::Result;
-use crate::schema::{AMOUNT_SCALE, INPUT, RAW_LENIENT, RawBuilders};
+use crate::schema::{AMOUNT_SCALE, RawBuilders};
 
 /// A message as sent: every field optional (a null is the rules' business).
 #[derive(Deserialize)]
@@ -35,81 +29,31 @@ struct Wire<'a> {
     status: Option<String>,
 }
 
-/// Rows read from messages, in the `INPUT` schema (the raw columns and the message's key and
-/// timestamp), built a message at a time.
-pub struct Decoder {
-    cols: RawBuilders,
-    key: BinaryBuilder,
-    timestamp: TimestampMicrosecondBuilder,
-    rows: usize,
-}
-
-impl Default for Decoder {
-    fn default() -> Self {
-        Decoder {
-            cols: RawBuilders::with_capacity(1024),
-            key: BinaryBuilder::new(),
-            timestamp: TimestampMicrosecondBuilder::with_capacity(1024),
-            rows: 0,
-        }
-    }
-}
-
-/// Where a message came from: its key and timestamp (µs), kept with its row.
-#[derive(Clone, Copy)]
-pub struct Lineage<'a> {
-    /// The message key (none: a null key).
-    pub key: Option<&'a [u8]>,
-    /// The record's timestamp.
-    pub timestamp_us: i64,
-}
-
-impl Decoder {
-    /// Add a message's row; `Err` says why the message cannot be read (nothing added).
-    pub fn push(&mut self, value: &[u8], lineage: Lineage<'_>) -> std::result::Result<(), String> {
-        let wire: Wire<'_> = serde_json::from_slice(value).map_err(|e| e.to_string())?;
-        let ts = match &wire.transaction_ts {
-            None => None,
-            Some(t) => Some(
-                chrono::DateTime::parse_from_rfc3339(t)
-                    .map_err(|e| format!("transaction_ts `{t}` is not RFC 3339: {e}"))?
-                    .timestamp_micros(),
-            ),
-        };
-        let amount = match wire.amount {
-            None => None,
-            Some(raw) if raw.get() == "null" => None,
-            Some(raw) => Some(parse_amount(raw.get())?),
-        };
-        let c = &mut self.cols;
-        c.id.append_option(wire.transaction_id);
-        c.customer.append_option(wire.customer_id);
-        c.merchant.append_option(wire.merchant_id);
-        c.ts.append_option(ts);
-        c.amount.append_option(amount);
-        c.category.append_option(wire.category);
-        c.channel.append_option(wire.channel);
-        c.status.append_option(wire.status);
-        self.key.append_option(lineage.key);
-        self.timestamp.append_value(lineage.timestamp_us);
-        self.rows += 1;
-        Ok(())
-    }
-
-    /// Rows added since the last [`Decoder::finish`].
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// The rows added, as a batch; the decoder starts empty again.
-    pub fn finish(&mut self) -> Result<RecordBatch> {
-        self.rows = 0;
-        let raw = self.cols.finish(&RAW_LENIENT)?;
-        let mut cols = raw.columns().to_vec();
-        cols.push(Arc::new(self.key.finish()) as ArrayRef);
-        cols.push(Arc::new(self.timestamp.finish().with_timezone("UTC")));
-        Ok(RecordBatch::try_new(INPUT.clone(), cols)?)
-    }
+/// Append a message's row to `cols`; `Err` says why it cannot be read (nothing appended).
+pub fn append(cols: &mut RawBuilders, value: &[u8]) -> std::result::Result<(), String> {
+    let wire: Wire<'_> = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    let ts = match &wire.transaction_ts {
+        None => None,
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| format!("transaction_ts `{t}` is not RFC 3339: {e}"))?
+                .timestamp_micros(),
+        ),
+    };
+    let amount = match wire.amount {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => Some(parse_amount(raw.get())?),
+    };
+    cols.id.append_option(wire.transaction_id);
+    cols.customer.append_option(wire.customer_id);
+    cols.merchant.append_option(wire.merchant_id);
+    cols.ts.append_option(ts);
+    cols.amount.append_option(amount);
+    cols.category.append_option(wire.category);
+    cols.channel.append_option(wire.channel);
+    cols.status.append_option(wire.status);
+    Ok(())
 }
 
 /// An amount's unscaled value (cents): a JSON number or string in plain decimal notation,
@@ -225,61 +169,5 @@ mod tests {
         for cents in [0, 1, 99, 100, 1230, -5, -12345] {
             assert_eq!(parse_amount(&cents_text(cents)), Ok(cents));
         }
-    }
-
-    #[test]
-    fn messages_round_trip_and_bad_ones_are_refused() {
-        let mut d = Decoder::default();
-        let at = |timestamp_us| Lineage {
-            key: Some(b"42"),
-            timestamp_us,
-        };
-        let good = br#"{"transaction_id":"6f1c4f6e-8d3a-4c1e-9a53-0d8c2b1b7e11","customer_id":42,
-            "merchant_id":7,"transaction_ts":"2026-12-07T10:00:00.123456Z","amount":"12.30",
-            "category":"grocery","channel":"online","status":"approved"}"#;
-        d.push(good, at(1_000)).unwrap();
-        let keyless = Lineage {
-            key: None,
-            timestamp_us: 2_000,
-        };
-        d.push(
-            br#"{"transaction_id":null,"amount":null,"extra":1}"#,
-            keyless,
-        )
-        .unwrap();
-        for bad in [
-            &b"not json"[..],
-            br#"[1,2]"#,
-            br#"{"customer_id":"42"}"#,
-            br#"{"transaction_ts":"yesterday"}"#,
-            br#"{"amount":"1.234"}"#,
-            br#"{"transaction_id":"x""#,
-        ] {
-            let refused = d.push(bad, at(3_000));
-            assert!(refused.is_err(), "{}", String::from_utf8_lossy(bad));
-        }
-        let batch = d.finish().unwrap();
-        assert_eq!(batch.num_rows(), 2);
-        assert_eq!(d.rows(), 0);
-        // Each row keeps its message's key and timestamp; a refused message adds neither.
-        let key = batch
-            .column_by_name("message_key")
-            .unwrap()
-            .as_binary::<i32>();
-        assert_eq!((key.value(0), key.is_null(1)), (&b"42"[..], true));
-        let ts = batch.column_by_name("message_timestamp").unwrap();
-        let ts = ts.as_primitive::<TimestampMicrosecondType>();
-        assert_eq!(ts.values().to_vec(), [1_000, 2_000]);
-
-        let again = encode(&batch);
-        let mut d2 = Decoder::default();
-        for (m, lineage) in again.iter().zip([at(1_000), keyless]) {
-            d2.push(m, lineage).unwrap();
-        }
-        assert_eq!(d2.finish().unwrap(), batch);
-        let first: serde_json::Value = serde_json::from_slice(&again[0]).unwrap();
-        assert_eq!(first["amount"], "12.30");
-        assert_eq!(first["transaction_ts"], "2026-12-07T10:00:00.123456Z");
-        assert!(batch.column(0).is_null(1) && batch.column(4).is_null(1));
     }
 }

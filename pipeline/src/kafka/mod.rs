@@ -1,6 +1,6 @@
 //! A Kafka topic as a source (`ingest --source`, `run --follow --source`) and a sink
 //! (`generate --follow --to`) of transactions: its address, the client, and the message
-//! format ([`json`]).
+//! formats ([`decode`]: [`json`] or [`arrow`]).
 //!
 //! The client is rskafka, a Kafka-protocol client that fetches from an explicit offset: the
 //! consumed offsets live in the Delta table's log, never in the broker (no consumer group).
@@ -12,6 +12,8 @@
 //! `OFFSET_OUT_OF_RANGE`. Transaction markers and compaction can leave offsets without a
 //! record: a fetch then returns the next record after the gap.
 
+pub mod arrow;
+pub mod decode;
 pub mod json;
 
 use std::collections::BTreeMap;
@@ -276,6 +278,18 @@ pub enum OnMissingOffsets {
     Fail,
     /// Go on from the partition's earliest offset, with a warning naming what was lost.
     Earliest,
+}
+
+/// How the producer (`generate --to`) writes messages; ingest reads both, told apart by each
+/// message's first bytes (docs/kafka.md, "Messages").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageFormat {
+    /// One transaction per message, a JSON object, keyed by customer.
+    #[default]
+    Json,
+    /// Arrow IPC streams of up to 1,000 transactions each, without a key.
+    Arrow,
 }
 
 /// Each partition's next offset, by partition.

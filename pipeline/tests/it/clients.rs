@@ -15,7 +15,7 @@ use crate::common::Data;
 use crate::profiles::{Profile, Profiles, profiles_table};
 use crate::scylla::Cql;
 
-fn venv_bin(venv: &str, bin: &str, why: &str) -> Option<PathBuf> {
+pub(crate) fn venv_bin(venv: &str, bin: &str, why: &str) -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target")
         .join(venv)

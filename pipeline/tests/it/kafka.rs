@@ -943,3 +943,131 @@ fn a_table_from_before_the_kafka_source_gains_the_lineage_columns_by_a_schema_up
     let a = d.ok(&["aggregate"]);
     assert_eq!(u(&a, "rows_read"), 4, "{a}");
 }
+
+#[test]
+fn arrow_messages_from_the_producer_and_from_polars_are_ingested_beside_json_ones() {
+    let Some(broker) = Broker::start("Arrow IPC messages") else {
+        return;
+    };
+    // The producer's Arrow messages: the same rows as its own files, through the file source.
+    let url = broker.topic("arrow");
+    let producer = Data::new();
+    let mut args = vec![
+        "generate",
+        "--follow",
+        "--to",
+        &url,
+        "--message-format",
+        "arrow",
+    ];
+    args.extend([
+        "--rate",
+        "20000",
+        "--rows-per-file",
+        "2000",
+        "--duration",
+        "2s",
+    ]);
+    args.extend([
+        "--customers",
+        "300",
+        "--dirty-rate",
+        "0.5",
+        "--partitions",
+        "2",
+    ]);
+    let sent = producer.ok(&args);
+    let d = Data::new();
+    let r = d.ok(&["ingest", "--source", &url]);
+    let unparseable = r["quarantine_reasons"]["unparseable_message"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(u(&r, "rows_in"), u(&sent, "rows") + unparseable, "{r}");
+    assert!(
+        u(&sent, "messages") * 100 < u(&sent, "rows"),
+        "many rows per message: {sent}"
+    );
+    let files = producer_files(&producer, &url);
+    files.ok(&["ingest"]);
+    assert_eq!(rows(&d.table(TX)), rows(&files.table(TX)));
+    let q = quarantine(&d);
+    assert_eq!(
+        q.len() as u64 - unparseable,
+        quarantine(&files).len() as u64
+    );
+    // Arrow messages have no key here; every row has its message's timestamp.
+    assert!(
+        lineage(&d.table(TX))
+            .iter()
+            .all(|r| r.key.is_none() && r.timestamp_us.is_some())
+    );
+
+    // A stream written by Polars (its own Arrow implementation: string views, a categorical,
+    // Decimal(12, 2)), between two JSON messages, and the same stream cut short.
+    let Some(python) = crate::clients::venv_bin(
+        "seaweedfs-venv",
+        "python",
+        "reading an Arrow IPC message written by Polars",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("polars.arrows");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/polars_ipc.py");
+    let out = Command::new(&python)
+        .args([script, file.to_str().unwrap(), "100"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "\n*** SKIPPED: Polars could not write an Arrow IPC stream ({}): reading one was NOT tested ***\n",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let polars_sum = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let ipc = std::fs::read(&file).unwrap();
+    let url = broker.topic("polars");
+    let sent_us = send(
+        &url,
+        &[
+            Some(&good(1001, 100)),
+            Some(&ipc),
+            Some(&ipc[..ipc.len() / 2]),
+            Some(&good(1002, 200)),
+        ],
+    );
+    let d = Data::new();
+    let r = d.ok(&["ingest", "--source", &url]);
+    assert_eq!(u(&r, "rows_in"), 103, "{r}");
+    assert_eq!(u(&r, "rows_out"), 102, "{r}");
+    assert_eq!(r["quarantine_reasons"]["unparseable_message"], 1, "{r}");
+    let examples = r["kafka"]["unparseable_examples"].as_array().unwrap();
+    assert_eq!(examples[0]["offset"], 2, "{r}");
+    let polars_rows: Vec<_> = lineage(&d.table(TX))
+        .into_iter()
+        .filter(|r| r.key.as_deref() == Some(b"k1"))
+        .collect();
+    assert_eq!(polars_rows.len(), 100);
+    assert!(
+        polars_rows
+            .iter()
+            .all(|r| r.timestamp_us == Some(sent_us + 1000))
+    );
+    let out = d.run_env(
+        &[
+            "sql",
+            "SELECT sum(amount) AS s FROM customer_transactions WHERE message_key = X'6B31'",
+            "--format",
+            "csv",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().nth(1), Some(polars_sum.as_str()), "{text}");
+}
