@@ -14,6 +14,11 @@ pub async fn write_batch(
     batch: deltalake::arrow::array::RecordBatch,
 ) -> Result<Vec<Add>> {
     let mut w = RecordBatchWriter::for_table(t).map_err(|e| Error::delta(table.name(), e))?;
+    if matches!(table, Table::Transactions | Table::Quarantine) {
+        // Transaction rows: the settings of the day writers' files (a binary column with
+        // Parquet statistics made delta-rs warn per file).
+        w = w.with_writer_properties(crate::schema::writer_properties(None));
+    }
     let batch = super::conform(batch.columns().to_vec(), &w.arrow_schema())?;
     w.write(batch)
         .await
