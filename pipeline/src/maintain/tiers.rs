@@ -242,26 +242,7 @@ mod tests {
 
     /// Every row of the table, as sorted ids.
     async fn ids(t: &DeltaTable) -> Vec<String> {
-        let mut out = Vec::new();
-        for f in delta::files(t, Table::Transactions, None).unwrap() {
-            #[allow(deprecated)]
-            let reader = ParquetObjectReader::new(t.object_store(), f.path);
-            let mut s = ParquetRecordBatchStreamBuilder::new(reader)
-                .await
-                .unwrap()
-                .build()
-                .unwrap();
-            while let Some(b) = s.next().await {
-                let b = b.unwrap();
-                let col = b
-                    .column_by_name(crate::schema::col::TRANSACTION_ID)
-                    .unwrap();
-                let col = col.as_any().downcast_ref::<StringArray>().unwrap();
-                out.extend(col.iter().map(|v| v.unwrap().to_string()));
-            }
-        }
-        out.sort();
-        out
+        keyed(t).await.into_iter().map(|(id, _)| id).collect()
     }
 
     /// Every row of the table: its id and whether it has a message key (none in a file

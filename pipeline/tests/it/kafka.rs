@@ -843,6 +843,16 @@ fn messages_removed_by_retention_before_they_were_ingested_stop_the_run() {
     lost_then_go_on(&d, &url, &[lost], 3);
 }
 
+/// The one row `query` answers, as CSV (through `pipeline sql`: delta-rs's reader).
+fn sql_row(d: &Data, query: &str) -> String {
+    let out = d.run_env(&["sql", query, "--format", "csv"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{query}: {err}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 2, "{query}: {text}");
+    text.lines().nth(1).unwrap().to_string()
+}
+
 /// A `customer_transactions` table as the pipeline made it before the Kafka source (without
 /// the lineage columns), holding `ids` (customer 1, 10.00 each, on 2026-01-05), written by
 /// delta-rs itself.
@@ -922,23 +932,12 @@ fn a_table_from_before_the_kafka_source_gains_the_lineage_columns_by_a_schema_up
         "by id: the new ones first"
     );
     // Through delta-rs's reader (our sql): the older files read with nulls in the new columns.
-    let out = d.run_env(
-        &[
-            "sql",
-            "SELECT count(*) AS n, count(message_key) AS keyed, \
-             count(message_timestamp) AS stamped FROM customer_transactions",
-            "--format",
-            "csv",
-        ],
-        &[],
+    let counts = sql_row(
+        &d,
+        "SELECT count(*) AS n, count(message_key) AS keyed, \
+         count(message_timestamp) AS stamped FROM customer_transactions",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.lines().nth(1), Some("4,2,2"), "{text}");
+    assert_eq!(counts, "4,2,2");
     // And the stages downstream read it: all four rows aggregated.
     let a = d.ok(&["aggregate"]);
     assert_eq!(u(&a, "rows_read"), 4, "{a}");
@@ -1054,20 +1053,9 @@ fn arrow_messages_from_the_producer_and_from_polars_are_ingested_beside_json_one
             .iter()
             .all(|r| r.timestamp_us == Some(sent_us + 1000))
     );
-    let out = d.run_env(
-        &[
-            "sql",
-            "SELECT sum(amount) AS s FROM customer_transactions WHERE message_key = X'6B31'",
-            "--format",
-            "csv",
-        ],
-        &[],
+    let sum = sql_row(
+        &d,
+        "SELECT sum(amount) AS s FROM customer_transactions WHERE message_key = X'6B31'",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.lines().nth(1), Some(polars_sum.as_str()), "{text}");
+    assert_eq!(sum, polars_sum);
 }
