@@ -285,23 +285,14 @@ fn raw_projection(path: &Path, meta: &ArrowReaderMetadata) -> Result<ProjectionM
         }
         roots.push(idx);
     }
-    // The lineage columns, when the file has them (a Kafka run's scratch files do).
+    // The lineage columns, when the file has them with a usable type (a Kafka run's scratch
+    // files do). Not part of the raw contract: in a landing file of another producer a column
+    // of that name and another type is one of its own, ignored as any other extra column.
     for want in &INPUT.fields()[RAW.fields().len()..] {
-        let Some((idx, got)) = file_schema.column_with_name(want.name()) else {
-            continue;
-        };
-        if !compatible(got.data_type(), want.data_type()) {
-            return Err(Error::bad_input(
-                path,
-                format!(
-                    "column `{}` has type {}, expected {} (or no such column)",
-                    want.name(),
-                    got.data_type(),
-                    want.data_type()
-                ),
-            ));
+        match file_schema.column_with_name(want.name()) {
+            Some((idx, got)) if compatible(got.data_type(), want.data_type()) => roots.push(idx),
+            _ => {}
         }
-        roots.push(idx);
     }
     Ok(ProjectionMask::roots(meta.parquet_schema(), roots))
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use deltalake::arrow::array::ArrayRef;
 use pipeline::kafka::{Connection, Topic};
 use rand::Rng;
 use serde_json::Value;
@@ -1058,4 +1059,73 @@ fn arrow_messages_from_the_producer_and_from_polars_are_ingested_beside_json_one
         "SELECT sum(amount) AS s FROM customer_transactions WHERE message_key = X'6B31'",
     );
     assert_eq!(sum, polars_sum);
+}
+
+/// A landing file written with the raw columns plus `extra` ones.
+fn landing_file_with(d: &Data, name: &str, ids: &[&str], extra: Vec<(&str, ArrayRef)>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let raws: Vec<_> = ids
+        .iter()
+        .map(|id| crate::common::raw(id, crate::common::noon("2026-01-05")))
+        .collect();
+    crate::common::write_raw(&tmp.path().join("raw.parquet"), &raws);
+    let raw = crate::common::read_parquet(&tmp.path().join("raw.parquet")).remove(0);
+    let schema = raw.schema();
+    let mut cols: Vec<(&str, ArrayRef)> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .zip(raw.columns().iter().cloned())
+        .collect();
+    cols.extend(extra);
+    let batch = deltalake::arrow::array::RecordBatch::try_from_iter(cols).unwrap();
+    let path = crate::common::landing(d).join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(&path).unwrap();
+    let mut w =
+        deltalake::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn a_landing_file_keeps_lineage_columns_it_has_and_ignores_unrelated_ones_of_those_names() {
+    use deltalake::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+    use std::sync::Arc;
+    let d = Data::new();
+    let a = [
+        "00000000-0000-4000-8000-00000000b001",
+        "00000000-0000-4000-8000-00000000b002",
+    ];
+    let b = ["00000000-0000-4000-8000-00000000c001"];
+    // Exported from a topic: a text key and a millisecond timestamp, converted.
+    let exported: Vec<(&str, ArrayRef)> = vec![
+        (
+            "message_key",
+            Arc::new(StringArray::from(vec![Some("k1"), None])),
+        ),
+        (
+            "message_timestamp",
+            Arc::new(TimestampMillisecondArray::from(vec![5, 6]).with_timezone("UTC")),
+        ),
+    ];
+    landing_file_with(&d, "exported.parquet", &a, exported);
+    // Another producer's own `message_key`, a number: not lineage, ignored as extra columns are.
+    let unrelated: Vec<(&str, ArrayRef)> =
+        vec![("message_key", Arc::new(Int64Array::from(vec![7])))];
+    landing_file_with(&d, "other.parquet", &b, unrelated);
+    let r = d.ok(&["ingest"]);
+    assert_eq!(u(&r, "rows_out"), 3, "{r}");
+    let got: Vec<_> = lineage(&d.table(TX))
+        .into_iter()
+        .map(|r| (r.id.unwrap(), r.key, r.timestamp_us))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (a[0].to_string(), Some(b"k1".to_vec()), Some(5_000)),
+            (a[1].to_string(), None, Some(6_000)),
+            (b[0].to_string(), None, None),
+        ]
+    );
 }
