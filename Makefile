@@ -60,13 +60,13 @@ kafka-broker: tansu ## Run a Kafka-protocol broker (tansu, topics in memory) on 
 
 # Apache DataFusion Ballista's scheduler and executor (crates.io, the release that targets
 # DataFusion 55, delta-rs 1.1's), for the distributed engine (issue 28): installed once into a
-# cache outside the clone (release builds, ~75 minutes on 2 cores).
+# cache outside the clone (release builds, ~60 minutes on 2 cores).
 BALLISTA_DIR ?= /var/tmp/pipeline-tools/ballista-55.0.0
 BALLISTA_PORT := $(if $(filter command line,$(origin PORT)),$(PORT),50050)
 
-ballista: ## Install Apache DataFusion Ballista 55.0.0's scheduler and executor (crates.io) into BALLISTA_DIR, if missing and possible (~75 min on 2 cores)
+ballista: ## Install Apache DataFusion Ballista 55.0.0's scheduler and executor (crates.io) into BALLISTA_DIR, if missing and possible (~60 min on 2 cores)
 	@[ -x $(BALLISTA_DIR)/bin/ballista-scheduler ] && [ -x $(BALLISTA_DIR)/bin/ballista-executor ] || { mkdir -p $(dir $(BALLISTA_DIR)) \
-	  && echo "installing Ballista 55.0.0's scheduler and executor (once; ~75 min on 2 cores; log: $(BALLISTA_DIR).log)" \
+	  && echo "installing Ballista 55.0.0's scheduler and executor (once; ~60 min on 2 cores; log: $(BALLISTA_DIR).log)" \
 	  && env -u CARGO_TARGET_DIR cargo install ballista-scheduler@55.0.0 ballista-executor@55.0.0 --locked --root $(BALLISTA_DIR) >$(BALLISTA_DIR).log 2>&1 \
 	  && echo "installed Ballista 55.0.0 into $(BALLISTA_DIR)" \
 	  || echo "WARNING: Ballista could not be installed (see $(BALLISTA_DIR).log)"; }
