@@ -74,13 +74,8 @@ impl Decoder {
         for b in batches {
             let n = b.num_rows();
             let key: BinaryArray = std::iter::repeat_n(lineage.key, n).collect();
-            let ts =
-                TimestampMicrosecondArray::from_value(lineage.timestamp_us, n).with_timezone("UTC");
-            let mut cols = b.columns().to_vec();
-            cols.push(Arc::new(key) as ArrayRef);
-            cols.push(Arc::new(ts));
-            self.done.push(RecordBatch::try_new(INPUT.clone(), cols)?);
-            self.done_rows += n;
+            let ts = TimestampMicrosecondArray::from_value(lineage.timestamp_us, n);
+            self.keep(&b, key, ts)?;
         }
         Ok(Ok(()))
     }
@@ -105,12 +100,23 @@ impl Decoder {
             return Ok(());
         }
         let raw = self.cols.finish(&RAW_LENIENT)?;
-        let mut cols = raw.columns().to_vec();
-        cols.push(Arc::new(self.key.finish()) as ArrayRef);
-        cols.push(Arc::new(self.timestamp.finish().with_timezone("UTC")));
-        self.done.push(RecordBatch::try_new(INPUT.clone(), cols)?);
-        self.done_rows += self.built;
+        let (key, ts) = (self.key.finish(), self.timestamp.finish());
         self.built = 0;
+        self.keep(&raw, key, ts)
+    }
+
+    /// Keep `raw` rows (`RAW_LENIENT`) with their lineage columns, after those before.
+    fn keep(
+        &mut self,
+        raw: &RecordBatch,
+        key: BinaryArray,
+        ts: TimestampMicrosecondArray,
+    ) -> Result<()> {
+        let mut cols = raw.columns().to_vec();
+        cols.push(Arc::new(key) as ArrayRef);
+        cols.push(Arc::new(ts.with_timezone("UTC")));
+        self.done.push(RecordBatch::try_new(INPUT.clone(), cols)?);
+        self.done_rows += raw.num_rows();
         Ok(())
     }
 }

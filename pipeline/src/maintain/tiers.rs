@@ -23,7 +23,6 @@
 use std::collections::BTreeMap;
 
 use deltalake::DeltaTable;
-use deltalake::arrow::array::new_null_array;
 use deltalake::kernel::{Action, Add};
 #[allow(deprecated)]
 // deprecated upstream in favour of hand-written readers; delta-rs itself still uses it
@@ -172,12 +171,7 @@ async fn merge_group(
     for builder in readers {
         let mut batches = builder.build()?;
         while let Some(batch) = batches.next().await {
-            let batch = batch?;
-            let mut columns = batch.columns().to_vec();
-            for f in &target.fields()[columns.len()..] {
-                columns.push(new_null_array(f.data_type(), batch.num_rows()));
-            }
-            let batch = delta::conform(columns, &target)?;
+            let batch = crate::schema::by_name(&batch?, &target)?;
             writer
                 .write(&batch)
                 .await
